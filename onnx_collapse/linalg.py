@@ -1,0 +1,107 @@
+"""Pure numpy algebra of linear layers: composition, numerical rank, factor pairs, costs.
+
+A linear layer here maps row vectors: ``y = x @ W + b`` with ``W`` of shape (in, out).
+Everything is computed in float64; callers cast back to the model's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Affine:
+    """``x @ weight + bias``; ``bias`` may be None (no bias)."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.weight.shape  # type: ignore[return-value]
+
+
+def compose(layers: Sequence[Affine]) -> Affine:
+    """One affine map equal to applying ``layers`` in order: W = W1 W2 ..., b = (b1 W2 + b2) W3 + ..."""
+    weight = np.asarray(layers[0].weight, dtype=np.float64)
+    bias = None if layers[0].bias is None else np.asarray(layers[0].bias, dtype=np.float64)
+    for layer in layers[1:]:
+        w2 = np.asarray(layer.weight, dtype=np.float64)
+        bias = None if bias is None else bias @ w2
+        if layer.bias is not None:
+            b2 = np.asarray(layer.bias, dtype=np.float64)
+            bias = b2 if bias is None else bias + b2
+        weight = weight @ w2
+    return Affine(weight, bias)
+
+
+def rank_bound(shapes: Sequence[tuple[int, int]]) -> int:
+    """An upper bound on the rank of a product of matrices with these shapes (its narrowest dim)."""
+    return min(min(s) for s in shapes)
+
+
+def numerical_rank(singular_values: np.ndarray, shape: tuple[int, int]) -> int:
+    """Rank of a float64 matrix: singular values above max(shape) * eps * sigma_1 (numpy's rule).
+
+    Values below that cut-off are rounding noise of the float64 product, so dropping them is exact.
+    """
+    if singular_values.size == 0 or singular_values[0] == 0:
+        return 0
+    cutoff = singular_values[0] * max(shape) * np.finfo(np.float64).eps
+    return int(np.count_nonzero(singular_values > cutoff))
+
+
+def svd(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD in float64: ``weight = U @ diag(s) @ Vt``."""
+    return np.linalg.svd(np.asarray(weight, dtype=np.float64), full_matrices=False)
+
+
+def factor_pair(u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Factors ``A`` (in, r) and ``B`` (r, out) with ``A @ B`` the rank-r truncation.
+
+    The singular values are split evenly (sqrt on each side) so both factors have similar scale,
+    which keeps float16 factors in range.
+    """
+    root = np.sqrt(s[:rank])
+    return u[:, :rank] * root, root[:, None] * vt[:rank]
+
+
+def dense_params(n_in: int, n_out: int, bias: bool) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def factor_params(n_in: int, n_out: int, rank: int, bias: bool) -> int:
+    return rank * (n_in + n_out) + (n_out if bias else 0)
+
+
+def dense_macs(n_in: int, n_out: int) -> int:
+    """Multiply-accumulates per input row."""
+    return n_in * n_out
+
+
+def factor_macs(n_in: int, n_out: int, rank: int) -> int:
+    return rank * (n_in + n_out)
+
+
+def max_factor_rank(n_in: int, n_out: int) -> int:
+    """Largest rank r whose factor pair is strictly smaller than the dense matrix: r (in + out) < in out."""
+    return max(0, (n_in * n_out - 1) // (n_in + n_out))
+
+
+def spectral_errors(s: np.ndarray) -> np.ndarray:
+    """Relative spectral error of keeping rank r, for r = 0..len(s): sigma_{r+1} / sigma_1 (0 at full rank)."""
+    if s.size == 0 or s[0] == 0:
+        return np.zeros(s.size + 1)
+    return np.append(s / s[0], 0.0)
+
+
+def frobenius_errors(s: np.ndarray) -> np.ndarray:
+    """Relative Frobenius error of keeping rank r: sqrt(sum_{i>r} sigma_i^2) / ||W||_F, for r = 0..len(s)."""
+    energy = np.cumsum((s**2)[::-1])[::-1]  # tail sums: energy[r] = sum_{i>=r} sigma_i^2
+    total = energy[0] if energy.size else 0.0
+    if total == 0:
+        return np.zeros(s.size + 1)
+    return np.sqrt(np.append(energy, 0.0) / total)

@@ -1,0 +1,12 @@
+"""The analysis passes, in the order the pipeline runs them.
+
+Adding a pass means writing its module and listing it here; no other pass changes.
+"""
+
+from .chains import FindChains
+from .fold import PlanFolds
+from .linear import FindLinearLayers
+
+DEFAULT_PASSES = (FindLinearLayers(), FindChains(), PlanFolds())
+
+__all__ = ["DEFAULT_PASSES"]

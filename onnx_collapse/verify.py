@@ -1,0 +1,278 @@
+"""Numerical equivalence in onnxruntime: input generation, per-output error statistics, tolerance rule."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from .errors import CollapseError
+from .report import ErrorStats, Verification
+
+DEFAULT_DIM = 2  # value used for a dynamic dim the user did not set
+
+# (atol, rtol) by dtype: loose enough for float reassociation, tight enough to catch a wrong fold.
+TOLERANCES = {
+    np.dtype(np.float16): (1e-2, 1e-2),
+    np.dtype(np.float32): (1e-4, 1e-3),
+    np.dtype(np.float64): (1e-8, 1e-7),
+}
+
+
+def default_tolerance(dtype: np.dtype) -> tuple[float, float]:
+    """(atol, rtol) for comparing outputs of ``dtype``; exact for integers and booleans."""
+    return TOLERANCES.get(np.dtype(dtype), (0.0, 0.0))
+
+
+_SHAPE_TEXT = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"x:1x128x768"`` -> ``("x", (1, 128, 768))``; CollapseError on bad text."""
+    match = _SHAPE_TEXT.match(text.strip())
+    if not match:
+        raise CollapseError(f"bad --input-shape {text!r}: expected NAME:DxDx... such as x:1x128x768")
+    return match["name"], tuple(int(d) for d in match["dims"].split("x"))
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller must feed (initializers listed as inputs are not among them)."""
+    stored = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in stored]
+
+
+def _input_shape(info: onnx.ValueInfoProto, given: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+    dims = info.type.tensor_type.shape.dim
+    if info.name in given:
+        shape = given[info.name]
+        if info.type.tensor_type.HasField("shape"):
+            if len(shape) != len(dims):
+                raise CollapseError(f"--input-shape {info.name}: rank {len(shape)}, but the model's input has "
+                                    f"rank {len(dims)}")
+            for k, (value, dim) in enumerate(zip(shape, dims)):
+                if dim.HasField("dim_value") and dim.dim_value != value:
+                    raise CollapseError(f"--input-shape {info.name}: dim {k} is fixed to {dim.dim_value} "
+                                        f"in the model, not {value}")
+        return shape
+    if not info.type.tensor_type.HasField("shape"):
+        raise CollapseError(f"input {info.name!r} has unknown rank; give its shape with --input-shape "
+                            f"{info.name}:DxD...")
+    return tuple(d.dim_value if d.HasField("dim_value") else DEFAULT_DIM for d in dims)
+
+
+def random_feeds(
+    model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], seed: int, count: int
+) -> list[dict[str, np.ndarray]]:
+    """``count`` seeded input sets; dynamic dims from ``shapes`` or DEFAULT_DIM."""
+    inputs = graph_inputs(model)
+    known = {i.name for i in inputs}
+    for name in shapes:
+        if name not in known:
+            raise CollapseError(f"--input-shape names {name!r}, which is not a model input "
+                                f"(inputs: {', '.join(sorted(known)) or 'none'})")
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for info in inputs:
+            if not info.type.HasField("tensor_type"):
+                raise CollapseError(f"input {info.name!r} is not a tensor; verification cannot make values "
+                                    "for it (use --no-verify)")
+            elem = info.type.tensor_type.elem_type
+            try:
+                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+            except (KeyError, TypeError, ValueError):
+                raise CollapseError(f"input {info.name!r} has element type {elem}, which verification cannot "
+                                    "generate (use --inputs or --no-verify)") from None
+            shape = _input_shape(info, shapes)
+            if dtype.kind == "f":
+                value = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind in "iu":
+                value = rng.integers(0, 4, size=shape).astype(dtype)
+            elif dtype.kind == "b":
+                value = rng.integers(0, 2, size=shape).astype(bool)
+            else:
+                raise CollapseError(f"input {info.name!r} of dtype {dtype} cannot be generated; use --inputs")
+            feed[info.name] = value
+        feeds.append(feed)
+    return feeds
+
+
+def file_feeds(model: onnx.ModelProto, path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
+    """One input set from an .npz file with an array per model input."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise CollapseError(f"--inputs {str(path)!r}: cannot read as .npz ({exc})") from None
+    names = {i.name for i in graph_inputs(model)}
+    missing = sorted(names - set(arrays))
+    if missing:
+        raise CollapseError(f"--inputs {str(path)!r} has no array for input {missing[0]!r}")
+    extra = sorted(set(arrays) - names)
+    if extra:
+        raise CollapseError(f"--inputs {str(path)!r} has array {extra[0]!r}, which is not a model input")
+    return [arrays]
+
+
+def session(model: onnx.ModelProto, what: str) -> ort.InferenceSession:
+    """A CPU session with graph optimizations off, so we compare the graphs as written."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        if model.ByteSize() < 2**31 - 1:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise CollapseError(f"onnxruntime cannot load the {what}: {_one_line(exc)}") from None
+
+
+def run(
+    model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], what: str
+) -> list[dict[str, np.ndarray]]:
+    """Outputs of ``model`` for each input set, by output name."""
+    sess = session(model, what)
+    names = [o.name for o in sess.get_outputs()]
+    results = []
+    for feed in feeds:
+        try:
+            values = sess.run(names, dict(feed))
+        except Exception as exc:  # noqa: BLE001
+            raise CollapseError(f"onnxruntime cannot run the {what}: {_one_line(exc)}") from None
+        results.append(dict(zip(names, values)))
+    return results
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def compare(
+    name: str, expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
+    atol: float | None = None, rtol: float | None = None,
+) -> ErrorStats:
+    """Error statistics of ``actual`` against ``expected`` over all input sets.
+
+    Passes when every element satisfies |a - e| <= atol + rtol * |e| (NaN matches NaN, inf matches
+    the same inf); ``required_atol`` is the smallest atol that would pass at this rtol.
+    """
+    dtype = np.asarray(expected[0]).dtype
+    d_atol, d_rtol = default_tolerance(dtype)
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    max_abs = max_rel = required = total = 0.0
+    count = 0
+    for e, a in zip(expected, actual):
+        e = np.asarray(e)
+        a = np.asarray(a)
+        if e.shape != a.shape:
+            return ErrorStats(name, float("inf"), float("inf"), float("inf"), float("inf"), atol, rtol, False)
+        if e.dtype.kind in "fc":
+            e64, a64 = e.astype(np.float64), a.astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                diff = np.abs(a64 - e64)
+            same = (e64 == a64) | (np.isnan(e64) & np.isnan(a64))
+            diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+            mag = np.where(np.isfinite(e64), np.abs(e64), 0.0)
+        else:
+            diff = (a != e).astype(np.float64)
+            mag = np.zeros(diff.shape)
+        if diff.size:
+            tiny = np.finfo(np.float64).tiny
+            max_abs = max(max_abs, float(diff.max()))
+            max_rel = max(max_rel, float((diff / np.maximum(mag, tiny)).max()))
+            required = max(required, float((diff - rtol * mag).max()))
+            total += float(diff.sum())
+            count += diff.size
+    mean = total / count if count else 0.0
+    required = max(required, 0.0)
+    return ErrorStats(name, max_abs, max_rel, mean, required, atol, rtol, required <= atol)
+
+
+def compare_outputs(
+    expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]],
+    atol: float | None, rtol: float | None, source: str,
+) -> Verification:
+    """Compare two models' outputs (lists of input sets), output by output."""
+    stats = []
+    for name in expected[0]:
+        if name not in actual[0]:
+            stats.append(ErrorStats(name, float("inf"), float("inf"), float("inf"), float("inf"),
+                                    atol or 0.0, rtol or 0.0, False))
+            continue
+        stats.append(compare(name, [e[name] for e in expected], [a[name] for a in actual], atol, rtol))
+    return Verification(all(s.passed for s in stats), len(expected), source, stats)
+
+
+def make_feeds(
+    model: onnx.ModelProto, inputs: str | None, shapes: Mapping[str, tuple[int, ...]], seed: int, count: int
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Input sets from a file or from a seeded generator, and a phrase saying which."""
+    if inputs is not None:
+        return file_feeds(model, inputs), f"inputs from {Path(inputs).name}"
+    return random_feeds(model, shapes, seed, count), f"random inputs (seed {seed})"
+
+
+def verify(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, *, inputs: str | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0, check_n: int = 3,
+    atol: float | None = None, rtol: float | None = None,
+) -> Verification:
+    """Run both models in onnxruntime on the same inputs and compare every output of ``reference``."""
+    feeds, source = make_feeds(reference, inputs, input_shapes or {}, seed, check_n)
+    expected = run(reference, feeds, "original model")
+    actual = run(candidate, feeds, "optimized model")
+    return compare_outputs(expected, actual, atol, rtol, source)
+
+
+def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the intermediate tensors ``names``."""
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    present = {o.name for o in probed.graph.output} | {i.name for i in graph_inputs(model)}
+    for name in dict.fromkeys(names):
+        if name not in present:
+            probed.graph.output.append(helper.make_tensor_value_info(name, elem_types[name], None))
+    return probed
+
+
+def local_errors(
+    model: onnx.ModelProto,
+    folds: Sequence[tuple[str, str, Sequence[onnx.NodeProto], Sequence[onnx.TensorProto], int]],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    atol: float | None, rtol: float | None,
+) -> list[ErrorStats]:
+    """Each fold's own error, measured in onnxruntime at the folded chain's output.
+
+    ``folds`` holds (input, output, new nodes, new initializers, elem type) per fold. The original
+    model runs once with every chain's input and output exposed; each fold's new nodes then run
+    alone on the captured inputs and are compared with the captured outputs.
+    """
+    if not folds:
+        return []
+    elem = {name: f[4] for f in folds for name in (f[0], f[1])}
+    captured = run(probe_model(model, list(elem), elem), feeds, "original model")
+    stats = []
+    for x, y, nodes, inits, elem_type in folds:
+        graph = helper.make_graph(
+            list(nodes), "fold", [helper.make_tensor_value_info(x, elem_type, None)],
+            [helper.make_tensor_value_info(y, elem_type, None)], list(inits),
+        )
+        single = helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")],
+                                   ir_version=model.ir_version)
+        inputs = [{x: (feed[x] if x in feed else out[x])} for feed, out in zip(feeds, captured)]
+        got = run(single, inputs, "folded chain")
+        stats.append(compare(y, [c[y] for c in captured], [g[y] for g in got], atol, rtol))
+    return stats
