@@ -109,6 +109,11 @@ def chain_record(index: GraphIndex, linears: list[Linear], links: list[Link], st
     )
 
 
+def _span(values: np.ndarray) -> str:
+    lo, hi = float(values.min()), float(values.max())
+    return f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}"
+
+
 class FindChains:
     """Fills ``ctx.segments`` with foldable runs of linear layers; records runs it must leave alone."""
 
@@ -124,7 +129,7 @@ class FindChains:
             if isinstance(found, tuple):
                 nexts[lin.nodes[0]] = found
             elif found:
-                ctx.remarks.append((index.label(lin.nodes[0]), f"chain stops here: {found}"))
+                ctx.notes.append(f"{index.label(lin.nodes[0])}: chain stops here: {found}")
         followers = {following.nodes[0] for _, following in nexts.values()}
         heads = [lin for lin in ctx.linears if lin.nodes[0] not in followers]
         for head in heads:
@@ -146,8 +151,7 @@ class FindChains:
             if link is not None:
                 ctx.records.append(chain_record(
                     ctx.index, linears[k:k + 2], [link], "skipped",
-                    f"slope {float(act.slope.min()):.3g}..{float(act.slope.max()):.3g} is not within "
-                    f"{ctx.options.slope_tol:g} of 1",
+                    f"slope {_span(act.slope)} is not within {ctx.options.slope_tol:g} of 1",
                 ))
             if k + 1 - start > 1:
                 ctx.segments.append(Segment(linears[start:k + 1], links[start:k]))

@@ -1,0 +1,166 @@
+"""The ``onnx-collapse`` command: parses options, calls the API, prints; owns exit codes and messages.
+
+Exit codes: 0 success, 1 verification failed, 2 usage or bad input, 3 internal error (a bug: please report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from . import io
+from .errors import CollapseError
+from .options import Options
+from .pipeline import analyze as analyze_model
+from .pipeline import optimize as optimize_model
+from .report import render, render_folds, render_verification
+from .verify import parse_input_shape
+from .verify import verify as verify_models
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"onnx-collapse: error: {self.message}", err=True)
+
+
+class InternalError(click.ClickException):
+    exit_code = 3
+
+    def show(self, file=None) -> None:
+        click.echo(f"onnx-collapse: internal error (please report): {self.message}", err=True)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn every failure into one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        yield
+    except CollapseError as exc:
+        raise UserError(str(exc)) from None
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except MemoryError:
+        raise InternalError("out of memory") from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        text = " ".join(str(exc).split())[:300]
+        raise InternalError(f"{type(exc).__name__}: {text}") from None
+
+
+def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    return dict(parse_input_shape(v) for v in values)
+
+
+def check_options(f):
+    """Options shared by commands that run onnxruntime."""
+    decorators = [
+        click.option("--atol", type=float, default=None, help="Absolute tolerance (default by dtype: 1e-4 float32)."),
+        click.option("--rtol", type=float, default=None, help="Relative tolerance (default by dtype: 1e-3 float32)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
+        click.option("--check-n", type=click.IntRange(1), default=3, show_default=True,
+                     help="Number of random input sets."),
+        click.option("--inputs", type=click.Path(dir_okay=False), default=None,
+                     help=".npz file with one array per model input, used instead of random inputs."),
+        click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:DxD...",
+                     help="Shape for an input with dynamic dims, e.g. x:1x128x768 (repeatable)."),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def _emit(report_dict: dict, text: str, as_json: bool, report_file: str | None) -> None:
+    if report_file:
+        Path(report_file).write_text(json.dumps(report_dict, indent=2) + "\n")
+    click.echo(json.dumps(report_dict, indent=2) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnx-collapse")
+def cli() -> None:
+    """Collapse near-linear Gemm/MatMul chains of ONNX models and prove the result in onnxruntime."""
+
+
+@cli.command()
+@click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
+@click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=False))
+@click.option("--slope-tol", type=click.FloatRange(0), default=0.05, show_default=True,
+              help="Fold activations whose slopes are all within this distance of 1.")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check (equivalence is then NOT checked).")
+@check_options
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB).")
+@click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
+             external_data, overwrite, as_json, report_file) -> None:
+    """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
+    with one_line_errors():
+        src, dst = Path(input_path), Path(output_path)
+        if dst.exists() and src.exists() and dst.resolve() == src.resolve() and not overwrite:
+            raise CollapseError(f"{output_path!r} is the input file; pass --overwrite to replace it")
+        options = Options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
+                          check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape))
+        model = io.load_model(src)
+        if external_data is None:
+            external_data = io.uses_external(model) or None
+        before_bytes = io.file_size(src)
+        out, report = optimize_model(model, options)
+        report.before.file_bytes = before_bytes
+        if report.verification is not None and not report.verification.passed:
+            _emit(report.to_dict(), render(report), as_json, report_file)
+            click.echo("onnx-collapse: verification failed; no output written", err=True)
+            sys.exit(1)
+        io.save_model(out, dst, external_data=external_data)
+        report.after.file_bytes = io.file_size(dst)
+        _emit(report.to_dict(), render(report), as_json, report_file)
+
+
+@cli.command()
+@click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
+@click.option("--slope-tol", type=click.FloatRange(0), default=0.05, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+def analyze(input_path, slope_tol, as_json) -> None:
+    """List every chain of IN.onnx: shapes, slopes, predicted savings, and why it would or would not fold."""
+    with one_line_errors():
+        report, remarks = analyze_model(input_path, Options(slope_tol=slope_tol, verify=False))
+        payload = report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in remarks]}
+        lines = [render_folds(report.folds)]
+        if remarks:
+            lines += ["", "other layers:"] + [f"  {n}: {r}" for n, r in remarks]
+        foldable = [f for f in report.folds if f.status == "foldable"]
+        saved_params = sum(f.params_before - f.params_after for f in foldable)
+        saved_macs = sum(f.macs_before - f.macs_after for f in foldable)
+        lines += ["", f"{len(foldable)} foldable chain(s): parameters {report.before.params:,} -> "
+                      f"{report.before.params - saved_params:,}; linear MACs/row {report.before.linear_macs:,} -> "
+                      f"{report.before.linear_macs - saved_macs:,} (predicted; run optimize to verify)"]
+        click.echo(json.dumps(payload, indent=2) if as_json else "\n".join(lines))
+
+
+@cli.command()
+@click.argument("reference", metavar="A.onnx", type=click.Path(dir_okay=False))
+@click.argument("candidate", metavar="B.onnx", type=click.Path(dir_okay=False))
+@check_options
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape, as_json) -> None:
+    """Compare B.onnx with A.onnx in onnxruntime; exit 1 if any output differs beyond tolerance."""
+    with one_line_errors():
+        a, b = io.load_model(reference), io.load_model(candidate)
+        result = verify_models(a, b, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
+                               check_n=check_n, atol=atol, rtol=rtol)
+        click.echo(json.dumps(dataclasses.asdict(result), indent=2) if as_json else render_verification(result))
+    if not result.passed:
+        sys.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="onnx-collapse")
+

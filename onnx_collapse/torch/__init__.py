@@ -1,0 +1,10 @@
+"""Optional training side (needs ``pip install onnx-collapse[torch]``); the core never imports it."""
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError("onnx_collapse.torch needs PyTorch: pip install 'onnx-collapse[torch]'") from exc
+
+from .export import export_onnx
+
+__all__ = ["export_onnx"]
