@@ -108,7 +108,7 @@ def optimize(
     model = as_model(model_or_path)
     ctx = run_passes(model, options)
     if not ctx.plans:
-        out, verification = apply_plans(model, ctx.index, []), Verification(True, 0, "nothing changed")
+        out, verification = apply_plans(model, ctx.index, []), Verification(True, 0, "the model is unchanged")
     elif options.verify:
         out, verification = _verify_and_revert(model, ctx, options)
     else:

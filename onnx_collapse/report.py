@@ -147,6 +147,8 @@ def render_folds(folds: list[FoldRecord]) -> str:
 def render_verification(v: Verification | None) -> str:
     if v is None:
         return "verification: skipped (--no-verify); equivalence was NOT checked"
+    if v.n_input_sets == 0:
+        return f"verification: not needed, {v.inputs}"
     head = f"verification: {'PASSED' if v.passed else 'FAILED'} on {v.n_input_sets} input set(s), {v.inputs}"
     rows = [["output", "max abs", "max rel", "mean abs", "required atol", "atol", "rtol", "result"]]
     for o in v.outputs:

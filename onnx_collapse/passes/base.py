@@ -25,6 +25,7 @@ class Linear:
     dtype: np.dtype  # storage dtype of the weights
     bias_rank: int  # rank of the stored bias (broadcasting can raise the output's rank); 0 without bias
     is_gemm: bool
+    params: int  # elements stored for weight and bias (a scalar bias counts 1)
 
     @property
     def n_in(self) -> int:
@@ -34,10 +35,6 @@ class Linear:
     def n_out(self) -> int:
         return self.affine.weight.shape[1]
 
-    @property
-    def params(self) -> int:
-        return self.affine.weight.size + (0 if self.affine.bias is None else self.affine.bias.size)
-
 
 @dataclass(frozen=True)
 class Activation:
@@ -45,6 +42,7 @@ class Activation:
 
     node: int
     slope: np.ndarray
+    stored: int  # elements stored in the model (a PRelu slope tensor; 0 for LeakyRelu's attribute)
 
     @property
     def deviation(self) -> float:

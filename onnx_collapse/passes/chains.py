@@ -6,7 +6,7 @@ import numpy as np
 
 from ..graph import GraphIndex, attribute
 from ..report import FoldRecord
-from .base import Activation, Context, Link, Linear, Segment
+from .base import Activation, Context, Linear, Link, Segment
 
 TRANSPARENT = ("Identity", "Dropout")
 ACTIVATIONS = ("PRelu", "LeakyRelu")
@@ -50,7 +50,7 @@ def match_activation(index: GraphIndex, i: int, data: str, linear: Linear) -> Ac
     """An Activation for node ``i`` applied to ``data`` (output of ``linear``), or why it is not one."""
     node = index.nodes[i]
     if node.op_type == "LeakyRelu":
-        return Activation(i, np.array(float(attribute(node, "alpha", 0.01)), dtype=np.float64))
+        return Activation(i, np.array(float(attribute(node, "alpha", 0.01)), dtype=np.float64), 0)
     if node.input[0] != data:
         return "PRelu reads the tensor as its slope"
     slope = index.constant(node.input[1])
@@ -61,7 +61,7 @@ def match_activation(index: GraphIndex, i: int, data: str, linear: Linear) -> Ac
         shape = [None, linear.n_out]
     if not slope_keeps_shape(slope.shape, shape, linear.n_out):
         return f"PRelu slope of shape {list(slope.shape)} may broadcast the data to a new shape"
-    return Activation(i, slope.astype(np.float64))
+    return Activation(i, slope.astype(np.float64), slope.size)
 
 
 def follow(index: GraphIndex, linear: Linear, starts: dict[str, Linear]) -> tuple[Link, Linear] | str:
@@ -104,7 +104,7 @@ def chain_record(index: GraphIndex, linears: list[Linear], links: list[Link], st
         slopes=[[float(a.slope.min()), float(a.slope.max())] for a in acts],
         status=status,
         reason=reason,
-        params_before=sum(lin.params for lin in linears) + sum(a.slope.size for a in acts),
+        params_before=sum(lin.params for lin in linears) + sum(a.stored for a in acts),
         macs_before=sum(lin.n_in * lin.n_out for lin in linears),
     )
 

@@ -38,7 +38,7 @@ def match_gemm(index: GraphIndex, i: int) -> Linear | str:
     alpha = float(attribute(node, "alpha", 1.0))
     beta = float(attribute(node, "beta", 1.0))
     weight = (b.T if attribute(node, "transB", 0) else b).astype(np.float64) * alpha
-    bias = None
+    bias, stored = None, b.size
     if len(node.input) > 2 and node.input[2]:
         c = index.constant(node.input[2])
         if c is None:
@@ -48,9 +48,9 @@ def match_gemm(index: GraphIndex, i: int) -> Linear | str:
         bias = bias_vector(c, weight.shape[1])
         if bias is None:
             return f"Gemm bias C of shape {list(c.shape)} does not broadcast over the output features"
-        bias = bias * beta
+        bias, stored = bias * beta, stored + c.size
     return Linear(nodes=(i,), input=node.input[0], output=node.output[0], affine=Affine(weight, bias),
-                  dtype=b.dtype, bias_rank=0 if bias is None else 2, is_gemm=True)
+                  dtype=b.dtype, bias_rank=0 if bias is None else 2, is_gemm=True, params=stored)
 
 
 def match_matmul(index: GraphIndex, i: int) -> Linear | str:
@@ -62,7 +62,7 @@ def match_matmul(index: GraphIndex, i: int) -> Linear | str:
     if not _float_weight(w) or w.ndim != 2:
         return "MatMul weight is not a constant float matrix"
     weight = w.astype(np.float64)
-    nodes, output, bias, bias_rank = (i,), node.output[0], None, 0
+    nodes, output, bias, bias_rank, stored = (i,), node.output[0], None, 0, w.size
     add_i = index.sole_consumer(output)
     if add_i is not None and index.nodes[add_i].op_type == "Add":
         add = index.nodes[add_i]
@@ -72,8 +72,9 @@ def match_matmul(index: GraphIndex, i: int) -> Linear | str:
             vector = bias_vector(value, weight.shape[1])
             if vector is not None:
                 nodes, output, bias, bias_rank = (i, add_i), add.output[0], vector, max(value.ndim, 1)
+                stored += value.size
     return Linear(nodes=nodes, input=node.input[0], output=output, affine=Affine(weight, bias),
-                  dtype=w.dtype, bias_rank=bias_rank, is_gemm=False)
+                  dtype=w.dtype, bias_rank=bias_rank, is_gemm=False, params=stored)
 
 
 MATCHERS = {"Gemm": match_gemm, "MatMul": match_matmul}

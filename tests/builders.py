@@ -1,0 +1,101 @@
+"""In-memory ONNX models for tests: chains of linear layers with chosen ops, biases and activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ELEM = {np.float16: TensorProto.FLOAT16, np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
+
+
+@dataclass
+class LayerSpec:
+    n_out: int
+    op: str = "gemm"  # "gemm" or "matmul"
+    trans_b: bool = True
+    alpha: float = 1.0
+    beta: float = 1.0
+    bias: str | None = "vector"  # None, "vector" [N], "row" [1,N], "scalar" [], "one" [1], "rank3" [1,1,N]
+    bias_first: bool = False  # matmul: Add(bias, y) instead of Add(y, bias)
+
+
+@dataclass
+class ActSpec:
+    kind: str = "prelu"  # "prelu", "leaky", "none"
+    slope: float = 1.0
+    shape: str = "channel"  # prelu slope: "channel" [C], "row" [1,C], "scalar" [1], "scalar2" [1,1]
+    jitter: float = 0.0  # per-channel spread around ``slope``
+    dropout: bool = False  # a Dropout (inference: identity) before the activation
+
+
+@dataclass
+class ChainSpec:
+    n_in: int
+    layers: list[LayerSpec]
+    acts: list[ActSpec] = field(default_factory=list)
+    input_rank: int = 2
+    dtype: type = np.float32
+    opset: int = 17
+
+
+def build(spec: ChainSpec, seed: int = 0) -> onnx.ModelProto:
+    """A model ``y = L_n(... act(L_1(x)) ...)`` following ``spec``; weights scaled to keep outputs O(1)."""
+    rng = np.random.default_rng(seed)
+    dt, nodes, inits = spec.dtype, [], []
+    cur, width = "x", spec.n_in
+
+    def const(value, name):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dt), name))
+        return name
+
+    for k, layer in enumerate(spec.layers):
+        w = rng.standard_normal((width, layer.n_out)) / np.sqrt(width)
+        out = f"l{k}"
+        bias = {None: None, "vector": (layer.n_out,), "row": (1, layer.n_out), "scalar": (),
+                "one": (1,), "rank3": (1, 1, layer.n_out)}[layer.bias]
+        b = None if bias is None else rng.standard_normal(bias) * 0.1
+        if layer.op == "gemm":
+            stored = w.T if layer.trans_b else w
+            inputs = [cur, const(stored / layer.alpha, f"w{k}")]
+            if b is not None:
+                inputs.append(const(b / layer.beta, f"b{k}"))
+            nodes.append(helper.make_node("Gemm", inputs, [out], name=f"fc{k}", transB=int(layer.trans_b),
+                                          alpha=layer.alpha, beta=layer.beta))
+        else:
+            mm = out if b is None else f"mm{k}"
+            nodes.append(helper.make_node("MatMul", [cur, const(w, f"w{k}")], [mm], name=f"fc{k}"))
+            if b is not None:
+                pair = [const(b, f"b{k}"), mm] if layer.bias_first else [mm, const(b, f"b{k}")]
+                nodes.append(helper.make_node("Add", pair, [out], name=f"fc{k}_bias"))
+        cur, width = out, layer.n_out
+        if k < len(spec.acts):
+            act = spec.acts[k]
+            if act.dropout:
+                nodes.append(helper.make_node("Dropout", [cur], [f"d{k}"], name=f"drop{k}"))
+                cur = f"d{k}"
+            if act.kind == "leaky":
+                nodes.append(helper.make_node("LeakyRelu", [cur], [f"a{k}"], name=f"act{k}", alpha=act.slope))
+                cur = f"a{k}"
+            elif act.kind == "prelu":
+                shape = {"channel": (width,), "row": (1, width), "scalar": (1,), "scalar2": (1, 1)}[act.shape]
+                slope = act.slope + act.jitter * rng.uniform(-1, 1, size=shape)
+                nodes.append(helper.make_node("PRelu", [cur, const(slope, f"s{k}")], [f"a{k}"], name=f"act{k}"))
+                cur = f"a{k}"
+    lead = ["batch"] + [3] * (spec.input_rank - 2) if spec.input_rank >= 2 else []
+    out_rank = max(spec.input_rank, 3 if any(la.bias == "rank3" for la in spec.layers) else 1)
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", ELEM[dt], lead + [spec.n_in])],
+        [helper.make_tensor_value_info(cur, ELEM[dt], [None] * out_rank)], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def mlp(n_in=8, hidden=16, n_out=4, slope=1.0, kind="prelu", **layer_kw) -> onnx.ModelProto:
+    """The simplest chain: Gemm - act - Gemm."""
+    return build(ChainSpec(n_in, [LayerSpec(hidden, **layer_kw), LayerSpec(n_out, **layer_kw)],
+                           [ActSpec(kind=kind, slope=slope)]))

@@ -1,0 +1,144 @@
+"""The installed ``onnx-collapse`` console script: exit codes, one-line errors, untouched input, no partial output."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import mlp
+from conftest import MODELS
+
+EXE = shutil.which("onnx-collapse")
+pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(result, code, *words):
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture
+def model_copy(tmp_path) -> Path:
+    path = tmp_path / "in.onnx"
+    shutil.copy(MODELS / "mlp_prelu_channel.onnx", path)
+    return path
+
+
+def test_optimize_writes_smaller_verified_model_and_prints_table(model_copy, tmp_path):
+    before = model_copy.read_bytes()
+    out = tmp_path / "out.onnx"
+    result = cli("optimize", model_copy, out)
+    assert result.returncode == 0, result.stderr
+    assert "verification: PASSED" in result.stdout and "parameters" in result.stdout
+    assert model_copy.read_bytes() == before
+    assert out.stat().st_size < len(before)
+    onnx.checker.check_model(str(out))
+    assert cli("verify", model_copy, out).returncode == 0
+
+
+def test_json_and_report_file(model_copy, tmp_path):
+    report = tmp_path / "r.json"
+    result = cli("optimize", model_copy, tmp_path / "o.onnx", "--json", "--report", report)
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(report.read_text())
+    assert printed["verification"]["passed"] and printed["folds"][0]["status"] == "folded"
+    assert printed["after"]["file_bytes"] < printed["before"]["file_bytes"]
+
+
+def test_analyze_lists_chains_and_reasons():
+    result = cli("analyze", MODELS / "no_fold_slope_05.onnx")
+    assert result.returncode == 0 and "not within 0.05 of 1" in result.stdout
+    result = cli("analyze", MODELS / "bottleneck.onnx", "--json")
+    assert json.loads(result.stdout)["folds"][0]["form"] == "factor"
+
+
+def test_verify_exits_1_when_models_differ(tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(mlp(), a)
+    onnx.save(mlp(slope=0.5), b)
+    result = cli("verify", a, b)
+    assert result.returncode == 1 and "FAILED" in result.stdout
+
+
+def test_missing_file(tmp_path):
+    result = cli("optimize", tmp_path / "nope.onnx", tmp_path / "o.onnx")
+    assert_one_line_error(result, 2, "nope.onnx", "no such file")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not an onnx model at all \x00\xff", "truncated"])
+def test_not_onnx_or_truncated(tmp_path, content):
+    bad = tmp_path / "bad.onnx"
+    data = (MODELS / "three_layer.onnx").read_bytes()
+    bad.write_bytes(data[: len(data) // 3] if content == "truncated" else content)
+    before = bad.read_bytes()
+    result = cli("optimize", bad, tmp_path / "o.onnx")
+    assert_one_line_error(result, 2, "bad.onnx")
+    assert bad.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [bad]  # no partial output, no temp files left
+
+
+@pytest.mark.parametrize("shape,words", [
+    ("nope:1x64", ["'nope'", "not a model input"]),
+    ("x:1x", ["bad --input-shape"]),
+    ("x:2x3x64", ["rank 3"]),
+    ("x:2x65", ["fixed to 64"]),
+])
+def test_bad_input_shape(model_copy, tmp_path, shape, words):
+    result = cli("optimize", model_copy, tmp_path / "o.onnx", "--input-shape", shape)
+    assert_one_line_error(result, 2, *words)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_input_shape_sets_dynamic_dim(model_copy, tmp_path):
+    result = cli("optimize", model_copy, tmp_path / "o.onnx", "--input-shape", "x:5x64", "--json")
+    assert result.returncode == 0, result.stderr
+
+
+def test_inputs_file(model_copy, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.ones((3, 64), np.float32))
+    result = cli("optimize", model_copy, tmp_path / "o.onnx", "--inputs", tmp_path / "d.npz")
+    assert result.returncode == 0 and "inputs from d.npz" in result.stdout
+    np.savez(tmp_path / "bad.npz", y=np.ones((3, 64), np.float32))
+    assert_one_line_error(cli("optimize", model_copy, tmp_path / "o2.onnx", "--inputs", tmp_path / "bad.npz"),
+                          2, "no array for input 'x'")
+
+
+def test_same_path_needs_overwrite(model_copy):
+    before = model_copy.read_bytes()
+    assert_one_line_error(cli("optimize", model_copy, model_copy), 2, "--overwrite")
+    assert model_copy.read_bytes() == before
+    result = cli("optimize", model_copy, model_copy, "--overwrite")
+    assert result.returncode == 0 and model_copy.stat().st_size < len(before)
+    onnx.checker.check_model(str(model_copy))
+
+
+def test_output_folder_missing(model_copy, tmp_path):
+    assert_one_line_error(cli("optimize", model_copy, tmp_path / "no" / "o.onnx"), 2, "does not exist")
+
+
+def test_checker_failure_is_one_line(tmp_path):
+    model = mlp()
+    model.graph.node[0].input[1] = "undefined_weight"
+    path = tmp_path / "broken.onnx"
+    onnx.save(model, path)
+    assert_one_line_error(cli("optimize", path, tmp_path / "o.onnx"), 2, "onnx.checker")
+
+
+def test_usage_error_exits_2():
+    assert cli("optimize").returncode == 2
+
+
+def test_no_verify_says_it_did_not_check(model_copy, tmp_path):
+    result = cli("optimize", model_copy, tmp_path / "o.onnx", "--no-verify")
+    assert result.returncode == 0 and "NOT checked" in result.stdout
