@@ -70,6 +70,11 @@ def check_options(f):
                      help=".npz file with one array per model input, used instead of random inputs."),
         click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:DxD...",
                      help="Shape for an input with dynamic dims, e.g. x:1x128x768 (repeatable)."),
+        click.option("--metric", type=click.Choice(["allclose", "top1"]), default="allclose", show_default=True,
+                     help="allclose: every element within tolerance; top1: argmax over the last axis agrees "
+                          "(classifiers, with --inputs)."),
+        click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+                     help="With --metric top1: the fraction of rows whose argmax must agree."),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -95,20 +100,37 @@ def cli() -> None:
               help="Fold activations whose slopes are all within this distance of 1.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check (equivalence is then NOT checked).")
 @check_options
+@click.option("--rank-budget", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Truncate targeted layers to factor pairs keeping at most this fraction of their weights; "
+                   "ranks minimise the largest layer error (ALDS).")
+@click.option("--max-error", type=click.FloatRange(0), default=None,
+              help="Instead of a budget: the smallest model whose every targeted layer error is below this.")
+@click.option("--low-rank", type=click.Choice(["collapsed", "all"]), default="collapsed", show_default=True,
+              help="Truncation targets: collapsed products only, or every linear layer.")
+@click.option("--budget-metric", type=click.Choice(["params", "macs"]), default="params", show_default=True)
+@click.option("--error-metric", type=click.Choice(["spectral", "frobenius"]), default="spectral", show_default=True)
+@click.option("--max-groups", type=click.IntRange(1), default=1, show_default=True,
+              help="Allow ALDS grouped factors with up to this many input-feature groups.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB).")
 @click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
+             metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
              external_data, overwrite, as_json, report_file) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with one_line_errors():
         src, dst = Path(input_path), Path(output_path)
         if dst.exists() and src.exists() and dst.resolve() == src.resolve() and not overwrite:
             raise CollapseError(f"{output_path!r} is the input file; pass --overwrite to replace it")
+        if rank_budget is not None and max_error is not None:
+            raise CollapseError("--rank-budget and --max-error exclude each other; give one")
         options = Options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
-                          check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape))
+                          check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
+                          min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
+                          low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
+                          max_groups=max_groups)
         model = io.load_model(src)
         if external_data is None:
             external_data = io.uses_external(model) or None
@@ -150,12 +172,13 @@ def analyze(input_path, slope_tol, as_json) -> None:
 @click.argument("candidate", metavar="B.onnx", type=click.Path(dir_okay=False))
 @check_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape, as_json) -> None:
+def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape, metric, min_agreement,
+           as_json) -> None:
     """Compare B.onnx with A.onnx in onnxruntime; exit 1 if any output differs beyond tolerance."""
     with one_line_errors():
         a, b = io.load_model(reference), io.load_model(candidate)
         result = verify_models(a, b, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
-                               check_n=check_n, atol=atol, rtol=rtol)
+                               check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
         click.echo(json.dumps(dataclasses.asdict(result), indent=2) if as_json else render_verification(result))
     if not result.passed:
         sys.exit(1)

@@ -15,6 +15,15 @@ class Options:
     seed, check_n: random input generation (used when ``inputs`` is None).
     inputs: path of an .npz file with one array per graph input, used instead of random inputs.
     input_shapes: concrete shapes for inputs with dynamic dims, e.g. {"x": (1, 128, 768)}.
+    rank_budget: truncate to factor pairs keeping at most this fraction of the targeted layers' dense
+        weights, with ranks that minimise the largest relative layer error (ALDS). None: exact folds only.
+    max_error: instead of a budget, the smallest model whose every targeted layer stays within this error.
+    low_rank: "collapsed" (only folded chains) or "all" (every linear layer) as truncation targets.
+    budget_metric: "params" or "macs" (per input row; the same count for linear layers' weights).
+    error_metric: "spectral" (sigma_{r+1} / sigma_1, as ALDS) or "frobenius".
+    max_groups: allow ALDS's grouped factors with up to this many input-feature groups (1: none).
+    metric: "allclose" (every element within atol + rtol |b|) or "top1" (argmax over the last axis agrees
+        on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``).
     """
 
     slope_tol: float = 0.05
@@ -25,3 +34,11 @@ class Options:
     check_n: int = 3
     inputs: str | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    rank_budget: float | None = None
+    max_error: float | None = None
+    low_rank: str = "collapsed"
+    budget_metric: str = "params"
+    error_metric: str = "spectral"
+    max_groups: int = 1
+    metric: str = "allclose"
+    min_agreement: float = 0.99

@@ -67,19 +67,24 @@ def _badness(plan: FoldPlan) -> float:
 def _verify_and_revert(
     model: onnx.ModelProto, ctx: Context, options: Options
 ) -> tuple[onnx.ModelProto, Verification]:
-    """Apply every plan, then revert the worst folds one by one until the outputs match."""
+    """Apply every plan, then revert the worst folds one by one until the outputs match.
+
+    A truncated plan is reverted to its exact fold (its fallback); an exact fold to the original nodes.
+    """
     feeds, source = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n)
     expected = run(model, feeds, "original model")
+    every = [q for p in ctx.plans for q in (p, p.fallback) if q is not None]
     probes = [(p.input, p.output, p.nodes, p.initializers, onnx.helper.np_dtype_to_tensor_dtype(p.dtype))
-              for p in ctx.plans]
-    for plan, err in zip(ctx.plans, local_errors(model, probes, feeds, options.atol, options.rtol)):
+              for p in every]
+    for plan, err in zip(every, local_errors(model, probes, feeds, options.atol, options.rtol)):
         plan.record.error = err
     accepted = list(ctx.plans)
     local_failures = [p for p in accepted if p.record.error is not None and not p.record.error.passed]
     while True:
         candidate = apply_plans(model, ctx.index, accepted)
         actual = run(candidate, feeds, "optimized model")
-        verification = compare_outputs(expected, actual, options.atol, options.rtol, source)
+        verification = compare_outputs(expected, actual, options.atol, options.rtol, source, options.metric,
+                                       options.min_agreement)
         if verification.passed or not accepted:
             return candidate, verification
         if len(local_failures) > BULK_REVERT:
@@ -87,11 +92,18 @@ def _verify_and_revert(
         else:
             to_revert = [max(accepted, key=_badness)]
         for plan in to_revert:
-            accepted.remove(plan)
+            position = next(i for i, p in enumerate(accepted) if p is plan)
             plan.record.status = "reverted"
             err = plan.record.error
             plan.record.reason = (f"outputs fail tolerance with this fold; its own max abs error is "
                                   f"{err.max_abs:.2e} (needs atol {err.required_atol:.1e})")
+            if plan.fallback is None:
+                accepted.pop(position)
+            else:
+                accepted[position] = plan.fallback
+                plan.record.reason += "; kept the exact fold instead"
+                where = next(i for i, r in enumerate(ctx.records) if r is plan.record)
+                ctx.records.insert(where + 1, plan.fallback.record)
 
 
 def optimize(

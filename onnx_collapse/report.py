@@ -19,6 +19,7 @@ class ErrorStats:
     atol: float
     rtol: float
     passed: bool
+    agreement: float | None = None  # top-1 metric: fraction of rows whose argmax matches
 
 
 @dataclass
@@ -134,6 +135,7 @@ def render_folds(folds: list[FoldRecord]) -> str:
     for k, f in enumerate(folds, 1):
         slopes = ",".join(f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}" for lo, hi in f.slopes) or "-"
         form = (f.form or "-") + (f" r={f.rank}" if f.rank is not None else "")
+        form += f" pred {f.predicted_error:.2g}" if f.predicted_error is not None else ""
         err = "-" if f.error is None else f"{f.error.max_abs:.2e}"
         rows.append([
             str(k), " > ".join(f.layers), "x".join(map(str, f.dims)), slopes, f.status, form,
@@ -150,10 +152,11 @@ def render_verification(v: Verification | None) -> str:
     if v.n_input_sets == 0:
         return f"verification: not needed, {v.inputs}"
     head = f"verification: {'PASSED' if v.passed else 'FAILED'} on {v.n_input_sets} input set(s), {v.inputs}"
-    rows = [["output", "max abs", "max rel", "mean abs", "required atol", "atol", "rtol", "result"]]
+    rows = [["output", "max abs", "max rel", "mean abs", "required atol", "atol", "rtol", "top-1 agree", "result"]]
     for o in v.outputs:
+        agree = "-" if o.agreement is None else f"{100 * o.agreement:.2f}%"
         rows.append([o.name, f"{o.max_abs:.3e}", f"{o.max_rel:.3e}", f"{o.mean_abs:.3e}",
-                     f"{o.required_atol:.3e}", f"{o.atol:.0e}", f"{o.rtol:.0e}", "ok" if o.passed else "FAIL"])
+                     f"{o.required_atol:.3e}", f"{o.atol:.0e}", f"{o.rtol:.0e}", agree, "ok" if o.passed else "FAIL"])
     return head + "\n" + _table(rows)
 
 

@@ -201,18 +201,42 @@ def compare(
     return ErrorStats(name, max_abs, max_rel, mean, required, atol, rtol, required <= atol)
 
 
+def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
+    """Fraction of rows (all axes but the last) whose argmax over the last axis matches."""
+    same = total = 0
+    for e, a in zip(expected, actual):
+        e, a = np.asarray(e), np.asarray(a)
+        if e.ndim == 0 or e.shape != a.shape or e.size == 0:
+            continue
+        hits = np.argmax(e, axis=-1) == np.argmax(a, axis=-1)
+        same += int(hits.sum())
+        total += hits.size
+    return same / total if total else 1.0
+
+
 def compare_outputs(
     expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]],
-    atol: float | None, rtol: float | None, source: str,
+    atol: float | None, rtol: float | None, source: str, metric: str = "allclose", min_agreement: float = 0.99,
 ) -> Verification:
-    """Compare two models' outputs (lists of input sets), output by output."""
+    """Compare two models' outputs (lists of input sets), output by output.
+
+    ``metric="top1"``: float outputs pass when their argmax over the last axis agrees on at least
+    ``min_agreement`` of the rows (error statistics are still reported); other outputs use allclose.
+    """
     stats = []
     for name in expected[0]:
         if name not in actual[0]:
             stats.append(ErrorStats(name, float("inf"), float("inf"), float("inf"), float("inf"),
                                     atol or 0.0, rtol or 0.0, False))
             continue
-        stats.append(compare(name, [e[name] for e in expected], [a[name] for a in actual], atol, rtol))
+        exp, act = [e[name] for e in expected], [a[name] for a in actual]
+        stat = compare(name, exp, act, atol, rtol)
+        if metric == "top1" and np.asarray(exp[0]).dtype.kind == "f":
+            stat.agreement = top1_agreement(exp, act)
+            stat.passed = stat.agreement >= min_agreement
+        stats.append(stat)
+    if metric == "top1":
+        source += f", metric top-1 agreement >= {100 * min_agreement:g}%"
     return Verification(all(s.passed for s in stats), len(expected), source, stats)
 
 
@@ -228,13 +252,13 @@ def make_feeds(
 def verify(
     reference: onnx.ModelProto, candidate: onnx.ModelProto, *, inputs: str | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0, check_n: int = 3,
-    atol: float | None = None, rtol: float | None = None,
+    atol: float | None = None, rtol: float | None = None, metric: str = "allclose", min_agreement: float = 0.99,
 ) -> Verification:
     """Run both models in onnxruntime on the same inputs and compare every output of ``reference``."""
     feeds, source = make_feeds(reference, inputs, input_shapes or {}, seed, check_n)
     expected = run(reference, feeds, "original model")
     actual = run(candidate, feeds, "optimized model")
-    return compare_outputs(expected, actual, atol, rtol, source)
+    return compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement)
 
 
 def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mapping[str, int]) -> onnx.ModelProto:

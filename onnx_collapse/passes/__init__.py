@@ -6,7 +6,8 @@ Adding a pass means writing its module and listing it here; no other pass change
 from .chains import FindChains
 from .fold import PlanFolds
 from .linear import FindLinearLayers
+from .lowrank import LowRank
 
-DEFAULT_PASSES = (FindLinearLayers(), FindChains(), PlanFolds())
+DEFAULT_PASSES = (FindLinearLayers(), FindChains(), PlanFolds(), LowRank())
 
 __all__ = ["DEFAULT_PASSES"]

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 
+from ..emit import Emission
 from ..graph import GraphIndex, subgraphs
 from ..linalg import Affine
 from ..options import Options
@@ -68,7 +69,11 @@ class Segment:
 
 @dataclass
 class FoldPlan:
-    """A rewrite: remove ``removed`` nodes, insert ``nodes`` (with ``initializers``) in their place."""
+    """A rewrite: remove ``removed`` nodes, insert ``nodes`` (with ``initializers``) in their place.
+
+    ``affine`` is the exact float64 map the removed nodes computed; ``fallback`` is the exact plan a
+    truncating plan replaced, used if verification rejects the truncation.
+    """
 
     record: FoldRecord
     removed: tuple[int, ...]
@@ -77,6 +82,9 @@ class FoldPlan:
     nodes: list[onnx.NodeProto]
     initializers: list[onnx.TensorProto]
     dtype: np.dtype
+    affine: Affine
+    emit: Emission
+    fallback: FoldPlan | None = None
 
 
 @dataclass

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import linalg
-from ..emit import RangeError, linear_nodes
-from .base import Context, FoldPlan, Segment
+from ..emit import Emission, RangeError, linear_nodes
+from .base import Context, FoldPlan, Linear, Segment
 from .chains import chain_record
 
 MIN_OPSET = 7  # before 7, Gemm/Add broadcasting needed the `broadcast` attribute
@@ -71,16 +71,23 @@ class PlanFolds:
                              f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
                              f"vs {record.params_before:,} in the chain")
             return None
-        head, bias_rank = seg.linears[0], max(lin.bias_rank for lin in seg.linears)
-        use_gemm = head.is_gemm and bias_rank <= 2 and (ctx.opset >= 11 or (len(form.matrices) == 1
-                                                                            and affine.bias is not None))
+        head = seg.linears[0]
+        emission = emission_for(ctx, head, max(lin.bias_rank for lin in seg.linears),
+                                exact_matrices=len(form.matrices), has_bias=affine.bias is not None)
         removed = tuple(sorted({i for lin in seg.linears for i in lin.nodes} | {i for lk in seg.links for i in lk.nodes}))
         try:
-            nodes, inits = linear_nodes(ctx.fresh_name, ctx.index.label(head.nodes[0]) + "/collapsed",
-                                        head.input, seg.linears[-1].output, form.matrices, affine.bias,
-                                        head.dtype, use_gemm, bias_rank)
+            nodes, inits = linear_nodes(ctx.fresh_name, emission, head.input, seg.linears[-1].output,
+                                        form.matrices, affine.bias, head.dtype)
         except RangeError as exc:
             record.form, record.reason = None, str(exc)
             return None
         record.status = "folded"
-        return FoldPlan(record, removed, head.input, seg.linears[-1].output, nodes, inits, head.dtype)
+        return FoldPlan(record, removed, head.input, seg.linears[-1].output, nodes, inits, head.dtype, affine,
+                        emission)
+
+
+def emission_for(ctx: Context, head: Linear, bias_rank: int, exact_matrices: int, has_bias: bool) -> Emission:
+    """Gemm for 2-D inputs whose biases keep the output 2-D (Gemm without C needs opset 11); else MatMul."""
+    use_gemm = head.is_gemm and bias_rank <= 2 and (ctx.opset >= 11 or (exact_matrices == 1 and has_bias))
+    rank = 2 if head.is_gemm else ctx.index.rank(head.input)
+    return Emission(ctx.index.label(head.nodes[0]) + "/collapsed", use_gemm, bias_rank, rank)

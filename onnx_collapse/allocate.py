@@ -1,0 +1,191 @@
+"""Global rank allocation (ALDS, arXiv 2107.11442): pure functions over singular-value spectra.
+
+Each layer offers options (cost, relative error): keep it dense (error 0), or store a rank-r factor
+pair, possibly with its input features split into k groups. The allocator picks one option per
+layer so that the largest error over all layers is as small as possible while the total cost stays
+within the budget. Cost is parameters or MACs per row of the weights (the bias is the same either way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import linalg
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to store a layer: ``groups`` x rank-``rank`` factors (rank None = dense)."""
+
+    rank: int | None
+    groups: int
+    params: int
+    macs: int
+    error: float
+
+
+@dataclass(frozen=True)
+class LayerSpectrum:
+    """What the allocator knows of one layer: its shape and its storage options (dense first)."""
+
+    name: str
+    n_in: int
+    n_out: int
+    options: tuple[Option, ...]
+
+    @property
+    def dense(self) -> Option:
+        return self.options[0]
+
+
+def layer_errors(s: np.ndarray, metric: str) -> np.ndarray:
+    """Relative error of keeping rank r = 0..len(s): ``spectral`` (ALDS) or ``frobenius``."""
+    if metric == "spectral":
+        return linalg.spectral_errors(s)
+    if metric == "frobenius":
+        return linalg.frobenius_errors(s)
+    raise ValueError(f"unknown error metric {metric!r}")
+
+
+def factor_options(n_in: int, n_out: int, s: np.ndarray, metric: str) -> list[Option]:
+    """Dense, then every factor rank whose pair is strictly smaller than the dense matrix."""
+    errors = layer_errors(s, metric)
+    options = [Option(None, 1, n_in * n_out, n_in * n_out, 0.0)]
+    for r in range(1, min(linalg.max_factor_rank(n_in, n_out), s.size) + 1):
+        options.append(Option(r, 1, r * (n_in + n_out), r * (n_in + n_out), float(errors[r])))
+    return options
+
+
+def grouped_params(n_in: int, n_out: int, groups: int, rank: int) -> int:
+    """Parameters (= MACs per row) of ``groups`` blocks of rank ``rank``: a block-diagonal first factor
+    (``groups`` x (n_in/groups) x rank) and a dense second factor ((groups * rank) x n_out)."""
+    return rank * n_in + groups * rank * n_out
+
+
+def grouped_options(weight: np.ndarray, groups: int, metric: str, sigma_1: float, norm_f: float) -> list[Option]:
+    """Options for splitting the input features of ``weight`` (n_in, n_out) into ``groups`` blocks.
+
+    Error of rank j per block: spectral bound sqrt(sum_g sigma_{g,j+1}^2) / sigma_1(W) (the stacked
+    residual's norm is at most that), or the exact Frobenius error sqrt(sum_g tail_g(j)) / ||W||_F.
+    """
+    n_in, n_out = weight.shape
+    blocks = [np.linalg.svd(b, compute_uv=False) for b in np.split(weight, groups, axis=0)]
+    width = min(b.size for b in blocks)
+    options = []
+    for j in range(1, width + 1):
+        cost = grouped_params(n_in, n_out, groups, j)
+        if cost >= n_in * n_out:
+            break
+        if metric == "spectral":
+            err = np.sqrt(sum(float(b[j]) ** 2 if j < b.size else 0.0 for b in blocks)) / sigma_1
+        else:
+            err = np.sqrt(sum(float(np.sum(b[j:] ** 2)) for b in blocks)) / norm_f
+        options.append(Option(j, groups, cost, cost, float(err) if sigma_1 and norm_f else 0.0))
+    return options
+
+
+def spectrum(name: str, weight: np.ndarray, metric: str = "spectral", max_groups: int = 1) -> LayerSpectrum:
+    """The storage options of ``weight``: dense, factor pairs, and grouped pairs with up to ``max_groups``
+    groups (divisors of n_in)."""
+    n_in, n_out = weight.shape
+    s = np.linalg.svd(weight, compute_uv=False)
+    options = factor_options(n_in, n_out, s, metric)
+    sigma_1, norm_f = (float(s[0]) if s.size else 0.0), float(np.sqrt(np.sum(s**2)))
+    for k in range(2, max_groups + 1):
+        if n_in % k == 0:
+            options += grouped_options(weight, k, metric, sigma_1, norm_f)
+    return LayerSpectrum(name, n_in, n_out, tuple(options))
+
+
+def _cost(option: Option, by: str) -> int:
+    return option.params if by == "params" else option.macs
+
+
+def cheapest_within(layer: LayerSpectrum, max_error: float, by: str = "params") -> Option:
+    """The cheapest option of ``layer`` whose error is at most ``max_error`` (dense always qualifies)."""
+    return min((o for o in layer.options if o.error <= max_error), key=lambda o: (_cost(o, by), o.error))
+
+
+def allocate_max_error(layers: Sequence[LayerSpectrum], max_error: float, by: str = "params") -> list[Option]:
+    """The smallest model whose every layer stays within ``max_error``."""
+    return [cheapest_within(layer, max_error, by) for layer in layers]
+
+
+def allocate_budget(layers: Sequence[LayerSpectrum], budget: float, by: str = "params") -> list[Option]:
+    """Options minimising the maximum layer error with total cost <= ``budget`` x the dense cost.
+
+    The total cost of the cheapest options within an error threshold never increases as the threshold
+    grows, so a bisection over the sorted candidate thresholds (every option's error) finds the smallest
+    feasible threshold exactly. If even the cheapest options overshoot, they are returned (the budget
+    cannot be met; callers report it).
+    """
+    limit = budget * sum(_cost(layer.dense, by) for layer in layers)
+    thresholds = np.unique([o.error for layer in layers for o in layer.options])
+
+    def total(e: float) -> int:
+        return sum(_cost(o, by) for o in allocate_max_error(layers, e, by))
+
+    lo, hi = 0, len(thresholds) - 1
+    if total(thresholds[hi]) > limit:
+        return allocate_max_error(layers, float(thresholds[hi]), by)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if total(thresholds[mid]) <= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    return allocate_max_error(layers, float(thresholds[lo]), by)
+
+
+def allocate_uniform(layers: Sequence[LayerSpectrum], budget: float, by: str = "params") -> list[Option]:
+    """Baseline: the same rank ratio r / min(n_in, n_out) for every layer, the largest that fits the budget."""
+    limit = budget * sum(_cost(layer.dense, by) for layer in layers)
+
+    def pick(ratio: float) -> list[Option]:
+        chosen = []
+        for layer in layers:
+            rank = max(1, int(np.floor(ratio * min(layer.n_in, layer.n_out))))
+            factor = [o for o in layer.options if o.groups == 1 and o.rank == rank]
+            chosen.append(factor[0] if factor else layer.dense)
+        return chosen
+
+    return _largest_fitting(pick, limit, by)
+
+
+def allocate_energy(layers: Sequence[LayerSpectrum], budget: float, by: str = "params",
+                    spectra: Sequence[np.ndarray] = ()) -> list[Option]:
+    """Baseline: per layer, the smallest rank keeping a fraction ``t`` of the spectral energy; the largest
+    ``t`` whose total fits the budget. ``spectra`` are the layers' singular values."""
+    limit = budget * sum(_cost(layer.dense, by) for layer in layers)
+
+    def pick(t: float) -> list[Option]:
+        chosen = []
+        for layer, s in zip(layers, spectra):
+            energy = np.cumsum(s**2) / max(float(np.sum(s**2)), np.finfo(float).tiny)
+            rank = int(np.searchsorted(energy, t - 1e-12) + 1)
+            factor = [o for o in layer.options if o.groups == 1 and o.rank == rank]
+            chosen.append(factor[0] if factor else layer.dense)
+        return chosen
+
+    return _largest_fitting(pick, limit, by)
+
+
+def _largest_fitting(pick, limit: float, by: str, steps: int = 60) -> list[Option]:
+    """Bisection on a knob in [0, 1] for the largest value whose picks fit ``limit``."""
+    lo, hi = 0.0, 1.0
+    best = pick(lo)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        chosen = pick(mid)
+        if sum(_cost(o, by) for o in chosen) <= limit:
+            lo, best = mid, chosen
+        else:
+            hi = mid
+    return best
+
+
+def total_cost(options: Sequence[Option], by: str = "params") -> int:
+    return sum(_cost(o, by) for o in options)

@@ -1,0 +1,117 @@
+"""Pass: store layers as truncated (optionally grouped) factor pairs, ranks chosen globally (ALDS).
+
+Runs only when the user sets ``rank_budget`` or ``max_error``. Targets are the collapsed products
+(default) or, with ``low_rank="all"``, every linear layer. Truncation changes the function: each new
+plan records its predicted error, keeps the exact plan as a fallback, and verification decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .. import allocate, linalg
+from ..emit import Emission, RangeError, grouped_nodes, linear_nodes
+from .base import Context, FoldPlan, Linear
+from .chains import chain_record
+
+
+def _targets(ctx: Context) -> list[FoldPlan]:
+    """Exact plans to consider, plus (with low_rank="all") identity 'plans' for single linear layers."""
+    targets = list(ctx.plans)
+    if ctx.options.low_rank == "all":
+        taken = {i for seg in ctx.segments for lin in seg.linears for i in lin.nodes}
+        for lin in ctx.linears:
+            if lin.nodes[0] not in taken:
+                targets.append(_single(ctx, lin))
+    return targets
+
+
+def _single(ctx: Context, lin: Linear) -> FoldPlan:
+    """A placeholder plan for an unfolded layer (no nodes: it is never applied as is)."""
+    record = chain_record(ctx.index, [lin], [], "skipped", "")
+    record.form, record.params_after, record.macs_after = "dense", record.params_before, record.macs_before
+    rank = 2 if lin.is_gemm else ctx.index.rank(lin.input)
+    emission = Emission(ctx.index.label(lin.nodes[0]) + "/lowrank", lin.is_gemm and ctx.opset >= 11,
+                        lin.bias_rank, rank)
+    return FoldPlan(record, lin.nodes, lin.input, lin.output, [], [], lin.dtype, lin.affine, emission)
+
+
+def _current_cost(plan: FoldPlan) -> int:
+    """Weights of the plan's current form (MACs per row equal weights for linear layers)."""
+    return plan.record.macs_after
+
+
+def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error: float) -> FoldPlan | None:
+    """A plan storing ``exact.affine`` with ``option``'s (grouped) rank; None if it does not fit the dtype."""
+    weight, bias = exact.affine.weight, exact.affine.bias
+    try:
+        if option.groups == 1:
+            u, s, vt = linalg.svd(weight)
+            matrices = linalg.factor_pair(u, s, vt, option.rank)
+            nodes, inits = linear_nodes(ctx.fresh_name, exact.emit, exact.input, exact.output, matrices,
+                                        bias, exact.dtype)
+        else:
+            firsts, seconds = [], []
+            for block in np.split(weight, option.groups, axis=0):
+                a, b = linalg.factor_pair(*linalg.svd(block), option.rank)
+                firsts.append(a)
+                seconds.append(b)
+            nodes, inits = grouped_nodes(ctx.fresh_name, exact.emit, exact.input, exact.output,
+                                         np.stack(firsts), np.concatenate(seconds, axis=0), bias, exact.dtype)
+    except RangeError as exc:
+        ctx.notes.append(f"{' > '.join(exact.record.layers)}: low-rank form skipped: {exc}")
+        return None
+    bias_params = 0 if bias is None else bias.size
+    record = replace(exact.record, status="folded", reason="", form="grouped" if option.groups > 1 else "truncated",
+                     rank=option.rank, params_after=option.params + bias_params, macs_after=option.macs,
+                     predicted_error=error, error=None)
+    if option.groups > 1:
+        record.reason = f"{option.groups} groups"
+    return FoldPlan(record, exact.removed, exact.input, exact.output, nodes, inits, exact.dtype, exact.affine,
+                    exact.emit, fallback=exact if exact.nodes else None)
+
+
+def _position(items: list, item) -> int:
+    return next(i for i, x in enumerate(items) if x is item)
+
+
+class LowRank:
+    """Replaces exact plans (and, on request, single layers) by truncated factor pairs under a global budget."""
+
+    name = "low-rank"
+
+    def run(self, ctx: Context) -> None:
+        opts = ctx.options
+        if opts.rank_budget is None and opts.max_error is None:
+            return
+        targets = _targets(ctx)
+        spectra = [
+            allocate.spectrum(" > ".join(t.record.layers), t.affine.weight, opts.error_metric,
+                              opts.max_groups if t.emit.input_rank is not None else 1)
+            for t in targets
+        ]
+        if opts.rank_budget is not None:
+            chosen = allocate.allocate_budget(spectra, opts.rank_budget, opts.budget_metric)
+            limit = opts.rank_budget * sum(s.dense.params for s in spectra)
+            used = allocate.total_cost(chosen, opts.budget_metric)
+            ctx.notes.append(f"rank budget {opts.rank_budget:g}: {used:,} of {limit:,.0f} allowed weights "
+                             f"({sum(s.dense.params for s in spectra):,} dense) in {len(targets)} layer(s); "
+                             f"max predicted {opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
+            if used > limit:
+                ctx.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
+        else:
+            chosen = allocate.allocate_max_error(spectra, opts.max_error, opts.budget_metric)
+        for target, option in zip(targets, chosen):
+            if option.rank is None or option.params >= _current_cost(target):
+                continue
+            plan = truncated_plan(ctx, target, option, option.error)
+            if plan is None:
+                continue
+            if target.nodes:  # an exact plan: replace it and its record
+                ctx.plans[_position(ctx.plans, target)] = plan
+                ctx.records[_position(ctx.records, target.record)] = plan.record
+            else:
+                ctx.plans.append(plan)
+                ctx.records.append(plan.record)
