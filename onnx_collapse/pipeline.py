@@ -95,7 +95,7 @@ def _verify_and_revert(
             position = next(i for i, p in enumerate(accepted) if p is plan)
             plan.record.status = "reverted"
             err = plan.record.error
-            plan.record.reason = (f"outputs fail tolerance with this fold; its own max abs error is "
+            plan.record.reason = (f"the model fails verification with this fold; its own max abs error is "
                                   f"{err.max_abs:.2e} (needs atol {err.required_atol:.1e})")
             if plan.fallback is None:
                 accepted.pop(position)

@@ -1,0 +1,65 @@
+"""Shared by the digits studies: data splits, a collapsible MLP, training, ONNX accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.nn import functional as F
+
+from onnx_collapse.torch import collapse_penalty, collapsible_slopes, make_collapsible
+
+SEED = 0
+
+
+def splits():
+    """(train, validation, test) pairs of float32 features in [0, 1] and int64 labels; 60/20/20, seeded."""
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    y = data.target.astype(np.int64)
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=SEED, stratify=y)
+    x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, random_state=SEED,
+                                                    stratify=y_rest)
+    return (x_train, y_train), (x_val, y_val), (x_test, y_test)
+
+
+def mlp(hidden: int = 128, depth: int = 4) -> nn.Sequential:
+    """64 -> hidden x depth -> 10 with ReLU, turned collapsible (one PReLU slope per layer)."""
+    torch.manual_seed(SEED)
+    layers, width = [], 64
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, 10))
+    return make_collapsible(nn.Sequential(*layers))
+
+
+def train(model: nn.Module, data, lam: float, epochs: int = 60, penalised=None, lr: float = 2e-3,
+          seed: int = SEED) -> nn.Module:
+    """Adam on cross-entropy + lam * collapse_penalty(penalised slopes; default all but the first)."""
+    torch.manual_seed(seed)
+    x, y = (torch.from_numpy(a) for a in data)
+    slopes = collapsible_slopes(model)[1:] if penalised is None else penalised
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), 64):
+            idx = order[start:start + 64]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            if lam > 0 and slopes:
+                loss = loss + lam * collapse_penalty(slopes)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def onnx_accuracy(model_or_bytes, x: np.ndarray, y: np.ndarray) -> float:
+    data = model_or_bytes if isinstance(model_or_bytes, bytes) else model_or_bytes.SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return float((logits.argmax(-1) == y).mean())
