@@ -35,6 +35,7 @@ class LayerSpectrum:
     n_in: int
     n_out: int
     options: tuple[Option, ...]
+    singular_values: np.ndarray
 
     @property
     def dense(self) -> Option:
@@ -97,7 +98,7 @@ def spectrum(name: str, weight: np.ndarray, metric: str = "spectral", max_groups
     for k in range(2, max_groups + 1):
         if n_in % k == 0:
             options += grouped_options(weight, k, metric, sigma_1, norm_f)
-    return LayerSpectrum(name, n_in, n_out, tuple(options))
+    return LayerSpectrum(name, n_in, n_out, tuple(options), s)
 
 
 def _cost(option: Option, by: str) -> int:
@@ -155,15 +156,15 @@ def allocate_uniform(layers: Sequence[LayerSpectrum], budget: float, by: str = "
     return _largest_fitting(pick, limit, by)
 
 
-def allocate_energy(layers: Sequence[LayerSpectrum], budget: float, by: str = "params",
-                    spectra: Sequence[np.ndarray] = ()) -> list[Option]:
+def allocate_energy(layers: Sequence[LayerSpectrum], budget: float, by: str = "params") -> list[Option]:
     """Baseline: per layer, the smallest rank keeping a fraction ``t`` of the spectral energy; the largest
-    ``t`` whose total fits the budget. ``spectra`` are the layers' singular values."""
+    ``t`` whose total fits the budget."""
     limit = budget * sum(_cost(layer.dense, by) for layer in layers)
 
     def pick(t: float) -> list[Option]:
         chosen = []
-        for layer, s in zip(layers, spectra):
+        for layer in layers:
+            s = layer.singular_values
             energy = np.cumsum(s**2) / max(float(np.sum(s**2)), np.finfo(float).tiny)
             rank = int(np.searchsorted(energy, t - 1e-12) + 1)
             factor = [o for o in layer.options if o.groups == 1 and o.rank == rank]
@@ -185,6 +186,9 @@ def _largest_fitting(pick, limit: float, by: str, steps: int = 60) -> list[Optio
         else:
             hi = mid
     return best
+
+
+ALLOCATORS = {"alds": allocate_budget, "uniform": allocate_uniform, "energy": allocate_energy}
 
 
 def total_cost(options: Sequence[Option], by: str = "params") -> int:

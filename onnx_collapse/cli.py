@@ -19,7 +19,7 @@ from .errors import CollapseError
 from .options import Options
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
-from .report import render, render_folds, render_verification
+from .report import render, render_folds, render_spectra, render_verification
 from .verify import parse_input_shape
 from .verify import verify as verify_models
 
@@ -111,6 +111,8 @@ def cli() -> None:
 @click.option("--error-metric", type=click.Choice(["spectral", "frobenius"]), default="spectral", show_default=True)
 @click.option("--max-groups", type=click.IntRange(1), default=1, show_default=True,
               help="Allow ALDS grouped factors with up to this many input-feature groups.")
+@click.option("--allocator", type=click.Choice(["alds", "uniform", "energy"]), default="alds", show_default=True,
+              help="How --rank-budget is shared among layers (uniform and energy are baselines).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB).")
 @click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
@@ -118,7 +120,7 @@ def cli() -> None:
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
              metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
-             external_data, overwrite, as_json, report_file) -> None:
+             allocator, external_data, overwrite, as_json, report_file) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with one_line_errors():
         src, dst = Path(input_path), Path(output_path)
@@ -130,7 +132,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
                           min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
-                          max_groups=max_groups)
+                          max_groups=max_groups, allocator=allocator)
         model = io.load_model(src)
         if external_data is None:
             external_data = io.uses_external(model) or None
@@ -149,12 +151,19 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 @cli.command()
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
 @click.option("--slope-tol", type=click.FloatRange(0), default=0.05, show_default=True)
+@click.option("--spectrum", is_flag=True, help="Also show low-rank targets' spectra and the error/budget trade-off.")
+@click.option("--low-rank", type=click.Choice(["collapsed", "all"]), default="collapsed", show_default=True,
+              help="With --spectrum: collapsed products only, or every linear layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
-def analyze(input_path, slope_tol, as_json) -> None:
+def analyze(input_path, slope_tol, spectrum, low_rank, as_json) -> None:
     """List every chain of IN.onnx: shapes, slopes, predicted savings, and why it would or would not fold."""
     with one_line_errors():
-        report, remarks = analyze_model(input_path, Options(slope_tol=slope_tol, verify=False))
+        found = analyze_model(input_path, Options(slope_tol=slope_tol, verify=False, low_rank=low_rank))
+        report, remarks = found.report, found.remarks
         payload = report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in remarks]}
+        if spectrum:
+            payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
+                                   "singular_values": s.singular_values.tolist()} for s in found.spectra]
         lines = [render_folds(report.folds)]
         if remarks:
             lines += ["", "other layers:"] + [f"  {n}: {r}" for n, r in remarks]
@@ -164,6 +173,8 @@ def analyze(input_path, slope_tol, as_json) -> None:
         lines += ["", f"{len(foldable)} foldable chain(s): parameters {report.before.params:,} -> "
                       f"{report.before.params - saved_params:,}; linear MACs/row {report.before.linear_macs:,} -> "
                       f"{report.before.linear_macs - saved_macs:,} (predicted; run optimize to verify)"]
+        if spectrum:
+            lines += ["", render_spectra(found.spectra)]
         click.echo(json.dumps(payload, indent=2) if as_json else "\n".join(lines))
 
 

@@ -22,6 +22,8 @@ class Options:
     budget_metric: "params" or "macs" (per input row; the same count for linear layers' weights).
     error_metric: "spectral" (sigma_{r+1} / sigma_1, as ALDS) or "frobenius".
     max_groups: allow ALDS's grouped factors with up to this many input-feature groups (1: none).
+    allocator: how ``rank_budget`` is shared: "alds" (minimise the largest layer error), or the baselines
+        "uniform" (same rank ratio everywhere) and "energy" (same kept spectral energy everywhere).
     metric: "allclose" (every element within atol + rtol |b|) or "top1" (argmax over the last axis agrees
         on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``).
     """
@@ -40,5 +42,6 @@ class Options:
     budget_metric: str = "params"
     error_metric: str = "spectral"
     max_groups: int = 1
+    allocator: str = "alds"
     metric: str = "allclose"
     min_agreement: float = 0.99

@@ -5,17 +5,19 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 
+from .allocate import LayerSpectrum
 from .graph import GraphIndex, default_opset, infer_shapes, subgraphs
 from .io import load_model
 from .options import Options
 from .passes import DEFAULT_PASSES
 from .passes.base import Context, FoldPlan, Pass
 from .passes.linear import FindLinearLayers
+from .passes.lowrank import target_spectra
 from .report import ModelStats, Report, Verification
 from .rewrite import apply_plans
 from .verify import compare_outputs, local_errors, make_feeds, run
@@ -129,17 +131,25 @@ def optimize(
     return out, report
 
 
-def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None,
-            **overrides) -> tuple[Report, list[tuple[str, str]]]:
-    """Every chain found, with predicted savings and why each would or would not fold; nothing is run.
+@dataclass
+class Analysis:
+    """What ``analyze`` found: the report (folds marked "foldable" or "skipped"), remarks on layers
+    outside any chain, and the truncation targets' spectra (the low-rank trade-off)."""
 
-    Returns the report (folds marked "foldable" or "skipped") and remarks on layers outside any chain.
-    """
-    options = replace(options or Options(), **overrides)
+    report: Report
+    remarks: list[tuple[str, str]]
+    spectra: list[LayerSpectrum]
+
+
+def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None,
+            **overrides) -> Analysis:
+    """Every chain found, with predicted savings and why each would or would not fold; nothing is run."""
+    options = replace(options or Options(), rank_budget=None, max_error=None, **overrides)
     model = as_model(model_or_path)
     ctx = run_passes(model, options)
     for record in ctx.records:
         if record.status == "folded":
             record.status = "foldable"
     stats = model_stats(model)
-    return Report(stats, stats, ctx.records, None, ctx.notes), ctx.remarks
+    _, spectra = target_spectra(ctx)
+    return Analysis(Report(stats, stats, ctx.records, None, ctx.notes), ctx.remarks, spectra)

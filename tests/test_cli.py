@@ -142,3 +142,24 @@ def test_usage_error_exits_2():
 def test_no_verify_says_it_did_not_check(model_copy, tmp_path):
     result = cli("optimize", model_copy, tmp_path / "o.onnx", "--no-verify")
     assert result.returncode == 0 and "NOT checked" in result.stdout
+
+
+def test_analyze_spectrum_shows_the_trade_off():
+    result = cli("analyze", MODELS / "three_layer.onnx", "--spectrum")
+    assert result.returncode == 0 and "max layer error (ALDS)" in result.stdout and "sigma_1" in result.stdout
+
+
+def test_rank_budget_truncates_only_with_a_user_tolerance(tmp_path):
+    strict = cli("optimize", MODELS / "three_layer.onnx", tmp_path / "a.onnx", "--rank-budget", "0.5", "--json")
+    folds = json.loads(strict.stdout)["folds"]
+    assert [(f["form"], f["status"]) for f in folds] == [("truncated", "reverted"), ("dense", "folded")]
+    loose = cli("optimize", MODELS / "three_layer.onnx", tmp_path / "b.onnx", "--rank-budget", "0.5",
+                "--atol", "1", "--rtol", "1", "--json")
+    (fold,) = json.loads(loose.stdout)["folds"]
+    assert fold["form"] == "truncated" and fold["predicted_error"] > 0 and fold["error"]["max_abs"] > 0
+
+
+def test_budget_and_max_error_exclude_each_other(tmp_path):
+    result = cli("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5",
+                 "--max-error", "0.1")
+    assert_one_line_error(result, 2, "exclude each other")

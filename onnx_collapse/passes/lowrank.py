@@ -28,6 +28,17 @@ def _targets(ctx: Context) -> list[FoldPlan]:
     return targets
 
 
+def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpectrum]]:
+    """The truncation targets and their storage options (grouping only where the input rank is known)."""
+    targets = _targets(ctx)
+    spectra = [
+        allocate.spectrum(" > ".join(t.record.layers), t.affine.weight, ctx.options.error_metric,
+                          ctx.options.max_groups if t.emit.input_rank is not None else 1)
+        for t in targets
+    ]
+    return targets, spectra
+
+
 def _single(ctx: Context, lin: Linear) -> FoldPlan:
     """A placeholder plan for an unfolded layer (no nodes: it is never applied as is)."""
     record = chain_record(ctx.index, [lin], [], "skipped", "")
@@ -86,17 +97,12 @@ class LowRank:
         opts = ctx.options
         if opts.rank_budget is None and opts.max_error is None:
             return
-        targets = _targets(ctx)
-        spectra = [
-            allocate.spectrum(" > ".join(t.record.layers), t.affine.weight, opts.error_metric,
-                              opts.max_groups if t.emit.input_rank is not None else 1)
-            for t in targets
-        ]
+        targets, spectra = target_spectra(ctx)
         if opts.rank_budget is not None:
-            chosen = allocate.allocate_budget(spectra, opts.rank_budget, opts.budget_metric)
+            chosen = allocate.ALLOCATORS[opts.allocator](spectra, opts.rank_budget, opts.budget_metric)
             limit = opts.rank_budget * sum(s.dense.params for s in spectra)
             used = allocate.total_cost(chosen, opts.budget_metric)
-            ctx.notes.append(f"rank budget {opts.rank_budget:g}: {used:,} of {limit:,.0f} allowed weights "
+            ctx.notes.append(f"rank budget {opts.rank_budget:g} ({opts.allocator}): {used:,} of {limit:,.0f} allowed weights "
                              f"({sum(s.dense.params for s in spectra):,} dense) in {len(targets)} layer(s); "
                              f"max predicted {opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
             if used > limit:
