@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from digits import SEED, mlp, onnx_accuracy, splits, train
@@ -24,7 +25,6 @@ from torch import nn
 from torch.nn import functional as F
 
 import onnx_collapse
-from onnx_collapse.pipeline import as_model
 from onnx_collapse.torch import export_onnx
 
 BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -56,7 +56,7 @@ def output_error(reference: bytes, candidate: bytes, x: np.ndarray) -> float:
 
 
 def study(name: str, path: Path, x_test: np.ndarray, y_test: np.ndarray) -> list[dict]:
-    original = as_model(path).SerializeToString()
+    original = onnx.load(str(path)).SerializeToString()
     base = onnx_accuracy(original, x_test, y_test)
     rows = []
     for budget in BUDGETS:

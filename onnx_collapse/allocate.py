@@ -88,16 +88,19 @@ def grouped_options(weight: np.ndarray, groups: int, metric: str, sigma_1: float
     return options
 
 
-def spectrum(name: str, weight: np.ndarray, metric: str = "spectral", max_groups: int = 1) -> LayerSpectrum:
-    """The storage options of ``weight``: dense, factor pairs, and grouped pairs with up to ``max_groups``
-    groups (divisors of n_in)."""
-    n_in, n_out = weight.shape
-    s = np.linalg.svd(weight, compute_uv=False)
+def spectrum(name: str, weight: np.ndarray | linalg.Factored, metric: str = "spectral",
+             max_groups: int = 1) -> LayerSpectrum:
+    """The storage options of ``weight`` (a matrix, or a Factored product): dense, factor pairs, and grouped
+    pairs with up to ``max_groups`` groups (divisors of n_in; these need the dense matrix)."""
+    factored = weight if isinstance(weight, linalg.Factored) else linalg.Factored((np.asarray(weight),))
+    n_in, n_out = factored.shape
+    s = factored.svd()[1]
     options = factor_options(n_in, n_out, s, metric)
     sigma_1, norm_f = (float(s[0]) if s.size else 0.0), float(np.sqrt(np.sum(s**2)))
-    for k in range(2, max_groups + 1):
-        if n_in % k == 0:
-            options += grouped_options(weight, k, metric, sigma_1, norm_f)
+    groupings = [k for k in range(2, max_groups + 1) if n_in % k == 0]
+    dense = factored.dense() if groupings else None
+    for k in groupings:
+        options += grouped_options(dense, k, metric, sigma_1, norm_f)
     return LayerSpectrum(name, n_in, n_out, tuple(options), s)
 
 

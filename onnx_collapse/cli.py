@@ -14,7 +14,6 @@ from pathlib import Path
 
 import click
 
-from . import io
 from .errors import CollapseError
 from .options import Options
 from .pipeline import analyze as analyze_model
@@ -133,19 +132,11 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
                           max_groups=max_groups, allocator=allocator)
-        model = io.load_model(src)
-        if external_data is None:
-            external_data = io.uses_external(model) or None
-        before_bytes = io.file_size(src)
-        out, report = optimize_model(model, options)
-        report.before.file_bytes = before_bytes
+        _, report = optimize_model(src, options, output=dst, external_data=external_data)
+        _emit(report.to_dict(), render(report), as_json, report_file)
         if report.verification is not None and not report.verification.passed:
-            _emit(report.to_dict(), render(report), as_json, report_file)
             click.echo("onnx-collapse: verification failed; no output written", err=True)
             sys.exit(1)
-        io.save_model(out, dst, external_data=external_data)
-        report.after.file_bytes = io.file_size(dst)
-        _emit(report.to_dict(), render(report), as_json, report_file)
 
 
 @cli.command()
@@ -187,8 +178,7 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
            as_json) -> None:
     """Compare B.onnx with A.onnx in onnxruntime; exit 1 if any output differs beyond tolerance."""
     with one_line_errors():
-        a, b = io.load_model(reference), io.load_model(candidate)
-        result = verify_models(a, b, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
+        result = verify_models(reference, candidate, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
                                check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
         click.echo(json.dumps(dataclasses.asdict(result), indent=2) if as_json else render_verification(result))
     if not result.passed:

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
+
+from .io import TensorStore
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -17,6 +19,28 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield attr.g
         elif attr.type == onnx.AttributeProto.GRAPHS:
             yield from attr.graphs
+
+
+GraphPath = tuple[tuple[int, str, int], ...]  # (node position, attribute name, graph position) from the main graph
+
+
+def walk_graphs(graph: onnx.GraphProto, path: GraphPath = (), prefix: str = "") -> Iterator[tuple[GraphPath, str, onnx.GraphProto]]:
+    """The graph and every subgraph inside it, with the path that locates each and a readable prefix."""
+    yield path, prefix, graph
+    for i, node in enumerate(graph.node):
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for k, body in enumerate(bodies):
+                label = f"{prefix}{node.name or node.op_type + '#' + str(i)}/{attr.name}" + (f"[{k}]" if len(bodies) > 1 else "")
+                yield from walk_graphs(body, path + ((i, attr.name, k),), label + "/")
+
+
+def locate(graph: onnx.GraphProto, path: GraphPath) -> onnx.GraphProto:
+    """The subgraph of ``graph`` at ``path`` (see walk_graphs)."""
+    for i, name, k in path:
+        attr = next(a for a in graph.node[i].attribute if a.name == name)
+        graph = attr.g if attr.type == onnx.AttributeProto.GRAPH else attr.graphs[k]
+    return graph
 
 
 def outer_names_used(graph: onnx.GraphProto) -> set[str]:
@@ -51,8 +75,11 @@ class GraphIndex:
     because analysis never edits the graph.
     """
 
-    def __init__(self, graph: onnx.GraphProto, shapes: dict[str, list[int | None]] | None = None):
+    def __init__(self, graph: onnx.GraphProto, shapes: dict[str, list[int | None]] | None = None,
+                 store: TensorStore | None = None, prefix: str = ""):
         self.graph = graph
+        self.store = store or TensorStore(None)
+        self.prefix = prefix  # where this graph sits, e.g. "If_0/then_branch/" ("" for the main graph)
         self.nodes: list[onnx.NodeProto] = list(graph.node)
         self.initializers = {t.name: t for t in graph.initializer}
         self.graph_inputs = {i.name for i in graph.input}
@@ -74,21 +101,46 @@ class GraphIndex:
     def label(self, i: int) -> str:
         """A readable name for node ``i``: its name, or op type and position when unnamed."""
         node = self.nodes[i]
-        return node.name or f"{node.op_type}#{i}"
+        return self.prefix + (node.name or f"{node.op_type}#{i}")
+
+    def _constant_tensor(self, name: str) -> onnx.TensorProto | None:
+        if name in self.initializers and name not in self.graph_inputs:
+            return self.initializers[name]
+        if name in self.producer and self.nodes[self.producer[name]].op_type == "Constant":
+            node = self.nodes[self.producer[name]]
+            return next((a.t for a in node.attribute if a.name == "value" and a.type == a.TENSOR), None)
+        return None
+
+    def constant_meta(self, name: str) -> tuple[tuple[int, ...], np.dtype | None] | None:
+        """Shape and dtype of a constant without reading its data (dtype None if numpy has none)."""
+        tensor = self._constant_tensor(name)
+        if tensor is None:
+            value = self.constant(name) if self.is_constant(name) else None
+            return None if value is None else (value.shape, value.dtype)
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            dtype = None
+        return tuple(tensor.dims), dtype
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of ``name`` if it is fixed at load time (initializer or Constant node), else None.
 
         An initializer that is also a graph input can be overridden by the caller, so it is not constant.
+        Values are read on demand (external data from disk); only small ones are cached.
         """
-        if name not in self._constants:
+        if name in self._constants:
+            return self._constants[name]
+        tensor = self._constant_tensor(name)
+        if tensor is not None:
+            value = self.store.read(tensor)
+        elif name in self.producer and self.nodes[self.producer[name]].op_type == "Constant":
+            value = constant_node_value(self.nodes[self.producer[name]])
+        else:
             value = None
-            if name in self.initializers and name not in self.graph_inputs:
-                value = numpy_helper.to_array(self.initializers[name])
-            elif name in self.producer and self.nodes[self.producer[name]].op_type == "Constant":
-                value = constant_node_value(self.nodes[self.producer[name]])
+        if value is None or value.nbytes <= 65536:
             self._constants[name] = value
-        return self._constants[name]
+        return value
 
     def is_constant(self, name: str) -> bool:
         if name in self.initializers:

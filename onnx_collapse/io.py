@@ -1,45 +1,93 @@
-"""Loading and saving models: external data relative to the model's folder, atomic writes."""
+"""Loading and saving models: lazy external data, atomic writes, streaming copies of untouched weights.
+
+A model is loaded without its external data: tensors stored in ``.data`` files stay on disk and are
+read one at a time when a pass needs their values (``TensorStore``). Saving copies untouched external
+tensors from the source file to the output's own data file in chunks, so memory stays near the size
+of the weights actually changed.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx.external_data_helper import (
-    ExternalDataInfo,
-    _get_all_tensors,
-    convert_model_to_external_data,
-    load_external_data_for_model,
-    uses_external_data,
-)
+from onnx import numpy_helper
+from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
 from .errors import CollapseError
 
 PROTOBUF_LIMIT = 2**31 - 1
-# Above this serialized size a model is written with external data even when not asked to.
+# Above this size a model is written with external data even when not asked to.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+ALIGN = 4096  # offsets of tensors in a written data file (page-aligned, so readers can mmap)
+CHUNK = 64 * 2**20
 
 
-def _external_locations(model: onnx.ModelProto) -> list[str]:
-    return [ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)]
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model: initializers and tensor attributes, subgraphs included."""
+    return _get_all_tensors(model)
+
+
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in all_tensors(model) if uses_external_data(t)]
+
+
+class TensorStore:
+    """Reads tensor values on demand; external data is resolved under ``base_dir`` (the model's folder)."""
+
+    def __init__(self, base_dir: str | os.PathLike | None):
+        self.base_dir = None if base_dir is None else Path(base_dir)
+
+    def read(self, tensor: onnx.TensorProto) -> np.ndarray:
+        if not uses_external_data(tensor):
+            return numpy_helper.to_array(tensor)
+        if self.base_dir is None:
+            raise CollapseError(f"tensor {tensor.name!r} uses external data, but the model's folder is unknown")
+        detached = onnx.TensorProto()
+        detached.CopyFrom(tensor)  # to_array loads external data into the proto it is given: not ours
+        return numpy_helper.to_array(detached, base_dir=str(self.base_dir))
+
+    @staticmethod
+    def nbytes(tensor: onnx.TensorProto) -> int:
+        """Bytes of the tensor's data, wherever it is stored."""
+        if uses_external_data(tensor):
+            return int(ExternalDataInfo(tensor).length or _dense_bytes(tensor))
+        return len(tensor.raw_data) if tensor.HasField("raw_data") else _dense_bytes(tensor)
+
+
+def _dense_bytes(tensor: onnx.TensorProto) -> int:
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 1
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
 def _check_external_paths(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse external data that points outside the model's folder or is missing."""
+    """Refuse external data that points outside the model's folder, is missing, or is too short."""
     root = base_dir.resolve()
-    for location in _external_locations(model):
+    for tensor in external_tensors(model):
+        info = ExternalDataInfo(tensor)
+        location = info.location
         target = (root / location).resolve()
-        if os.path.isabs(location) or not target.is_relative_to(root):
-            raise CollapseError(f"external data path {location!r} escapes the model's folder {str(root)!r}")
+        if not location or os.path.isabs(location) or not target.is_relative_to(root):
+            raise CollapseError(f"external data path {location!r} of tensor {tensor.name!r} escapes the model's "
+                                f"folder {str(root)!r}")
         if not target.is_file():
-            raise CollapseError(f"external data file {str(target)!r} is missing")
+            raise CollapseError(f"external data file {str(target)!r} (tensor {tensor.name!r}) is missing")
+        end = (info.offset or 0) + (info.length or _dense_bytes(tensor))
+        if end > target.stat().st_size:
+            raise CollapseError(f"external data file {str(target)!r} is too short for tensor {tensor.name!r}")
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load and check an ONNX model; external data is read relative to the model's own folder."""
+    """Load and check an ONNX model; external data stays on disk (read lazily via TensorStore)."""
     path = Path(path)
     if not path.exists():
         raise CollapseError(f"{str(path)!r}: no such file")
@@ -47,39 +95,30 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise CollapseError(f"{str(path)!r}: not a file")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
         raise CollapseError(f"{str(path)!r} is not a valid ONNX model ({_first_line(exc)})") from None
     if not model.HasField("graph") or not model.opset_import:
         raise CollapseError(f"{str(path)!r} is not a valid ONNX model (no graph or no opset)")
     _check_external_paths(model, path.parent)
-    try:
-        load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CollapseError(f"{str(path)!r}: cannot read external data ({_first_line(exc)})") from None
-    check_model(model, str(path))
+    check_model(path)
     return model
 
 
-def check_model(model: onnx.ModelProto, what: str = "model") -> None:
-    """Run onnx.checker; raise CollapseError with its first line on failure."""
+def embed_external_data(model: onnx.ModelProto, base_dir: str | os.PathLike) -> None:
+    """Read every external tensor into the model (for callers that want a self-contained ModelProto)."""
+    total = sum(TensorStore.nbytes(t) for t in external_tensors(model)) + model.ByteSize()
+    if total > PROTOBUF_LIMIT:
+        raise CollapseError(f"the model holds {total / 2**30:.1f} GiB of weights, more than one protobuf can; "
+                            "write it to a file instead (optimize(..., output=PATH))")
+    onnx.external_data_helper.load_external_data_for_model(model, str(base_dir))
+
+
+def check_model(path: str | os.PathLike) -> None:
+    """Run onnx.checker on a model file (external data is checked for presence, not read)."""
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model)
-        else:  # the checker cannot take >2 GB in memory: check a copy without the weights
-            onnx.checker.check_model(_without_weights(model))
-    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
-        raise CollapseError(f"{what!r} fails onnx.checker: {_first_line(exc)}") from None
-
-
-def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    for tensor in skeleton.graph.initializer:
-        tensor.ClearField("raw_data")
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        del tensor.external_data[:]
-        tensor.external_data.add(key="location", value="stripped")
-    return skeleton
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError, RuntimeError, OSError) as exc:
+        raise CollapseError(f"{str(path)!r} fails onnx.checker: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -95,7 +134,7 @@ def file_size(path: str | os.PathLike) -> int:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - size is informative only
         return total
-    for location in set(_external_locations(model)):
+    for location in {ExternalDataInfo(t).location for t in external_tensors(model)}:
         data = path.parent / location
         if data.is_file():
             total += data.stat().st_size
@@ -103,38 +142,142 @@ def file_size(path: str | os.PathLike) -> int:
 
 
 def uses_external(model: onnx.ModelProto) -> bool:
-    return bool(_external_locations(model))
+    return bool(external_tensors(model))
 
 
-def save_model(
-    model: onnx.ModelProto,
-    path: str | os.PathLike,
-    external_data: bool | None = None,
-    size_threshold: int = 1024,
-) -> None:
-    """Write ``model`` atomically: the file (and its ``.data`` file) appear complete or not at all.
+def _copy_range(src, dst, offset: int, length: int) -> None:
+    src.seek(offset)
+    while length > 0:
+        chunk = src.read(min(CHUNK, length))
+        if not chunk:
+            raise CollapseError("external data file ended early")
+        dst.write(chunk)
+        length -= len(chunk)
 
-    ``external_data=None`` chooses external data only when the model is too large for one protobuf.
-    External data is always written beside the output, never referenced from the input's folder.
+
+def _write_tensors(model: onnx.ModelProto, source_dir: Path | None, data_path: Path, data_name: str,
+                   size_threshold: int) -> None:
+    """Move tensor data of ``model`` (a copy we may edit) into ``data_path``: external tensors are copied
+    from their source files in chunks, embedded ones of ``size_threshold`` bytes or more are written out."""
+    sources: dict[Path, object] = {}
+    try:
+        with open(data_path, "wb") as out:
+            for tensor in all_tensors(model):
+                external = uses_external_data(tensor)
+                if not external and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold):
+                    continue
+                out.write(b"\0" * ((-out.tell()) % ALIGN))
+                offset = out.tell()
+                if external:
+                    info = ExternalDataInfo(tensor)
+                    src_path = (source_dir or Path(".")) / info.location
+                    if src_path not in sources:
+                        sources[src_path] = open(src_path, "rb")  # noqa: SIM115 - closed below
+                    _copy_range(sources[src_path], out, info.offset or 0, info.length or _dense_bytes(tensor))
+                else:
+                    out.write(tensor.raw_data)
+                    tensor.ClearField("raw_data")
+                length = out.tell() - offset
+                del tensor.external_data[:]
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                    tensor.external_data.add(key=key, value=value)
+    finally:
+        for handle in sources.values():
+            handle.close()
+
+
+def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_dir: Path | None,
+                size_threshold: int = 1024) -> None:
+    """Write ``model`` to ``path`` (not atomically; see StagedOutput), its data to ``path.name + '.data'``.
+
+    External tensors of ``model`` are read from ``source_dir``. The caller's ``model`` is not modified.
     """
-    path = Path(path)
-    if external_data is None:
-        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CollapseError(f"output folder {str(folder)!r} does not exist")
-    data_name = path.name + ".data"
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-collapse-") as tmp:
-        tmp_model = Path(tmp) / path.name
+    to_write = model
+    if external_data or uses_external(model):
+        to_write = onnx.ModelProto()
+        to_write.CopyFrom(model)  # cheap: external tensors carry no data; embedded ones are moved out below
         if external_data:
-            to_write = onnx.ModelProto()
-            to_write.CopyFrom(model)
-            convert_model_to_external_data(
-                to_write, all_tensors_to_one_file=True, location=data_name, size_threshold=size_threshold
-            )
-            onnx.save_model(to_write, str(tmp_model))
-            if (Path(tmp) / data_name).exists():
-                os.replace(Path(tmp) / data_name, folder / data_name)
+            _write_tensors(to_write, source_dir, path.parent / (path.name + ".data"), path.name + ".data",
+                           size_threshold)
         else:
-            onnx.save_model(model, str(tmp_model))
-        os.replace(tmp_model, path)
+            embed_external_data(to_write, source_dir)
+    if to_write.ByteSize() > PROTOBUF_LIMIT:
+        raise CollapseError("the model is over 2 GB: it must be written with external data (--external-data)")
+    with open(path, "wb") as f:
+        f.write(to_write.SerializeToString(deterministic=True))
+
+
+class StagedOutput:
+    """An output written into a hidden folder beside its final path and renamed into place on commit(),
+    so the output (and its .data file) is complete or absent. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, external_data: bool | None, source_dir: str | os.PathLike | None):
+        self.path = Path(path)
+        self.folder = self.path.parent if str(self.path.parent) else Path(".")
+        if not self.folder.is_dir():
+            raise CollapseError(f"output folder {str(self.folder)!r} does not exist")
+        self.source_dir = None if source_dir is None else Path(source_dir)
+        self.external_data = external_data
+        self._tmp = tempfile.TemporaryDirectory(dir=self.folder, prefix=".onnx-collapse-")
+        self.staged = Path(self._tmp.name) / self.path.name
+        self.staged_data = Path(self._tmp.name) / (self.path.name + ".data")
+
+    def write(self, model: onnx.ModelProto) -> Path:
+        """Write ``model`` to the staging folder; returns the staged model's path (loadable as is)."""
+        external = self.external_data
+        if external is None:
+            weight_bytes = sum(TensorStore.nbytes(t) for t in external_tensors(model))
+            external = model.ByteSize() + weight_bytes > EXTERNAL_DATA_THRESHOLD
+        if self.staged_data.exists():
+            self.staged_data.unlink()
+        write_model(model, self.staged, external, self.source_dir)
+        return self.staged
+
+    def commit(self) -> None:
+        if self.staged_data.exists():
+            os.replace(self.staged_data, self.folder / self.staged_data.name)
+        os.replace(self.staged, self.path)
+
+    def __enter__(self) -> StagedOutput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None,
+               source_dir: str | os.PathLike | None = None) -> None:
+    """Write ``model`` atomically to ``path``; external data, if any, to ``path.data`` beside it.
+
+    ``external_data=None`` chooses it only when the model is too large for one protobuf. ``source_dir``
+    is the folder the model's own external tensors are read from (the input model's folder).
+    """
+    with StagedOutput(path, external_data, source_dir) as out:
+        out.write(model)
+        out.commit()
+
+
+@dataclass
+class ModelSource:
+    """A model and where its weights live: ``base_dir`` for external data, ``path`` if a file holds it as is."""
+
+    model: onnx.ModelProto
+    base_dir: Path | None = None
+    path: Path | None = None
+
+
+def open_model(model_or_path: onnx.ModelProto | ModelSource | str | os.PathLike) -> ModelSource:
+    """A ModelSource we may edit: loaded lazily from a path, or a copy of the caller's ModelProto."""
+    if isinstance(model_or_path, ModelSource):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model_or_path.model)
+        return ModelSource(copy, model_or_path.base_dir, model_or_path.path)
+    if isinstance(model_or_path, onnx.ModelProto):
+        if uses_external(model_or_path):
+            raise CollapseError("the model refers to external data files; pass its path instead of a ModelProto")
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model_or_path)
+        return ModelSource(copy, None, None)
+    path = Path(model_or_path)
+    return ModelSource(load_model(path), path.parent, path)

@@ -38,6 +38,48 @@ def compose(layers: Sequence[Affine]) -> Affine:
     return Affine(weight, bias)
 
 
+@dataclass(frozen=True)
+class Factored:
+    """A linear map kept as a product of matrices (never multiplied out unless asked) plus a bias."""
+
+    matrices: tuple[np.ndarray, ...]
+    bias: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrices[0].shape[0], self.matrices[-1].shape[1]
+
+    def dense(self) -> np.ndarray:
+        out = self.matrices[0]
+        for m in self.matrices[1:]:
+            out = out @ m
+        return out
+
+    def svd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Thin SVD of the product; a pair (K x h)(h x N) costs O((K + N) h^2), never forming K x N."""
+        if len(self.matrices) != 2:
+            return svd(self.dense())
+        a, b = self.matrices
+        qa, ra = np.linalg.qr(a)
+        qb, rb = np.linalg.qr(b.T)
+        u, s, vt = np.linalg.svd(ra @ rb.T)
+        return qa @ u, s, vt @ qb.T
+
+
+def compose_split(layers: Sequence[Affine]) -> Factored:
+    """The chain as a pair (left)(right) split at its narrowest inner dim, with the chain's total bias.
+
+    The product's rank is at most that inner dim; keeping the pair avoids forming a large product.
+    """
+    inner = [layer.shape[1] for layer in layers[:-1]]
+    cut = 1 + int(np.argmin(inner))
+    left, right = compose(layers[:cut]), compose(layers[cut:])
+    bias = None if left.bias is None else left.bias @ right.weight
+    if right.bias is not None:
+        bias = right.bias if bias is None else bias + right.bias
+    return Factored((left.weight, right.weight), bias)
+
+
 def rank_bound(shapes: Sequence[tuple[int, int]]) -> int:
     """An upper bound on the rank of a product of matrices with these shapes (its narrowest dim)."""
     return min(min(s) for s in shapes)

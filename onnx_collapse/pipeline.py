@@ -1,8 +1,9 @@
-"""The optimizer: analysis passes -> rewrite -> verification with per-fold revert -> report."""
+"""The optimizer: analysis passes over every graph -> rewrite -> verification with per-fold revert -> report."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -11,35 +12,51 @@ import numpy as np
 import onnx
 
 from .allocate import LayerSpectrum
-from .graph import GraphIndex, default_opset, infer_shapes, subgraphs
-from .io import load_model
+from .graph import GraphIndex, default_opset, infer_shapes, subgraphs, walk_graphs
+from .io import (
+    ModelSource,
+    StagedOutput,
+    TensorStore,
+    embed_external_data,
+    file_size,
+    open_model,
+    uses_external,
+)
 from .options import Options
-from .passes import DEFAULT_PASSES
-from .passes.base import Context, FoldPlan, Pass
+from .passes import DEFAULT_PASSES, GLOBAL_PASSES
+from .passes.base import Context, FoldPlan, Pass, all_names
 from .passes.linear import FindLinearLayers
 from .passes.lowrank import target_spectra
 from .report import ModelStats, Report, Verification
 from .rewrite import apply_plans
-from .verify import compare_outputs, local_errors, make_feeds, run
+from .verify import capture, compare, compare_outputs, local_errors, make_feeds, random_feeds, run
 
 BULK_REVERT = 8  # above this many locally failing folds, revert them all at once before going one by one
 
 
-def as_model(model_or_path: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    """A model we may own: loaded from a path, or a copy of the caller's ModelProto."""
-    if isinstance(model_or_path, onnx.ModelProto):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model_or_path)
-        return copy
-    return load_model(model_or_path)
+def contexts_for(source: ModelSource, options: Options) -> list[Context]:
+    """One analysis context per graph: the main graph (with inferred shapes) and every subgraph."""
+    model = source.model
+    shapes = infer_shapes(model)
+    store = TensorStore(source.base_dir)
+    names = all_names(model.graph)
+    opset = default_opset(model)
+    return [
+        Context(model, GraphIndex(graph, shapes if not path else {}, store, prefix), options, opset, path, names)
+        for path, prefix, graph in walk_graphs(model.graph)
+    ]
 
 
-def run_passes(model: onnx.ModelProto, options: Options, passes: Sequence[Pass] = DEFAULT_PASSES) -> Context:
-    """Analyse the main graph: every pass in order over one shared context."""
-    ctx = Context(model, GraphIndex(model.graph, infer_shapes(model)), options, default_opset(model))
-    for p in passes:
-        p.run(ctx)
-    return ctx
+def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = DEFAULT_PASSES,
+               global_passes=GLOBAL_PASSES) -> list[Context]:
+    """Analyse every graph: each pass in order over each graph, then the passes that see all graphs."""
+    contexts = contexts_for(source, options)
+    for ctx in contexts:
+        for p in passes:
+            p.run(ctx)
+    for p in global_passes:
+        p.run_all(contexts)
+    return contexts
 
 
 def _op_counts(graph: onnx.GraphProto, counts: Counter) -> Counter:
@@ -51,13 +68,18 @@ def _op_counts(graph: onnx.GraphProto, counts: Counter) -> Counter:
 
 
 def model_stats(model: onnx.ModelProto) -> ModelStats:
-    """Op counts (subgraphs included), stored parameters, and MACs per row of recognised linear layers."""
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    params += sum(int(np.prod(a.t.dims)) for n in model.graph.node if n.op_type == "Constant"
-                  for a in n.attribute if a.name == "value")
-    ctx = Context(model, GraphIndex(model.graph), Options(), default_opset(model))
-    FindLinearLayers().run(ctx)
-    macs = sum(lin.n_in * lin.n_out for lin in ctx.linears)
+    """Op counts and stored parameters (subgraphs included) and MACs per row of recognised linear layers.
+
+    Reads shapes only, never weight values.
+    """
+    params = macs = 0
+    for path, prefix, graph in walk_graphs(model.graph):
+        params += sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
+        params += sum(int(np.prod(a.t.dims, dtype=np.int64)) for n in graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value")
+        ctx = Context(model, GraphIndex(graph, prefix=prefix), Options(), default_opset(model), path)
+        FindLinearLayers().run(ctx)
+        macs += sum(lin.n_in * lin.n_out for lin in ctx.linears)
     return ModelStats(dict(sorted(_op_counts(model.graph, Counter()).items())), params, macs)
 
 
@@ -66,26 +88,79 @@ def _badness(plan: FoldPlan) -> float:
     return 0.0 if err is None else err.required_atol / max(err.atol, np.finfo(np.float64).tiny)
 
 
-def _verify_and_revert(
-    model: onnx.ModelProto, ctx: Context, options: Options
-) -> tuple[onnx.ModelProto, Verification]:
+def _elem(plan: FoldPlan) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(plan.dtype)
+
+
+def _measure_folds(source: ModelSource, contexts: list[Context], plans: list[FoldPlan], feeds, options: Options):
+    """Every plan's own error in onnxruntime, and the original model's outputs (captured in the same run).
+
+    Main-graph folds run on the inputs their chain really saw; folds inside subgraphs (whose tensors a
+    model output cannot expose) run on seeded random inputs against the original chain.
+    """
+    main = [p for p in plans if not p.graph]
+    names = [n for p in main for n in (p.input, p.output)]
+    captured = capture(source, names, {n: _elem(p) for p in main for n in (p.input, p.output)}, feeds)
+    model = source.model
+    opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    probes = [(p.input, p.output, p.nodes, p.initializers, _elem(p)) for p in main]
+    for plan, err in zip(main, local_errors(opsets, model.ir_version, probes, captured, options.atol, options.rtol)):
+        plan.record.error = err
+    indexes = {ctx.path: ctx.index for ctx in contexts}
+    for plan in (p for p in plans if p.graph):
+        plan.record.error = _subgraph_fold_error(source, indexes[plan.graph], plan, opsets, options)
+    outputs = {o.name for o in model.graph.output}
+    return [{k: v for k, v in c.items() if k in outputs} for c in captured]
+
+
+def _subgraph_fold_error(source: ModelSource, index: GraphIndex, plan: FoldPlan, opsets, options: Options):
+    """A subgraph fold's error: the original chain and the folded one on the same random inputs."""
+    original = [index.nodes[i] for i in plan.removed]
+    consts = {n for node in original for n in node.input if n in index.initializers}
+    elem = _elem(plan)
+    width = plan.exact.shape[0]
+
+    def chain_model(nodes, inits):
+        graph = onnx.helper.make_graph(nodes, "chain", [onnx.helper.make_tensor_value_info(plan.input, elem, None)],
+                                       [onnx.helper.make_tensor_value_info(plan.output, elem, None)], inits)
+        return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=source.model.ir_version)
+
+    reference = chain_model(original, [index.initializers[n] for n in sorted(consts)])
+    ref_source = ModelSource(reference, source.base_dir)
+    rank = plan.emit.input_rank or 2
+    x_info = onnx.helper.make_tensor_value_info(plan.input, elem, [4] * (rank - 1) + [width])
+    reference.graph.input[0].CopyFrom(x_info)
+    feeds = random_feeds(reference, {}, options.seed, options.check_n)
+    expected = run(ref_source, feeds, "original chain")
+    got = run(ModelSource(chain_model(plan.nodes, plan.initializers)), feeds, "folded chain")
+    return compare(plan.output, [e[plan.output] for e in expected], [g[plan.output] for g in got],
+                   options.atol, options.rtol)
+
+
+def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Options,
+                       staged: StagedOutput | None) -> tuple[onnx.ModelProto, Verification]:
     """Apply every plan, then revert the worst folds one by one until the outputs match.
 
     A truncated plan is reverted to its exact fold (its fallback); an exact fold to the original nodes.
+    With ``staged``, each candidate is written there and onnxruntime reads it from disk.
     """
-    feeds, source = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n)
-    expected = run(model, feeds, "original model")
-    every = [q for p in ctx.plans for q in (p, p.fallback) if q is not None]
-    probes = [(p.input, p.output, p.nodes, p.initializers, onnx.helper.np_dtype_to_tensor_dtype(p.dtype))
-              for p in every]
-    for plan, err in zip(every, local_errors(model, probes, feeds, options.atol, options.rtol)):
-        plan.record.error = err
-    accepted = list(ctx.plans)
+    model = source.model
+    plans = [p for ctx in contexts for p in ctx.plans]
+    feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n)
+    every = [q for p in plans for q in (p, p.fallback) if q is not None]
+    expected = _measure_folds(source, contexts, every, feeds, options)
+    indexes = {ctx.path: ctx.index for ctx in contexts}
+    records = {id(ctx.records): ctx.records for ctx in contexts}
+    accepted = list(plans)
     local_failures = [p for p in accepted if p.record.error is not None and not p.record.error.passed]
     while True:
-        candidate = apply_plans(model, ctx.index, accepted)
-        actual = run(candidate, feeds, "optimized model")
-        verification = compare_outputs(expected, actual, options.atol, options.rtol, source, options.metric,
+        candidate = apply_plans(model, indexes, accepted)
+        if staged is not None:
+            runnable = ModelSource(candidate, None, staged.write(candidate))
+        else:
+            runnable = ModelSource(candidate, source.base_dir)
+        actual = run(runnable, feeds, "optimized model")
+        verification = compare_outputs(expected, actual, options.atol, options.rtol, where, options.metric,
                                        options.min_agreement)
         if verification.passed or not accepted:
             return candidate, verification
@@ -101,34 +176,74 @@ def _verify_and_revert(
                                   f"{err.max_abs:.2e} (needs atol {err.required_atol:.1e})")
             if plan.fallback is None:
                 accepted.pop(position)
-            else:
-                accepted[position] = plan.fallback
-                plan.record.reason += "; kept the exact fold instead"
-                where = next(i for i, r in enumerate(ctx.records) if r is plan.record)
-                ctx.records.insert(where + 1, plan.fallback.record)
+                continue
+            accepted[position] = plan.fallback
+            plan.record.reason += "; kept the exact fold instead"
+            for rec in records.values():
+                where_at = next((i for i, r in enumerate(rec) if r is plan.record), None)
+                if where_at is not None:
+                    rec.insert(where_at + 1, plan.fallback.record)
 
 
 def optimize(
-    model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, **overrides
+    model_or_path: onnx.ModelProto | str | os.PathLike,
+    options: Options | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    external_data: bool | None = None,
+    **overrides,
 ) -> tuple[onnx.ModelProto, Report]:
     """Fold near-linear chains of ``model_or_path`` and verify the result in onnxruntime.
 
-    ``options`` (or keyword ``overrides`` of its fields) controls slopes, tolerance and inputs.
-    Returns the optimized model (the input is never modified) and a report. With verification on,
-    folds that break the tolerance are reverted, so the returned model passes; ``report.verification``
-    says by how much. Raises CollapseError for bad input.
+    ``options`` (or keyword ``overrides`` of its fields) controls slopes, tolerance, inputs and low-rank
+    truncation. With ``output``, the result is written there atomically (external data beside it when
+    the input had external data, when ``external_data`` is True, or when it exceeds 1.8 GB), and only if
+    it passed verification; a path input's external data is then never loaded whole into memory.
+    Returns the optimized model and a report. With verification on, folds that break the tolerance are
+    reverted, so the returned model passes; ``report.verification`` says by how much. The input is
+    never modified. Raises CollapseError for bad input.
     """
     options = replace(options or Options(), **overrides)
-    model = as_model(model_or_path)
-    ctx = run_passes(model, options)
-    if not ctx.plans:
-        out, verification = apply_plans(model, ctx.index, []), Verification(True, 0, "the model is unchanged")
-    elif options.verify:
-        out, verification = _verify_and_revert(model, ctx, options)
-    else:
-        out, verification = apply_plans(model, ctx.index, ctx.plans), None
-    report = Report(model_stats(model), model_stats(out), ctx.records, verification, ctx.notes)
-    return out, report
+    source = open_model(model_or_path)
+    model = source.model
+    if external_data is None and uses_external(model):
+        external_data = True
+    contexts = run_passes(source, options)
+    plans = [p for ctx in contexts for p in ctx.plans]
+    staged = StagedOutput(output, external_data, source.base_dir) if output is not None else None
+    try:
+        if not plans:
+            out, verification = model, Verification(True, 0, "the model is unchanged")
+        elif options.verify:
+            out, verification = _verify_and_revert(source, contexts, options, staged)
+        else:
+            out, verification = apply_plans(model, {c.path: c.index for c in contexts}, plans), None
+        records = [r for ctx in contexts for r in ctx.records]
+        notes = [n for ctx in contexts for n in ctx.notes]
+        if model.functions:
+            notes.append(f"{len(model.functions)} model-local function(s) left as they are: "
+                         + ", ".join(f.name for f in model.functions))
+        report = Report(model_stats(model), model_stats(out), records, verification, notes)
+        report.before.file_bytes = file_size(source.path) if source.path is not None else None
+        if staged is not None and (verification is None or verification.passed):
+            _write_output(staged, source, out, unchanged=not plans)
+            report.after.file_bytes = file_size(output)
+            out = onnx.load(str(output), load_external_data=False)
+        elif staged is None and uses_external(out):
+            embed_external_data(out, source.base_dir)
+        return out, report
+    finally:
+        if staged is not None:
+            staged.__exit__(None)
+
+
+def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProto, unchanged: bool) -> None:
+    """Commit the staged output; an unchanged single-file model is copied byte for byte."""
+    if unchanged and source.path is not None and not uses_external(source.model) and not staged.external_data:
+        shutil.copyfile(source.path, staged.staged)
+    elif not staged.staged.exists():
+        staged.write(out)
+    staged.commit()
 
 
 @dataclass
@@ -145,11 +260,14 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
             **overrides) -> Analysis:
     """Every chain found, with predicted savings and why each would or would not fold; nothing is run."""
     options = replace(options or Options(), rank_budget=None, max_error=None, **overrides)
-    model = as_model(model_or_path)
-    ctx = run_passes(model, options)
-    for record in ctx.records:
+    source = open_model(model_or_path)
+    contexts = run_passes(source, options)
+    records = [r for ctx in contexts for r in ctx.records]
+    for record in records:
         if record.status == "folded":
             record.status = "foldable"
-    stats = model_stats(model)
-    _, spectra = target_spectra(ctx)
-    return Analysis(Report(stats, stats, ctx.records, None, ctx.notes), ctx.remarks, spectra)
+    stats = model_stats(source.model)
+    spectra = [s for ctx in contexts for s in target_spectra(ctx)[1]]
+    return Analysis(Report(stats, stats, records, None, [n for c in contexts for n in c.notes]),
+                    [r for c in contexts for r in c.remarks], spectra)
+

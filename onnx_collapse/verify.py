@@ -14,6 +14,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from .errors import CollapseError
+from .io import PROTOBUF_LIMIT, ModelSource, open_model, uses_external, write_model
 from .report import ErrorStats, Verification
 
 DEFAULT_DIM = 2  # value used for a dynamic dim the user did not set
@@ -122,27 +123,35 @@ def file_feeds(model: onnx.ModelProto, path: str | os.PathLike) -> list[dict[str
     return [arrays]
 
 
-def session(model: onnx.ModelProto, what: str) -> ort.InferenceSession:
-    """A CPU session with graph optimizations off, so we compare the graphs as written."""
+def session(source: ModelSource, what: str) -> ort.InferenceSession:
+    """A CPU session with graph optimizations off, so we compare the graphs as written.
+
+    A model held in a file loads from it; a small in-memory one from bytes; one with external data
+    or over 2 GB is first written to a temporary folder (its weights copied there in chunks).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
     try:
-        if model.ByteSize() < 2**31 - 1:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        with tempfile.TemporaryDirectory() as tmp:
+        if source.path is not None:
+            return ort.InferenceSession(str(source.path), options, providers=providers)
+        model = source.model
+        if not uses_external(model) and model.ByteSize() < PROTOBUF_LIMIT:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        with tempfile.TemporaryDirectory(prefix="onnx-collapse-verify-") as tmp:
             path = Path(tmp) / "model.onnx"
-            onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            write_model(model, path, True, source.base_dir)
+            return ort.InferenceSession(str(path), options, providers=providers)
+    except CollapseError:
+        raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         raise CollapseError(f"onnxruntime cannot load the {what}: {_one_line(exc)}") from None
 
 
-def run(
-    model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], what: str
-) -> list[dict[str, np.ndarray]]:
-    """Outputs of ``model`` for each input set, by output name."""
-    sess = session(model, what)
+def run(source: ModelSource, feeds: Sequence[Mapping[str, np.ndarray]], what: str) -> list[dict[str, np.ndarray]]:
+    """Outputs of the model for each input set, by output name."""
+    sess = session(source, what)
     names = [o.name for o in sess.get_outputs()]
     results = []
     for feed in feeds:
@@ -250,14 +259,17 @@ def make_feeds(
 
 
 def verify(
-    reference: onnx.ModelProto, candidate: onnx.ModelProto, *, inputs: str | None = None,
-    input_shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0, check_n: int = 3,
-    atol: float | None = None, rtol: float | None = None, metric: str = "allclose", min_agreement: float = 0.99,
+    reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike, *,
+    inputs: str | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0,
+    check_n: int = 3, atol: float | None = None, rtol: float | None = None, metric: str = "allclose",
+    min_agreement: float = 0.99,
 ) -> Verification:
-    """Run both models in onnxruntime on the same inputs and compare every output of ``reference``."""
-    feeds, source = make_feeds(reference, inputs, input_shapes or {}, seed, check_n)
-    expected = run(reference, feeds, "original model")
-    actual = run(candidate, feeds, "optimized model")
+    """Run both models (paths or ModelProtos) in onnxruntime on the same inputs and compare every output
+    of ``reference``."""
+    ref, cand = open_model(reference), open_model(candidate)
+    feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n)
+    expected = run(ref, feeds, "original model")
+    actual = run(cand, feeds, "optimized model")
     return compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement)
 
 
@@ -266,37 +278,42 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mappin
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
     present = {o.name for o in probed.graph.output} | {i.name for i in graph_inputs(model)}
+    present |= {t.name for t in probed.graph.initializer}
     for name in dict.fromkeys(names):
         if name not in present:
             probed.graph.output.append(helper.make_tensor_value_info(name, elem_types[name], None))
     return probed
 
 
+def capture(
+    source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int], feeds: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """Run the original model once, returning its outputs and the intermediate tensors ``names``."""
+    probed = ModelSource(probe_model(source.model, names, elem_types), source.base_dir, None)
+    captured = run(probed, feeds, "original model")
+    for feed, out in zip(feeds, captured):
+        out.update({n: feed[n] for n in names if n in feed})
+    return captured
+
+
 def local_errors(
-    model: onnx.ModelProto,
+    opset_imports: Sequence[onnx.OperatorSetIdProto], ir_version: int,
     folds: Sequence[tuple[str, str, Sequence[onnx.NodeProto], Sequence[onnx.TensorProto], int]],
-    feeds: Sequence[Mapping[str, np.ndarray]],
-    atol: float | None, rtol: float | None,
+    captured: Sequence[Mapping[str, np.ndarray]], atol: float | None, rtol: float | None,
 ) -> list[ErrorStats]:
     """Each fold's own error, measured in onnxruntime at the folded chain's output.
 
-    ``folds`` holds (input, output, new nodes, new initializers, elem type) per fold. The original
-    model runs once with every chain's input and output exposed; each fold's new nodes then run
-    alone on the captured inputs and are compared with the captured outputs.
+    ``folds`` holds (input, output, new nodes, new initializers, elem type) per fold; ``captured`` the
+    original model's values of every fold's input and output (see ``capture``). Each fold's new nodes
+    run alone on the captured inputs and are compared with the captured outputs.
     """
-    if not folds:
-        return []
-    elem = {name: f[4] for f in folds for name in (f[0], f[1])}
-    captured = run(probe_model(model, list(elem), elem), feeds, "original model")
     stats = []
     for x, y, nodes, inits, elem_type in folds:
         graph = helper.make_graph(
             list(nodes), "fold", [helper.make_tensor_value_info(x, elem_type, None)],
             [helper.make_tensor_value_info(y, elem_type, None)], list(inits),
         )
-        single = helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")],
-                                   ir_version=model.ir_version)
-        inputs = [{x: (feed[x] if x in feed else out[x])} for feed, out in zip(feeds, captured)]
-        got = run(single, inputs, "folded chain")
+        single = helper.make_model(graph, opset_imports=list(opset_imports), ir_version=ir_version)
+        got = run(ModelSource(single), [{x: c[x]} for c in captured], "folded chain")
         stats.append(compare(y, [c[y] for c in captured], [g[y] for g in got], atol, rtol))
     return stats

@@ -6,8 +6,8 @@ import onnx
 import pytest
 from builders import mlp
 
-from onnx_collapse import CollapseError, optimize
-from onnx_collapse.io import file_size, load_model, save_model
+from onnx_collapse import CollapseError, optimize, verify
+from onnx_collapse.io import file_size, load_model, save_model, uses_external
 
 
 def _save_external(model, path):
@@ -19,18 +19,32 @@ def test_external_data_is_read_relative_to_the_model_and_written_beside_the_outp
     src_dir.mkdir()
     dst_dir.mkdir()
     _save_external(mlp(64, 128, 32), src_dir / "m.onnx")
+    before = {p.name: p.read_bytes() for p in src_dir.iterdir()}
     monkeypatch.chdir(tmp_path)  # not the model's folder
-    model = load_model(src_dir / "m.onnx")
-    out, report = optimize(model)
-    save_model(out, dst_dir / "o.onnx", external_data=True)
-    assert (dst_dir / "o.onnx.data").is_file()
+    out, report = optimize(src_dir / "m.onnx", output=dst_dir / "o.onnx")
+    assert report.verification.passed and report.folded
+    assert sorted(p.name for p in dst_dir.iterdir()) == ["o.onnx", "o.onnx.data"]
+    assert {p.name: p.read_bytes() for p in src_dir.iterdir()} == before
     written = onnx.load(str(dst_dir / "o.onnx"), load_external_data=False)
     locations = {e.value for t in written.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"o.onnx.data"}
     (src_dir / "m.onnx.data").unlink()  # the output must not depend on the input's data file
-    assert report.verification.passed
     load_model(dst_dir / "o.onnx")
     assert file_size(dst_dir / "o.onnx") > (dst_dir / "o.onnx").stat().st_size
+    assert verify(str(dst_dir / "o.onnx"), mlp(64, 128, 32)).passed
+
+
+def test_external_model_as_modelproto_is_refused_with_advice(tmp_path):
+    _save_external(mlp(), tmp_path / "m.onnx")
+    with pytest.raises(CollapseError, match="pass its path"):
+        optimize(onnx.load(str(tmp_path / "m.onnx"), load_external_data=False))
+
+
+def test_path_input_without_output_returns_a_self_contained_model(tmp_path):
+    _save_external(mlp(64, 128, 32), tmp_path / "m.onnx")
+    out, _ = optimize(tmp_path / "m.onnx")
+    assert not uses_external(out)
+    onnx.checker.check_model(out)
 
 
 def test_external_path_escaping_the_folder_is_refused(tmp_path):
@@ -67,7 +81,7 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(onnx, "save_model", boom)
+    monkeypatch.setattr("onnx_collapse.io.write_model", boom)
     with pytest.raises(OSError):
         save_model(mlp(), tmp_path / "o.onnx")
     assert list(tmp_path.iterdir()) == []

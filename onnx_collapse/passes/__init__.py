@@ -8,6 +8,7 @@ from .fold import PlanFolds
 from .linear import FindLinearLayers
 from .lowrank import LowRank
 
-DEFAULT_PASSES = (FindLinearLayers(), FindChains(), PlanFolds(), LowRank())
+DEFAULT_PASSES = (FindLinearLayers(), FindChains(), PlanFolds())  # run on each graph
+GLOBAL_PASSES = (LowRank(),)  # run once over all graphs
 
-__all__ = ["DEFAULT_PASSES"]
+__all__ = ["DEFAULT_PASSES", "GLOBAL_PASSES"]

@@ -25,23 +25,29 @@ class Form:
     macs: int
 
 
-def cheapest_form(affine: linalg.Affine, shapes: list[tuple[int, int]]) -> Form:
-    """Dense ``W`` or exact factor pair ``A B`` (numerical rank), whichever has fewer parameters.
+def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
+    """The chain as one dense ``W`` or an exact factor pair ``A B`` (numerical rank), whichever is smaller;
+    also the exact map as a Factored (for later truncation).
 
-    The SVD runs only when the rank bound (the chain's narrowest dim) could make a factor pair smaller.
+    When the chain's narrowest dim is too wide for a factor pair to pay off, the dense product is formed
+    and no SVD runs. Otherwise the chain is split at that dim and its SVD comes from QR of the two
+    halves, so the (possibly large) dense product is never formed.
     """
-    n_in, n_out = affine.shape
-    has_bias = affine.bias is not None
-    dense = Form("dense", (affine.weight,), None, linalg.dense_params(n_in, n_out, has_bias),
-                 linalg.dense_macs(n_in, n_out))
+    shapes = [layer.shape for layer in layers]
+    n_in, n_out = shapes[0][0], shapes[-1][1]
     if linalg.rank_bound(shapes) > linalg.max_factor_rank(n_in, n_out):
-        return dense
-    u, s, vt = linalg.svd(affine.weight)
+        exact = linalg.compose(layers)
+        has_bias = exact.bias is not None
+        form = Form("dense", (exact.weight,), None, linalg.dense_params(n_in, n_out, has_bias),
+                    linalg.dense_macs(n_in, n_out))
+        return form, linalg.Factored((exact.weight,), exact.bias)
+    split = linalg.compose_split(layers)
+    u, s, vt = split.svd()
     rank = max(1, linalg.numerical_rank(s, (n_in, n_out)))
-    a, b = linalg.factor_pair(u, s, vt, rank)
-    factor = Form("factor", (a, b), rank, linalg.factor_params(n_in, n_out, rank, has_bias),
-                  linalg.factor_macs(n_in, n_out, rank))
-    return min((dense, factor), key=lambda f: (f.params, f.macs))
+    has_bias = split.bias is not None
+    form = Form("factor", linalg.factor_pair(u, s, vt, rank), rank,
+                linalg.factor_params(n_in, n_out, rank, has_bias), linalg.factor_macs(n_in, n_out, rank))
+    return form, split
 
 
 class PlanFolds:
@@ -61,8 +67,7 @@ class PlanFolds:
         if ctx.opset < MIN_OPSET:
             record.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"
             return None
-        affine = linalg.compose([lin.affine for lin in seg.linears])
-        form = cheapest_form(affine, [lin.affine.shape for lin in seg.linears])
+        form, exact = cheapest_form([lin.affine(ctx.index) for lin in seg.linears])
         record.form, record.rank = form.name, form.rank
         record.params_after, record.macs_after = form.params, form.macs
         if form.params >= record.params_before or form.macs > record.macs_before:
@@ -73,16 +78,16 @@ class PlanFolds:
             return None
         head = seg.linears[0]
         emission = emission_for(ctx, head, max(lin.bias_rank for lin in seg.linears),
-                                exact_matrices=len(form.matrices), has_bias=affine.bias is not None)
+                                exact_matrices=len(form.matrices), has_bias=exact.bias is not None)
         removed = tuple(sorted({i for lin in seg.linears for i in lin.nodes} | {i for lk in seg.links for i in lk.nodes}))
         try:
             nodes, inits = linear_nodes(ctx.fresh_name, emission, head.input, seg.linears[-1].output,
-                                        form.matrices, affine.bias, head.dtype)
+                                        form.matrices, exact.bias, head.dtype)
         except RangeError as exc:
             record.form, record.reason = None, str(exc)
             return None
         record.status = "folded"
-        return FoldPlan(record, removed, head.input, seg.linears[-1].output, nodes, inits, head.dtype, affine,
+        return FoldPlan(record, ctx.path, removed, head.input, seg.linears[-1].output, nodes, inits, head.dtype, exact,
                         emission)
 
 

@@ -32,7 +32,7 @@ def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpe
     """The truncation targets and their storage options (grouping only where the input rank is known)."""
     targets = _targets(ctx)
     spectra = [
-        allocate.spectrum(" > ".join(t.record.layers), t.affine.weight, ctx.options.error_metric,
+        allocate.spectrum(" > ".join(t.record.layers), t.exact, ctx.options.error_metric,
                           ctx.options.max_groups if t.emit.input_rank is not None else 1)
         for t in targets
     ]
@@ -46,7 +46,9 @@ def _single(ctx: Context, lin: Linear) -> FoldPlan:
     rank = 2 if lin.is_gemm else ctx.index.rank(lin.input)
     emission = Emission(ctx.index.label(lin.nodes[0]) + "/lowrank", lin.is_gemm and ctx.opset >= 11,
                         lin.bias_rank, rank)
-    return FoldPlan(record, lin.nodes, lin.input, lin.output, [], [], lin.dtype, lin.affine, emission)
+    affine = lin.affine(ctx.index)
+    exact = linalg.Factored((affine.weight,), affine.bias)
+    return FoldPlan(record, ctx.path, lin.nodes, lin.input, lin.output, [], [], lin.dtype, exact, emission)
 
 
 def _current_cost(plan: FoldPlan) -> int:
@@ -55,17 +57,17 @@ def _current_cost(plan: FoldPlan) -> int:
 
 
 def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error: float) -> FoldPlan | None:
-    """A plan storing ``exact.affine`` with ``option``'s (grouped) rank; None if it does not fit the dtype."""
-    weight, bias = exact.affine.weight, exact.affine.bias
+    """A plan storing ``exact.exact`` with ``option``'s (grouped) rank; None if it does not fit the dtype."""
+    bias = exact.exact.bias
     try:
         if option.groups == 1:
-            u, s, vt = linalg.svd(weight)
+            u, s, vt = exact.exact.svd()
             matrices = linalg.factor_pair(u, s, vt, option.rank)
             nodes, inits = linear_nodes(ctx.fresh_name, exact.emit, exact.input, exact.output, matrices,
                                         bias, exact.dtype)
         else:
             firsts, seconds = [], []
-            for block in np.split(weight, option.groups, axis=0):
+            for block in np.split(exact.exact.dense(), option.groups, axis=0):
                 a, b = linalg.factor_pair(*linalg.svd(block), option.rank)
                 firsts.append(a)
                 seconds.append(b)
@@ -80,7 +82,7 @@ def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error
                      predicted_error=error, error=None)
     if option.groups > 1:
         record.reason = f"{option.groups} groups"
-    return FoldPlan(record, exact.removed, exact.input, exact.output, nodes, inits, exact.dtype, exact.affine,
+    return FoldPlan(record, exact.graph, exact.removed, exact.input, exact.output, nodes, inits, exact.dtype, exact.exact,
                     exact.emit, fallback=exact if exact.nodes else None)
 
 
@@ -93,23 +95,32 @@ class LowRank:
 
     name = "low-rank"
 
-    def run(self, ctx: Context) -> None:
-        opts = ctx.options
+    def run_all(self, contexts: list[Context]) -> None:
+        if not contexts:
+            return
+        opts = contexts[0].options
         if opts.rank_budget is None and opts.max_error is None:
             return
-        targets, spectra = target_spectra(ctx)
+        owners, targets, spectra = [], [], []
+        for ctx in contexts:
+            found, found_spectra = target_spectra(ctx)
+            owners += [ctx] * len(found)
+            targets += found
+            spectra += found_spectra
+        main = contexts[0]
         if opts.rank_budget is not None:
             chosen = allocate.ALLOCATORS[opts.allocator](spectra, opts.rank_budget, opts.budget_metric)
-            limit = opts.rank_budget * sum(s.dense.params for s in spectra)
+            dense = sum(s.dense.params for s in spectra)
+            limit = opts.rank_budget * dense
             used = allocate.total_cost(chosen, opts.budget_metric)
-            ctx.notes.append(f"rank budget {opts.rank_budget:g} ({opts.allocator}): {used:,} of {limit:,.0f} allowed weights "
-                             f"({sum(s.dense.params for s in spectra):,} dense) in {len(targets)} layer(s); "
-                             f"max predicted {opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
+            main.notes.append(f"rank budget {opts.rank_budget:g} ({opts.allocator}): {used:,} of {limit:,.0f} allowed "
+                              f"weights ({dense:,} dense) in {len(targets)} layer(s); max predicted "
+                              f"{opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
             if used > limit:
-                ctx.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
+                main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
         else:
             chosen = allocate.allocate_max_error(spectra, opts.max_error, opts.budget_metric)
-        for target, option in zip(targets, chosen):
+        for ctx, target, option in zip(owners, targets, chosen):
             if option.rank is None or option.params >= _current_cost(target):
                 continue
             plan = truncated_plan(ctx, target, option, option.error)

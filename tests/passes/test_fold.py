@@ -6,19 +6,27 @@ from onnx_collapse.passes.fold import cheapest_form
 
 
 def test_wide_chain_folds_dense_without_svd(monkeypatch):
-    monkeypatch.setattr(linalg, "svd", lambda w: (_ for _ in ()).throw(AssertionError("svd called")))
+    def refuse(*_):
+        raise AssertionError("svd called")
+
+    monkeypatch.setattr(np.linalg, "svd", refuse)
     rng = np.random.default_rng(0)
-    affine = linalg.Affine(rng.standard_normal((8, 4)), None)
-    assert cheapest_form(affine, [(8, 16), (16, 4)]).name == "dense"
+    layers = [linalg.Affine(rng.standard_normal((8, 16))), linalg.Affine(rng.standard_normal((16, 4)))]
+    assert cheapest_form(layers)[0].name == "dense"
 
 
-def test_bottleneck_chain_becomes_exact_factor_pair():
+def test_bottleneck_chain_becomes_exact_factor_pair_without_forming_the_product(monkeypatch):
     rng = np.random.default_rng(0)
-    layers = [linalg.Affine(rng.standard_normal((64, 4))), linalg.Affine(rng.standard_normal((4, 64)))]
-    form = cheapest_form(linalg.compose(layers), [(64, 4), (4, 64)])
-    assert form.name == "factor" and form.rank == 4
-    np.testing.assert_allclose(form.matrices[0] @ form.matrices[1], layers[0].weight @ layers[1].weight,
-                               atol=1e-10)
+    layers = [linalg.Affine(rng.standard_normal((64, 4)), rng.standard_normal(4)),
+              linalg.Affine(rng.standard_normal((4, 4))),
+              linalg.Affine(rng.standard_normal((4, 64)), rng.standard_normal(64))]
+    expected = linalg.compose(layers)
+    real_matmul_shapes = []
+    monkeypatch.setattr(linalg.Factored, "dense", lambda self: real_matmul_shapes.append(1))
+    form, exact = cheapest_form(layers)
+    assert form.name == "factor" and form.rank == 4 and not real_matmul_shapes
+    np.testing.assert_allclose(form.matrices[0] @ form.matrices[1], expected.weight, atol=1e-10)
+    np.testing.assert_allclose(exact.bias, expected.bias, atol=1e-12)
 
 
 def test_plain_two_layer_bottleneck_is_left_alone_because_nothing_is_smaller():

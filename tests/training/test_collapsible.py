@@ -56,7 +56,7 @@ def test_penalty_gradient_drives_slopes_to_one():
     distances = []
     for _ in range(30):
         loss = collapse_penalty(model)
-        distances.append(float(loss))
+        distances.append(float(loss.detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()
