@@ -49,9 +49,27 @@ class TensorStore:
             return numpy_helper.to_array(tensor)
         if self.base_dir is None:
             raise CollapseError(f"tensor {tensor.name!r} uses external data, but the model's folder is unknown")
+        mapped = self._map(tensor)
+        if mapped is not None:
+            return mapped
         detached = onnx.TensorProto()
         detached.CopyFrom(tensor)  # to_array loads external data into the proto it is given: not ours
         return numpy_helper.to_array(detached, base_dir=str(self.base_dir))
+
+    def _map(self, tensor: onnx.TensorProto) -> np.ndarray | None:
+        """A read-only memory map of an external float tensor (pages are read only when touched)."""
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+        except (KeyError, TypeError, ValueError):
+            return None
+        if dtype.kind != "f":
+            return None
+        info = ExternalDataInfo(tensor)
+        shape = tuple(tensor.dims)
+        count = int(np.prod(shape, dtype=np.int64))
+        if count == 0 or (info.length and info.length != count * dtype.itemsize):
+            return None
+        return np.memmap(self.base_dir / info.location, dtype=dtype, mode="r", offset=info.offset or 0, shape=shape)
 
     @staticmethod
     def nbytes(tensor: onnx.TensorProto) -> int:

@@ -14,27 +14,55 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Affine:
-    """``x @ weight + bias``; ``bias`` may be None (no bias)."""
+    """``x @ (scale * weight) + bias``; ``bias`` may be None (no bias).
+
+    ``weight`` may be stored in the model's dtype and may be a read-only view of a file (np.memmap);
+    the functions below read it in slices and compute in float64.
+    """
 
     weight: np.ndarray
     bias: np.ndarray | None = None
+    scale: float = 1.0
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.weight.shape  # type: ignore[return-value]
 
 
+CHUNK_BYTES = 64 * 2**20  # float64 working set per slice when multiplying stored weights
+
+
+def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in float64, reading the shared dimension in slices, so stored (float32, memory-mapped)
+    operands are never converted whole."""
+    if a.dtype == np.float64 and b.dtype == np.float64 and type(a) is np.ndarray and type(b) is np.ndarray:
+        return a @ b
+    rows, inner = a.shape
+    cols = b.shape[1]
+    step = max(1, CHUNK_BYTES // (8 * max(rows, cols, 1)))
+    out = np.zeros((rows, cols), dtype=np.float64)
+    for start in range(0, inner, step):
+        stop = min(inner, start + step)
+        out += np.asarray(a[:, start:stop], dtype=np.float64) @ np.asarray(b[start:stop], dtype=np.float64)
+    return out
+
+
 def compose(layers: Sequence[Affine]) -> Affine:
-    """One affine map equal to applying ``layers`` in order: W = W1 W2 ..., b = (b1 W2 + b2) W3 + ..."""
-    weight = np.asarray(layers[0].weight, dtype=np.float64)
-    bias = None if layers[0].bias is None else np.asarray(layers[0].bias, dtype=np.float64)
+    """One float64 affine map equal to applying ``layers`` in order: W = W1 W2 ..., b = (b1 W2 + b2) W3 + ..."""
+    first = layers[0]
+    weight, scale = first.weight, first.scale
+    bias = None if first.bias is None else np.asarray(first.bias, dtype=np.float64)
     for layer in layers[1:]:
-        w2 = np.asarray(layer.weight, dtype=np.float64)
-        bias = None if bias is None else bias @ w2
+        if bias is not None:
+            bias = matmul64(bias[None, :], layer.weight)[0] * layer.scale
         if layer.bias is not None:
             b2 = np.asarray(layer.bias, dtype=np.float64)
             bias = b2 if bias is None else bias + b2
-        weight = weight @ w2
+        weight = matmul64(weight, layer.weight)
+        scale *= layer.scale
+    weight = np.array(weight, dtype=np.float64)  # a float64 copy even for one layer (never a file view)
+    if scale != 1.0:
+        weight *= scale
     return Affine(weight, bias)
 
 

@@ -43,14 +43,13 @@ class Linear:
         return self.n_in, self.n_out
 
     def affine(self, index: GraphIndex) -> Affine:
-        """The layer's map in float64, read from the model."""
-        w = index.constant(self.weight).astype(np.float64)
-        w = (w.T if self.transposed else w) * self.alpha
+        """The layer's map: the stored weight (a view, possibly of the data file), a float64 bias."""
+        w = index.constant(self.weight)
         b = None
         if self.bias is not None:
             raw = index.constant(self.bias)
             b = np.broadcast_to(raw.reshape(-1).astype(np.float64), (self.n_out,)) * self.beta
-        return Affine(w, b)
+        return Affine(w.T if self.transposed else w, b, self.alpha)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def _single(ctx: Context, lin: Linear) -> FoldPlan:
     rank = 2 if lin.is_gemm else ctx.index.rank(lin.input)
     emission = Emission(ctx.index.label(lin.nodes[0]) + "/lowrank", lin.is_gemm and ctx.opset >= 11,
                         lin.bias_rank, rank)
-    affine = lin.affine(ctx.index)
+    affine = linalg.compose([lin.affine(ctx.index)])
     exact = linalg.Factored((affine.weight,), affine.bias)
     return FoldPlan(record, ctx.path, lin.nodes, lin.input, lin.output, [], [], lin.dtype, exact, emission)
 

@@ -21,7 +21,7 @@ def test_gemm_weight_and_bias_absorb_alpha_beta(trans_b, bias):
     import onnxruntime as ort
 
     expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
-    got = x.astype(np.float64) @ affine.weight + (0 if affine.bias is None else affine.bias)
+    got = x.astype(np.float64) @ (affine.weight * affine.scale) + (0 if affine.bias is None else affine.bias)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
