@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -13,7 +16,7 @@ class Options:
     verify: compare the optimized model with the original in onnxruntime and revert folds that fail.
     atol, rtol: verification tolerance, |a - b| <= atol + rtol * |b|; None picks a default per dtype.
     seed, check_n: random input generation (used when ``inputs`` is None).
-    inputs: path of an .npz file with one array per graph input, used instead of random inputs.
+    inputs: an .npz file (or a dict) with one array per graph input, used instead of random inputs.
     input_shapes: concrete shapes for inputs with dynamic dims, e.g. {"x": (1, 128, 768)}.
     rank_budget: truncate to factor pairs keeping at most this fraction of the targeted layers' dense
         weights, with ranks that minimise the largest relative layer error (ALDS). None: exact folds only.
@@ -34,7 +37,7 @@ class Options:
     rtol: float | None = None
     seed: int = 0
     check_n: int = 3
-    inputs: str | None = None
+    inputs: str | Mapping[str, np.ndarray] | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     rank_budget: float | None = None
     max_error: float | None = None

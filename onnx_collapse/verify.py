@@ -111,16 +111,20 @@ def file_feeds(model: onnx.ModelProto, path: str | os.PathLike) -> list[dict[str
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise CollapseError(f"--inputs {str(path)!r}: cannot read as .npz ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise CollapseError(f"--inputs {str(path)!r}: cannot read as .npz ({_one_line(exc)})") from None
+    return [_checked_feed(model, arrays, f"--inputs {str(path)!r}")]
+
+
+def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
     names = {i.name for i in graph_inputs(model)}
     missing = sorted(names - set(arrays))
     if missing:
-        raise CollapseError(f"--inputs {str(path)!r} has no array for input {missing[0]!r}")
+        raise CollapseError(f"{what} has no array for input {missing[0]!r}")
     extra = sorted(set(arrays) - names)
     if extra:
-        raise CollapseError(f"--inputs {str(path)!r} has array {extra[0]!r}, which is not a model input")
-    return [arrays]
+        raise CollapseError(f"{what} has array {extra[0]!r}, which is not a model input")
+    return arrays
 
 
 def session(source: ModelSource, what: str) -> ort.InferenceSession:
@@ -250,12 +254,16 @@ def compare_outputs(
 
 
 def make_feeds(
-    model: onnx.ModelProto, inputs: str | None, shapes: Mapping[str, tuple[int, ...]], seed: int, count: int
+    model: onnx.ModelProto, inputs: str | os.PathLike | Mapping[str, np.ndarray] | None,
+    shapes: Mapping[str, tuple[int, ...]], seed: int, count: int,
 ) -> tuple[list[dict[str, np.ndarray]], str]:
-    """Input sets from a file or from a seeded generator, and a phrase saying which."""
-    if inputs is not None:
-        return file_feeds(model, inputs), f"inputs from {Path(inputs).name}"
-    return random_feeds(model, shapes, seed, count), f"random inputs (seed {seed})"
+    """Input sets from a file, from arrays the caller gave, or from a seeded generator; and a phrase
+    saying which."""
+    if inputs is None:
+        return random_feeds(model, shapes, seed, count), f"random inputs (seed {seed})"
+    if isinstance(inputs, Mapping):
+        return [_checked_feed(model, dict(inputs), "inputs")], "the given inputs"
+    return file_feeds(model, inputs), f"inputs from {Path(inputs).name}"
 
 
 def verify(
