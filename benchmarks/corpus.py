@@ -60,13 +60,14 @@ def cases():
         folder = Path(model_path).parent
         model = onnx.load(model_path)
         for data_set in sorted(folder.glob("test_data_set_*")):
-            load = lambda kind: [numpy_helper.to_array(onnx.load_tensor(str(p)))  # noqa: E731
-                                 for p in sorted(data_set.glob(f"{kind}_*.pb"), key=_index)]
-            yield f"{folder.parent.name}/{folder.name}", model, load("input"), load("output"), 1e-3, 1e-7
+            yield (f"{folder.parent.name}/{folder.name}", model, _load_set(data_set, "input"),
+                   _load_set(data_set, "output"), 1e-3, 1e-7)
 
 
-def _index(p: Path) -> int:
-    return int(re.findall(r"\d+", p.stem)[-1])
+def _load_set(folder: Path, kind: str) -> list[onnx.TensorProto]:
+    """input_0.pb, input_1.pb, ... (or output_*) in numeric order."""
+    paths = sorted(folder.glob(f"{kind}_*.pb"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+    return [onnx.load_tensor(str(p)) for p in paths]
 
 
 def _ort(model: onnx.ModelProto, feed: dict):
