@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,15 @@ class TensorStore:
         self.base_dir = None if base_dir is None else Path(base_dir)
 
     def read(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """The tensor's value; CollapseError naming the tensor if its data is malformed."""
+        try:
+            return self._read(tensor)
+        except CollapseError:
+            raise
+        except (ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
+            raise CollapseError(f"tensor {tensor.name!r} cannot be read: {_first_line(exc)}") from None
+
+    def _read(self, tensor: onnx.TensorProto) -> np.ndarray:
         if not uses_external_data(tensor):
             return numpy_helper.to_array(tensor)
         if self.base_dir is None:
@@ -117,9 +126,29 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise CollapseError(f"{str(path)!r} is not a valid ONNX model ({_first_line(exc)})") from None
     if not model.HasField("graph") or not model.opset_import:
         raise CollapseError(f"{str(path)!r} is not a valid ONNX model (no graph or no opset)")
+    _check_names(model, path)
     _check_external_paths(model, path.parent)
     check_model(path)
     return model
+
+
+def _check_text(message) -> None:
+    """Every string field must be UTF-8 text (protobuf decodes lazily, so a bad one fails only when read)."""
+    for desc, value in message.ListFields():
+        items = value if isinstance(value, MutableSequence) else [value]
+        if desc.type == desc.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in items):
+                raise UnicodeDecodeError("utf-8", b"", 0, 1, f"field {desc.name}")
+        elif desc.type == desc.TYPE_MESSAGE:
+            for item in items:
+                _check_text(item)
+
+
+def _check_names(model: onnx.ModelProto, path: Path) -> None:
+    try:
+        _check_text(model)
+    except UnicodeDecodeError:
+        raise CollapseError(f"{str(path)!r} is not a valid ONNX model (a name or text field is not UTF-8)") from None
 
 
 def embed_external_data(model: onnx.ModelProto, base_dir: str | os.PathLike) -> None:

@@ -41,9 +41,10 @@ def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     cols = b.shape[1]
     step = max(1, CHUNK_BYTES // (8 * max(rows, cols, 1)))
     out = np.zeros((rows, cols), dtype=np.float64)
-    for start in range(0, inner, step):
-        stop = min(inner, start + step)
-        out += np.asarray(a[:, start:stop], dtype=np.float64) @ np.asarray(b[start:stop], dtype=np.float64)
+    with np.errstate(all="ignore"):  # non-finite weights give non-finite folds, refused when cast back
+        for start in range(0, inner, step):
+            stop = min(inner, start + step)
+            out += np.asarray(a[:, start:stop], dtype=np.float64) @ np.asarray(b[start:stop], dtype=np.float64)
     return out
 
 

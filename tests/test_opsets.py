@@ -3,11 +3,11 @@
 import onnx
 import pytest
 from builders import ActSpec, ChainSpec, LayerSpec, build
-from onnx import version_converter
-
 from conftest import MODELS
-from onnx_collapse import optimize
+from onnx import version_converter
 from test_models import FOLDS
+
+from onnx_collapse import optimize
 
 SPECS = {
     "gemm-prelu": ChainSpec(8, [LayerSpec(16), LayerSpec(4)], [ActSpec()]),
