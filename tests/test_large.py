@@ -10,24 +10,11 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from measure import run_measured  # noqa: E402
 from synthetic import write_mlp_stack  # noqa: E402
 
 EXE = shutil.which("onnx-collapse")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(EXE is None, reason="console script not installed")]
-
-MEASURE = """
-import resource, subprocess, sys
-code = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE).returncode
-sys.stdout.write(f"{code} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
-"""
-
-
-def _peak(*args) -> tuple[int, int]:
-    """Exit code and peak resident memory (bytes) of one command, measured in a fresh parent."""
-    out = subprocess.run([sys.executable, "-c", MEASURE, *map(str, args)], capture_output=True, text=True,
-                         check=True, timeout=1200).stdout.split()
-    return int(out[0]), int(out[1]) * 1024
-
 
 def test_model_over_2gb_is_folded_verified_and_stays_within_memory(tmp_path):
     weights = 3 * 2 * 128 * 750_000 * 4
@@ -37,7 +24,7 @@ def test_model_over_2gb_is_folded_verified_and_stays_within_memory(tmp_path):
     assert write_mlp_stack(src, d=128, hidden=750_000, blocks=3) == weights > 2**31
     src_bytes = src.read_bytes()
     report_file = tmp_path / "report.json"
-    code, peak = _peak(EXE, "optimize", src, tmp_path / "out.onnx", "--report", report_file)
+    code, peak, _ = run_measured(EXE, "optimize", src, tmp_path / "out.onnx", "--report", report_file)
     assert code == 0
     report = json.loads(report_file.read_text())
     assert [f["status"] for f in report["folds"]] == ["folded"] * 3
