@@ -1,7 +1,7 @@
 PYTHON ?= python
 OUT ?= build
 
-.PHONY: install demo test models lint bench
+.PHONY: install demo test models lint bench studies corpus
 
 install:            ## the package, the torch extra (CPU wheel) and the test tools
 	$(PYTHON) -m pip install -e '.[dev,torch]'
@@ -19,5 +19,12 @@ models:             ## regenerate models/*.onnx with torch
 lint:
 	$(PYTHON) -m ruff check onnx_collapse tests models benchmarks
 
-bench:              ## benchmarks (not part of the tests)
+bench:              ## speed and memory benchmarks (not part of the tests; pip install -e '.[bench]' for the peers)
 	$(PYTHON) benchmarks/run_all.py
+
+studies:            ## the accuracy studies behind the README tables (digits; needs the torch extra)
+	$(PYTHON) benchmarks/layercollapse_digits.py
+	$(PYTHON) benchmarks/alds_budget.py
+
+corpus:             ## the optimizer over onnx's shipped backend test cases
+	$(PYTHON) benchmarks/corpus.py
