@@ -172,17 +172,16 @@ def render(report: Report) -> str:
 
 
 def render_spectra(spectra, budgets=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9)) -> str:
-    """Per target layer: shape, sigma_1, numerical rank, error at a few ranks; then the ALDS trade-off
-    (largest layer error at each weight budget)."""
+    """Per target layer: shape, sigma_1, numerical rank, spectral error at 25/50/75 % of the largest rank
+    worth factoring; then the ALDS trade-off (largest layer error at each weight budget)."""
     if not spectra:
         return "no low-rank targets (use --low-rank all to include every linear layer)"
     rows = [["layer", "dims", "sigma_1", "rank", "max factor rank", "err @25%", "err @50%", "err @75%"]]
     for sp in spectra:
         s = sp.singular_values
         top = linalg.max_factor_rank(sp.n_in, sp.n_out)
-        factors = {o.rank: o.error for o in sp.options if o.groups == 1 and o.rank is not None}
-        cells = [f"{factors[max(1, round(f * top))]:.3f}" if top and max(1, round(f * top)) in factors else "-"
-                 for f in (0.25, 0.5, 0.75)]
+        errors = linalg.spectral_errors(s)
+        cells = [f"{errors[min(max(1, round(f * top)), s.size)]:.3f}" if top else "-" for f in (0.25, 0.5, 0.75)]
         rows.append([sp.name, f"{sp.n_in}x{sp.n_out}", f"{s[0]:.3g}" if s.size else "0",
                      str(linalg.numerical_rank(s, (sp.n_in, sp.n_out))), str(top), *cells])
     curve = [["weight budget", "kept", "max layer error (ALDS)"]]
