@@ -12,7 +12,6 @@ error on the test set in onnxruntime (||y' - y|| / ||y||), and test accuracy.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from digits import SEED, mlp, onnx_accuracy, splits, train
+from digits import SEED, mlp, onnx_accuracy, pyplot, save_figure, splits, study_main, train
 from torch import nn
 from torch.nn import functional as F
 
@@ -107,15 +106,9 @@ def _print(rows: list[dict]) -> None:
 
 
 def _plot(rows: list[dict], out_dir: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install 'onnx-collapse[plot]')")
+    plt = pyplot()
+    if plt is None:
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6))
     for ax, model in zip(np.atleast_1d(axes), models):
@@ -126,18 +119,11 @@ def _plot(rows: list[dict], out_dir: Path) -> None:
         ax.set_xlabel("weight budget")
         ax.set_ylabel("max layer error (spectral)")
         ax.legend()
-    fig.tight_layout()
-    path = out_dir / "alds_budget.png"
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
+    save_figure(fig, out_dir, "alds_budget.png")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
-    args = parser.parse_args()
-    run(args.epochs, args.out)
+    study_main(__doc__, run)
 
 
 if __name__ == "__main__":

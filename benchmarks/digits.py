@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import torch
@@ -63,3 +66,33 @@ def onnx_accuracy(model_or_bytes, x: np.ndarray, y: np.ndarray) -> float:
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     return float((logits.argmax(-1) == y).mean())
+
+
+def pyplot():
+    """matplotlib's pyplot on a file backend, or None (with a note) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install 'onnx-collapse[plot]')")
+        return None
+    return plt
+
+
+def save_figure(fig, out_dir: Path, name: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    path = out_dir / name
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def study_main(doc: str, run) -> None:
+    """The command line both digits studies share: --epochs and --out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    args = parser.parse_args()
+    run(args.epochs, args.out)

@@ -13,14 +13,13 @@ Prints a table and writes accuracy-vs-parameters to OUT/layercollapse_digits.png
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-from digits import mlp, onnx_accuracy, splits, train
+from digits import mlp, onnx_accuracy, pyplot, save_figure, splits, study_main, train
 
 import onnx_collapse
 from onnx_collapse.torch import collapsible_slopes, export_onnx, snap_slopes
@@ -91,15 +90,9 @@ def _print(rows: list[dict]) -> None:
 
 
 def _plot(rows: list[dict], out_dir: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install 'onnx-collapse[plot]')")
+    plt = pyplot()
+    if plt is None:
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     labels: dict[tuple[float, float], list[str]] = {}
     for r in rows:
@@ -114,18 +107,11 @@ def _plot(rows: list[dict], out_dir: Path) -> None:
     ax.set_xlabel("parameters (gray: exported, blue: after onnx-collapse; squares/*: snapped)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("LayerCollapse on digits: accuracy vs. size")
-    fig.tight_layout()
-    path = out_dir / "layercollapse_digits.png"
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
+    save_figure(fig, out_dir, "layercollapse_digits.png")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
-    args = parser.parse_args()
-    run(args.epochs, args.out)
+    study_main(__doc__, run)
 
 
 if __name__ == "__main__":

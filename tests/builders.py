@@ -99,3 +99,18 @@ def mlp(n_in=8, hidden=16, n_out=4, slope=1.0, kind="prelu", **layer_kw) -> onnx
     """The simplest chain: Gemm - act - Gemm."""
     return build(ChainSpec(n_in, [LayerSpec(hidden, **layer_kw), LayerSpec(n_out, **layer_kw)],
                            [ActSpec(kind=kind, slope=slope)]))
+
+
+def save_external(model: onnx.ModelProto, path) -> None:
+    """Save with every tensor in ``<name>.data`` beside the model."""
+    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+
+
+def point_external_data_at(path, location: str) -> None:
+    """Rewrite a saved model so that its external tensors claim to live at ``location``."""
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(model, str(path))

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import mlp
+from builders import mlp, point_external_data_at, save_external
 from conftest import MODELS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -88,22 +88,15 @@ def test_empty_graph_and_zero_sized_dims():
 
 
 def test_missing_or_escaping_external_data_is_a_one_line_error(tmp_path):
-    onnx.save_model(mlp(64, 128, 32), str(tmp_path / "m.onnx"), save_as_external_data=True,
-                    location="m.onnx.data", size_threshold=0)
+    save_external(mlp(64, 128, 32), tmp_path / "m.onnx")
     (tmp_path / "m.onnx.data").rename(tmp_path / "elsewhere.data")
     assert_one_line_error(cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx"), 2, "missing")
-    model = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = "/etc/passwd"
-    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    point_external_data_at(tmp_path / "m.onnx", "/etc/passwd")
     assert_one_line_error(cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx"), 2, "escapes")
 
 
 def test_truncated_external_data_is_a_one_line_error(tmp_path):
-    onnx.save_model(mlp(64, 128, 32), str(tmp_path / "m.onnx"), save_as_external_data=True,
-                    location="m.onnx.data", size_threshold=0)
+    save_external(mlp(64, 128, 32), tmp_path / "m.onnx")
     data = tmp_path / "m.onnx.data"
     data.write_bytes(data.read_bytes()[:100])
     assert_one_line_error(cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx"), 2, "too short")

@@ -4,21 +4,17 @@ import os
 
 import onnx
 import pytest
-from builders import mlp
+from builders import mlp, point_external_data_at, save_external
 
 from onnx_collapse import CollapseError, optimize, verify
 from onnx_collapse.io import file_size, load_model, save_model, uses_external
-
-
-def _save_external(model, path):
-    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0)
 
 
 def test_external_data_is_read_relative_to_the_model_and_written_beside_the_output(tmp_path, monkeypatch):
     src_dir, dst_dir = tmp_path / "src", tmp_path / "dst"
     src_dir.mkdir()
     dst_dir.mkdir()
-    _save_external(mlp(64, 128, 32), src_dir / "m.onnx")
+    save_external(mlp(64, 128, 32), src_dir / "m.onnx")
     before = {p.name: p.read_bytes() for p in src_dir.iterdir()}
     monkeypatch.chdir(tmp_path)  # not the model's folder
     out, report = optimize(src_dir / "m.onnx", output=dst_dir / "o.onnx")
@@ -35,13 +31,13 @@ def test_external_data_is_read_relative_to_the_model_and_written_beside_the_outp
 
 
 def test_external_model_as_modelproto_is_refused_with_advice(tmp_path):
-    _save_external(mlp(), tmp_path / "m.onnx")
+    save_external(mlp(), tmp_path / "m.onnx")
     with pytest.raises(CollapseError, match="pass its path"):
         optimize(onnx.load(str(tmp_path / "m.onnx"), load_external_data=False))
 
 
 def test_path_input_without_output_returns_a_self_contained_model(tmp_path):
-    _save_external(mlp(64, 128, 32), tmp_path / "m.onnx")
+    save_external(mlp(64, 128, 32), tmp_path / "m.onnx")
     out, _ = optimize(tmp_path / "m.onnx")
     assert not uses_external(out)
     onnx.checker.check_model(out)
@@ -52,19 +48,14 @@ def test_external_path_escaping_the_folder_is_refused(tmp_path):
     (tmp_path / "secret").write_bytes(b"\0" * 4096)
     sub = tmp_path / "sub"
     sub.mkdir()
-    _save_external(model, sub / "m.onnx")
-    proto = onnx.load(str(sub / "m.onnx"), load_external_data=False)
-    for t in proto.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = "../secret"
-    onnx.save_model(proto, str(sub / "m.onnx"))
+    save_external(model, sub / "m.onnx")
+    point_external_data_at(sub / "m.onnx", "../secret")
     with pytest.raises(CollapseError, match="escapes the model's folder"):
         load_model(sub / "m.onnx")
 
 
 def test_missing_external_data_file(tmp_path):
-    _save_external(mlp(), tmp_path / "m.onnx")
+    save_external(mlp(), tmp_path / "m.onnx")
     os.remove(tmp_path / "m.onnx.data")
     with pytest.raises(CollapseError, match="missing"):
         load_model(tmp_path / "m.onnx")
