@@ -24,7 +24,7 @@ from .io import (
 )
 from .options import Options
 from .passes import DEFAULT_PASSES, GLOBAL_PASSES
-from .passes.base import Context, FoldPlan, Pass, all_names
+from .passes.base import Context, FoldPlan, GlobalPass, Pass, all_names
 from .passes.linear import FindLinearLayers
 from .passes.lowrank import target_spectra
 from .report import ModelStats, Report, Verification
@@ -48,7 +48,7 @@ def contexts_for(source: ModelSource, options: Options) -> list[Context]:
 
 
 def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = DEFAULT_PASSES,
-               global_passes=GLOBAL_PASSES) -> list[Context]:
+               global_passes: Sequence[GlobalPass] = GLOBAL_PASSES) -> list[Context]:
     """Analyse every graph: each pass in order over each graph, then the passes that see all graphs."""
     contexts = contexts_for(source, options)
     for ctx in contexts:

@@ -33,10 +33,6 @@ class Verification:
     inputs: str  # where the inputs came from: "random (seed 0)" or a file name
     outputs: list[ErrorStats] = field(default_factory=list)
 
-    @property
-    def worst(self) -> ErrorStats | None:
-        return max(self.outputs, key=lambda o: (not o.passed, o.max_abs), default=None)
-
 
 @dataclass
 class FoldRecord:
