@@ -260,7 +260,11 @@ def make_feeds(
     """Input sets from a file, from arrays the caller gave, or from a seeded generator; and a phrase
     saying which."""
     if inputs is None:
-        return random_feeds(model, shapes, seed, count), f"random inputs (seed {seed})"
+        defaulted = [f"{i.name}[{k}]" for i in graph_inputs(model) if i.name not in shapes
+                     and i.type.HasField("tensor_type")
+                     for k, d in enumerate(i.type.tensor_type.shape.dim) if not d.HasField("dim_value")]
+        note = f"; dynamic dims set to {DEFAULT_DIM}: {', '.join(defaulted)}" if defaulted else ""
+        return random_feeds(model, shapes, seed, count), f"random inputs (seed {seed}{note})"
     if isinstance(inputs, Mapping):
         return [_checked_feed(model, dict(inputs), "inputs")], "the given inputs"
     return file_feeds(model, inputs), f"inputs from {Path(inputs).name}"
