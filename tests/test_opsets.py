@@ -20,7 +20,10 @@ SPECS = {
 }
 
 
-@pytest.mark.parametrize("opset", [7, 8, 9, 10, 11, 12, 13, 15, 17, 19, 21])
+NEWEST = onnx.defs.onnx_opset_version()
+
+
+@pytest.mark.parametrize("opset", sorted({7, 8, 9, 10, 11, 12, 13, 15, 17, 19, 21, 23, 25, NEWEST}))
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_chain_folds_at_every_opset(name, opset):
     if name == "gemm-no-bias" and opset < 11:
@@ -33,7 +36,7 @@ def test_chain_folds_at_every_opset(name, opset):
     onnx.checker.check_model(out)
 
 
-@pytest.mark.parametrize("opset", [13, 15, 17, 19, 21])
+@pytest.mark.parametrize("opset", [13, 15, 17, 19, 21, 23, NEWEST])
 @pytest.mark.parametrize("name", sorted(FOLDS))
 def test_shipped_models_converted_across_opsets(name, opset):
     model = onnx.load(str(MODELS / f"{name}.onnx"))
