@@ -60,8 +60,8 @@ def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 def check_options(f):
     """Options shared by commands that run onnxruntime."""
     decorators = [
-        click.option("--atol", type=float, default=None, help="Absolute tolerance (default by dtype: 1e-4 float32)."),
-        click.option("--rtol", type=float, default=None, help="Relative tolerance (default by dtype: 1e-3 float32)."),
+        click.option("--atol", type=click.FloatRange(0), default=None, help="Absolute tolerance (default by dtype: 1e-4 float32)."),
+        click.option("--rtol", type=click.FloatRange(0), default=None, help="Relative tolerance (default by dtype: 1e-3 float32)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
         click.option("--check-n", type=click.IntRange(1), default=3, show_default=True,
                      help="Number of random input sets."),
