@@ -186,5 +186,18 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
 
 
 def main() -> None:
-    cli(prog_name="onnx-collapse")
+    """Entry point: click's own usage errors become one line too (exit 2)."""
+    try:
+        code = cli.main(prog_name="onnx-collapse", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see 'onnx-collapse {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
+        click.echo(f"onnx-collapse: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("onnx-collapse: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 

@@ -163,3 +163,12 @@ def test_budget_and_max_error_exclude_each_other(tmp_path):
     result = cli("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5",
                  "--max-error", "0.1")
     assert_one_line_error(result, 2, "exclude each other")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["optimize", MODELS / "leaky_1.onnx", "o.onnx", "--atol", "-1"], ["--atol"]),
+    (["optimize"], ["Missing argument"]),
+    (["frobnicate"], ["No such command"]),
+])
+def test_usage_errors_are_one_line_too(tmp_path, args, words):
+    assert_one_line_error(cli(*args, cwd=tmp_path), 2, *words)
