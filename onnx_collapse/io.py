@@ -25,7 +25,7 @@ from .errors import CollapseError
 PROTOBUF_LIMIT = 2**31 - 1
 # Above this size a model is written with external data even when not asked to.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-ALIGN = 4096  # offsets of tensors in a written data file (page-aligned, so readers can mmap)
+ALIGN_LARGE, ALIGN_SMALL = 4096, 64  # tensor offsets in a written data file: pages for tensors >= 1 MiB
 CHUNK = 64 * 2**20
 
 
@@ -213,7 +213,8 @@ def _write_tensors(model: onnx.ModelProto, source_dir: Path | None, data_path: P
                 external = uses_external_data(tensor)
                 if not external and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold):
                     continue
-                out.write(b"\0" * ((-out.tell()) % ALIGN))
+                size = TensorStore.nbytes(tensor)
+                out.write(b"\0" * ((-out.tell()) % (ALIGN_LARGE if size >= 2**20 else ALIGN_SMALL)))
                 offset = out.tell()
                 if external:
                     info = ExternalDataInfo(tensor)
