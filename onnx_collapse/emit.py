@@ -91,25 +91,37 @@ def grouped_nodes(
     """Nodes for ALDS's grouped factorization ``y = concat_g(x_g @ A_g) @ B + bias``.
 
     ``blocks`` (k, n_in/k, j) are the per-group first factors and ``second`` (k*j, n_out) the dense
-    second factor. The input is reshaped to (..., k, 1, n_in/k) so one batched MatMul applies every
-    block, then flattened to (..., k*j) for the second factor. Needs the input rank.
+    second factor. The input (..., n_in) is reshaped to (..., k, n_in/k) and the group axis moved to
+    the front, so one batched MatMul runs k full-size products (rows = the input's rows), then the
+    result is moved back and flattened to (..., k*j) for the second factor. Needs an input rank >= 2.
+    (Broadcasting over a (..., k, 1, n_in/k) layout instead ran 1.5x slower; benchmarks/grouped_speed.py.)
     """
-    if emission.input_rank is None:
-        raise RangeError("grouped factors need the input's rank, which shape inference did not give")
+    rank = emission.input_rank
+    if rank is None or rank < 2:
+        raise RangeError("grouped factors need an input of known rank >= 2")
     k, width, j = blocks.shape
-    lead = [0] * (emission.input_rank - 1)  # Reshape's 0 copies the input's dim
-    split = fresh(f"{emission.prefix}.groups_shape")
-    merge = fresh(f"{emission.prefix}.merge_shape")
+    lead = [0] * (rank - 1)  # Reshape's 0 copies the input's dim
+    names = {t: fresh(f"{emission.prefix}.{t}") for t in
+             ("groups_shape", "merge_shape", "group_factors", "grouped", "front", "mixed", "back", "flat")}
     inits = [
-        numpy_helper.from_array(np.array(lead + [k, 1, width], dtype=np.int64), split),
-        numpy_helper.from_array(np.array(lead + [k * j], dtype=np.int64), merge),
-        numpy_helper.from_array(cast_checked(blocks, dtype), fresh(f"{emission.prefix}.group_factors")),
+        numpy_helper.from_array(np.array(lead + [k, width], dtype=np.int64), names["groups_shape"]),
+        numpy_helper.from_array(np.array(lead + [k * j], dtype=np.int64), names["merge_shape"]),
+        numpy_helper.from_array(cast_checked(blocks.reshape([k] + [1] * (rank - 2) + [width, j]), dtype),
+                                names["group_factors"]),
     ]
-    grouped, mixed, flat = (fresh(f"{emission.prefix}.{t}") for t in ("grouped_in", "grouped_out", "flat"))
+    to_front = [rank - 1, *range(rank - 1), rank]
+    to_back = [*range(1, rank), 0, rank]
     nodes = [
-        helper.make_node("Reshape", [x, split], [grouped], name=fresh(f"{emission.prefix}/SplitGroups")),
-        helper.make_node("MatMul", [grouped, inits[2].name], [mixed], name=fresh(f"{emission.prefix}/GroupMatMul")),
-        helper.make_node("Reshape", [mixed, merge], [flat], name=fresh(f"{emission.prefix}/MergeGroups")),
+        helper.make_node("Reshape", [x, names["groups_shape"]], [names["grouped"]],
+                         name=fresh(f"{emission.prefix}/SplitGroups")),
+        helper.make_node("Transpose", [names["grouped"]], [names["front"]], perm=to_front,
+                         name=fresh(f"{emission.prefix}/GroupsFirst")),
+        helper.make_node("MatMul", [names["front"], names["group_factors"]], [names["mixed"]],
+                         name=fresh(f"{emission.prefix}/GroupMatMul")),
+        helper.make_node("Transpose", [names["mixed"]], [names["back"]], perm=to_back,
+                         name=fresh(f"{emission.prefix}/GroupsLast")),
+        helper.make_node("Reshape", [names["back"], names["merge_shape"]], [names["flat"]],
+                         name=fresh(f"{emission.prefix}/MergeGroups")),
     ]
-    tail_nodes, tail_inits = linear_nodes(fresh, emission, flat, y, [second], bias, dtype)
+    tail_nodes, tail_inits = linear_nodes(fresh, emission, names["flat"], y, [second], bias, dtype)
     return nodes + tail_nodes, inits + tail_inits

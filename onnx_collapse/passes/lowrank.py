@@ -29,11 +29,11 @@ def _targets(ctx: Context) -> list[FoldPlan]:
 
 
 def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpectrum]]:
-    """The truncation targets and their storage options (grouping only where the input rank is known)."""
+    """The truncation targets and their storage options (grouping only for inputs of known rank >= 2)."""
     targets = _targets(ctx)
     spectra = [
         allocate.spectrum(" > ".join(t.record.layers), t.exact, ctx.options.error_metric,
-                          ctx.options.max_groups if t.emit.input_rank is not None else 1)
+                          ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1)
         for t in targets
     ]
     return targets, spectra
