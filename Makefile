@@ -26,5 +26,6 @@ studies:            ## the accuracy studies behind the README tables (digits; ne
 	$(PYTHON) benchmarks/layercollapse_digits.py
 	$(PYTHON) benchmarks/alds_budget.py
 
-corpus:             ## the optimizer over onnx's shipped backend test cases
+corpus:             ## the optimizer over onnx's shipped backend test cases, then mutated models
 	$(PYTHON) benchmarks/corpus.py
+	$(PYTHON) benchmarks/fuzz.py
