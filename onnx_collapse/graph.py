@@ -21,6 +21,11 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield from attr.graphs
 
 
+def node_label(node: onnx.NodeProto, position: int) -> str:
+    """A node's name, or its op type and position when it has none."""
+    return node.name or f"{node.op_type}#{position}"
+
+
 GraphPath = tuple[tuple[int, str, int], ...]  # (node position, attribute name, graph position) from the main graph
 
 
@@ -31,7 +36,7 @@ def walk_graphs(graph: onnx.GraphProto, path: GraphPath = (), prefix: str = "") 
         for attr in node.attribute:
             bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
             for k, body in enumerate(bodies):
-                label = f"{prefix}{node.name or node.op_type + '#' + str(i)}/{attr.name}" + (f"[{k}]" if len(bodies) > 1 else "")
+                label = f"{prefix}{node_label(node, i)}/{attr.name}" + (f"[{k}]" if len(bodies) > 1 else "")
                 yield from walk_graphs(body, path + ((i, attr.name, k),), label + "/")
 
 
@@ -100,8 +105,7 @@ class GraphIndex:
 
     def label(self, i: int) -> str:
         """A readable name for node ``i``: its name, or op type and position when unnamed."""
-        node = self.nodes[i]
-        return self.prefix + (node.name or f"{node.op_type}#{i}")
+        return self.prefix + node_label(self.nodes[i], i)
 
     def _constant_tensor(self, name: str) -> onnx.TensorProto | None:
         if name in self.initializers and name not in self.graph_inputs:

@@ -6,6 +6,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -29,7 +30,16 @@ from .passes.linear import FindLinearLayers
 from .passes.lowrank import target_spectra
 from .report import ModelStats, Report, Verification
 from .rewrite import apply_plans
-from .verify import capture, compare, compare_outputs, local_errors, make_feeds, random_feeds, run
+from .verify import (
+    capture,
+    chain_model,
+    compare,
+    compare_outputs,
+    local_errors,
+    make_feeds,
+    random_feeds,
+    run,
+)
 
 BULK_REVERT = 8  # above this many locally failing folds, revert them all at once before going one by one
 
@@ -92,7 +102,7 @@ def _elem(plan: FoldPlan) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(plan.dtype)
 
 
-def _measure_folds(source: ModelSource, contexts: list[Context], plans: list[FoldPlan], feeds, options: Options):
+def _measure_folds(source: ModelSource, indexes: dict, plans: list[FoldPlan], feeds, options: Options):
     """Every plan's own error in onnxruntime, and the original model's outputs (captured in the same run).
 
     Main-graph folds run on the inputs their chain really saw; folds inside subgraphs (whose tensors a
@@ -106,7 +116,6 @@ def _measure_folds(source: ModelSource, contexts: list[Context], plans: list[Fol
     probes = [(p.input, p.output, p.nodes, p.initializers, _elem(p)) for p in main]
     for plan, err in zip(main, local_errors(opsets, model.ir_version, probes, captured, options.atol, options.rtol)):
         plan.record.error = err
-    indexes = {ctx.path: ctx.index for ctx in contexts}
     for plan in (p for p in plans if p.graph):
         plan.record.error = _subgraph_fold_error(source, indexes[plan.graph], plan, opsets, options)
     outputs = {o.name for o in model.graph.output}
@@ -116,23 +125,16 @@ def _measure_folds(source: ModelSource, contexts: list[Context], plans: list[Fol
 def _subgraph_fold_error(source: ModelSource, index: GraphIndex, plan: FoldPlan, opsets, options: Options):
     """A subgraph fold's error: the original chain and the folded one on the same random inputs."""
     original = [index.nodes[i] for i in plan.removed]
-    consts = {n for node in original for n in node.input if n in index.initializers}
-    elem = _elem(plan)
-    width = plan.exact.shape[0]
-
-    def chain_model(nodes, inits):
-        graph = onnx.helper.make_graph(nodes, "chain", [onnx.helper.make_tensor_value_info(plan.input, elem, None)],
-                                       [onnx.helper.make_tensor_value_info(plan.output, elem, None)], inits)
-        return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=source.model.ir_version)
-
-    reference = chain_model(original, [index.initializers[n] for n in sorted(consts)])
+    consts = sorted({n for node in original for n in node.input if n in index.initializers})
+    elem, ir_version = _elem(plan), source.model.ir_version
+    x_shape = [4] * ((plan.emit.input_rank or 2) - 1) + [plan.exact.shape[0]]
+    reference = chain_model(plan.input, plan.output, original, [index.initializers[n] for n in consts], elem,
+                            opsets, ir_version, x_shape)
     ref_source = ModelSource(reference, source.base_dir)
-    rank = plan.emit.input_rank or 2
-    x_info = onnx.helper.make_tensor_value_info(plan.input, elem, [4] * (rank - 1) + [width])
-    reference.graph.input[0].CopyFrom(x_info)
     feeds = random_feeds(reference, {}, options.seed, options.check_n)
     expected = run(ref_source, feeds, "original chain")
-    got = run(ModelSource(chain_model(plan.nodes, plan.initializers)), feeds, "folded chain")
+    folded = chain_model(plan.input, plan.output, plan.nodes, plan.initializers, elem, opsets, ir_version)
+    got = run(ModelSource(folded), feeds, "folded chain")
     return compare(plan.output, [e[plan.output] for e in expected], [g[plan.output] for g in got],
                    options.atol, options.rtol)
 
@@ -148,9 +150,9 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
     plans = [p for ctx in contexts for p in ctx.plans]
     feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n)
     every = [q for p in plans for q in (p, p.fallback) if q is not None]
-    expected = _measure_folds(source, contexts, every, feeds, options)
-    indexes = {ctx.path: ctx.index for ctx in contexts}
-    records = {id(ctx.records): ctx.records for ctx in contexts}
+    owners = {ctx.path: ctx for ctx in contexts}
+    indexes = {path: ctx.index for path, ctx in owners.items()}
+    expected = _measure_folds(source, indexes, every, feeds, options)
     accepted = list(plans)
     local_failures = [p for p in accepted if p.record.error is not None and not p.record.error.passed]
     while True:
@@ -179,10 +181,8 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
                 continue
             accepted[position] = plan.fallback
             plan.record.reason += "; kept the exact fold instead"
-            for rec in records.values():
-                where_at = next((i for i, r in enumerate(rec) if r is plan.record), None)
-                if where_at is not None:
-                    rec.insert(where_at + 1, plan.fallback.record)
+            records = owners[plan.graph].records
+            records.insert(next(i for i, r in enumerate(records) if r is plan.record) + 1, plan.fallback.record)
 
 
 def optimize(
@@ -210,8 +210,8 @@ def optimize(
         external_data = True
     contexts = run_passes(source, options)
     plans = [p for ctx in contexts for p in ctx.plans]
-    staged = StagedOutput(output, external_data, source.base_dir) if output is not None else None
-    try:
+    staging = StagedOutput(output, external_data, source.base_dir) if output is not None else nullcontext()
+    with staging as staged:
         if not plans:
             out, verification = model, Verification(True, 0, "the model is unchanged")
         elif options.verify:
@@ -232,9 +232,6 @@ def optimize(
         elif staged is None and uses_external(out):
             embed_external_data(out, source.base_dir)
         return out, report
-    finally:
-        if staged is not None:
-            staged.__exit__(None)
 
 
 def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProto, unchanged: bool) -> None:

@@ -308,6 +308,16 @@ def capture(
     return captured
 
 
+def chain_model(
+    x: str, y: str, nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto], elem_type: int,
+    opset_imports: Sequence[onnx.OperatorSetIdProto], ir_version: int, x_shape: Sequence[int] | None = None,
+) -> onnx.ModelProto:
+    """A model of just ``nodes``: input ``x`` (of ``x_shape``, or unknown), output ``y``."""
+    graph = helper.make_graph(list(nodes), "chain", [helper.make_tensor_value_info(x, elem_type, x_shape)],
+                              [helper.make_tensor_value_info(y, elem_type, None)], list(inits))
+    return helper.make_model(graph, opset_imports=list(opset_imports), ir_version=ir_version)
+
+
 def local_errors(
     opset_imports: Sequence[onnx.OperatorSetIdProto], ir_version: int,
     folds: Sequence[tuple[str, str, Sequence[onnx.NodeProto], Sequence[onnx.TensorProto], int]],
@@ -321,11 +331,7 @@ def local_errors(
     """
     stats = []
     for x, y, nodes, inits, elem_type in folds:
-        graph = helper.make_graph(
-            list(nodes), "fold", [helper.make_tensor_value_info(x, elem_type, None)],
-            [helper.make_tensor_value_info(y, elem_type, None)], list(inits),
-        )
-        single = helper.make_model(graph, opset_imports=list(opset_imports), ir_version=ir_version)
+        single = chain_model(x, y, nodes, inits, elem_type, opset_imports, ir_version)
         got = run(ModelSource(single), [{x: c[x]} for c in captured], "folded chain")
         stats.append(compare(y, [c[y] for c in captured], [g[y] for g in got], atol, rtol))
     return stats
