@@ -196,3 +196,16 @@ ALLOCATORS = {"alds": allocate_budget, "uniform": allocate_uniform, "energy": al
 
 def total_cost(options: Sequence[Option], by: str = "params") -> int:
     return sum(_cost(o, by) for o in options)
+
+
+def tradeoff(layers: Sequence[LayerSpectrum], budgets: Sequence[float]) -> list[tuple[float, float, float]]:
+    """ALDS's trade-off curve: per weight budget, (budget, fraction of the dense weights kept, largest layer
+    error). Empty without layers."""
+    if not layers:
+        return []
+    dense = sum(layer.dense.params for layer in layers)
+    curve = []
+    for budget in budgets:
+        chosen = allocate_budget(layers, budget)
+        curve.append((budget, total_cost(chosen) / dense, max(o.error for o in chosen)))
+    return curve

@@ -149,7 +149,8 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 def analyze(input_path, slope_tol, spectrum, low_rank, as_json) -> None:
     """List every chain of IN.onnx: shapes, slopes, predicted savings, and why it would or would not fold."""
     with one_line_errors():
-        found = analyze_model(input_path, Options(slope_tol=slope_tol, verify=False, low_rank=low_rank))
+        found = analyze_model(input_path, Options(slope_tol=slope_tol, verify=False, low_rank=low_rank),
+                              spectrum=spectrum)
         report, remarks = found.report, found.remarks
         payload = report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in remarks]}
         if spectrum:
@@ -165,7 +166,7 @@ def analyze(input_path, slope_tol, spectrum, low_rank, as_json) -> None:
                       f"{report.before.params - saved_params:,}; linear MACs/row {report.before.linear_macs:,} -> "
                       f"{report.before.linear_macs - saved_macs:,} (predicted; run optimize to verify)"]
         if spectrum:
-            lines += ["", render_spectra(found.spectra)]
+            lines += ["", render_spectra(found.spectra, found.tradeoff)]
         click.echo(json.dumps(payload, indent=2) if as_json else "\n".join(lines))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -11,13 +12,31 @@ from onnx import helper, numpy_helper
 
 
 @dataclass(frozen=True)
-class Emission:
-    """How a plan's nodes are written: node-name prefix, Gemm or MatMul, rank of the bias, input rank."""
+class Emission(ABC):
+    """How a folded map is written back: node-name ``prefix``, the rank of its bias (broadcast over the
+    leading axes), and the rank of its input where known. Subclasses choose the ops."""
 
     prefix: str
-    use_gemm: bool
     bias_rank: int
     input_rank: int | None
+
+    @abstractmethod
+    def linear(self, fresh: Callable[[str], str], x: str, y: str, matrices: Sequence[np.ndarray],
+               bias: np.ndarray | None, dtype: np.dtype) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """Nodes computing ``y = x @ M1 @ M2 ... + bias`` (dense: one matrix; factor pair: two).
+        Raises RangeError if a weight does not fit ``dtype``."""
+
+    def grouped(self, fresh: Callable[[str], str], x: str, y: str, blocks: np.ndarray, second: np.ndarray,
+                bias: np.ndarray | None, dtype: np.dtype) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """Nodes for ALDS's grouped factors (see ``grouped_nodes``)."""
+        return grouped_nodes(fresh, self, x, y, blocks, second, bias, dtype)
+
+    def const(self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], value: np.ndarray, what: str,
+              dtype: np.dtype) -> str:
+        """A new initializer holding ``value`` cast to ``dtype``; returns its name."""
+        name = fresh(f"{self.prefix}.{what}")
+        inits.append(numpy_helper.from_array(cast_checked(value, dtype), name))
+        return name
 
 
 class RangeError(ValueError):
@@ -26,56 +45,56 @@ class RangeError(ValueError):
 
 def cast_checked(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``value`` (float64) cast to ``dtype``; RangeError if it overflows to inf or is not finite."""
-    out = np.asarray(value, dtype=np.float64).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(value, dtype=np.float64).astype(dtype)
     if not np.all(np.isfinite(out)):
         raise RangeError(f"folded values exceed the range of {np.dtype(dtype).name}")
     return out
 
 
-def linear_nodes(
-    fresh: Callable[[str], str],
-    emission: Emission,
-    x: str,
-    y: str,
-    matrices: Sequence[np.ndarray],
-    bias: np.ndarray | None,
-    dtype: np.dtype,
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes computing ``y = x @ M1 @ M2 ... + bias``.
+def _tag(k: int, count: int) -> str:
+    return "weight" if count == 1 else f"factor{k}"
 
-    ``emission.use_gemm``: 2-D input; each matrix becomes a Gemm with its weight stored transposed
-    (``transB=1``, the layout torch exports and onnxruntime prepacks). Otherwise MatMul nodes
-    followed by an Add whose bias has rank ``emission.bias_rank`` (leading dims 1), so N-D inputs
-    keep their shape. Raises RangeError if a weight does not fit ``dtype``.
-    """
-    prefix, use_gemm, bias_rank = emission.prefix, emission.use_gemm, emission.bias_rank
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
 
-    def const(value: np.ndarray, what: str) -> str:
-        name = fresh(f"{prefix}.{what}")
-        inits.append(numpy_helper.from_array(cast_checked(value, dtype), name))
-        return name
+class MatMulEmission(Emission):
+    """MatMul nodes, then an Add whose bias has rank ``bias_rank`` (leading dims 1), so inputs of any
+    rank keep their shape (transformer exports are 3-D)."""
 
-    current = x
-    last = len(matrices) - 1
-    for k, matrix in enumerate(matrices):
-        tag = "weight" if len(matrices) == 1 else f"factor{k}"
-        ends_graph = k == last and (use_gemm or bias is None)
-        out = y if ends_graph else fresh(f"{prefix}.{tag}_out")
-        if use_gemm:
-            inputs = [current, const(np.ascontiguousarray(matrix.T), tag)]
-            if k == last and bias is not None:
-                inputs.append(const(bias, "bias"))
-            nodes.append(helper.make_node("Gemm", inputs, [out], name=fresh(f"{prefix}/Gemm{k}"), transB=1))
-        else:
-            nodes.append(helper.make_node("MatMul", [current, const(matrix, tag)], [out],
-                                          name=fresh(f"{prefix}/MatMul{k}")))
-        current = out
-    if not use_gemm and bias is not None:
-        shaped = bias.reshape([1] * (max(bias_rank, 1) - 1) + [bias.size])
-        nodes.append(helper.make_node("Add", [current, const(shaped, "bias")], [y], name=fresh(f"{prefix}/Add")))
-    return nodes, inits
+    def linear(self, fresh, x, y, matrices, bias, dtype):
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
+        current = x
+        for k, matrix in enumerate(matrices):
+            tag = _tag(k, len(matrices))
+            out = y if k == len(matrices) - 1 and bias is None else fresh(f"{self.prefix}.{tag}_out")
+            nodes.append(helper.make_node("MatMul", [current, self.const(fresh, inits, matrix, tag, dtype)], [out],
+                                          name=fresh(f"{self.prefix}/MatMul{k}")))
+            current = out
+        if bias is not None:
+            shaped = bias.reshape([1] * (max(self.bias_rank, 1) - 1) + [bias.size])
+            nodes.append(helper.make_node("Add", [current, self.const(fresh, inits, shaped, "bias", dtype)], [y],
+                                          name=fresh(f"{self.prefix}/Add")))
+        return nodes, inits
+
+
+class GemmEmission(Emission):
+    """Gemm nodes for 2-D inputs, weights stored transposed (``transB=1``, the layout torch exports and
+    onnxruntime prepacks); the bias goes to the last Gemm."""
+
+    def linear(self, fresh, x, y, matrices, bias, dtype):
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
+        current = x
+        for k, matrix in enumerate(matrices):
+            tag = _tag(k, len(matrices))
+            last = k == len(matrices) - 1
+            out = y if last else fresh(f"{self.prefix}.{tag}_out")
+            inputs = [current, self.const(fresh, inits, np.ascontiguousarray(matrix.T), tag, dtype)]
+            if last and bias is not None:
+                inputs.append(self.const(fresh, inits, bias, "bias", dtype))
+            nodes.append(helper.make_node("Gemm", inputs, [out], name=fresh(f"{self.prefix}/Gemm{k}"), transB=1))
+            current = out
+        return nodes, inits
 
 
 def grouped_nodes(
@@ -123,5 +142,5 @@ def grouped_nodes(
         helper.make_node("Reshape", [names["back"], names["merge_shape"]], [names["flat"]],
                          name=fresh(f"{emission.prefix}/MergeGroups")),
     ]
-    tail_nodes, tail_inits = linear_nodes(fresh, emission, names["flat"], y, [second], bias, dtype)
+    tail_nodes, tail_inits = emission.linear(fresh, names["flat"], y, [second], bias, dtype)
     return nodes + tail_nodes, inits + tail_inits

@@ -1,167 +1,85 @@
-"""Read-only index over one ONNX graph: producers, consumers, constants, shapes."""
+"""The graph layer: onnx-graphsurgeon graphs, read through our own weight store, exported without loss.
+
+onnx-graphsurgeon owns producers/consumers, subgraphs and outer-scope tensors, node insertion and
+removal, cleanup and topological order. What it does not do is kept here:
+
+- weight values are read through :class:`~onnx_collapse.io.TensorStore` (external data relative to the
+  model's folder, memory-mapped); an imported constant keeps its TensorProto, so nothing is read at import;
+- ``export`` puts back what onnx-graphsurgeon 0.6.1 drops: model and node ``metadata_props`` and
+  ``doc_string``, ``value_info`` it cannot type, initializers that are also graph inputs (overridable
+  weights), the original input/output declarations, model-local functions and opset imports.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_graphsurgeon as gs
+from onnx import helper
 
+from .errors import CollapseError
 from .io import TensorStore
 
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings are about its own round trip, not the user
 
-def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
+GraphPath = tuple[tuple[int, str], ...]  # (node position, attribute name) from the main graph down to a subgraph
 
 
-def node_label(node: onnx.NodeProto, position: int) -> str:
-    """A node's name, or its op type and position when it has none."""
-    return node.name or f"{node.op_type}#{position}"
+@dataclass
+class Imported:
+    """A model imported into onnx-graphsurgeon, with the protos each graph and node came from."""
+
+    model: onnx.ModelProto
+    graph: gs.Graph
+    graph_protos: dict[int, onnx.GraphProto] = field(default_factory=dict)  # id(gs.Graph) -> proto
+    node_protos: dict[int, onnx.NodeProto] = field(default_factory=dict)  # id(gs.Node) -> proto
 
 
-GraphPath = tuple[tuple[int, str, int], ...]  # (node position, attribute name, graph position) from the main graph
+def import_model(model: onnx.ModelProto) -> Imported:
+    """Import ``model`` (weights stay where they are: constants keep their TensorProto)."""
+    try:
+        graph = gs.import_onnx(model)
+    except Exception as exc:  # noqa: BLE001 - the library raises assorted types on models it cannot represent
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CollapseError(f"the model cannot be read as a graph (onnx-graphsurgeon: {type(exc).__name__}: "
+                            f"{text})") from None
+    imported = Imported(model, graph)
+    _pair(imported, imported.graph, model.graph)
+    return imported
 
 
-def walk_graphs(graph: onnx.GraphProto, path: GraphPath = (), prefix: str = "") -> Iterator[tuple[GraphPath, str, onnx.GraphProto]]:
+def _pair(imported: Imported, graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    imported.graph_protos[id(graph)] = proto
+    for node, node_proto in zip(graph.nodes, proto.node):
+        imported.node_protos[id(node)] = node_proto
+        for attr in node_proto.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH and isinstance(node.attrs.get(attr.name), gs.Graph):
+                _pair(imported, node.attrs[attr.name], attr.g)
+
+
+def walk_graphs(graph: gs.Graph, path: GraphPath = (), prefix: str = "") -> Iterator[tuple[GraphPath, str, gs.Graph]]:
     """The graph and every subgraph inside it, with the path that locates each and a readable prefix."""
     yield path, prefix, graph
-    for i, node in enumerate(graph.node):
-        for attr in node.attribute:
-            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for k, body in enumerate(bodies):
-                label = f"{prefix}{node_label(node, i)}/{attr.name}" + (f"[{k}]" if len(bodies) > 1 else "")
-                yield from walk_graphs(body, path + ((i, attr.name, k),), label + "/")
+    for i, node in enumerate(graph.nodes):
+        for name, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                label = f"{prefix}{node_label(node, i)}/{name}/"
+                yield from walk_graphs(value, path + ((i, name),), label)
 
 
-def locate(graph: onnx.GraphProto, path: GraphPath) -> onnx.GraphProto:
+def locate(graph: gs.Graph, path: GraphPath) -> gs.Graph:
     """The subgraph of ``graph`` at ``path`` (see walk_graphs)."""
-    for i, name, k in path:
-        attr = next(a for a in graph.node[i].attribute if a.name == name)
-        graph = attr.g if attr.type == onnx.AttributeProto.GRAPH else attr.graphs[k]
+    for i, name in path:
+        graph = graph.nodes[i].attrs[name]
     return graph
 
 
-def outer_names_used(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads from enclosing scopes (not produced inside it)."""
-    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    used: set[str] = set()
-    for node in graph.node:
-        used.update(n for n in node.input if n)
-        for sub in subgraphs(node):
-            used |= outer_names_used(sub)
-        local.update(node.output)
-    used.update(o.name for o in graph.output)
-    return used - local
-
-
-def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    """The value of a ``Constant`` node, or None for forms we do not read (sparse, strings)."""
-    for attr in node.attribute:
-        if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
-        if attr.name == "value_float":
-            return np.array(attr.f, dtype=np.float32)
-        if attr.name == "value_floats":
-            return np.array(list(attr.floats), dtype=np.float32)
-    return None
-
-
-class GraphIndex:
-    """Who produces and who consumes each tensor of ``graph``, and which tensors are constants.
-
-    Nodes are referred to by their position in ``graph.node`` (``nodes[i]``), which stays valid
-    because analysis never edits the graph.
-    """
-
-    def __init__(self, graph: onnx.GraphProto, shapes: dict[str, list[int | None]] | None = None,
-                 store: TensorStore | None = None, prefix: str = ""):
-        self.graph = graph
-        self.store = store or TensorStore(None)
-        self.prefix = prefix  # where this graph sits, e.g. "If_0/then_branch/" ("" for the main graph)
-        self.nodes: list[onnx.NodeProto] = list(graph.node)
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.graph_inputs = {i.name for i in graph.input}
-        self.graph_outputs = {o.name for o in graph.output}
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = defaultdict(list)
-        for i, node in enumerate(self.nodes):
-            for out in node.output:
-                if out:
-                    self.producer[out] = i
-            used = {n for n in node.input if n}
-            for sub in subgraphs(node):
-                used |= outer_names_used(sub)
-            for name in used:
-                self.consumers[name].append(i)
-        self.shapes = shapes or {}
-        self._constants: dict[str, np.ndarray | None] = {}
-
-    def label(self, i: int) -> str:
-        """A readable name for node ``i``: its name, or op type and position when unnamed."""
-        return self.prefix + node_label(self.nodes[i], i)
-
-    def _constant_tensor(self, name: str) -> onnx.TensorProto | None:
-        if name in self.initializers and name not in self.graph_inputs:
-            return self.initializers[name]
-        if name in self.producer and self.nodes[self.producer[name]].op_type == "Constant":
-            node = self.nodes[self.producer[name]]
-            return next((a.t for a in node.attribute if a.name == "value" and a.type == a.TENSOR), None)
-        return None
-
-    def constant_meta(self, name: str) -> tuple[tuple[int, ...], np.dtype | None] | None:
-        """Shape and dtype of a constant without reading its data (dtype None if numpy has none)."""
-        tensor = self._constant_tensor(name)
-        if tensor is None:
-            value = self.constant(name) if self.is_constant(name) else None
-            return None if value is None else (value.shape, value.dtype)
-        try:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-        except (KeyError, TypeError, ValueError):
-            dtype = None
-        return tuple(tensor.dims), dtype
-
-    def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is fixed at load time (initializer or Constant node), else None.
-
-        An initializer that is also a graph input can be overridden by the caller, so it is not constant.
-        Values are read on demand (external data from disk); only small ones are cached.
-        """
-        if name in self._constants:
-            return self._constants[name]
-        tensor = self._constant_tensor(name)
-        if tensor is not None:
-            value = self.store.read(tensor)
-        elif name in self.producer and self.nodes[self.producer[name]].op_type == "Constant":
-            value = constant_node_value(self.nodes[self.producer[name]])
-        else:
-            value = None
-        if value is None or value.nbytes <= 65536:
-            self._constants[name] = value
-        return value
-
-    def is_constant(self, name: str) -> bool:
-        if name in self.initializers:
-            return name not in self.graph_inputs
-        return name in self.producer and self.nodes[self.producer[name]].op_type == "Constant"
-
-    def sole_consumer(self, name: str) -> int | None:
-        """The only node reading ``name``, or None if it has several readers or is a graph output."""
-        if name in self.graph_outputs:
-            return None
-        readers = self.consumers.get(name, [])
-        return readers[0] if len(readers) == 1 else None
-
-    def rank(self, name: str) -> int | None:
-        shape = self.shapes.get(name)
-        return None if shape is None else len(shape)
-
+def node_label(node: gs.Node, position: int) -> str:
+    """A node's name, or its op type and position when it has none."""
+    return node.name or f"{node.op}#{position}"
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -169,12 +87,240 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def attribute(node: onnx.NodeProto, name: str, default=None):
-    """An attribute's Python value, or ``default`` when absent."""
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
+def is_default_domain(node: gs.Node) -> bool:
+    return node.domain in (None, "", "ai.onnx")
+
+
+def np_dtype(elem_type: int) -> np.dtype | None:
+    """The numpy dtype of an ONNX element type, or None where numpy has none."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class GraphView:
+    """One onnx-graphsurgeon graph as the passes see it: nodes by position, constants read lazily.
+
+    ``overridable`` are initializers that are also graph inputs: a caller may feed them, so they are
+    not constants. ``shapes`` are static shapes by tensor name (main graph only).
+    """
+
+    def __init__(self, graph: gs.Graph, proto: onnx.GraphProto, store: TensorStore | None = None,
+                 shapes: dict[str, list[int | None]] | None = None, prefix: str = ""):
+        self.graph = graph
+        self.proto = proto
+        self.store = store or TensorStore(None)
+        self.shapes = shapes or {}
+        self.prefix = prefix  # where this graph sits, e.g. "If_0/then_branch/" ("" for the main graph)
+        self.nodes: list[gs.Node] = list(graph.nodes)
+        self.position = {id(node): i for i, node in enumerate(self.nodes)}
+        self.tensors = graph.tensors()
+        self.output_names = {t.name for t in graph.outputs}
+        self.overridable = {t.name for t in proto.initializer} & {i.name for i in proto.input}
+        self._values: dict[str, np.ndarray | None] = {}
+
+    def label(self, i: int) -> str:
+        """A readable name for node ``i``: its name, or op type and position when unnamed."""
+        return self.prefix + node_label(self.nodes[i], i)
+
+    def tensor(self, name: str) -> gs.Tensor | None:
+        return self.tensors.get(name)
+
+    def readers(self, name: str) -> list[gs.Node]:
+        """Every node reading ``name``, subgraph nodes reading it from the outer scope included."""
+        tensor = self.tensor(name)
+        return [] if tensor is None else list(tensor.outputs)
+
+    def sole_reader(self, name: str) -> int | None:
+        """Position of the only node reading ``name``, or None if it has several readers, a reader in a
+        subgraph, or is a graph output."""
+        if name in self.output_names:
+            return None
+        readers = self.readers(name)
+        if len(readers) != 1:
+            return None
+        return self.position.get(id(readers[0]))
+
+    def producer(self, name: str) -> gs.Node | None:
+        tensor = self.tensor(name)
+        return tensor.inputs[0] if tensor is not None and tensor.inputs else None
+
+    def constant_proto(self, name: str) -> onnx.TensorProto | None:
+        """The TensorProto holding ``name``'s value if it is fixed at load time, else None.
+
+        Initializers (not overridable), ``Constant`` nodes with a tensor value, and ``Identity`` of
+        either (exporters share one constant between several readers that way) all count.
+        """
+        seen = 0
+        while seen < 64:
+            tensor = self.tensor(name)
+            if isinstance(tensor, gs.Constant):
+                if name in self.overridable or not isinstance(tensor._values, gs.ir.tensor.LazyValues):
+                    return None
+                return tensor._values.tensor
+            node = self.producer(name)
+            if node is None or not is_default_domain(node):
+                return None
+            if node.op == "Constant":
+                value = node.attrs.get("value")
+                if isinstance(value, gs.Constant) and isinstance(value._values, gs.ir.tensor.LazyValues) \
+                        and not isinstance(value._values, gs.ir.tensor.SparseValues):
+                    return value._values.tensor
+                return None
+            if node.op != "Identity" or not node.inputs:
+                return None
+            name = node.inputs[0].name
+            seen += 1
+        return None
+
+    def is_constant(self, name: str) -> bool:
+        return self.constant_proto(name) is not None or self._scalar_constant(name) is not None
+
+    def constant_meta(self, name: str) -> tuple[tuple[int, ...], np.dtype | None] | None:
+        """Shape and dtype of a constant without reading its data (dtype None if numpy has none)."""
+        proto = self.constant_proto(name)
+        if proto is not None:
+            return tuple(proto.dims), np_dtype(proto.data_type)
+        value = self._scalar_constant(name)
+        return None if value is None else (value.shape, value.dtype)
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` if it is a constant, else None; read on demand (external data from
+        disk, memory-mapped), only small values cached."""
+        if name in self._values:
+            return self._values[name]
+        proto = self.constant_proto(name)
+        value = self.store.read(proto) if proto is not None else self._scalar_constant(name)
+        if value is None or value.nbytes <= 65536:
+            self._values[name] = value
+        return value
+
+    def _scalar_constant(self, name: str) -> np.ndarray | None:
+        """A ``Constant`` node's value_float / value_floats form."""
+        node = self.producer(name)
+        if node is None or node.op != "Constant" or not is_default_domain(node):
+            return None
+        if "value_float" in node.attrs:
+            return np.array(node.attrs["value_float"], dtype=np.float32)
+        if "value_floats" in node.attrs:
+            return np.array(list(node.attrs["value_floats"]), dtype=np.float32)
+        return None
+
+    def as_initializer(self, name: str) -> onnx.TensorProto | None:
+        """A TensorProto named ``name`` holding the constant's value (data not read where external)."""
+        proto = self.constant_proto(name)
+        if proto is None:
+            value = self._scalar_constant(name)
+            return None if value is None else onnx.numpy_helper.from_array(value, name)
+        copy = onnx.TensorProto()
+        copy.CopyFrom(proto)
+        copy.name = name
+        return copy
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+
+def attribute(node: gs.Node, name: str, default=None):
+    """A node attribute's value, or ``default`` when absent."""
+    return node.attrs.get(name, default)
+
+
+def add_nodes(graph: gs.Graph, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
+              tensors: dict[str, gs.Tensor]) -> None:
+    """Append ``nodes`` (with their new ``initializers``) to ``graph``, wired to existing tensors by name.
+
+    ``tensors`` maps names visible in ``graph`` (its own and its outer scopes') to tensors; new names
+    become new tensors. The caller toposorts afterwards.
+    """
+    for init in initializers:
+        tensors[init.name] = gs.Constant(init.name, gs.ir.tensor.LazyValues(init))
+
+    def get(name: str) -> gs.Tensor:
+        if name not in tensors:
+            tensors[name] = gs.Variable(name)
+        return tensors[name]
+
+    for proto in nodes:
+        attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+        graph.nodes.append(gs.Node(proto.op_type, proto.name, attrs, [get(n) for n in proto.input],
+                                   [get(n) for n in proto.output], domain=proto.domain or None))
+
+
+def export(imported: Imported) -> onnx.ModelProto:
+    """The edited graph as a ModelProto that keeps everything of the original that onnx-graphsurgeon drops."""
+    graph_proto = gs.export_onnx(imported.graph, do_type_check=False).graph
+    out = onnx.ModelProto()
+    copy_fields(imported.model, out, skip={"graph"})
+    out.graph.CopyFrom(_restore_graph(imported, imported.graph, graph_proto))
+    return out
+
+
+def _restore_graph(imported: Imported, graph: gs.Graph, exported: onnx.GraphProto) -> onnx.GraphProto:
+    """``exported`` with the original's declarations, typed values, initializer order and node protos."""
+    original = imported.graph_protos.get(id(graph))
+    if original is None:
+        return exported
+    nodes = [_restore_node(imported, node, proto) for node, proto in zip(graph.nodes, exported.node)]
+    present = {n for node in nodes for n in [*node.input, *node.output]}
+    present |= {i.name for i in original.input} | {o.name for o in original.output}
+    present |= _outer_reads(nodes)
+    restored = onnx.GraphProto()
+    copy_fields(original, restored, skip={"node", "initializer", "sparse_initializer", "value_info"})
+    restored.node.extend(nodes)
+    known = {t.name for t in original.initializer}
+    restored.initializer.extend([t for t in original.initializer if t.name in present]
+                                + [t for t in exported.initializer if t.name not in known])
+    restored.sparse_initializer.extend(t for t in original.sparse_initializer if t.values.name in present)
+    restored.value_info.extend(v for v in original.value_info if v.name in present)
+    return restored
+
+
+def _is_repeated(desc) -> bool:
+    """Whether a protobuf field is repeated (``label`` is gone from newer protobuf releases)."""
+    flag = getattr(desc, "is_repeated", None)
+    return bool(flag) if flag is not None else desc.label == desc.LABEL_REPEATED
+
+
+def copy_fields(src, dst, skip: set[str]) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` except those named in ``skip``."""
+    for desc, value in src.ListFields():
+        if desc.name in skip:
+            continue
+        if _is_repeated(desc):
+            getattr(dst, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(dst, desc.name).CopyFrom(value)
+        else:
+            setattr(dst, desc.name, value)
+
+
+def _restore_node(imported: Imported, node: gs.Node, exported: onnx.NodeProto) -> onnx.NodeProto:
+    original = imported.node_protos.get(id(node))
+    if original is None:
+        return exported
+    restored = onnx.NodeProto()
+    restored.CopyFrom(original)
+    for attr in restored.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH and isinstance(node.attrs.get(attr.name), gs.Graph):
+            sub = next(a.g for a in exported.attribute if a.name == attr.name)
+            attr.g.CopyFrom(_restore_graph(imported, node.attrs[attr.name], sub))
+    return restored
+
+
+def _outer_reads(nodes: list[onnx.NodeProto]) -> set[str]:
+    """Names that subgraphs of ``nodes`` read (possibly from this graph)."""
+    names: set[str] = set()
+    for node in nodes:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                for inner in sub.node:
+                    names.update(inner.input)
+                names.update(o.name for o in sub.output)
+                names |= _outer_reads(list(sub.node))
+    return names
 
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

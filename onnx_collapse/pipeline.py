@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from . import allocate
 from .allocate import LayerSpectrum
-from .graph import GraphIndex, default_opset, infer_shapes, subgraphs, walk_graphs
+from .graph import GraphView, default_opset, import_model, infer_shapes, walk_graphs
 from .io import (
     ModelSource,
     StagedOutput,
@@ -24,10 +25,10 @@ from .io import (
     uses_external,
 )
 from .options import Options
-from .passes import DEFAULT_PASSES, GLOBAL_PASSES
-from .passes.base import Context, FoldPlan, GlobalPass, Pass, all_names
-from .passes.linear import FindLinearLayers
-from .passes.lowrank import target_spectra
+from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
+from .passes.context import Context, GlobalPass, Pass, all_names
+from .passes.layers import find_layers
+from .plans import FoldPlan
 from .report import ModelStats, Report, Verification
 from .rewrite import apply_plans
 from .verify import (
@@ -44,17 +45,22 @@ from .verify import (
 BULK_REVERT = 8  # above this many locally failing folds, revert them all at once before going one by one
 
 
-def contexts_for(source: ModelSource, options: Options) -> list[Context]:
-    """One analysis context per graph: the main graph (with inferred shapes) and every subgraph."""
+def views_for(source: ModelSource) -> list[tuple[tuple, GraphView]]:
+    """A view of every graph of the model (main graph with inferred shapes, then subgraphs), by path."""
     model = source.model
+    imported = import_model(model)
     shapes = infer_shapes(model)
     store = TensorStore(source.base_dir)
+    return [(path, GraphView(graph, imported.graph_protos[id(graph)], store, shapes if not path else {}, prefix))
+            for path, prefix, graph in walk_graphs(imported.graph)]
+
+
+def contexts_for(source: ModelSource, options: Options) -> list[Context]:
+    """One analysis context per graph: the main graph and every subgraph."""
+    model = source.model
     names = all_names(model.graph)
     opset = default_opset(model)
-    return [
-        Context(model, GraphIndex(graph, shapes if not path else {}, store, prefix), options, opset, path, names)
-        for path, prefix, graph in walk_graphs(model.graph)
-    ]
+    return [Context(model, view, options, opset, path, names) for path, view in views_for(source)]
 
 
 def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = DEFAULT_PASSES,
@@ -69,28 +75,21 @@ def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = D
     return contexts
 
 
-def _op_counts(graph: onnx.GraphProto, counts: Counter) -> Counter:
-    for node in graph.node:
-        counts[node.op_type] += 1
-        for sub in subgraphs(node):
-            _op_counts(sub, counts)
-    return counts
-
-
 def model_stats(model: onnx.ModelProto) -> ModelStats:
     """Op counts and stored parameters (subgraphs included) and MACs per row of recognised linear layers.
 
     Reads shapes only, never weight values.
     """
     params = macs = 0
-    for path, prefix, graph in walk_graphs(model.graph):
-        params += sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
-        params += sum(int(np.prod(a.t.dims, dtype=np.int64)) for n in graph.node if n.op_type == "Constant"
+    counts: Counter = Counter()
+    for _, view in views_for(ModelSource(model)):
+        proto = view.proto
+        counts.update(node.op_type for node in proto.node)
+        params += sum(int(np.prod(t.dims, dtype=np.int64)) for t in proto.initializer)
+        params += sum(int(np.prod(a.t.dims, dtype=np.int64)) for n in proto.node if n.op_type == "Constant"
                       for a in n.attribute if a.name == "value")
-        ctx = Context(model, GraphIndex(graph, prefix=prefix), Options(), default_opset(model), path)
-        FindLinearLayers().run(ctx)
-        macs += sum(lin.n_in * lin.n_out for lin in ctx.linears)
-    return ModelStats(dict(sorted(_op_counts(model.graph, Counter()).items())), params, macs)
+        macs += sum(layer.n_in * layer.n_out for layer in find_layers(view)[0])
+    return ModelStats(dict(sorted(counts.items())), params, macs)
 
 
 def _badness(plan: FoldPlan) -> float:
@@ -102,7 +101,7 @@ def _elem(plan: FoldPlan) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(plan.dtype)
 
 
-def _measure_folds(source: ModelSource, indexes: dict, plans: list[FoldPlan], feeds, options: Options):
+def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feeds, options: Options):
     """Every plan's own error in onnxruntime, and the original model's outputs (captured in the same run).
 
     Main-graph folds run on the inputs their chain really saw; folds inside subgraphs (whose tensors a
@@ -117,18 +116,19 @@ def _measure_folds(source: ModelSource, indexes: dict, plans: list[FoldPlan], fe
     for plan, err in zip(main, local_errors(opsets, model.ir_version, probes, captured, options.atol, options.rtol)):
         plan.record.error = err
     for plan in (p for p in plans if p.graph):
-        plan.record.error = _subgraph_fold_error(source, indexes[plan.graph], plan, opsets, options)
+        plan.record.error = _subgraph_fold_error(source, views[plan.graph], plan, opsets, options)
     outputs = {o.name for o in model.graph.output}
     return [{k: v for k, v in c.items() if k in outputs} for c in captured]
 
 
-def _subgraph_fold_error(source: ModelSource, index: GraphIndex, plan: FoldPlan, opsets, options: Options):
+def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, opsets, options: Options):
     """A subgraph fold's error: the original chain and the folded one on the same random inputs."""
-    original = [index.nodes[i] for i in plan.removed]
-    consts = sorted({n for node in original for n in node.input if n in index.initializers})
+    original = [view.proto.node[i] for i in plan.removed]
+    produced = {n for node in original for n in node.output}
+    consts = sorted({n for node in original for n in node.input if n and n not in produced and view.is_constant(n)})
     elem, ir_version = _elem(plan), source.model.ir_version
     x_shape = [4] * ((plan.emit.input_rank or 2) - 1) + [plan.exact.shape[0]]
-    reference = chain_model(plan.input, plan.output, original, [index.initializers[n] for n in consts], elem,
+    reference = chain_model(plan.input, plan.output, original, [view.as_initializer(n) for n in consts], elem,
                             opsets, ir_version, x_shape)
     ref_source = ModelSource(reference, source.base_dir)
     feeds = random_feeds(reference, {}, options.seed, options.check_n)
@@ -151,12 +151,12 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
     feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n)
     every = [q for p in plans for q in (p, p.fallback) if q is not None]
     owners = {ctx.path: ctx for ctx in contexts}
-    indexes = {path: ctx.index for path, ctx in owners.items()}
-    expected = _measure_folds(source, indexes, every, feeds, options)
+    views = {path: ctx.view for path, ctx in owners.items()}
+    expected = _measure_folds(source, views, every, feeds, options)
     accepted = list(plans)
     local_failures = [p for p in accepted if p.record.error is not None and not p.record.error.passed]
     while True:
-        candidate = apply_plans(model, indexes, accepted)
+        candidate = apply_plans(model, accepted)
         if staged is not None:
             runnable = ModelSource(candidate, None, staged.write(candidate))
         else:
@@ -217,7 +217,7 @@ def optimize(
         elif options.verify:
             out, verification = _verify_and_revert(source, contexts, options, staged)
         else:
-            out, verification = apply_plans(model, {c.path: c.index for c in contexts}, plans), None
+            out, verification = apply_plans(model, plans), None
         records = [r for ctx in contexts for r in ctx.records]
         notes = [n for ctx in contexts for n in ctx.notes]
         if model.functions:
@@ -243,28 +243,35 @@ def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProt
     staged.commit()
 
 
+TRADEOFF_BUDGETS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
 @dataclass
 class Analysis:
     """What ``analyze`` found: the report (folds marked "foldable" or "skipped"), remarks on layers
-    outside any chain, and the truncation targets' spectra (the low-rank trade-off)."""
+    outside any chain, and with ``spectrum=True`` the truncation targets' spectra and the ALDS trade-off
+    (weight budget, fraction kept, largest layer error)."""
 
     report: Report
     remarks: list[tuple[str, str]]
     spectra: list[LayerSpectrum]
+    tradeoff: list[tuple[float, float, float]]
 
 
-def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None,
-            **overrides) -> Analysis:
-    """Every chain found, with predicted savings and why each would or would not fold; nothing is run."""
+def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
+            spectrum: bool = False, **overrides) -> Analysis:
+    """Every chain found, with predicted savings and why each would or would not fold; nothing is run.
+
+    ``spectrum``: also compute the low-rank targets' singular values (``options.low_rank`` picks them).
+    """
     options = replace(options or Options(), rank_budget=None, max_error=None, **overrides)
     source = open_model(model_or_path)
-    contexts = run_passes(source, options)
+    contexts = run_passes(source, options, SPECTRUM_PASSES if spectrum else DEFAULT_PASSES)
     records = [r for ctx in contexts for r in ctx.records]
     for record in records:
         if record.status == "folded":
             record.status = "foldable"
     stats = model_stats(source.model)
-    spectra = [s for ctx in contexts for s in target_spectra(ctx)[1]]
+    spectra = [s for ctx in contexts for s in ctx.spectra]
     return Analysis(Report(stats, stats, records, None, [n for c in contexts for n in c.notes]),
-                    [r for c in contexts for r in c.remarks], spectra)
-
+                    [r for c in contexts for r in c.remarks], spectra, allocate.tradeoff(spectra, TRADEOFF_BUDGETS))

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from . import allocate, linalg
+from . import linalg
 
 
 @dataclass
@@ -167,9 +167,9 @@ def render(report: Report) -> str:
     return "\n".join(parts)
 
 
-def render_spectra(spectra, budgets=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9)) -> str:
+def render_spectra(spectra, tradeoff) -> str:
     """Per target layer: shape, sigma_1, numerical rank, spectral error at 25/50/75 % of the largest rank
-    worth factoring; then the ALDS trade-off (largest layer error at each weight budget)."""
+    worth factoring; then the ALDS trade-off (largest layer error at each weight budget), as computed."""
     if not spectra:
         return "no low-rank targets (use --low-rank all to include every linear layer)"
     rows = [["layer", "dims", "sigma_1", "rank", "max factor rank", "err @25%", "err @50%", "err @75%"]]
@@ -181,8 +181,5 @@ def render_spectra(spectra, budgets=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9)) -> str:
         rows.append([sp.name, f"{sp.n_in}x{sp.n_out}", f"{s[0]:.3g}" if s.size else "0",
                      str(linalg.numerical_rank(s, (sp.n_in, sp.n_out))), str(top), *cells])
     curve = [["weight budget", "kept", "max layer error (ALDS)"]]
-    dense = sum(sp.dense.params for sp in spectra)
-    for b in budgets:
-        chosen = allocate.allocate_budget(spectra, b)
-        curve.append([f"{b:.0%}", f"{allocate.total_cost(chosen) / dense:.1%}", f"{max(o.error for o in chosen):.3f}"])
+    curve += [[f"{b:.0%}", f"{kept:.1%}", f"{err:.3f}"] for b, kept, err in tradeoff]
     return _table(rows) + "\n\n" + _table(curve)

@@ -114,3 +114,23 @@ def point_external_data_at(path, location: str) -> None:
             if entry.key == "location":
                 entry.value = location
     onnx.save_model(model, str(path))
+
+
+def analysed(model: onnx.ModelProto, slope_tol: float = 0.05):
+    """The main graph's analysis context after the layer and chain passes (no folds planned)."""
+    from onnx_collapse.io import ModelSource
+    from onnx_collapse.options import Options
+    from onnx_collapse.passes.chains import FindChains
+    from onnx_collapse.passes.layers import FindLayers
+    from onnx_collapse.pipeline import run_passes
+
+    return run_passes(ModelSource(model), Options(slope_tol=slope_tol), (FindLayers(), FindChains()), ())[0]
+
+
+def run_model(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
+    """All outputs of ``model`` in onnxruntime (CPU, graph optimizations off)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)

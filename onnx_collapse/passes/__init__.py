@@ -5,10 +5,11 @@ Adding a pass means writing its module and listing it here; no other pass change
 
 from .chains import FindChains
 from .fold import PlanFolds
-from .linear import FindLinearLayers
-from .lowrank import LowRank
+from .layers import FindLayers
+from .lowrank import LowRank, Spectra
 
-DEFAULT_PASSES = (FindLinearLayers(), FindChains(), PlanFolds())  # run on each graph
+DEFAULT_PASSES = (FindLayers(), FindChains(), PlanFolds())  # run on each graph
 GLOBAL_PASSES = (LowRank(),)  # run once over all graphs
+SPECTRUM_PASSES = (*DEFAULT_PASSES, Spectra())  # what analyze runs with --spectrum
 
-__all__ = ["DEFAULT_PASSES", "GLOBAL_PASSES"]
+__all__ = ["DEFAULT_PASSES", "GLOBAL_PASSES", "SPECTRUM_PASSES"]

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import linalg
-from ..emit import Emission, RangeError, linear_nodes
-from .base import Context, FoldPlan, Linear, Segment
+from ..emit import RangeError
+from ..plans import FoldPlan, Segment
 from .chains import chain_record
+from .context import Context
 
 MIN_OPSET = 7  # before 7, Gemm/Add broadcasting needed the `broadcast` attribute
 
@@ -62,12 +63,13 @@ class PlanFolds:
                 ctx.plans.append(plan)
 
     def plan(self, ctx: Context, seg: Segment) -> FoldPlan | None:
-        record = chain_record(ctx.index, seg.linears, seg.links, "skipped", "")
+        view = ctx.view
+        record = chain_record(view, seg.layers, seg.links, "skipped", "")
         ctx.records.append(record)
         if ctx.opset < MIN_OPSET:
             record.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"
             return None
-        form, exact = cheapest_form([lin.affine(ctx.index) for lin in seg.linears])
+        form, exact = cheapest_form([layer.affine(view) for layer in seg.layers])
         record.form, record.rank = form.name, form.rank
         record.params_after, record.macs_after = form.params, form.macs
         if form.params >= record.params_before or form.macs > record.macs_before:
@@ -76,23 +78,16 @@ class PlanFolds:
                              f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
                              f"vs {record.params_before:,} in the chain")
             return None
-        head = seg.linears[0]
-        emission = emission_for(ctx, head, max(lin.bias_rank for lin in seg.linears),
-                                exact_matrices=len(form.matrices), has_bias=exact.bias is not None)
-        removed = tuple(sorted({i for lin in seg.linears for i in lin.nodes} | {i for lk in seg.links for i in lk.nodes}))
+        head, tail = seg.layers[0], seg.layers[-1]
+        emission = head.kind.emission(head, view.label(head.nodes[0]) + "/collapsed", ctx.opset,
+                                      max(layer.bias_rank for layer in seg.layers), exact.bias is not None,
+                                      len(form.matrices))
         try:
-            nodes, inits = linear_nodes(ctx.fresh_name, emission, head.input, seg.linears[-1].output,
-                                        form.matrices, exact.bias, head.dtype)
+            nodes, inits = emission.linear(ctx.fresh_name, head.input, tail.output, form.matrices, exact.bias,
+                                           head.dtype)
         except RangeError as exc:
             record.form, record.reason = None, str(exc)
             return None
         record.status = "folded"
-        return FoldPlan(record, ctx.path, removed, head.input, seg.linears[-1].output, nodes, inits, head.dtype, exact,
-                        emission)
-
-
-def emission_for(ctx: Context, head: Linear, bias_rank: int, exact_matrices: int, has_bias: bool) -> Emission:
-    """Gemm for 2-D inputs whose biases keep the output 2-D (Gemm without C needs opset 11); else MatMul."""
-    use_gemm = head.is_gemm and bias_rank <= 2 and (ctx.opset >= 11 or (exact_matrices == 1 and has_bias))
-    rank = 2 if head.is_gemm else ctx.index.rank(head.input)
-    return Emission(ctx.index.label(head.nodes[0]) + "/collapsed", use_gemm, bias_rank, rank)
+        return FoldPlan(record, ctx.path, seg.node_positions(), head.input, tail.output, nodes, inits, head.dtype,
+                        exact, emission)

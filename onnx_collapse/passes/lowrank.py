@@ -12,19 +12,21 @@ from dataclasses import replace
 import numpy as np
 
 from .. import allocate, linalg
-from ..emit import Emission, RangeError, grouped_nodes, linear_nodes
-from .base import Context, FoldPlan, Linear
+from ..emit import RangeError
+from ..kinds import Layer
+from ..plans import FoldPlan
 from .chains import chain_record
+from .context import Context
 
 
 def _targets(ctx: Context) -> list[FoldPlan]:
     """Exact plans to consider, plus (with low_rank="all") identity 'plans' for single linear layers."""
     targets = list(ctx.plans)
     if ctx.options.low_rank == "all":
-        taken = {i for seg in ctx.segments for lin in seg.linears for i in lin.nodes}
-        for lin in ctx.linears:
-            if lin.nodes[0] not in taken:
-                targets.append(_single(ctx, lin))
+        taken = {i for seg in ctx.segments for layer in seg.layers for i in layer.nodes}
+        for layer in ctx.layers:
+            if layer.nodes[0] not in taken:
+                targets.append(_single(ctx, layer))
     return targets
 
 
@@ -39,16 +41,15 @@ def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpe
     return targets, spectra
 
 
-def _single(ctx: Context, lin: Linear) -> FoldPlan:
+def _single(ctx: Context, layer: Layer) -> FoldPlan:
     """A placeholder plan for an unfolded layer (no nodes: it is never applied as is)."""
-    record = chain_record(ctx.index, [lin], [], "skipped", "")
+    record = chain_record(ctx.view, [layer], [], "skipped", "")
     record.form, record.params_after, record.macs_after = "dense", record.params_before, record.macs_before
-    rank = 2 if lin.is_gemm else ctx.index.rank(lin.input)
-    emission = Emission(ctx.index.label(lin.nodes[0]) + "/lowrank", lin.is_gemm and ctx.opset >= 11,
-                        lin.bias_rank, rank)
-    affine = linalg.compose([lin.affine(ctx.index)])
+    emission = layer.kind.emission(layer, ctx.view.label(layer.nodes[0]) + "/lowrank", ctx.opset, layer.bias_rank,
+                                   layer.bias is not None, 2)
+    affine = linalg.compose([layer.affine(ctx.view)])
     exact = linalg.Factored((affine.weight,), affine.bias)
-    return FoldPlan(record, ctx.path, lin.nodes, lin.input, lin.output, [], [], lin.dtype, exact, emission)
+    return FoldPlan(record, ctx.path, layer.nodes, layer.input, layer.output, [], [], layer.dtype, exact, emission)
 
 
 def _current_cost(plan: FoldPlan) -> int:
@@ -63,16 +64,16 @@ def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error
         if option.groups == 1:
             u, s, vt = exact.exact.svd()
             matrices = linalg.factor_pair(u, s, vt, option.rank)
-            nodes, inits = linear_nodes(ctx.fresh_name, exact.emit, exact.input, exact.output, matrices,
-                                        bias, exact.dtype)
+            nodes, inits = exact.emit.linear(ctx.fresh_name, exact.input, exact.output, matrices, bias,
+                                             exact.dtype)
         else:
             firsts, seconds = [], []
             for block in np.split(exact.exact.dense(), option.groups, axis=0):
                 a, b = linalg.factor_pair(*linalg.svd(block), option.rank)
                 firsts.append(a)
                 seconds.append(b)
-            nodes, inits = grouped_nodes(ctx.fresh_name, exact.emit, exact.input, exact.output,
-                                         np.stack(firsts), np.concatenate(seconds, axis=0), bias, exact.dtype)
+            nodes, inits = exact.emit.grouped(ctx.fresh_name, exact.input, exact.output, np.stack(firsts),
+                                              np.concatenate(seconds, axis=0), bias, exact.dtype)
     except RangeError as exc:
         ctx.notes.append(f"{' > '.join(exact.record.layers)}: low-rank form skipped: {exc}")
         return None
@@ -132,3 +133,12 @@ class LowRank:
             else:
                 ctx.plans.append(plan)
                 ctx.records.append(plan.record)
+
+
+class Spectra:
+    """Fills ``ctx.spectra`` with the truncation targets' spectra (for ``analyze --spectrum``)."""
+
+    name = "spectra"
+
+    def run(self, ctx: Context) -> None:
+        ctx.spectra = target_spectra(ctx)[1]

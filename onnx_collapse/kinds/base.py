@@ -1,0 +1,136 @@
+"""The two open kinds the passes recognise, and their registries.
+
+A **layer kind** recognises a linear map in the graph (``y = x W + b`` along a feature axis), gives its
+weights as a float64 :class:`~onnx_collapse.linalg.Affine`, and says how a folded map is written back
+(an :class:`~onnx_collapse.emit.Emission`). A **link kind** recognises a node that may stand between two
+layers of a chain. Each kind is one file under ``kinds/layers`` or ``kinds/links`` that registers itself
+with ``@register_layer`` / ``@register_link``; ``kinds/__init__.py`` imports it in one line.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..emit import Emission
+from ..graph import GraphView, is_default_domain
+from ..linalg import Affine
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A recognised linear layer made of ``nodes`` (positions in the graph), ``input`` -> ``output``.
+
+    Only names and shapes are kept; ``affine()`` reads the values when a fold needs them.
+    ``W = alpha * (stored weight, transposed if ``transposed``)``, ``b = beta * stored bias``.
+    """
+
+    kind: LayerKind
+    nodes: tuple[int, ...]
+    input: str
+    output: str
+    n_in: int
+    n_out: int
+    dtype: np.dtype  # storage dtype of the weights
+    params: int  # elements stored for weight and bias (a scalar bias counts 1)
+    weight: str
+    bias: str | None = None
+    bias_rank: int = 0  # rank of the stored bias (broadcasting can raise the output's rank); 0 without
+    input_rank: int | None = None  # rank of the input tensor where known
+    transposed: bool = False
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_in, self.n_out
+
+    def affine(self, view: GraphView) -> Affine:
+        return self.kind.affine(self, view)
+
+
+class LayerKind(ABC):
+    """Recognises one kind of linear layer; see the module docstring."""
+
+    name: str
+    op_types: tuple[str, ...]
+
+    @abstractmethod
+    def match(self, view: GraphView, i: int) -> Layer | str:
+        """A Layer for node ``i`` (whose op is one of ``op_types``), or the reason it is not one."""
+
+    def affine(self, layer: Layer, view: GraphView) -> Affine:
+        """The layer's map: the stored weight (a view, possibly of the data file), a float64 bias."""
+        w = view.constant(layer.weight)
+        b = None
+        if layer.bias is not None:
+            raw = view.constant(layer.bias)
+            b = np.broadcast_to(raw.reshape(-1).astype(np.float64), (layer.n_out,)) * layer.beta
+        return Affine(w.T if layer.transposed else w, b, layer.alpha)
+
+    @abstractmethod
+    def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,
+                 n_matrices: int) -> Emission:
+        """How a folded map that starts at ``layer`` is written: node names start with ``prefix``,
+        ``bias_rank`` is the largest of the chain, ``n_matrices`` 1 (dense) or 2 (factor pair)."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A node between two layers that acts elementwise on the features: transparent, or an activation
+    whose ``slope`` (float64, as stored) makes it the identity when 1."""
+
+    kind: LinkKind
+    node: int
+    slope: np.ndarray | None = None
+    stored: int = 0  # elements of the link's own constants (a PRelu slope tensor), counted as parameters
+
+    @property
+    def deviation(self) -> float:
+        """max |1 - slope|: how far the link is from the identity (0 for a transparent one)."""
+        return 0.0 if self.slope is None else float(np.max(np.abs(1.0 - self.slope)))
+
+
+class LinkKind(ABC):
+    """Recognises one kind of link; see the module docstring."""
+
+    name: str
+    op_types: tuple[str, ...]
+
+    @abstractmethod
+    def match(self, view: GraphView, i: int, data: str, layer: Layer) -> Link | str:
+        """A Link for node ``i`` reading ``data`` (the features after ``layer``), or why it is not one."""
+
+
+LAYER_KINDS: list[LayerKind] = []
+LINK_KINDS: list[LinkKind] = []
+
+
+def register_layer(cls: type[LayerKind]) -> type[LayerKind]:
+    """Class decorator: make a layer kind known to the passes."""
+    LAYER_KINDS.append(cls())
+    return cls
+
+
+def register_link(cls: type[LinkKind]) -> type[LinkKind]:
+    """Class decorator: make a link kind known to the passes."""
+    LINK_KINDS.append(cls())
+    return cls
+
+
+def _kind_for(kinds, node):
+    if not is_default_domain(node):
+        return None
+    return next((k for k in kinds if node.op in k.op_types), None)
+
+
+def layer_kind_for(node) -> LayerKind | None:
+    """The registered layer kind handling ``node``'s op, if any."""
+    return _kind_for(LAYER_KINDS, node)
+
+
+def link_kind_for(node) -> LinkKind | None:
+    """The registered link kind handling ``node``'s op, if any."""
+    return _kind_for(LINK_KINDS, node)

@@ -1,0 +1,54 @@
+"""Layer kind: ``Gemm`` (transA=0, any transB/alpha/beta, bias [N], [1,N], scalar or none); 2-D input."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...emit import Emission, GemmEmission, MatMulEmission
+from ...graph import GraphView, attribute
+from ..base import Layer, LayerKind, register_layer
+from .common import bias_fits, float_matrix
+
+GEMM_WITHOUT_C = 11  # Gemm's bias C is optional from opset 11
+
+
+@register_layer
+class Gemm(LayerKind):
+    name = "gemm"
+    op_types = ("Gemm",)
+
+    def match(self, view: GraphView, i: int) -> Layer | str:
+        node = view.nodes[i]
+        x, weight = node.inputs[0].name, node.inputs[1].name
+        if attribute(node, "transA", 0):
+            return "Gemm with transA=1 (input is transposed)"
+        if view.is_constant(x):
+            return "Gemm input A is a constant"
+        meta = view.constant_meta(weight)
+        if not float_matrix(meta):
+            return "Gemm weight B is not a constant, non-empty float matrix"
+        (rows, cols), dtype = meta
+        transposed = bool(attribute(node, "transB", 0))
+        n_in, n_out = (cols, rows) if transposed else (rows, cols)
+        bias, params = None, rows * cols
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            bias = node.inputs[2].name
+            c_meta = view.constant_meta(bias)
+            if c_meta is None:
+                return "Gemm bias C is not a constant"
+            c_shape = c_meta[0]
+            if len(c_shape) > 2 or (len(c_shape) == 2 and c_shape[0] != 1):
+                return f"Gemm bias C of shape {list(c_shape)} depends on the batch row"
+            if not bias_fits(c_shape, n_out) or c_meta[1] != dtype:
+                return f"Gemm bias C of shape {list(c_shape)} does not broadcast over the output features"
+            params += int(np.prod(c_shape, dtype=np.int64))
+        return Layer(self, (i,), x, node.outputs[0].name, n_in, n_out, dtype, params, weight, bias,
+                     bias_rank=0 if bias is None else 2, input_rank=2, transposed=transposed,
+                     alpha=float(attribute(node, "alpha", 1.0)), beta=float(attribute(node, "beta", 1.0)))
+
+    def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,
+                 n_matrices: int) -> Emission:
+        """Gemm while every bias keeps the output 2-D (a Gemm without C needs opset 11); else MatMul."""
+        if bias_rank <= 2 and (opset >= GEMM_WITHOUT_C or (n_matrices == 1 and has_bias)):
+            return GemmEmission(prefix, bias_rank, 2)
+        return MatMulEmission(prefix, bias_rank, 2)

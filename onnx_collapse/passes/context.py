@@ -1,0 +1,75 @@
+"""What the passes of one graph share: the analysis context, and the protocol a pass follows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import onnx
+
+from ..allocate import LayerSpectrum
+from ..graph import GraphPath, GraphView
+from ..kinds import Layer
+from ..options import Options
+from ..plans import FoldPlan, Segment
+from ..report import FoldRecord
+
+
+@dataclass
+class Context:
+    """Everything passes read and write for one graph."""
+
+    model: onnx.ModelProto
+    view: GraphView
+    options: Options
+    opset: int
+    path: GraphPath = ()
+    names: set[str] | None = None
+    layers: list[Layer] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    plans: list[FoldPlan] = field(default_factory=list)
+    records: list[FoldRecord] = field(default_factory=list)  # every candidate, folded or not
+    notes: list[str] = field(default_factory=list)
+    remarks: list[tuple[str, str]] = field(default_factory=list)  # (node, why it is not part of a fold)
+    spectra: list[LayerSpectrum] = field(default_factory=list)  # low-rank targets' spectra, when computed
+
+    def fresh_name(self, base: str) -> str:
+        """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""
+        if self.names is None:
+            self.names = all_names(self.model.graph)
+        name, k = base, 0
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+
+def all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every node, tensor and value name in ``graph`` and its subgraphs."""
+    names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+    names |= {v.name for v in graph.value_info}
+    for node in graph.node:
+        names.add(node.name)
+        names.update(node.input)
+        names.update(node.output)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                names |= all_names(sub)
+    return names
+
+
+class Pass(Protocol):
+    """One step of analysis over one graph: reads and extends its context."""
+
+    name: str
+
+    def run(self, ctx: Context) -> None: ...
+
+
+class GlobalPass(Protocol):
+    """A step that needs every graph at once (e.g. a budget shared by all layers)."""
+
+    name: str
+
+    def run_all(self, contexts: list[Context]) -> None: ...

@@ -1,0 +1,54 @@
+"""Plain data that passes hand on: chains found, and the rewrites (plans) they decided on.
+
+Rewrite, verification and the report read these; none of them imports a pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .emit import Emission
+from .graph import GraphPath
+from .kinds import Layer, Link
+from .linalg import Factored
+from .report import FoldRecord
+
+
+@dataclass
+class Segment:
+    """Consecutive layers that may fold into one; ``links[k]`` are the nodes between layer k and k+1."""
+
+    layers: list[Layer]
+    links: list[tuple[Link, ...]]
+
+    def activations(self) -> list[Link]:
+        return [link for gap in self.links for link in gap if link.slope is not None]
+
+    def node_positions(self) -> tuple[int, ...]:
+        return tuple(sorted({i for layer in self.layers for i in layer.nodes}
+                            | {link.node for gap in self.links for link in gap}))
+
+
+@dataclass
+class FoldPlan:
+    """A rewrite of one graph: remove the nodes at positions ``removed``, insert ``nodes`` (with new
+    ``initializers``) computing ``output`` from ``input``.
+
+    ``exact`` is the float64 map the removed nodes computed (kept factored); ``fallback`` is the exact
+    plan a truncating plan replaced, used if verification rejects the truncation.
+    """
+
+    record: FoldRecord
+    graph: GraphPath  # which (sub)graph the plan rewrites
+    removed: tuple[int, ...]
+    input: str
+    output: str
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    dtype: np.dtype
+    exact: Factored
+    emit: Emission
+    fallback: FoldPlan | None = None

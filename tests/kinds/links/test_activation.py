@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+from builders import ActSpec, ChainSpec, LayerSpec, analysed, build, mlp
+
+from onnx_collapse.kinds.links.activation import slope_keeps_shape
+
+
+@pytest.mark.parametrize("slope_shape,data_shape,ok", [
+    ((4,), [None, 4], True),
+    ((1, 4), [None, 4], True),
+    ((1, 1, 4), [None, 4], False),  # would broadcast a 2-D tensor to 3-D
+    ((3, 1), [None, 3, 4], True),  # torch per-channel slope on a 3-D input
+    ((3, 1), [None, None, 4], False),  # cannot prove the token dim is 3
+    ((5,), None, False),
+    ((1,), None, True),
+])
+def test_slope_keeps_shape(slope_shape, data_shape, ok):
+    assert slope_keeps_shape(slope_shape, data_shape, 4) is ok
+
+
+def test_leaky_relu_slope_is_its_alpha():
+    ctx = analysed(mlp(kind="leaky", slope=0.97))
+    (link,) = ctx.segments[0].links[0]
+    assert np.isclose(link.deviation, 0.03) and link.stored == 0
+
+
+@pytest.mark.parametrize("shape", ["channel", "row", "scalar", "scalar2"])
+def test_prelu_slope_shapes_are_links_and_count_their_parameters(shape):
+    spec = ChainSpec(8, [LayerSpec(6), LayerSpec(4)], [ActSpec(shape=shape)])
+    ctx = analysed(build(spec))
+    (link,) = ctx.segments[0].links[0]
+    assert link.deviation == 0.0 and link.stored == {"channel": 6, "row": 6, "scalar": 1, "scalar2": 1}[shape]
+
+
+def test_prelu_slope_that_is_not_constant_ends_the_chain_with_a_reason():
+    model = mlp()
+    model.graph.node[1].input[1] = "x"
+    ctx = analysed(model)
+    assert ctx.segments == [] and any("slope is not a constant" in n for n in ctx.notes)
