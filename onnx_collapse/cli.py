@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,14 @@ from pathlib import Path
 import click
 
 from .errors import CollapseError
-from .options import Options
+from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RANK_TARGETS, METRICS, Options
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
 from .report import render, render_folds, render_spectra, render_verification
 from .verify import parse_input_shape
 from .verify import verify as verify_models
+
+DEFAULT_LOW_RANK = DEFAULTS.low_rank
 
 
 class UserError(click.ClickException):
@@ -53,6 +56,14 @@ def one_line_errors() -> Iterator[None]:
         raise InternalError(f"{type(exc).__name__}: {text}") from None
 
 
+def cli_options(**values) -> Options:
+    """Options from command-line values; a refused value is named by its flag (``--slope-tol``)."""
+    try:
+        return Options(**values)
+    except CollapseError as exc:
+        raise CollapseError(re.sub(r"^([a-z_]+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))) from None
+
+
 def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return dict(parse_input_shape(v) for v in values)
 
@@ -62,17 +73,17 @@ def check_options(f):
     decorators = [
         click.option("--atol", type=click.FloatRange(0), default=None, help="Absolute tolerance (default by dtype: 1e-4 float32)."),
         click.option("--rtol", type=click.FloatRange(0), default=None, help="Relative tolerance (default by dtype: 1e-3 float32)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
-        click.option("--check-n", type=click.IntRange(1), default=3, show_default=True,
+        click.option("--seed", type=click.IntRange(0), default=DEFAULTS.seed, show_default=True, help="Seed of the random inputs."),
+        click.option("--check-n", type=click.IntRange(1), default=DEFAULTS.check_n, show_default=True,
                      help="Number of random input sets."),
         click.option("--inputs", type=click.Path(dir_okay=False), default=None,
                      help=".npz file with one array per model input, used instead of random inputs."),
         click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:DxD...",
                      help="Shape for an input with dynamic dims, e.g. x:1x128x768 (repeatable)."),
-        click.option("--metric", type=click.Choice(["allclose", "top1"]), default="allclose", show_default=True,
+        click.option("--metric", type=click.Choice(METRICS), default=DEFAULTS.metric, show_default=True,
                      help="allclose: every element within tolerance; top1: argmax over the last axis agrees "
                           "(classifiers, with --inputs)."),
-        click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+        click.option("--min-agreement", type=click.FloatRange(0, 1), default=DEFAULTS.min_agreement, show_default=True,
                      help="With --metric top1: the fraction of rows whose argmax must agree."),
     ]
     for decorator in reversed(decorators):
@@ -95,7 +106,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=False))
-@click.option("--slope-tol", type=click.FloatRange(0), default=0.05, show_default=True,
+@click.option("--slope-tol", type=click.FloatRange(0), default=DEFAULTS.slope_tol, show_default=True,
               help="Fold activations whose slopes are all within this distance of 1.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check (equivalence is then NOT checked).")
 @check_options
@@ -104,13 +115,15 @@ def cli() -> None:
                    "ranks minimise the largest layer error (ALDS).")
 @click.option("--max-error", type=click.FloatRange(0), default=None,
               help="Instead of a budget: the smallest model whose every targeted layer error is below this.")
-@click.option("--low-rank", type=click.Choice(["collapsed", "all"]), default="collapsed", show_default=True,
+@click.option("--low-rank", type=click.Choice(LOW_RANK_TARGETS), default=DEFAULT_LOW_RANK, show_default=True,
               help="Truncation targets: collapsed products only, or every linear layer.")
-@click.option("--budget-metric", type=click.Choice(["params", "macs"]), default="params", show_default=True)
-@click.option("--error-metric", type=click.Choice(["spectral", "frobenius"]), default="spectral", show_default=True)
-@click.option("--max-groups", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--budget-metric", type=click.Choice(BUDGET_METRICS), default=DEFAULTS.budget_metric, show_default=True,
+              help="What --rank-budget counts: stored weights, or multiply-accumulates per input row.")
+@click.option("--error-metric", type=click.Choice(ERROR_METRICS), default=DEFAULTS.error_metric, show_default=True,
+              help="Layer error: sigma_(r+1)/sigma_1 (ALDS) or the relative Frobenius norm of what is cut.")
+@click.option("--max-groups", type=click.IntRange(1), default=DEFAULTS.max_groups, show_default=True,
               help="Allow ALDS grouped factors with up to this many input-feature groups.")
-@click.option("--allocator", type=click.Choice(["alds", "uniform", "energy"]), default="alds", show_default=True,
+@click.option("--allocator", type=click.Choice(ALLOCATORS), default=DEFAULTS.allocator, show_default=True,
               help="How --rank-budget is shared among layers (uniform and energy are baselines).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB).")
@@ -127,7 +140,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
             raise CollapseError(f"{output_path!r} is the input file; pass --overwrite to replace it")
         if rank_budget is not None and max_error is not None:
             raise CollapseError("--rank-budget and --max-error exclude each other; give one")
-        options = Options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
+        options = cli_options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
                           min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
@@ -141,15 +154,16 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 
 @cli.command()
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
-@click.option("--slope-tol", type=click.FloatRange(0), default=0.05, show_default=True)
+@click.option("--slope-tol", type=click.FloatRange(0), default=DEFAULTS.slope_tol, show_default=True,
+              help="Count activations whose slopes are all within this distance of 1 as foldable.")
 @click.option("--spectrum", is_flag=True, help="Also show low-rank targets' spectra and the error/budget trade-off.")
-@click.option("--low-rank", type=click.Choice(["collapsed", "all"]), default="collapsed", show_default=True,
+@click.option("--low-rank", type=click.Choice(LOW_RANK_TARGETS), default=DEFAULT_LOW_RANK, show_default=True,
               help="With --spectrum: collapsed products only, or every linear layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
 def analyze(input_path, slope_tol, spectrum, low_rank, as_json) -> None:
     """List every chain of IN.onnx: shapes, slopes, predicted savings, and why it would or would not fold."""
     with one_line_errors():
-        found = analyze_model(input_path, Options(slope_tol=slope_tol, verify=False, low_rank=low_rank),
+        found = analyze_model(input_path, cli_options(slope_tol=slope_tol, verify=False, low_rank=low_rank),
                               spectrum=spectrum)
         report, remarks = found.report, found.remarks
         payload = report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in remarks]}

@@ -34,8 +34,14 @@ class Imported:
 
     model: onnx.ModelProto
     graph: gs.Graph
-    graph_protos: dict[int, onnx.GraphProto] = field(default_factory=dict)  # id(gs.Graph) -> proto
-    node_protos: dict[int, onnx.NodeProto] = field(default_factory=dict)  # id(gs.Node) -> proto
+    # id(object) -> (object, proto); holding the object keeps its id from being reused by a new one
+    graph_protos: dict[int, tuple[gs.Graph, onnx.GraphProto]] = field(default_factory=dict)
+    node_protos: dict[int, tuple[gs.Node, onnx.NodeProto]] = field(default_factory=dict)
+
+    def proto_of(self, item: gs.Graph | gs.Node):
+        """The proto ``item`` was imported from, or None for a graph or node made since."""
+        entry = (self.graph_protos if isinstance(item, gs.Graph) else self.node_protos).get(id(item))
+        return entry[1] if entry is not None and entry[0] is item else None
 
 
 def import_model(model: onnx.ModelProto) -> Imported:
@@ -52,9 +58,9 @@ def import_model(model: onnx.ModelProto) -> Imported:
 
 
 def _pair(imported: Imported, graph: gs.Graph, proto: onnx.GraphProto) -> None:
-    imported.graph_protos[id(graph)] = proto
+    imported.graph_protos[id(graph)] = (graph, proto)
     for node, node_proto in zip(graph.nodes, proto.node):
-        imported.node_protos[id(node)] = node_proto
+        imported.node_protos[id(node)] = (node, node_proto)
         for attr in node_proto.attribute:
             if attr.type == onnx.AttributeProto.GRAPH and isinstance(node.attrs.get(attr.name), gs.Graph):
                 _pair(imported, node.attrs[attr.name], attr.g)
@@ -260,7 +266,7 @@ def export(imported: Imported) -> onnx.ModelProto:
 
 def _restore_graph(imported: Imported, graph: gs.Graph, exported: onnx.GraphProto) -> onnx.GraphProto:
     """``exported`` with the original's declarations, typed values, initializer order and node protos."""
-    original = imported.graph_protos.get(id(graph))
+    original = imported.proto_of(graph)
     if original is None:
         return exported
     nodes = [_restore_node(imported, node, proto) for node, proto in zip(graph.nodes, exported.node)]
@@ -298,7 +304,7 @@ def copy_fields(src, dst, skip: set[str]) -> None:
 
 
 def _restore_node(imported: Imported, node: gs.Node, exported: onnx.NodeProto) -> onnx.NodeProto:
-    original = imported.node_protos.get(id(node))
+    original = imported.proto_of(node)
     if original is None:
         return exported
     restored = onnx.NodeProto()

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
+
+from .errors import CollapseError
+
+ALLOCATORS = ("alds", "uniform", "energy")
+METRICS = ("allclose", "top1")
+LOW_RANK_TARGETS = ("collapsed", "all")
+BUDGET_METRICS = ("params", "macs")
+ERROR_METRICS = ("spectral", "frobenius")
 
 
 @dataclass(frozen=True)
@@ -48,3 +57,38 @@ class Options:
     allocator: str = "alds"
     metric: str = "allclose"
     min_agreement: float = 0.99
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the keyword (CollapseError)."""
+        for name in ("slope_tol", "atol", "rtol", "max_error"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise CollapseError(f"{name} must be a finite number >= 0, not {value!r}")
+        if self.rank_budget is not None and not (_is_number(self.rank_budget) and 0 < self.rank_budget < 1):
+            raise CollapseError(f"rank_budget must be a fraction in (0, 1), not {self.rank_budget!r}")
+        if self.rank_budget is not None and self.max_error is not None:
+            raise CollapseError("rank_budget and max_error exclude each other; give one")
+        if not (_is_number(self.min_agreement) and 0 <= self.min_agreement <= 1):
+            raise CollapseError(f"min_agreement must be a fraction in [0, 1], not {self.min_agreement!r}")
+        for name, low in (("check_n", 1), ("max_groups", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise CollapseError(f"{name} must be a whole number >= {low}, not {value!r}")
+        for name, allowed in (("allocator", ALLOCATORS), ("metric", METRICS), ("low_rank", LOW_RANK_TARGETS),
+                              ("budget_metric", BUDGET_METRICS), ("error_metric", ERROR_METRICS)):
+            if getattr(self, name) not in allowed:
+                raise CollapseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+
+    def with_overrides(self, **overrides) -> Options:
+        """A copy with some fields replaced (validated again); CollapseError for an unknown keyword."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise CollapseError(f"unknown option {unknown[0]!r} (options: {', '.join(f.name for f in fields(self))})")
+        return replace(self, **overrides)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+DEFAULTS = Options()  # the one source of defaults for the API and the CLI

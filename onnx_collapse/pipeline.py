@@ -7,7 +7,7 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -51,7 +51,7 @@ def views_for(source: ModelSource) -> list[tuple[tuple, GraphView]]:
     imported = import_model(model)
     shapes = infer_shapes(model)
     store = TensorStore(source.base_dir)
-    return [(path, GraphView(graph, imported.graph_protos[id(graph)], store, shapes if not path else {}, prefix))
+    return [(path, GraphView(graph, imported.proto_of(graph), store, shapes if not path else {}, prefix))
             for path, prefix, graph in walk_graphs(imported.graph)]
 
 
@@ -203,7 +203,7 @@ def optimize(
     reverted, so the returned model passes; ``report.verification`` says by how much. The input is
     never modified. Raises CollapseError for bad input.
     """
-    options = replace(options or Options(), **overrides)
+    options = (options or Options()).with_overrides(**overrides)
     source = open_model(model_or_path)
     model = source.model
     if external_data is None and uses_external(model):
@@ -264,7 +264,7 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
 
     ``spectrum``: also compute the low-rank targets' singular values (``options.low_rank`` picks them).
     """
-    options = replace(options or Options(), rank_budget=None, max_error=None, **overrides)
+    options = (options or Options()).with_overrides(rank_budget=None, max_error=None, **overrides)
     source = open_model(model_or_path)
     contexts = run_passes(source, options, SPECTRUM_PASSES if spectrum else DEFAULT_PASSES)
     records = [r for ctx in contexts for r in ctx.records]

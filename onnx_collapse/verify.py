@@ -15,6 +15,7 @@ from onnx import helper
 
 from .errors import CollapseError
 from .io import PROTOBUF_LIMIT, ModelSource, open_model, uses_external, write_model
+from .options import DEFAULTS, Options
 from .report import ErrorStats, Verification
 
 DEFAULT_DIM = 2  # value used for a dynamic dim the user did not set
@@ -272,12 +273,13 @@ def make_feeds(
 
 def verify(
     reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike, *,
-    inputs: str | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0,
-    check_n: int = 3, atol: float | None = None, rtol: float | None = None, metric: str = "allclose",
-    min_agreement: float = 0.99,
+    inputs: str | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    seed: int = DEFAULTS.seed, check_n: int = DEFAULTS.check_n, atol: float | None = None,
+    rtol: float | None = None, metric: str = DEFAULTS.metric, min_agreement: float = DEFAULTS.min_agreement,
 ) -> Verification:
     """Run both models (paths or ModelProtos) in onnxruntime on the same inputs and compare every output
-    of ``reference``."""
+    of ``reference``. Bad values raise CollapseError naming the keyword (checked as in ``Options``)."""
+    Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
     ref, cand = open_model(reference), open_model(candidate)
     feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n)
     expected = run(ref, feeds, "original model")
