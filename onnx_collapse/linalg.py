@@ -67,6 +67,33 @@ def compose(layers: Sequence[Affine]) -> Affine:
     return Affine(weight, bias)
 
 
+def elementwise_then(scale: np.ndarray | float, shift: np.ndarray | float, layer: Affine) -> Affine:
+    """One Affine for ``x -> (x * scale + shift) @ (layer.scale * W) + b``; ``scale``/``shift`` broadcast
+    over the layer's input features. The weight becomes a float64 copy."""
+    n_in = layer.shape[0]
+    s = np.broadcast_to(np.asarray(scale, dtype=np.float64).reshape(-1), (n_in,))
+    t = np.broadcast_to(np.asarray(shift, dtype=np.float64).reshape(-1), (n_in,))
+    bias = matmul64(t[None, :], layer.weight)[0] * layer.scale
+    if layer.bias is not None:
+        bias = bias + np.asarray(layer.bias, dtype=np.float64)
+    weight = np.asarray(layer.weight, dtype=np.float64) * s[:, None]
+    return Affine(weight, bias, layer.scale)
+
+
+def combine_elementwise(steps) -> tuple[np.ndarray | float, np.ndarray | float] | None:
+    """``(scale, shift)`` equal to applying ``x * s + t`` for each (s, t) of ``steps`` in order (None
+    entries are 1 and 0); None when every step is the identity."""
+    scale: np.ndarray | float = 1.0
+    shift: np.ndarray | float = 0.0
+    changed = False
+    for s, t in steps:
+        if s is not None:
+            scale, shift, changed = scale * np.asarray(s, np.float64), shift * np.asarray(s, np.float64), True
+        if t is not None:
+            shift, changed = shift + np.asarray(t, np.float64), True
+    return (scale, shift) if changed else None
+
+
 @dataclass(frozen=True)
 class Factored:
     """A linear map kept as a product of matrices (never multiplied out unless asked) plus a bias."""

@@ -5,6 +5,8 @@ from .base import LAYER_KINDS, LINK_KINDS, Layer, LayerKind, Link, LinkKind, lay
 from .layers import gemm  # noqa: F401
 from .layers import matmul  # noqa: F401
 from .links import activation  # noqa: F401
+from .links import affine  # noqa: F401
+from .links import batchnorm  # noqa: F401
 from .links import transparent  # noqa: F401
 
 __all__ = ["LAYER_KINDS", "LINK_KINDS", "Layer", "LayerKind", "Link", "LinkKind", "layer_kind_for", "link_kind_for"]

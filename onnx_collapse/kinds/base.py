@@ -79,13 +79,16 @@ class LayerKind(ABC):
 
 @dataclass(frozen=True)
 class Link:
-    """A node between two layers that acts elementwise on the features: transparent, or an activation
-    whose ``slope`` (float64, as stored) makes it the identity when 1."""
+    """A node between two layers that acts on each feature alone: transparent; an activation whose
+    ``slope`` (float64, as stored) makes it the identity when 1; or affine, ``x * scale + shift`` with
+    ``scale``/``shift`` float64 per feature (or scalars), which the fold multiplies into the next layer."""
 
     kind: LinkKind
     node: int
     slope: np.ndarray | None = None
     stored: int = 0  # elements of the link's own constants (a PRelu slope tensor), counted as parameters
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
 
     @property
     def deviation(self) -> float:

@@ -51,6 +51,16 @@ def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
     return form, split
 
 
+def segment_affines(view, seg: Segment) -> list[linalg.Affine]:
+    """The segment's layers as affine maps, each affine link multiplied into the layer after it."""
+    affines = [seg.layers[0].affine(view)]
+    for gap, layer in zip(seg.links, seg.layers[1:]):
+        affine = layer.affine(view)
+        elementwise = linalg.combine_elementwise((link.scale, link.shift) for link in gap)
+        affines.append(affine if elementwise is None else linalg.elementwise_then(*elementwise, affine))
+    return affines
+
+
 class PlanFolds:
     """Turns each segment into a FoldPlan, or a skipped record that says why not."""
 
@@ -69,7 +79,7 @@ class PlanFolds:
         if ctx.opset < MIN_OPSET:
             record.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"
             return None
-        form, exact = cheapest_form([layer.affine(view) for layer in seg.layers])
+        form, exact = cheapest_form(segment_affines(view, seg))
         record.form, record.rank = form.name, form.rank
         record.params_after, record.macs_after = form.params, form.macs
         if form.params >= record.params_before or form.macs > record.macs_before:

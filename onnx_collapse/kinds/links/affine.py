@@ -1,0 +1,48 @@
+"""Link kind: ``Mul``/``Div``/``Add``/``Sub`` of the features by a constant that varies along the feature
+axis only (LayerScale, scaling, shifts); the fold multiplies it into the next layer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...graph import GraphView
+from ..base import Layer, Link, LinkKind, register_link
+from .activation import slope_keeps_shape
+
+
+@register_link
+class ElementwiseAffine(LinkKind):
+    name = "affine"
+    op_types = ("Mul", "Div", "Add", "Sub")
+
+    def match(self, view: GraphView, i: int, data: str, layer: Layer) -> Link | str:
+        node = view.nodes[i]
+        if len(node.inputs) != 2:
+            return f"{node.op} does not have two inputs"
+        a, b = (t.name for t in node.inputs)
+        data_first = a == data
+        other = b if data_first else a
+        if other == data:
+            return f"{node.op} reads the features twice"
+        value = view.constant(other)
+        if value is None or value.dtype.kind != "f":
+            return f"{node.op} by a tensor that is not a float constant"
+        shape = view.shapes.get(data)
+        if shape is None and layer.input_rank == 2:
+            shape = [None, layer.n_out]
+        if not slope_keeps_shape(value.shape, shape, layer.n_out) or (value.ndim and value.shape[-1] not in (1, layer.n_out)) \
+                or any(d != 1 for d in value.shape[:-1]):
+            return f"{node.op} by a constant of shape {list(value.shape)} that does not act per feature"
+        c = value.astype(np.float64).reshape(-1)
+        if node.op == "Mul":
+            return Link(self, i, stored=value.size, scale=c)
+        if node.op == "Add":
+            return Link(self, i, stored=value.size, shift=c)
+        if node.op == "Sub":
+            return Link(self, i, stored=value.size, shift=-c) if data_first else \
+                Link(self, i, stored=value.size, scale=-np.ones_like(c), shift=c)
+        if not data_first:
+            return "Div of a constant by the features is not affine"
+        if np.any(c == 0):
+            return "Div by a constant holding zeros"
+        return Link(self, i, stored=value.size, scale=1.0 / c)
