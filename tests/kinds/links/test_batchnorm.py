@@ -5,9 +5,9 @@ from builders import mlp, run_model
 from onnx_collapse import optimize
 
 
-def _with_batchnorm(rng=np.random.default_rng(5), **attrs) -> onnx.ModelProto:
+def _with_batchnorm(**attrs) -> onnx.ModelProto:
     """mlp() as Linear - BatchNorm1d - PReLU(1) - Linear (TorchScript keeps the BatchNormalization)."""
-    model = mlp()
+    model, rng = mlp(), np.random.default_rng(5)
     stats = {"gamma": rng.uniform(0.5, 2, 16), "beta": rng.standard_normal(16), "mean": rng.standard_normal(16),
              "var": rng.uniform(0.1, 3, 16)}
     model.graph.initializer.extend(onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in stats.items())
