@@ -19,7 +19,7 @@ from .errors import CollapseError
 from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RANK_TARGETS, METRICS, Options
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
-from .report import render, render_folds, render_spectra, render_verification
+from .report import render, render_folds, render_spectra, render_unfolded, render_verification
 from .verify import parse_input_shape
 from .verify import verify as verify_models
 
@@ -171,14 +171,14 @@ def analyze(input_path, slope_tol, spectrum, low_rank, as_json) -> None:
             payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
                                    "singular_values": s.singular_values.tolist()} for s in found.spectra]
         lines = [render_folds(report.folds)]
+        if report.unfolded:
+            lines += ["", render_unfolded(report.unfolded)]
         if remarks:
             lines += ["", "other layers:"] + [f"  {n}: {r}" for n, r in remarks]
         foldable = [f for f in report.folds if f.status == "foldable"]
-        saved_params = sum(f.params_before - f.params_after for f in foldable)
-        saved_macs = sum(f.macs_before - f.macs_after for f in foldable)
         lines += ["", f"{len(foldable)} foldable chain(s): parameters {report.before.params:,} -> "
-                      f"{report.before.params - saved_params:,}; linear MACs/row {report.before.linear_macs:,} -> "
-                      f"{report.before.linear_macs - saved_macs:,} (predicted; run optimize to verify)"]
+                      f"{report.after.params:,}; linear MACs/row {report.before.linear_macs:,} -> "
+                      f"{report.after.linear_macs:,} (predicted; run optimize to verify)"]
         if spectrum:
             lines += ["", render_spectra(found.spectra, found.tradeoff)]
         click.echo(json.dumps(payload, indent=2) if as_json else "\n".join(lines))

@@ -12,6 +12,7 @@ removal, cleanup and topological order. What it does not do is kept here:
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -88,6 +89,24 @@ def node_label(node: gs.Node, position: int) -> str:
     return node.name or f"{node.op}#{position}"
 
 
+def module_path(node: onnx.NodeProto) -> str | None:
+    """The torch module a node was exported from, from its metadata (dynamo's ``pkg.torch.onnx.name_scopes``
+    or ``namespace``), or None."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    scopes = meta.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            names = [n for n in ast.literal_eval(scopes) if isinstance(n, str) and n]
+        except (ValueError, SyntaxError):
+            names = []
+        if len(names) >= 2:
+            return names[-2]  # the last entry names the op itself ("linear"), the one before its module
+    namespace = meta.get("namespace", "")
+    modules = [part.split(":")[0].strip() for part in namespace.split("/")
+               if ":" in part and not part.split(":", 1)[1].strip().startswith(("aten.", "<built-in"))]
+    return modules[-1] if modules and modules[-1] else None
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     """The model's version of the default ONNX operator set (0 if it imports none)."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -127,8 +146,10 @@ class GraphView:
         self._values: dict[str, np.ndarray | None] = {}
 
     def label(self, i: int) -> str:
-        """A readable name for node ``i``: its name, or op type and position when unnamed."""
-        return self.prefix + node_label(self.nodes[i], i)
+        """A readable name for node ``i``: the module path the exporter recorded (``blocks.3.mlp.fc1``), else
+        its name, else its op type and position."""
+        path = module_path(self.proto.node[i]) if i < len(self.proto.node) else None
+        return self.prefix + (path or node_label(self.nodes[i], i))
 
     def tensor(self, name: str) -> gs.Tensor | None:
         return self.tensors.get(name)

@@ -80,6 +80,15 @@ def elementwise_then(scale: np.ndarray | float, shift: np.ndarray | float, layer
     return Affine(weight, bias, layer.scale)
 
 
+def then_elementwise(layer: Affine, scale: np.ndarray | float, shift: np.ndarray | float) -> Affine:
+    """One Affine for ``x -> (x @ (layer.scale * W) + b) * scale + shift`` (per output feature)."""
+    n_out = layer.shape[1]
+    s = np.broadcast_to(np.asarray(scale, dtype=np.float64).reshape(-1), (n_out,))
+    t = np.broadcast_to(np.asarray(shift, dtype=np.float64).reshape(-1), (n_out,))
+    bias = t.copy() if layer.bias is None else np.asarray(layer.bias, dtype=np.float64) * s + t
+    return Affine(np.asarray(layer.weight, dtype=np.float64) * s[None, :], bias, layer.scale)
+
+
 def combine_elementwise(steps) -> tuple[np.ndarray | float, np.ndarray | float] | None:
     """``(scale, shift)`` equal to applying ``x * s + t`` for each (s, t) of ``steps`` in order (None
     entries are 1 and 0); None when every step is the identity."""

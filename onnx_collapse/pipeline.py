@@ -223,7 +223,8 @@ def optimize(
         if model.functions:
             notes.append(f"{len(model.functions)} model-local function(s) left as they are: "
                          + ", ".join(f.name for f in model.functions))
-        report = Report(model_stats(model), model_stats(out), records, verification, notes)
+        unfolded = [u for ctx in contexts for u in ctx.unfolded]
+        report = Report(model_stats(model), model_stats(out), records, verification, notes, unfolded)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
         if staged is not None and (verification is None or verification.passed):
             _write_output(staged, source, out, unchanged=not plans)
@@ -271,7 +272,11 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
     for record in records:
         if record.status == "folded":
             record.status = "foldable"
-    stats = model_stats(source.model)
+    plans = [p for ctx in contexts for p in ctx.plans]
+    before = model_stats(source.model)
+    after = model_stats(apply_plans(source.model, plans)) if plans else before  # shared tensors counted once
     spectra = [s for ctx in contexts for s in ctx.spectra]
-    return Analysis(Report(stats, stats, records, None, [n for c in contexts for n in c.notes]),
+    report = Report(before, after, records, None, [n for c in contexts for n in c.notes],
+                    [u for c in contexts for u in c.unfolded])
+    return Analysis(report,
                     [r for c in contexts for r in c.remarks], spectra, allocate.tradeoff(spectra, TRADEOFF_BUDGETS))

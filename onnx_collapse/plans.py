@@ -19,17 +19,25 @@ from .report import FoldRecord
 
 @dataclass
 class Segment:
-    """Consecutive layers that may fold into one; ``links[k]`` are the nodes between layer k and k+1."""
+    """Consecutive layers that may fold into one; ``links[k]`` are the nodes between layer k and k+1,
+    ``lead``/``trail`` affine links right before the first layer / after the last one."""
 
     layers: list[Layer]
     links: list[tuple[Link, ...]]
+    lead: tuple[Link, ...] = ()
+    trail: tuple[Link, ...] = ()
+    input: str = ""  # what the segment reads and writes (the first layer's input / last layer's output
+    output: str = ""  # unless lead/trail links extend it)
+
+    def all_links(self) -> list[Link]:
+        return [*self.lead, *(link for gap in self.links for link in gap), *self.trail]
 
     def activations(self) -> list[Link]:
-        return [link for gap in self.links for link in gap if link.slope is not None]
+        return [link for link in self.all_links() if link.slope is not None]
 
     def node_positions(self) -> tuple[int, ...]:
         return tuple(sorted({i for layer in self.layers for i in layer.nodes}
-                            | {link.node for gap in self.links for link in gap}))
+                            | {link.node for link in self.all_links()}))
 
 
 @dataclass

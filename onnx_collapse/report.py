@@ -55,6 +55,14 @@ class FoldRecord:
 
 
 @dataclass
+class Unfolded:
+    """A linear layer that is in no fold, and why (naming the op that ended its chain)."""
+
+    layer: str
+    reason: str
+
+
+@dataclass
 class ModelStats:
     op_counts: dict[str, int]
     params: int
@@ -69,6 +77,7 @@ class Report:
     folds: list[FoldRecord] = field(default_factory=list)
     verification: Verification | None = None
     notes: list[str] = field(default_factory=list)
+    unfolded: list[Unfolded] = field(default_factory=list)
 
     @property
     def folded(self) -> list[FoldRecord]:
@@ -99,11 +108,13 @@ def _change(before: float, after: float) -> str:
     return f"{100.0 * (after - before) / before:+.1f}%"
 
 
-def _table(rows: list[list[str]]) -> str:
+def _table(rows: list[list[str]], text_last: bool = False) -> str:
+    """Columns padded to their widest cell: the first (and with ``text_last`` the last) left-aligned."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    left = {0, len(widths) - 1} if text_last else {0}
     lines = []
     for k, row in enumerate(rows):
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -128,7 +139,7 @@ def render_stats(before: ModelStats, after: ModelStats) -> str:
 
 def render_folds(folds: list[FoldRecord]) -> str:
     if not folds:
-        return "no foldable chains found"
+        return "no chains of layers found (see why for each layer below)"
     rows = [["#", "layers", "dims", "slopes", "status", "form", "params", "MACs/row", "max abs err", "reason"]]
     for k, f in enumerate(folds, 1):
         slopes = ",".join(f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}" for lo, hi in f.slopes) or "-"
@@ -141,7 +152,14 @@ def render_folds(folds: list[FoldRecord]) -> str:
             f"{f.macs_before:,}>{f.macs_after:,}" if f.form else f"{f.macs_before:,}",
             err, f.reason,
         ])
-    return _table(rows)
+    return _table(rows, text_last=True)
+
+
+def render_unfolded(unfolded: list[Unfolded]) -> str:
+    """The layers in no fold, each with why."""
+    if not unfolded:
+        return ""
+    return "layers not folded:\n" + _table([["layer", "why"]] + [[u.layer, u.reason] for u in unfolded], text_last=True)
 
 
 def render_verification(v: Verification | None) -> str:
@@ -161,6 +179,8 @@ def render_verification(v: Verification | None) -> str:
 def render(report: Report) -> str:
     """The human-readable report: before/after table, folds, notes, verification last."""
     parts = [render_stats(report.before, report.after), "", render_folds(report.folds)]
+    if report.unfolded:
+        parts += ["", render_unfolded(report.unfolded)]
     if report.notes:
         parts += [""] + [f"note: {n}" for n in report.notes]
     parts += ["", render_verification(report.verification)]

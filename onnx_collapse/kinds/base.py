@@ -78,6 +78,20 @@ class LayerKind(ABC):
 
 
 @dataclass(frozen=True)
+class Site:
+    """Where a link reads the features: tensor ``data`` with ``width`` features on its last axis and static
+    ``shape`` where known (None; dynamic dims None)."""
+
+    data: str
+    width: int
+    shape: tuple[int | None, ...] | None = None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+@dataclass(frozen=True)
 class Link:
     """A node between two layers that acts on each feature alone: transparent; an activation whose
     ``slope`` (float64, as stored) makes it the identity when 1; or affine, ``x * scale + shift`` with
@@ -89,6 +103,11 @@ class Link:
     stored: int = 0  # elements of the link's own constants (a PRelu slope tensor), counted as parameters
     scale: np.ndarray | None = None
     shift: np.ndarray | None = None
+    reshapes_to: tuple[int | None, ...] | None = None  # a shape op: the data's shape after it (dims None if unknown)
+
+    @property
+    def is_affine(self) -> bool:
+        return self.scale is not None or self.shift is not None
 
     @property
     def deviation(self) -> float:
@@ -103,8 +122,8 @@ class LinkKind(ABC):
     op_types: tuple[str, ...]
 
     @abstractmethod
-    def match(self, view: GraphView, i: int, data: str, layer: Layer) -> Link | str:
-        """A Link for node ``i`` reading ``data`` (the features after ``layer``), or why it is not one."""
+    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
+        """A Link for node ``i`` reading the features at ``site``, or why it is not one."""
 
 
 LAYER_KINDS: list[LayerKind] = []

@@ -4,12 +4,13 @@ Adding a pass means writing its module and listing it here; no other pass change
 """
 
 from .chains import FindChains
+from .explain import ExplainUnfolded
 from .fold import PlanFolds
 from .layers import FindLayers
 from .lowrank import LowRank, Spectra
 
 DEFAULT_PASSES = (FindLayers(), FindChains(), PlanFolds())  # run on each graph
-GLOBAL_PASSES = (LowRank(),)  # run once over all graphs
+GLOBAL_PASSES = (LowRank(), ExplainUnfolded())  # run once over all graphs, in this order
 SPECTRUM_PASSES = (*DEFAULT_PASSES, Spectra())  # what analyze runs with --spectrum
 
 __all__ = ["DEFAULT_PASSES", "GLOBAL_PASSES", "SPECTRUM_PASSES"]

@@ -1,56 +1,149 @@
-"""Pass: find chains Layer (Link* Layer)+ and cut them into segments whose links are near the identity."""
+"""Pass: find chains Layer (Link* Layer)+ and cut them into segments whose links are near the identity.
+
+Affine links right before the first layer or right after the last one (a BatchNormalization, a
+LayerScale ``Mul``) are absorbed into the segment too, so even a single layer followed by one folds.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..graph import GraphView
-from ..kinds import Layer, Link, layer_kind_for, link_kind_for
+from ..kinds import Layer, Link, Site, layer_kind_for, link_kind_for
 from ..plans import Segment
 from ..report import FoldRecord
 from .context import Context
 
 
+def _describe(view: GraphView, node) -> str:
+    i = view.position.get(id(node))
+    return f"{view.label(i) if i is not None else node.name!r} ({node.op})"
+
+
+def output_site(view: GraphView, layer: Layer) -> Site:
+    """The features a layer writes: its width and static shape (2-D when its input is)."""
+    shape = view.shapes.get(layer.output)
+    if shape is None and layer.input_rank == 2:
+        shape = [None, layer.n_out]
+    return Site(layer.output, layer.n_out, None if shape is None else tuple(shape))
+
+
+def next_site(view: GraphView, site: Site, link: Link) -> Site:
+    """The features after ``link``: same width, the shape the link leaves (from shape inference if known)."""
+    tensor = view.nodes[link.node].outputs[0].name
+    shape = view.shapes.get(tensor)
+    if shape is None:
+        shape = link.reshapes_to if link.reshapes_to is not None else site.shape
+    return Site(tensor, site.width, None if shape is None else tuple(shape))
+
+
+def why_not_read_by_one(view: GraphView, tensor: str) -> str:
+    """Why ``tensor`` does not lead on to exactly one node of this graph."""
+    readers = view.readers(tensor)
+    if tensor in view.output_names:
+        return f"{tensor!r} is a graph output"
+    if not readers:
+        return f"{tensor!r} is not read"
+    if len(readers) > 1:
+        return f"{tensor!r} is read by {len(readers)} nodes: " + ", ".join(_describe(view, r) for r in readers[:3])
+    return f"{tensor!r} is read inside a subgraph by {_describe(view, readers[0])}"
+
+
 def follow(view: GraphView, layer: Layer, starts: dict[str, Layer]) -> tuple[tuple[Link, ...], Layer] | str:
-    """The links from ``layer`` to the next layer and that layer, or why the chain ends here ("" when
-    the next op simply is not part of a chain)."""
-    tensor, links = layer.output, []
+    """The links from ``layer`` to the next layer and that layer, or why the chain ends after ``layer``
+    (naming the op that ended it)."""
+    site, links = output_site(view, layer), []
     while True:
-        nxt = view.sole_reader(tensor)
+        nxt = view.sole_reader(site.data)
         if nxt is None:
-            readers = view.readers(tensor)
-            if any(link_kind_for(r) or layer_kind_for(r) for r in readers):
-                return f"tensor {tensor!r} is read by {len(readers)} nodes or is a graph output"
-            return ""
-        following = starts.get(tensor)
+            return why_not_read_by_one(view, site.data)
+        following = starts.get(site.data)
         if following is not None and following.nodes[0] == nxt:
             if following.dtype != layer.dtype:
-                return "layers have different dtypes"
+                return f"{view.label(nxt)} ({view.nodes[nxt].op}) has another dtype"
             return tuple(links), following
         node = view.nodes[nxt]
         kind = link_kind_for(node)
         if kind is None:
-            return ""
-        found = kind.match(view, nxt, tensor, layer)
+            what = "a layer that is not foldable" if layer_kind_for(node) else "not a link kind"
+            return f"next op {_describe(view, node)} is {what}"
+        found = kind.match(view, nxt, site)
         if isinstance(found, str):
-            return found
+            return f"next op {_describe(view, node)}: {found}"
         links.append(found)
-        tensor = node.outputs[0].name
+        site = next_site(view, site, found)
 
 
-def chain_record(view: GraphView, layers: list[Layer], links: list[tuple[Link, ...]], status: str,
-                 reason: str) -> FoldRecord:
-    acts = [link for gap in links for link in gap if link.slope is not None]
+def _affine_link(view: GraphView, i: int, site: Site) -> Link | None:
+    """Node ``i`` as an affine (scale/shift) link reading ``site``, if it is one."""
+    kind = link_kind_for(view.nodes[i])
+    found = None if kind is None else kind.match(view, i, site)
+    return found if isinstance(found, Link) and found.is_affine and found.slope is None else None
+
+
+def leading_links(view: GraphView, head: Layer, claimed: set[int]) -> tuple[tuple[Link, ...], str]:
+    """Affine links right before ``head`` whose output only ``head`` reads, outermost first, and the tensor
+    the first of them reads."""
+    links: list[Link] = []
+    tensor = head.input
+    while view.sole_reader(tensor) is not None:
+        producer = view.producer(tensor)
+        i = None if producer is None else view.position.get(id(producer))
+        if i is None or i in claimed:
+            break
+        data = [t.name for t in producer.inputs if t.name and not view.is_constant(t.name)]
+        if len(data) != 1:
+            break
+        shape = view.shapes.get(data[0]) or ((None, head.n_in) if head.input_rank == 2 else None)
+        link = _affine_link(view, i, Site(data[0], head.n_in, None if shape is None else tuple(shape)))
+        if link is None:
+            break
+        links.insert(0, link)
+        tensor = data[0]
+    return tuple(links), tensor
+
+
+def trailing_links(view: GraphView, tail: Layer, claimed: set[int]) -> tuple[tuple[Link, ...], str]:
+    """Affine links right after ``tail``, each the only reader of what comes before it, and the tensor the
+    last of them writes."""
+    links: list[Link] = []
+    site = output_site(view, tail)
+    while (i := view.sole_reader(site.data)) is not None and i not in claimed:
+        link = _affine_link(view, i, site)
+        if link is None:
+            break
+        links.append(link)
+        site = next_site(view, site, link)
+    return tuple(links), site.data
+
+
+def chain_record(view: GraphView, segment: Segment, status: str, reason: str) -> FoldRecord:
+    acts = segment.activations()
     return FoldRecord(
-        layers=[view.label(layer.nodes[0]) for layer in layers],
+        layers=[view.label(layer.nodes[0]) for layer in segment.layers],
         activations=[view.label(a.node) for a in acts],
-        dims=[layers[0].n_in] + [layer.n_out for layer in layers],
+        dims=[segment.layers[0].n_in] + [layer.n_out for layer in segment.layers],
         slopes=[[float(a.slope.min()), float(a.slope.max())] for a in acts],
         status=status,
         reason=reason,
-        params_before=sum(layer.params for layer in layers) + sum(a.stored for gap in links for a in gap),
-        macs_before=sum(layer.n_in * layer.n_out for layer in layers),
+        params_before=sum(layer.params for layer in segment.layers) + sum(a.stored for a in segment.all_links()),
+        macs_before=sum(layer.n_in * layer.n_out for layer in segment.layers),
     )
+
+
+def rows_kept(view: GraphView, segment: Segment) -> str:
+    """"" when the segment's shape links (if any) leave the rows as they were; else why not."""
+    if not any(link.reshapes_to is not None for link in segment.all_links()):
+        return ""
+    head, tail = segment.layers[0], segment.layers[-1]
+    x, y = view.shapes.get(head.input), view.shapes.get(tail.output)
+    x_rank = len(x) if x is not None else head.input_rank
+    y_rank = len(y) if y is not None else (2 if tail.input_rank == 2 else None)
+    if x_rank == 2 and y_rank == 2:
+        return ""  # a 2-D tensor's rows are its elements divided by the width: shape ops keep them
+    if x is not None and y is not None and None not in x[:-1] and list(x[:-1]) == list(y[:-1]):
+        return ""
+    return "shape ops between the layers may change the leading dims (rank or shape not provably kept)"
 
 
 def _span(values: np.ndarray) -> str:
@@ -59,7 +152,8 @@ def _span(values: np.ndarray) -> str:
 
 
 class FindChains:
-    """Fills ``ctx.segments`` with foldable runs of layers; records runs it must leave alone."""
+    """Fills ``ctx.segments`` with foldable runs of layers (and the affine links around them); records
+    runs it must leave alone, and why each layer's chain ended (``ctx.stops``)."""
 
     name = "chains"
 
@@ -72,20 +166,22 @@ class FindChains:
             found = follow(view, layer, starts)
             if isinstance(found, tuple):
                 nexts[layer.nodes[0]] = found
-            elif found:
-                ctx.notes.append(f"{view.label(layer.nodes[0])}: chain stops here: {found}")
+            else:
+                ctx.stops[layer.nodes[0]] = found
         followers = {following.nodes[0] for _, following in nexts.values()}
+        claimed = {i for layer in ctx.layers for i in layer.nodes}
+        claimed |= {link.node for gap, _ in nexts.values() for link in gap}
         for head in (layer for layer in ctx.layers if layer.nodes[0] not in followers):
             layers, links = [head], []
             while layers[-1].nodes[0] in nexts:
                 gap, following = nexts[layers[-1].nodes[0]]
                 links.append(gap)
                 layers.append(following)
-            if len(layers) > 1:
-                self._split(ctx, layers, links)
+            self._split(ctx, layers, links, claimed)
 
-    def _split(self, ctx: Context, layers: list[Layer], links: list[tuple[Link, ...]]) -> None:
-        """Cut the chain at links that are not near the identity; keep runs of two or more layers."""
+    def _split(self, ctx: Context, layers: list[Layer], links: list[tuple[Link, ...]], claimed: set[int]) -> None:
+        """Cut the chain at links that are not near the identity; keep runs of two or more layers, or of one
+        with affine links around it."""
         start, tol = 0, ctx.options.slope_tol
         for k, gap in enumerate(links + [None]):
             if gap is not None and all(link.deviation <= tol for link in gap):
@@ -93,9 +189,21 @@ class FindChains:
             if gap is not None:
                 far = [link for link in gap if link.deviation > tol]
                 ctx.records.append(chain_record(
-                    ctx.view, layers[k:k + 2], [gap], "skipped",
+                    ctx.view, Segment(layers[k:k + 2], [gap]), "skipped",
                     "; ".join(f"slope {_span(link.slope)} is not within {tol:g} of 1" for link in far),
                 ))
-            if k + 1 - start > 1:
-                ctx.segments.append(Segment(layers[start:k + 1], links[start:k]))
+            self._add(ctx, Segment(layers[start:k + 1], links[start:k]), claimed)
             start = k + 1
+
+    def _add(self, ctx: Context, segment: Segment, claimed: set[int]) -> None:
+        view = ctx.view
+        segment.lead, segment.input = leading_links(view, segment.layers[0], claimed)
+        segment.trail, segment.output = trailing_links(view, segment.layers[-1], claimed)
+        if len(segment.layers) < 2 and not (segment.lead or segment.trail):
+            return
+        claimed.update(link.node for link in segment.lead + segment.trail)
+        why = rows_kept(view, segment)
+        if why:
+            ctx.records.append(chain_record(view, segment, "skipped", why))
+            return
+        ctx.segments.append(segment)

@@ -12,7 +12,7 @@ from ..graph import GraphPath, GraphView
 from ..kinds import Layer
 from ..options import Options
 from ..plans import FoldPlan, Segment
-from ..report import FoldRecord
+from ..report import FoldRecord, Unfolded
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Context:
     notes: list[str] = field(default_factory=list)
     remarks: list[tuple[str, str]] = field(default_factory=list)  # (node, why it is not part of a fold)
     spectra: list[LayerSpectrum] = field(default_factory=list)  # low-rank targets' spectra, when computed
+    stops: dict[int, str] = field(default_factory=dict)  # layer's first node -> why its chain ended after it
+    unfolded: list[Unfolded] = field(default_factory=list)  # layers no plan folds, with why
 
     def fresh_name(self, base: str) -> str:
         """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""

@@ -52,12 +52,17 @@ def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
 
 
 def segment_affines(view, seg: Segment) -> list[linalg.Affine]:
-    """The segment's layers as affine maps, each affine link multiplied into the layer after it."""
-    affines = [seg.layers[0].affine(view)]
-    for gap, layer in zip(seg.links, seg.layers[1:]):
+    """The segment's layers as affine maps, each affine link multiplied into the layer after it (links
+    after the last layer into that layer)."""
+    affines = []
+    gaps = [seg.lead, *seg.links]
+    for gap, layer in zip(gaps, seg.layers):
         affine = layer.affine(view)
         elementwise = linalg.combine_elementwise((link.scale, link.shift) for link in gap)
         affines.append(affine if elementwise is None else linalg.elementwise_then(*elementwise, affine))
+    trailing = linalg.combine_elementwise((link.scale, link.shift) for link in seg.trail)
+    if trailing is not None:
+        affines[-1] = linalg.then_elementwise(affines[-1], *trailing)
     return affines
 
 
@@ -74,7 +79,7 @@ class PlanFolds:
 
     def plan(self, ctx: Context, seg: Segment) -> FoldPlan | None:
         view = ctx.view
-        record = chain_record(view, seg.layers, seg.links, "skipped", "")
+        record = chain_record(view, seg, "skipped", "")
         ctx.records.append(record)
         if ctx.opset < MIN_OPSET:
             record.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"
@@ -88,16 +93,16 @@ class PlanFolds:
                              f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
                              f"vs {record.params_before:,} in the chain")
             return None
-        head, tail = seg.layers[0], seg.layers[-1]
+        head = seg.layers[0]
         emission = head.kind.emission(head, view.label(head.nodes[0]) + "/collapsed", ctx.opset,
                                       max(layer.bias_rank for layer in seg.layers), exact.bias is not None,
                                       len(form.matrices))
         try:
-            nodes, inits = emission.linear(ctx.fresh_name, head.input, tail.output, form.matrices, exact.bias,
+            nodes, inits = emission.linear(ctx.fresh_name, seg.input, seg.output, form.matrices, exact.bias,
                                            head.dtype)
         except RangeError as exc:
             record.form, record.reason = None, str(exc)
             return None
         record.status = "folded"
-        return FoldPlan(record, ctx.path, seg.node_positions(), head.input, tail.output, nodes, inits, head.dtype,
+        return FoldPlan(record, ctx.path, seg.node_positions(), seg.input, seg.output, nodes, inits, head.dtype,
                         exact, emission)

@@ -14,7 +14,7 @@ import numpy as np
 from .. import allocate, linalg
 from ..emit import RangeError
 from ..kinds import Layer
-from ..plans import FoldPlan
+from ..plans import FoldPlan, Segment
 from .chains import chain_record
 from .context import Context
 
@@ -43,7 +43,7 @@ def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpe
 
 def _single(ctx: Context, layer: Layer) -> FoldPlan:
     """A placeholder plan for an unfolded layer (no nodes: it is never applied as is)."""
-    record = chain_record(ctx.view, [layer], [], "skipped", "")
+    record = chain_record(ctx.view, Segment([layer], [], input=layer.input, output=layer.output), "skipped", "")
     record.form, record.params_after, record.macs_after = "dense", record.params_before, record.macs_before
     emission = layer.kind.emission(layer, ctx.view.label(layer.nodes[0]) + "/lowrank", ctx.opset, layer.bias_rank,
                                    layer.bias is not None, 2)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView, attribute
-from ..base import Layer, Link, LinkKind, register_link
+from ..base import Link, LinkKind, Site, register_link
 
 
-def slope_keeps_shape(slope_shape: tuple[int, ...], data_shape: list[int | None] | None, n_out: int) -> bool:
+def slope_keeps_shape(slope_shape: tuple[int, ...], data_shape: tuple[int | None, ...] | None, n_out: int) -> bool:
     """True when broadcasting a PRelu slope against the data cannot change the data's shape.
 
     ``data_shape`` comes from shape inference (None if unknown); its last dim is ``n_out``.
@@ -34,18 +34,15 @@ class NearIdentityActivation(LinkKind):
     name = "activation"
     op_types = ("PRelu", "LeakyRelu")
 
-    def match(self, view: GraphView, i: int, data: str, layer: Layer) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
         node = view.nodes[i]
         if node.op == "LeakyRelu":
             return Link(self, i, np.array(float(attribute(node, "alpha", 0.01)), dtype=np.float64))
-        if node.inputs[0].name != data:
+        if node.inputs[0].name != site.data:
             return "PRelu reads the tensor as its slope"
         slope = view.constant(node.inputs[1].name)
         if slope is None or slope.dtype.kind != "f":
             return "PRelu slope is not a constant"
-        shape = view.shapes.get(data)
-        if shape is None and layer.input_rank == 2:
-            shape = [None, layer.n_out]
-        if not slope_keeps_shape(slope.shape, shape, layer.n_out):
+        if not slope_keeps_shape(slope.shape, site.shape, site.width):
             return f"PRelu slope of shape {list(slope.shape)} may broadcast the data to a new shape"
         return Link(self, i, slope.astype(np.float64), slope.size)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView
-from ..base import Layer, Link, LinkKind, register_link
+from ..base import Link, LinkKind, Site, register_link
 from .activation import slope_keeps_shape
 
 
@@ -15,23 +15,20 @@ class ElementwiseAffine(LinkKind):
     name = "affine"
     op_types = ("Mul", "Div", "Add", "Sub")
 
-    def match(self, view: GraphView, i: int, data: str, layer: Layer) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
         node = view.nodes[i]
         if len(node.inputs) != 2:
             return f"{node.op} does not have two inputs"
         a, b = (t.name for t in node.inputs)
-        data_first = a == data
+        data_first = a == site.data
         other = b if data_first else a
-        if other == data:
+        if other == site.data:
             return f"{node.op} reads the features twice"
         value = view.constant(other)
         if value is None or value.dtype.kind != "f":
             return f"{node.op} by a tensor that is not a float constant"
-        shape = view.shapes.get(data)
-        if shape is None and layer.input_rank == 2:
-            shape = [None, layer.n_out]
-        if not slope_keeps_shape(value.shape, shape, layer.n_out) or (value.ndim and value.shape[-1] not in (1, layer.n_out)) \
-                or any(d != 1 for d in value.shape[:-1]):
+        per_feature = not value.ndim or (value.shape[-1] in (1, site.width) and all(d == 1 for d in value.shape[:-1]))
+        if not per_feature or not slope_keeps_shape(value.shape, site.shape, site.width):
             return f"{node.op} by a constant of shape {list(value.shape)} that does not act per feature"
         c = value.astype(np.float64).reshape(-1)
         if node.op == "Mul":

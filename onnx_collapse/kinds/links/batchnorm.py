@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView, attribute
-from ..base import Layer, Link, LinkKind, register_link
+from ..base import Link, LinkKind, Site, register_link
 
 
 @register_link
@@ -14,20 +14,18 @@ class BatchNorm(LinkKind):
     name = "batchnorm"
     op_types = ("BatchNormalization",)
 
-    def match(self, view: GraphView, i: int, data: str, layer: Layer) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
         node = view.nodes[i]
         if attribute(node, "training_mode", 0) or len([t for t in node.outputs if t.name]) > 1:
             return "BatchNormalization in training mode"
-        shape = view.shapes.get(data)
-        rank = len(shape) if shape is not None else (2 if layer.input_rank == 2 else None)
-        if rank != 2:
+        if site.rank != 2:
             return "BatchNormalization on features of rank other than 2 (channels are not the last axis)"
         names = [t.name for t in node.inputs[1:5]]
         values = [view.constant(n) for n in names]
-        if len(values) != 4 or any(v is None or v.dtype.kind != "f" or v.size not in (1, layer.n_out)
+        if len(values) != 4 or any(v is None or v.dtype.kind != "f" or v.size not in (1, site.width)
                                    for v in values):
             return "BatchNormalization statistics are not constants of the feature size"
-        gamma, beta, mean, var = (np.broadcast_to(v.astype(np.float64).reshape(-1), (layer.n_out,)) for v in values)
+        gamma, beta, mean, var = (np.broadcast_to(v.astype(np.float64).reshape(-1), (site.width,)) for v in values)
         scale = gamma / np.sqrt(var + float(attribute(node, "epsilon", 1e-5)))
         if not np.all(np.isfinite(scale)):
             return "BatchNormalization with a non-finite scale"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView
-from ..base import Layer, Link, LinkKind, register_link
+from ..base import Link, LinkKind, Site, register_link
 
 
 @register_link
@@ -14,7 +14,7 @@ class Transparent(LinkKind):
     name = "transparent"
     op_types = ("Identity", "Dropout")
 
-    def match(self, view: GraphView, i: int, data: str, layer: Layer) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
         node = view.nodes[i]
         if node.op == "Dropout":
             if len(node.outputs) > 1 and node.outputs[1].name and (

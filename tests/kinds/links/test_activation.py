@@ -36,4 +36,4 @@ def test_prelu_slope_that_is_not_constant_ends_the_chain_with_a_reason():
     model = mlp()
     model.graph.node[1].input[1] = "x"
     ctx = analysed(model)
-    assert ctx.segments == [] and any("slope is not a constant" in n for n in ctx.notes)
+    assert ctx.segments == [] and any("slope is not a constant" in n for n in ctx.stops.values())

@@ -22,7 +22,7 @@ def test_dropout_in_training_mode_is_not_transparent():
     drop.input.extend(["", "train"])
     model.opset_import[0].version = 17
     ctx = analysed(model)
-    assert ctx.segments == [] and any("training mode" in n for n in ctx.notes)
+    assert ctx.segments == [] and any("training mode" in n for n in ctx.stops.values())
 
 
 def test_dropout_whose_mask_is_a_graph_output_is_not_transparent():
@@ -31,4 +31,4 @@ def test_dropout_whose_mask_is_a_graph_output_is_not_transparent():
     drop.output.append("mask")
     model.graph.output.append(onnx.helper.make_tensor_value_info("mask", onnx.TensorProto.BOOL, None))
     ctx = analysed(model)
-    assert ctx.segments == [] and any("mask" in n for n in ctx.notes)
+    assert ctx.segments == [] and any("mask" in n for n in ctx.stops.values())
