@@ -289,24 +289,25 @@ def test_read_only_output_folder_is_a_one_line_error(tmp_path):
     src = external_model(tmp_path)
     folder = tmp_path / "ro"
     folder.mkdir()
-    mounted = os.geteuid() == 0
+    mounted = os.geteuid() == 0  # root writes into a mode 0555 folder: mount a read-only one instead
     if mounted and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", folder],
                                   capture_output=True).returncode != 0:
         pytest.skip("root, and no read-only tmpfs can be mounted")
     try:
-        folder.chmod(0o555)
+        if not mounted:
+            folder.chmod(0o555)
         assert_one_line_error(cli("optimize", src, folder / "o.onnx"), 2, str(folder), "not writable")
     finally:
-        folder.chmod(0o755)
         if mounted:
             subprocess.run(["umount", folder], check=True)
+        folder.chmod(0o755)
 
 
-@pytest.mark.parametrize("where,args", [("write_model", []), ("_copy_range", ["--no-verify"])])
-def test_full_disk_is_a_one_line_error_and_leaves_nothing(tmp_path, where, args):
-    src = external_model(tmp_path)
+@pytest.mark.parametrize("where", ["write_model", "_copy_range"])
+def test_full_disk_is_a_one_line_error_and_leaves_nothing(tmp_path, where):
+    src = external_model(tmp_path, slope=0.5)  # nothing folds: every tensor is copied from the input's data
     before = snapshot(tmp_path)
-    result = with_fault(where, 1, "enospc", "optimize", src, tmp_path / "o.onnx", *args)
+    result = with_fault(where, 1, "enospc", "optimize", src, tmp_path / "o.onnx")
     assert_one_line_error(result, 2, "o.onnx", "No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before) and snapshot(tmp_path) == before
 
@@ -422,7 +423,8 @@ def test_sigterm_removes_staging_and_the_verification_copy(tmp_path, where, pref
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "temp"]) and not list(temp.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "temp"])
+    assert not [p for p in temp.iterdir() if "onnx-collapse" in p.name]
     assert snapshot(tmp_path) == before
 
 
