@@ -501,7 +501,7 @@ class StagedOutput:
             stale = self._stale_data()
             try:
                 os.replace(self.staged, self.path)
-            except BaseException:
+            except OSError:  # not BaseException: a signal just after the rename must not take the new data
                 data.unlink(missing_ok=True)
                 raise
             for old in stale:
