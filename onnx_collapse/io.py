@@ -456,8 +456,9 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_
 
 class StagedOutput:
     """An output written into a hidden folder beside its final path and committed in one rename (see the
-    module docstring), so the output is complete or absent and no file of ``inputs`` (the input model,
-    if any) is replaced or removed. Use as a context manager."""
+    module docstring), so the output is complete or absent. No file of ``inputs`` (the input model, if any)
+    is replaced or removed, except the input model and its data when the output is that model itself.
+    Use as a context manager."""
 
     def __init__(self, path: str | os.PathLike, external_data: bool | None, source_dir: str | os.PathLike | None,
                  inputs: ModelSource | None = None):
