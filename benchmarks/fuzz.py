@@ -4,6 +4,8 @@
 
 Each round flips or deletes a few bytes of one models/*.onnx file. The only allowed outcomes are a result
 (optimize's output verified and written) or a CollapseError; anything else is printed as a crash.
+Then each shipped model, saved with external data, gets one external-data field (location, offset, length)
+set to a hostile value; the same outcomes are allowed, and the input's files must not change.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from onnx_collapse import CollapseError, analyze, optimize
 
@@ -32,6 +35,41 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(out)
 
 
+HOSTILE_FIELDS = {"location": ["", "a\0b", "x" * 5000, "../m.onnx", "/etc/passwd", "m.onnx", "."],
+                  "offset": ["-1", "abc", "1e3", "9" * 40, "\0"], "length": ["-8", "", "0x10", "9" * 40]}
+
+
+def _count(counts: Counter, call) -> None:
+    try:
+        call()
+        counts["result"] += 1
+    except CollapseError:
+        counts["clean error"] += 1
+    except Exception:  # noqa: BLE001 - what this script is here to find
+        counts["crash"] += 1
+        print(traceback.format_exc(limit=4))
+
+
+def hostile_external_fields(folder: Path, counts: Counter) -> None:
+    """Every shipped model with external data and one bad field; the input's files must stay as they were."""
+    for source in MODELS:
+        for key, values in HOSTILE_FIELDS.items():
+            for value in values:
+                path = folder / "m.onnx"
+                model = onnx.load(str(source))
+                onnx.save_model(model, str(path), save_as_external_data=True, location="m.onnx.data",
+                                size_threshold=0)
+                model = onnx.load(str(path), load_external_data=False)
+                tensor = next(t for t in model.graph.initializer if t.external_data)
+                entry = next((e for e in tensor.external_data if e.key == key), None)
+                (entry or tensor.external_data.add(key=key)).value = value
+                path.write_bytes(model.SerializeToString())
+                before = {p.name: p.read_bytes() for p in folder.iterdir() if p.name.startswith("m.onnx")}
+                _count(counts, lambda: optimize(path, output=folder / "o.onnx"))  # noqa: B023
+                after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name.startswith("m.onnx")}
+                counts["input changed"] += after != before
+
+
 def run(rounds: int, seeds: list[int]) -> Counter:
     counts: Counter = Counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,14 +80,8 @@ def run(rounds: int, seeds: list[int]) -> Counter:
                 path = folder / "m.onnx"
                 path.write_bytes(mutate(MODELS[i % len(MODELS)].read_bytes(), rng))
                 for call in (lambda: analyze(path), lambda: optimize(path, output=folder / "o.onnx")):  # noqa: B023
-                    try:
-                        call()
-                        counts["result"] += 1
-                    except CollapseError:
-                        counts["clean error"] += 1
-                    except Exception:  # noqa: BLE001 - what this script is here to find
-                        counts["crash"] += 1
-                        print(traceback.format_exc(limit=4))
+                    _count(counts, call)
+        hostile_external_fields(folder, counts)
     return counts
 
 
@@ -60,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = run(args.rounds, [int(s) for s in args.seeds.split(",")])
     print(f"fuzz: {sum(counts.values())} calls, {counts['result']} results, {counts['clean error']} clean errors, "
-          f"{counts['crash']} crashes")
+          f"{counts['crash']} crashes, {counts['input changed']} inputs changed")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The ``onnx-collapse`` command: parses options, calls the API, prints; owns exit codes and messages.
 
-Exit codes: 0 success, 1 verification failed, 2 usage or bad input, 3 internal error (a bug: please report).
+Exit codes: 0 success, 1 verification failed, 2 usage or bad input, 3 internal error (a bug: please report),
+130 interrupted (SIGINT), 143 terminated (SIGTERM); on both signals temporary files are removed first.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ import contextlib
 import dataclasses
 import json
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from . import io
 from .errors import CollapseError
 from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RANK_TARGETS, METRICS, Options
 from .pipeline import analyze as analyze_model
@@ -91,9 +94,30 @@ def check_options(f):
     return f
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler, so that every with-block cleans up on the way out (exit 143)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+    raise Terminated
+
+
+def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool) -> None:
+    """Before any work: refuse an output or report that is (or leads to) the input or one of its data
+    files, the other one, or a file the current output uses, or that cannot be written."""
+    inputs = io.model_files(src, "input")
+    if io.same_file(dst, src) and not overwrite:
+        raise CollapseError(f"{str(dst)!r} is the input file; pass --overwrite to replace it")
+    io.check_destination(dst, {p: d for p, d in inputs.items() if not (overwrite and p == src)}, "output")
+    if report is not None:
+        used = io.model_files(dst, "output") if dst.is_file() else {dst: "the output model"}
+        io.check_destination(report, inputs | used, "--report")
+
+
 def _emit(report_dict: dict, text: str, as_json: bool, report_file: str | None) -> None:
     if report_file:
-        Path(report_file).write_text(json.dumps(report_dict, indent=2) + "\n")
+        io.write_text_atomic(Path(report_file), json.dumps(report_dict, indent=2) + "\n")
     click.echo(json.dumps(report_dict, indent=2) if as_json else text)
 
 
@@ -136,8 +160,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with one_line_errors():
         src, dst = Path(input_path), Path(output_path)
-        if dst.exists() and src.exists() and dst.resolve() == src.resolve() and not overwrite:
-            raise CollapseError(f"{output_path!r} is the input file; pass --overwrite to replace it")
+        _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite)
         if rank_budget is not None and max_error is not None:
             raise CollapseError("--rank-budget and --max-error exclude each other; give one")
         options = cli_options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
@@ -201,7 +224,8 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
 
 
 def main() -> None:
-    """Entry point: click's own usage errors become one line too (exit 2)."""
+    """Entry point: click's own usage errors become one line too (exit 2); SIGTERM cleans up like SIGINT."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = cli.main(prog_name="onnx-collapse", standalone_mode=False)
     except click.UsageError as exc:
@@ -214,5 +238,8 @@ def main() -> None:
     except click.Abort:
         click.echo("onnx-collapse: aborted", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("onnx-collapse: terminated", err=True)
+        sys.exit(143)
     sys.exit(code if isinstance(code, int) else 0)
 

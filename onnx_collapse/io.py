@@ -4,12 +4,28 @@ A model is loaded without its external data: tensors stored in ``.data`` files s
 read one at a time when a pass needs their values (``TensorStore``). Saving copies untouched external
 tensors from the source file to the output's own data file in chunks, so memory stays near the size
 of the weights actually changed.
+
+Writing an output (``StagedOutput``) never replaces or removes the input model's files, and the output is
+the old one or the complete new one whatever instant the process dies: the model and its data are written
+into a hidden staging folder beside the output; the data file, under a fresh name ``OUT.<12 hex>.data``
+that no other file has, is moved into the output's folder; one ``os.replace`` of the model then commits;
+last, the previous output's own data files (``OUT.data``, ``OUT.<hex>.data``) that the new model does not
+use and the input does not read are removed. Staging folders carry the host and process id, so one that
+a killed run left behind is removed by the next run in that folder once it is a minute old.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import secrets
+import shutil
+import socket
+import stat
 import tempfile
+import time
+from collections import OrderedDict
 from collections.abc import Iterator, MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +43,33 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 ALIGN_LARGE, ALIGN_SMALL = 4096, 64  # tensor offsets in a written data file: pages for tensors >= 1 MiB
 CHUNK = 64 * 2**20
+OPEN_SOURCES = 16  # source data files kept open at once while copying (a model may name thousands)
+STAGING_PREFIX = ".onnx-collapse-"
+STALE_AFTER = 60  # seconds: a dead run's scratch folder older than this is removed by the next run
+HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+PAUSE_ENV = "ONNX_COLLAPSE_TEST_PAUSE"  # test hook, see pause_point
+_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of the model: initializers and tensor attributes, subgraphs included."""
-    return _get_all_tensors(model)
+    """Every tensor of the model: initializers, tensor attributes and sparse tensors' values and indices,
+    subgraphs included."""
+    yield from _get_all_tensors(model)
+    for sparse in _sparse_tensors(model.graph):
+        yield sparse.values
+        yield sparse.indices
+
+
+def _sparse_tensors(graph: onnx.GraphProto) -> Iterator[onnx.SparseTensorProto]:
+    """Sparse initializers and sparse tensor attributes of ``graph`` and its subgraphs."""
+    yield from graph.sparse_initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor
+            yield from attr.sparse_tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _sparse_tensors(sub)
 
 
 def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -96,21 +134,45 @@ def _dense_bytes(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
-def _check_external_paths(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse external data that points outside the model's folder, is missing, or is too short."""
-    root = base_dir.resolve()
+def _external_fields(tensor: onnx.TensorProto, path: Path) -> tuple[str, int, int]:
+    """Location, offset and length of an external tensor; CollapseError naming the model if one is malformed."""
+    fields = {e.key: e.value for e in tensor.external_data}
+    location = fields.get("location", "")
+    if "\0" in location or len(location) > 4096:
+        raise CollapseError(f"{str(path)!r}: tensor {tensor.name!r} has a bad external data location "
+                            f"{location[:60]!r}")
+    numbers = {}
+    for key in ("offset", "length"):
+        value = fields.get(key)
+        if value is not None and not _NUMBER.fullmatch(value):
+            raise CollapseError(f"{str(path)!r}: tensor {tensor.name!r} has a bad external data {key} "
+                                f"{value[:40]!r} (not an integer from 0 to 10**18)")
+        numbers[key] = None if value is None else int(value)
+    length = _dense_bytes(tensor) if numbers["length"] is None else numbers["length"]
+    return location, numbers["offset"] or 0, length
+
+
+def _check_external_paths(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse external data that is malformed, points outside the model's folder, is missing or too short."""
+    for sparse in _sparse_tensors(model.graph):
+        if uses_external_data(sparse.values) or uses_external_data(sparse.indices):
+            raise CollapseError(f"{str(path)!r}: sparse initializer {sparse.values.name!r} keeps its values or "
+                                "indices in external data, which onnx.checker cannot read; embed them")
+    root = path.parent.resolve()
     for tensor in external_tensors(model):
-        info = ExternalDataInfo(tensor)
-        location = info.location
-        target = (root / location).resolve()
-        if not location or os.path.isabs(location) or not target.is_relative_to(root):
-            raise CollapseError(f"external data path {location!r} of tensor {tensor.name!r} escapes the model's "
-                                f"folder {str(root)!r}")
-        if not target.is_file():
-            raise CollapseError(f"external data file {str(target)!r} (tensor {tensor.name!r}) is missing")
-        end = (info.offset or 0) + (info.length or _dense_bytes(tensor))
-        if end > target.stat().st_size:
-            raise CollapseError(f"external data file {str(target)!r} is too short for tensor {tensor.name!r}")
+        location, offset, length = _external_fields(tensor, path)
+        try:
+            target = (root / location).resolve()
+            if not location or os.path.isabs(location) or not target.is_relative_to(root):
+                raise CollapseError(f"external data path {location!r} of tensor {tensor.name!r} escapes the "
+                                    f"model's folder {str(root)!r}")
+            if not target.is_file():
+                raise CollapseError(f"external data file {str(target)!r} (tensor {tensor.name!r}) is missing")
+            if offset + length > target.stat().st_size:
+                raise CollapseError(f"external data file {str(target)!r} is too short for tensor {tensor.name!r}")
+        except OSError as exc:
+            raise CollapseError(f"{str(path)!r}: external data {location[:60]!r} of tensor {tensor.name!r} "
+                                f"cannot be read ({exc.strerror or exc})") from None
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -127,7 +189,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.opset_import:
         raise CollapseError(f"{str(path)!r} is not a valid ONNX model (no graph or no opset)")
     _check_names(model, path)
-    _check_external_paths(model, path.parent)
+    _check_external_paths(model, path)
     check_model(path)
     return model
 
@@ -164,7 +226,8 @@ def check_model(path: str | os.PathLike) -> None:
     """Run onnx.checker on a model file (external data is checked for presence, not read)."""
     try:
         onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, ValueError, RuntimeError, OSError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError,
+            OSError) as exc:
         raise CollapseError(f"{str(path)!r} fails onnx.checker: {_first_line(exc)}") from None
 
 
@@ -175,17 +238,138 @@ def _first_line(exc: BaseException) -> str:
 
 def file_size(path: str | os.PathLike) -> int:
     """Bytes on disk of a model file plus the external data files it references."""
-    path = Path(path)
-    total = path.stat().st_size
+    return sum(p.stat().st_size for p in model_files(Path(path), "") if _is_file(p))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def referenced_files(model: onnx.ModelProto, folder: Path) -> set[Path]:
+    """The data files the model's external tensors name, under ``folder`` (malformed names are skipped)."""
+    found = set()
+    for tensor in external_tensors(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if location and "\0" not in location and not os.path.isabs(location):
+            found.add(folder / location)
+    return found
+
+
+def _labelled(path: Path, model: onnx.ModelProto | None, folder: Path | None, role: str) -> dict[Path, str]:
+    files = {p: f"a data file of the {role} model" for p in referenced_files(model, folder)} if folder else {}
+    return files | ({path: f"the {role} model"} if path is not None else {})
+
+
+def model_files(path: Path, role: str) -> dict[Path, str]:
+    """A model file and the data files it names, each with a description (just the file if it is not a model)."""
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - size is informative only
-        return total
-    for location in {ExternalDataInfo(t).location for t in external_tensors(model)}:
-        data = path.parent / location
-        if data.is_file():
-            total += data.stat().st_size
-    return total
+    except Exception:  # noqa: BLE001 - not a model (or no file): no data files to name
+        return {path: f"the {role} model"}
+    return _labelled(path, model, path.parent, role)
+
+
+def input_files(source: ModelSource | None) -> dict[Path, str]:
+    """The input model's file and its data files, each with a description."""
+    if source is None:
+        return {}
+    return _labelled(source.path, source.model, source.base_dir, "input")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or (links) the same device and inode."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        sa, sb = a.stat(), b.stat()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def check_destination(path: Path, keep: dict[Path, str], what: str) -> None:
+    """Refuse to write ``path`` if it is (or leads to) a file of ``keep`` (described by its value), exists
+    and is not a regular file, or lies in a folder that is missing or not writable."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise CollapseError(f"{what} folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CollapseError(f"{what} folder {str(folder)!r} is not writable")
+    if os.path.exists(path) and not path.is_file():
+        raise CollapseError(f"{what} {str(path)!r} exists and is not a regular file; refusing to replace it")
+    for kept, description in keep.items():
+        if same_file(path, kept):
+            raise CollapseError(f"{what} {str(path)!r} is {description} {str(kept)!r}; refusing to replace it")
+
+
+def _mode(path: Path) -> int | None:
+    """Permission bits of an existing regular file (a link's target), else None."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else None
+
+
+def _chmod(path: Path, mode: int | None) -> None:
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
+def _remove_stale(folder: Path, prefix: str) -> None:
+    """Remove scratch folders of this host's dead runs, a minute old or more (never a live run's)."""
+    pattern = re.compile(re.escape(prefix) + r"(?P<host>[\w.]+)-(?P<pid>\d+)-\w+")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = pattern.fullmatch(entry.name)
+            if not match or match["host"] != HOST or _alive(int(match["pid"])):
+                continue
+            if entry.is_dir(follow_symlinks=False) and time.time() - entry.stat().st_mtime > STALE_AFTER:
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def scratch_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder in ``folder`` named ``prefix<host>-<pid>-<random>`` (stale ones removed first)."""
+    _remove_stale(folder, prefix)
+    return tempfile.TemporaryDirectory(dir=folder, prefix=f"{prefix}{HOST}-{os.getpid()}-")
+
+
+def pause_point(where: str) -> None:
+    """Test hook: sleep a minute when $ONNX_COLLAPSE_TEST_PAUSE equals ``where`` ("staged": after the staged
+    output is written; "verify": after the verification copy is), so tests can signal a run mid-write."""
+    if os.environ.get(PAUSE_ENV) == where:
+        time.sleep(60)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename, keeping an existing file's mode."""
+    with _write_errors(path), scratch_dir(path.parent, STAGING_PREFIX) as tmp:
+        staged = Path(tmp) / path.name
+        staged.write_text(text)
+        _chmod(staged, _mode(path))
+        os.replace(staged, path)
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """OSError (a full disk, a read-only folder) as a CollapseError naming the file being written."""
+    try:
+        yield
+    except OSError as exc:
+        raise CollapseError(f"cannot write {str(path)!r}: {_first_line(exc)}") from None
 
 
 def uses_external(model: onnx.ModelProto) -> bool:
@@ -206,48 +390,62 @@ def _write_tensors(model: onnx.ModelProto, source_dir: Path | None, data_path: P
                    size_threshold: int) -> None:
     """Move tensor data of ``model`` (a copy we may edit) into ``data_path``: external tensors are copied
     from their source files in chunks, embedded ones of ``size_threshold`` bytes or more are written out."""
-    sources: dict[Path, object] = {}
-    try:
-        with open(data_path, "wb") as out:
-            for tensor in all_tensors(model):
-                external = uses_external_data(tensor)
-                if not external and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold):
-                    continue
-                size = TensorStore.nbytes(tensor)
-                out.write(b"\0" * ((-out.tell()) % (ALIGN_LARGE if size >= 2**20 else ALIGN_SMALL)))
-                offset = out.tell()
-                if external:
-                    info = ExternalDataInfo(tensor)
-                    src_path = (source_dir or Path(".")) / info.location
-                    if src_path not in sources:
-                        sources[src_path] = open(src_path, "rb")  # noqa: SIM115 - closed below
-                    _copy_range(sources[src_path], out, info.offset or 0, info.length or _dense_bytes(tensor))
-                else:
-                    out.write(tensor.raw_data)
-                    tensor.ClearField("raw_data")
-                length = out.tell() - offset
-                del tensor.external_data[:]
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
-                    tensor.external_data.add(key=key, value=value)
-    finally:
-        for handle in sources.values():
+    with contextlib.closing(_Sources()) as sources, open(data_path, "wb") as out:
+        for tensor in all_tensors(model):
+            external = uses_external_data(tensor)
+            if not external and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold):
+                continue
+            size = TensorStore.nbytes(tensor)
+            out.write(b"\0" * ((-out.tell()) % (ALIGN_LARGE if size >= 2**20 else ALIGN_SMALL)))
+            offset = out.tell()
+            if external:
+                info = ExternalDataInfo(tensor)
+                src = sources.get((source_dir or Path(".")) / info.location)
+                _copy_range(src, out, info.offset or 0, info.length or _dense_bytes(tensor))
+            else:
+                out.write(tensor.raw_data)
+                tensor.ClearField("raw_data")
+            length = out.tell() - offset
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                tensor.external_data.add(key=key, value=value)
+
+
+class _Sources:
+    """Source data files opened on demand, at most OPEN_SOURCES at once (least recently used closed first)."""
+
+    def __init__(self):
+        self.handles: OrderedDict[Path, object] = OrderedDict()
+
+    def get(self, path: Path):
+        handle = self.handles.pop(path, None)
+        if handle is None:
+            if len(self.handles) >= OPEN_SOURCES:
+                self.handles.popitem(last=False)[1].close()
+            handle = open(path, "rb")  # noqa: SIM115 - closed by close() or when evicted
+        self.handles[path] = handle
+        return handle
+
+    def close(self) -> None:
+        for handle in self.handles.values():
             handle.close()
 
 
 def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_dir: Path | None,
-                size_threshold: int = 1024) -> None:
-    """Write ``model`` to ``path`` (not atomically; see StagedOutput), its data to ``path.name + '.data'``.
+                size_threshold: int = 1024, data_name: str | None = None) -> None:
+    """Write ``model`` to ``path`` (not atomically; see StagedOutput), its data to ``data_name`` beside it
+    (default ``path.name + '.data'``).
 
     External tensors of ``model`` are read from ``source_dir``. The caller's ``model`` is not modified.
     """
+    data_name = data_name or path.name + ".data"
     to_write = model
     if external_data or uses_external(model):
         to_write = onnx.ModelProto()
         to_write.CopyFrom(model)  # cheap: external tensors carry no data; embedded ones are moved out below
         if external_data:
-            _write_tensors(to_write, source_dir, path.parent / (path.name + ".data"), path.name + ".data",
-                           size_threshold)
+            _write_tensors(to_write, source_dir, path.parent / data_name, data_name, size_threshold)
         else:
             embed_external_data(to_write, source_dir)
     if to_write.ByteSize() > PROTOBUF_LIMIT:
@@ -257,19 +455,27 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_
 
 
 class StagedOutput:
-    """An output written into a hidden folder beside its final path and renamed into place on commit(),
-    so the output (and its .data file) is complete or absent. Use as a context manager."""
+    """An output written into a hidden folder beside its final path and committed in one rename (see the
+    module docstring), so the output is complete or absent. No file of ``inputs`` (the input model, if any)
+    is replaced or removed, except the input model and its data when the output is that model itself.
+    Use as a context manager."""
 
-    def __init__(self, path: str | os.PathLike, external_data: bool | None, source_dir: str | os.PathLike | None):
+    def __init__(self, path: str | os.PathLike, external_data: bool | None, source_dir: str | os.PathLike | None,
+                 inputs: ModelSource | None = None):
         self.path = Path(path)
-        self.folder = self.path.parent if str(self.path.parent) else Path(".")
-        if not self.folder.is_dir():
-            raise CollapseError(f"output folder {str(self.folder)!r} does not exist")
+        self.folder = self.path.parent
+        keep = input_files(inputs)
+        check_destination(self.path, {p: d for p, d in keep.items() if p != getattr(inputs, "path", None)},
+                          "output")
+        replaces_input = inputs is not None and inputs.path is not None and same_file(self.path, inputs.path)
+        self.keep = set() if replaces_input else set(keep)  # the old output's files that must stay
         self.source_dir = None if source_dir is None else Path(source_dir)
         self.external_data = external_data
-        self._tmp = tempfile.TemporaryDirectory(dir=self.folder, prefix=".onnx-collapse-")
+        self.data_name = f"{self.path.name}.{secrets.token_hex(6)}.data"
+        with _write_errors(self.path):
+            self._tmp = scratch_dir(self.folder, STAGING_PREFIX)
         self.staged = Path(self._tmp.name) / self.path.name
-        self.staged_data = Path(self._tmp.name) / (self.path.name + ".data")
+        self.staged_data = Path(self._tmp.name) / self.data_name
 
     def write(self, model: onnx.ModelProto) -> Path:
         """Write ``model`` to the staging folder; returns the staged model's path (loadable as is)."""
@@ -277,15 +483,41 @@ class StagedOutput:
         if external is None:
             weight_bytes = sum(TensorStore.nbytes(t) for t in external_tensors(model))
             external = model.ByteSize() + weight_bytes > EXTERNAL_DATA_THRESHOLD
-        if self.staged_data.exists():
-            self.staged_data.unlink()
-        write_model(model, self.staged, external, self.source_dir)
+        with _write_errors(self.path):
+            if self.staged_data.exists():
+                self.staged_data.unlink()
+            write_model(model, self.staged, external, self.source_dir, data_name=self.data_name)
+        pause_point("staged")
         return self.staged
 
     def commit(self) -> None:
-        if self.staged_data.exists():
-            os.replace(self.staged_data, self.folder / self.staged_data.name)
-        os.replace(self.staged, self.path)
+        """Data file in under its fresh name, then one rename of the model; then the old data files go."""
+        with _write_errors(self.path):
+            mode = _mode(self.path)
+            data = self.folder / self.data_name
+            if self.staged_data.exists():
+                _chmod(self.staged_data, mode)
+                os.replace(self.staged_data, data)
+            _chmod(self.staged, mode)
+            stale = self._stale_data()
+            try:
+                os.replace(self.staged, self.path)
+            except OSError:  # not BaseException: a signal just after the rename must not take the new data
+                data.unlink(missing_ok=True)
+                raise
+            for old in stale:
+                old.unlink(missing_ok=True)
+
+    def _stale_data(self) -> list[Path]:
+        """The current output's own data files (``OUT.data``, ``OUT.<hex>.data``) that the new model does
+        not use and the input does not read."""
+        if self.path.is_symlink() or not self.path.is_file():
+            return []
+        pattern = re.compile(re.escape(self.path.name) + r"(\.[0-9a-f]+)?\.data")
+        candidates = [p for p in self.folder.iterdir() if pattern.fullmatch(p.name) and p.name != self.data_name]
+        used = model_files(self.path, "output") if candidates else {}
+        return [p for p in candidates if any(same_file(p, u) for u in used)
+                and not any(same_file(p, k) for k in self.keep)]
 
     def __enter__(self) -> StagedOutput:
         return self

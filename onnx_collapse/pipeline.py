@@ -210,7 +210,7 @@ def optimize(
         external_data = True
     contexts = run_passes(source, options)
     plans = [p for ctx in contexts for p in ctx.plans]
-    staging = StagedOutput(output, external_data, source.base_dir) if output is not None else nullcontext()
+    staging = StagedOutput(output, external_data, source.base_dir, source) if output is not None else nullcontext()
     with staging as staged:
         if not plans:
             out, verification = model, Verification(True, 0, "the model is unchanged")

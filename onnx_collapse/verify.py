@@ -14,7 +14,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from .errors import CollapseError
-from .io import PROTOBUF_LIMIT, ModelSource, open_model, uses_external, write_model
+from .io import PROTOBUF_LIMIT, ModelSource, open_model, pause_point, scratch_dir, uses_external, write_model
 from .options import DEFAULTS, Options
 from .report import ErrorStats, Verification
 
@@ -144,9 +144,10 @@ def session(source: ModelSource, what: str) -> ort.InferenceSession:
         model = source.model
         if not uses_external(model) and model.ByteSize() < PROTOBUF_LIMIT:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        with tempfile.TemporaryDirectory(prefix="onnx-collapse-verify-") as tmp:
+        with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-verify-") as tmp:
             path = Path(tmp) / "model.onnx"
             write_model(model, path, True, source.base_dir)
+            pause_point("verify")
             return ort.InferenceSession(str(path), options, providers=providers)
     except CollapseError:
         raise
