@@ -234,6 +234,15 @@ class GraphView:
             return np.array(list(node.attrs["value_floats"]), dtype=np.float32)
         return None
 
+    def constant_identity(self, name: str) -> tuple[object, int] | None:
+        """(key, elements) of the stored tensor behind constant ``name``: names that share one stored tensor
+        (through Identity) share the key, so the tensor is counted once."""
+        proto = self.constant_proto(name)
+        if proto is not None:
+            return id(proto), int(np.prod(proto.dims, dtype=np.int64))
+        value = self._scalar_constant(name)
+        return None if value is None else (name, int(value.size))
+
     def as_initializer(self, name: str) -> onnx.TensorProto | None:
         """A TensorProto named ``name`` holding the constant's value (data not read where external)."""
         proto = self.constant_proto(name)

@@ -34,7 +34,6 @@ class Layer:
     n_in: int
     n_out: int
     dtype: np.dtype  # storage dtype of the weights
-    params: int  # elements stored for weight and bias (a scalar bias counts 1)
     weight: str
     bias: str | None = None
     bias_rank: int = 0  # rank of the stored bias (broadcasting can raise the output's rank); 0 without
@@ -100,7 +99,6 @@ class Link:
     kind: LinkKind
     node: int
     slope: np.ndarray | None = None
-    stored: int = 0  # elements of the link's own constants (a PRelu slope tensor), counted as parameters
     scale: np.ndarray | None = None
     shift: np.ndarray | None = None
     reshapes_to: tuple[int | None, ...] | None = None  # a shape op: the data's shape after it (dims None if unknown)

@@ -117,7 +117,23 @@ def trailing_links(view: GraphView, tail: Layer, claimed: set[int]) -> tuple[tup
     return tuple(links), site.data
 
 
-def chain_record(view: GraphView, segment: Segment, status: str, reason: str) -> FoldRecord:
+def stored_params(view: GraphView, positions, counted: set | None = None) -> int:
+    """Elements of the stored constants the nodes at ``positions`` read, each stored tensor once; with
+    ``counted``, also once across calls (a slope shared by several chains counts in the first)."""
+    counted = set() if counted is None else counted
+    total = 0
+    for i in positions:
+        for tensor in view.nodes[i].inputs:
+            found = view.constant_identity(tensor.name) if tensor.name else None
+            if found is not None and found[0] not in counted:
+                counted.add(found[0])
+                total += found[1]
+    return total
+
+
+def chain_record(view: GraphView, segment: Segment, status: str, reason: str,
+                 counted: set | None = None) -> FoldRecord:
+    """The report's record of a segment; parameters count stored tensors once (see ``stored_params``)."""
     acts = segment.activations()
     return FoldRecord(
         layers=[view.label(layer.nodes[0]) for layer in segment.layers],
@@ -126,7 +142,7 @@ def chain_record(view: GraphView, segment: Segment, status: str, reason: str) ->
         slopes=[[float(a.slope.min()), float(a.slope.max())] for a in acts],
         status=status,
         reason=reason,
-        params_before=sum(layer.params for layer in segment.layers) + sum(a.stored for a in segment.all_links()),
+        params_before=stored_params(view, segment.node_positions(), counted),
         macs_before=sum(layer.n_in * layer.n_out for layer in segment.layers),
     )
 

@@ -34,6 +34,7 @@ class Context:
     spectra: list[LayerSpectrum] = field(default_factory=list)  # low-rank targets' spectra, when computed
     stops: dict[int, str] = field(default_factory=dict)  # layer's first node -> why its chain ended after it
     unfolded: list[Unfolded] = field(default_factory=list)  # layers no plan folds, with why
+    counted: set = field(default_factory=set)  # stored tensors already counted in a planned fold's record
 
     def fresh_name(self, base: str) -> str:
         """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""

@@ -79,7 +79,7 @@ class PlanFolds:
 
     def plan(self, ctx: Context, seg: Segment) -> FoldPlan | None:
         view = ctx.view
-        record = chain_record(view, seg, "skipped", "")
+        record = chain_record(view, seg, "skipped", "", ctx.counted)
         ctx.records.append(record)
         if ctx.opset < MIN_OPSET:
             record.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...emit import Emission, GemmEmission, MatMulEmission
 from ...graph import GraphView, attribute
 from ..base import Layer, LayerKind, register_layer
@@ -30,7 +28,7 @@ class Gemm(LayerKind):
         (rows, cols), dtype = meta
         transposed = bool(attribute(node, "transB", 0))
         n_in, n_out = (cols, rows) if transposed else (rows, cols)
-        bias, params = None, rows * cols
+        bias = None
         if len(node.inputs) > 2 and node.inputs[2].name:
             bias = node.inputs[2].name
             c_meta = view.constant_meta(bias)
@@ -41,8 +39,7 @@ class Gemm(LayerKind):
                 return f"Gemm bias C of shape {list(c_shape)} depends on the batch row"
             if not bias_fits(c_shape, n_out) or c_meta[1] != dtype:
                 return f"Gemm bias C of shape {list(c_shape)} does not broadcast over the output features"
-            params += int(np.prod(c_shape, dtype=np.int64))
-        return Layer(self, (i,), x, node.outputs[0].name, n_in, n_out, dtype, params, weight, bias,
+        return Layer(self, (i,), x, node.outputs[0].name, n_in, n_out, dtype, weight, bias,
                      bias_rank=0 if bias is None else 2, input_rank=2, transposed=transposed,
                      alpha=float(attribute(node, "alpha", 1.0)), beta=float(attribute(node, "beta", 1.0)))
 

@@ -3,8 +3,6 @@ order, leading dims 1); inputs of any rank (transformer exports are 3-D)."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...emit import Emission, MatMulEmission
 from ...graph import GraphView
 from ..base import Layer, LayerKind, register_layer
@@ -25,7 +23,7 @@ class MatMul(LayerKind):
         if not float_matrix(meta):
             return "MatMul weight is not a constant, non-empty float matrix"
         (n_in, n_out), dtype = meta
-        nodes, output, bias, bias_rank, params = (i,), node.outputs[0].name, None, 0, n_in * n_out
+        nodes, output, bias, bias_rank = (i,), node.outputs[0].name, None, 0
         add_i = view.sole_reader(output)
         if add_i is not None and view.nodes[add_i].op == "Add" and len(view.nodes[add_i].inputs) == 2:
             add = view.nodes[add_i]
@@ -35,8 +33,7 @@ class MatMul(LayerKind):
             if b_meta is not None and b_meta[1] == dtype and bias_fits(b_meta[0], n_out):
                 nodes, output, bias = (i, add_i), add.outputs[0].name, other
                 bias_rank = max(len(b_meta[0]), 1)
-                params += int(np.prod(b_meta[0], dtype=np.int64))
-        return Layer(self, nodes, x, output, n_in, n_out, dtype, params, weight, bias, bias_rank=bias_rank,
+        return Layer(self, nodes, x, output, n_in, n_out, dtype, weight, bias, bias_rank=bias_rank,
                      input_rank=view.rank(x))
 
     def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,

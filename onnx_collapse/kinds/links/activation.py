@@ -45,4 +45,4 @@ class NearIdentityActivation(LinkKind):
             return "PRelu slope is not a constant"
         if not slope_keeps_shape(slope.shape, site.shape, site.width):
             return f"PRelu slope of shape {list(slope.shape)} may broadcast the data to a new shape"
-        return Link(self, i, slope.astype(np.float64), slope.size)
+        return Link(self, i, slope.astype(np.float64))

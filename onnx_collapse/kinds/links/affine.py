@@ -32,14 +32,14 @@ class ElementwiseAffine(LinkKind):
             return f"{node.op} by a constant of shape {list(value.shape)} that does not act per feature"
         c = value.astype(np.float64).reshape(-1)
         if node.op == "Mul":
-            return Link(self, i, stored=value.size, scale=c)
+            return Link(self, i, scale=c)
         if node.op == "Add":
-            return Link(self, i, stored=value.size, shift=c)
+            return Link(self, i, shift=c)
         if node.op == "Sub":
-            return Link(self, i, stored=value.size, shift=-c) if data_first else \
-                Link(self, i, stored=value.size, scale=-np.ones_like(c), shift=c)
+            return Link(self, i, shift=-c) if data_first else \
+                Link(self, i, scale=-np.ones_like(c), shift=c)
         if not data_first:
             return "Div of a constant by the features is not affine"
         if np.any(c == 0):
             return "Div by a constant holding zeros"
-        return Link(self, i, stored=value.size, scale=1.0 / c)
+        return Link(self, i, scale=1.0 / c)

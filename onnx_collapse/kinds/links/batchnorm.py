@@ -29,4 +29,4 @@ class BatchNorm(LinkKind):
         scale = gamma / np.sqrt(var + float(attribute(node, "epsilon", 1e-5)))
         if not np.all(np.isfinite(scale)):
             return "BatchNormalization with a non-finite scale"
-        return Link(self, i, stored=sum(v.size for v in values), scale=scale, shift=beta - mean * scale)
+        return Link(self, i, scale=scale, shift=beta - mean * scale)
