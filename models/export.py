@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -58,6 +59,56 @@ class TokenPReLU(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class Block(nn.Module):
+    """A ViT-style MLP block with LayerScale on (batch, tokens, d): x + gamma * fc2(act(fc1(x)))."""
+
+    def __init__(self, d: int = 32, hidden: int = 64):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(d, hidden), prelu(1, 1.0), nn.Linear(hidden, d)
+        self.gamma = nn.Parameter(torch.rand(d) + 0.5)
+
+    def forward(self, x):
+        return x + self.gamma * self.fc2(self.act(self.fc1(x)))
+
+
+def encoder() -> nn.Module:
+    """Three LayerScale MLP blocks: TorchScript shares their identical slopes through Identity nodes."""
+    return nn.Sequential(*[Block() for _ in range(3)])
+
+
+def with_statistics(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm1d running statistics that are not the identity."""
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    return model
+
+
+def bn_mlp() -> nn.Module:
+    """Linear - BatchNorm1d - PReLU(1) - Linear (TorchScript keeps the BatchNormalization)."""
+    return with_statistics(nn.Sequential(nn.Linear(32, 64), nn.BatchNorm1d(64), prelu(64, 1.0), nn.Linear(64, 10)))
+
+
+def bn_around() -> nn.Module:
+    """BatchNorm1d before the first and after the last layer: absorbed into the fold."""
+    return with_statistics(nn.Sequential(nn.BatchNorm1d(32), nn.Linear(32, 64), prelu(1, 1.0), nn.Linear(64, 10),
+                                         nn.BatchNorm1d(10)))
+
+
+def flatten_mlp() -> nn.Module:
+    """Linear - PReLU - Flatten - Linear on 2-D features (TorchScript keeps the Flatten)."""
+    return nn.Sequential(nn.Linear(32, 64), prelu(64, 1.0), nn.Flatten(1), nn.Linear(64, 10))
+
+
+# Exports of the same module by both exporters (they differ: Identity-shared constants, kept BN/Flatten),
+# and the dynamo export after onnxsim (Reshape -> Gemm -> Reshape), made when onnxsim is installed.
+BOTH_EXPORTERS = {"encoder": (encoder, (2, 5, 32)), "bn_mlp": (bn_mlp, (4, 32)), "bn_around": (bn_around, (4, 32)),
+                  "flatten_mlp": (flatten_mlp, (4, 32))}
+AFTER_ONNXSIM = ("encoder_dynamo",)
+
+
 def models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     x2 = torch.randn(4, 64)
     return {
@@ -76,12 +127,56 @@ def models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     }
 
 
+def exporter_models() -> dict[str, tuple[nn.Module, torch.Tensor, bool]]:
+    """name -> (module, example input, dynamo?) for every model exported by both exporters."""
+    torch.manual_seed(1)
+    found = {}
+    for name, (make, shape) in BOTH_EXPORTERS.items():
+        module, example = make().eval(), torch.randn(*shape)
+        found[f"{name}_dynamo"] = (module, example, True)
+        found[f"{name}_torchscript"] = (module, example, False)
+    return found
+
+
+def simplify(path: Path, out: Path) -> bool:
+    """Write ``path`` simplified by onnxsim to ``out``; False when onnxsim is not installed."""
+    try:
+        import onnxsim
+    except ImportError:
+        return False
+    simplified, ok = onnxsim.simplify(onnx.load(str(path)))
+    if not ok:
+        raise RuntimeError(f"onnxsim could not check {path}")
+    onnx.save_model(simplified, str(out))
+    return True
+
+
+MACHINE_SPECIFIC = "pkg.torch.onnx.stack_trace"  # node metadata naming files on the exporting machine
+
+
+def write(path: Path, model: nn.Module, example: torch.Tensor, dynamo: bool = True) -> None:
+    """Export ``model`` to ``path`` without the exporter's per-node stack traces (absolute paths, line
+    numbers), so the file depends only on the seeds and the torch version."""
+    exported = export_onnx(model, example, path, dynamo=dynamo)
+    for node in exported.graph.node:
+        kept = [p for p in node.metadata_props if p.key != MACHINE_SPECIFIC]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save_model(exported, str(path))
+    print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+
+
 def main(out_dir: Path = HERE) -> None:
     torch.manual_seed(0)
     for name, (model, example) in models().items():
-        path = out_dir / f"{name}.onnx"
-        export_onnx(model, example, path)
-        print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+        write(out_dir / f"{name}.onnx", model, example)
+    for name, (model, example, dynamo) in exporter_models().items():
+        write(out_dir / f"{name}.onnx", model, example, dynamo)
+    for name in AFTER_ONNXSIM:
+        if simplify(out_dir / f"{name}.onnx", out_dir / f"{name}_onnxsim.onnx"):
+            print(f"wrote {name}_onnxsim.onnx")
+        else:
+            print(f"skipped {name}_onnxsim.onnx: onnxsim is not installed (pip install -e '.[bench]')")
 
 
 if __name__ == "__main__":

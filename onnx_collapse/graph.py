@@ -124,6 +124,14 @@ def np_dtype(elem_type: int) -> np.dtype | None:
         return None
 
 
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def weight_count(tensor: onnx.TensorProto) -> int:
+    """Elements of a stored tensor that count as parameters: floating-point ones (not shapes or indices)."""
+    return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.data_type in FLOAT_TYPES else 0
+
+
 class GraphView:
     """One onnx-graphsurgeon graph as the passes see it: nodes by position, constants read lazily.
 
@@ -239,7 +247,7 @@ class GraphView:
         (through Identity) share the key, so the tensor is counted once."""
         proto = self.constant_proto(name)
         if proto is not None:
-            return id(proto), int(np.prod(proto.dims, dtype=np.int64))
+            return id(proto), weight_count(proto)
         value = self._scalar_constant(name)
         return None if value is None else (name, int(value.size))
 

@@ -14,7 +14,7 @@ import onnx
 
 from . import allocate
 from .allocate import LayerSpectrum
-from .graph import GraphView, default_opset, import_model, infer_shapes, walk_graphs
+from .graph import GraphView, default_opset, import_model, infer_shapes, walk_graphs, weight_count
 from .io import (
     ModelSource,
     StagedOutput,
@@ -76,7 +76,8 @@ def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = D
 
 
 def model_stats(model: onnx.ModelProto) -> ModelStats:
-    """Op counts and stored parameters (subgraphs included) and MACs per row of recognised linear layers.
+    """Op counts and stored parameters (floating-point tensors; subgraphs included) and MACs per row of
+    recognised linear layers.
 
     Reads shapes only, never weight values.
     """
@@ -85,9 +86,9 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
     for _, view in views_for(ModelSource(model)):
         proto = view.proto
         counts.update(node.op_type for node in proto.node)
-        params += sum(int(np.prod(t.dims, dtype=np.int64)) for t in proto.initializer)
-        params += sum(int(np.prod(a.t.dims, dtype=np.int64)) for n in proto.node if n.op_type == "Constant"
-                      for a in n.attribute if a.name == "value")
+        stored = [*proto.initializer, *(a.t for n in proto.node if n.op_type == "Constant"
+                                         for a in n.attribute if a.name == "value")]
+        params += sum(weight_count(t) for t in stored)
         macs += sum(layer.n_in * layer.n_out for layer in find_layers(view)[0])
     return ModelStats(dict(sorted(counts.items())), params, macs)
 

@@ -74,17 +74,20 @@ def follow(view: GraphView, layer: Layer, starts: dict[str, Layer]) -> tuple[tup
         site = next_site(view, site, found)
 
 
-def _affine_link(view: GraphView, i: int, site: Site) -> Link | None:
-    """Node ``i`` as an affine (scale/shift) link reading ``site``, if it is one."""
+def _edge_link(view: GraphView, i: int, site: Site) -> Link | None:
+    """Node ``i`` as a link that may stand at a segment's edge (affine, or a shape op re-emitted around the
+    fold), reading ``site``."""
     kind = link_kind_for(view.nodes[i])
     found = None if kind is None else kind.match(view, i, site)
-    return found if isinstance(found, Link) and found.is_affine and found.slope is None else None
+    if not isinstance(found, Link) or found.slope is not None:
+        return None
+    return found if found.is_affine or found.reshapes_to is not None else None
 
 
 def leading_links(view: GraphView, head: Layer, claimed: set[int]) -> tuple[tuple[Link, ...], str]:
-    """Affine links right before ``head`` whose output only ``head`` reads, outermost first, and the tensor
-    the first of them reads."""
-    links: list[Link] = []
+    """Affine links before ``head`` (possibly behind shape ops), each read only by what follows, outermost
+    first, and the tensor the first of them reads. Shape ops with no affine link beyond them stay out."""
+    found: list[tuple[Link, str]] = []
     tensor = head.input
     while view.sole_reader(tensor) is not None:
         producer = view.producer(tensor)
@@ -95,26 +98,30 @@ def leading_links(view: GraphView, head: Layer, claimed: set[int]) -> tuple[tupl
         if len(data) != 1:
             break
         shape = view.shapes.get(data[0]) or ((None, head.n_in) if head.input_rank == 2 else None)
-        link = _affine_link(view, i, Site(data[0], head.n_in, None if shape is None else tuple(shape)))
+        link = _edge_link(view, i, Site(data[0], head.n_in, None if shape is None else tuple(shape)))
         if link is None:
             break
-        links.insert(0, link)
+        found.insert(0, (link, data[0]))
         tensor = data[0]
-    return tuple(links), tensor
+    while found and not found[0][0].is_affine:
+        found.pop(0)
+    return tuple(link for link, _ in found), found[0][1] if found else head.input
 
 
 def trailing_links(view: GraphView, tail: Layer, claimed: set[int]) -> tuple[tuple[Link, ...], str]:
-    """Affine links right after ``tail``, each the only reader of what comes before it, and the tensor the
-    last of them writes."""
-    links: list[Link] = []
+    """Affine links after ``tail`` (possibly behind shape ops), each the only reader of what comes before
+    it, and the tensor the last of them writes. Shape ops with no affine link beyond them stay out."""
+    found: list[tuple[Link, str]] = []
     site = output_site(view, tail)
     while (i := view.sole_reader(site.data)) is not None and i not in claimed:
-        link = _affine_link(view, i, site)
+        link = _edge_link(view, i, site)
         if link is None:
             break
-        links.append(link)
         site = next_site(view, site, link)
-    return tuple(links), site.data
+        found.append((link, site.data))
+    while found and not found[-1][0].is_affine:
+        found.pop()
+    return tuple(link for link, _ in found), found[-1][1] if found else tail.output
 
 
 def stored_params(view: GraphView, positions, counted: set | None = None) -> int:
@@ -148,8 +155,9 @@ def chain_record(view: GraphView, segment: Segment, status: str, reason: str,
 
 
 def rows_kept(view: GraphView, segment: Segment) -> str:
-    """"" when the segment's shape links (if any) leave the rows as they were; else why not."""
-    if not any(link.reshapes_to is not None for link in segment.all_links()):
+    """"" when the shape links between the segment's layers (if any) leave the rows as they were; else why
+    not. (Shape links before the first or after the last layer are emitted again around the fold.)"""
+    if not any(link.reshapes_to is not None for gap in segment.links for link in gap):
         return ""
     head, tail = segment.layers[0], segment.layers[-1]
     x, y = view.shapes.get(head.input), view.shapes.get(tail.output)

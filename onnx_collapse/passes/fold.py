@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from .. import linalg
 from ..emit import RangeError
@@ -66,6 +67,28 @@ def segment_affines(view, seg: Segment) -> list[linalg.Affine]:
     return affines
 
 
+def shape_nodes(ctx: Context, links, x: str, y: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Copies of the shape-op ``links`` applied in order from ``x`` to ``y`` (the fold is per row, so the
+    shape ops around it move outside it); their constant inputs are copied too, so the nodes stand alone."""
+    nodes, inits, current = [], [], x
+    for k, link in enumerate(links):
+        original = ctx.view.proto.node[link.node]
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
+        node.name = ctx.fresh_name(original.name or original.op_type)
+        node.input[0] = current
+        current = y if k == len(links) - 1 else ctx.fresh_name(f"{node.name}.out")
+        node.output[0] = current
+        for j, name in enumerate(original.input[1:], start=1):
+            value = ctx.view.as_initializer(name) if name else None
+            if value is not None:
+                value.name = ctx.fresh_name(name)
+                node.input[j] = value.name
+                inits.append(value)
+        nodes.append(node)
+    return nodes, inits
+
+
 class PlanFolds:
     """Turns each segment into a FoldPlan, or a skipped record that says why not."""
 
@@ -97,9 +120,15 @@ class PlanFolds:
         emission = head.kind.emission(head, view.label(head.nodes[0]) + "/collapsed", ctx.opset,
                                       max(layer.bias_rank for layer in seg.layers), exact.bias is not None,
                                       len(form.matrices))
+        prologue = [link for link in seg.lead if link.reshapes_to is not None]
+        epilogue = [link for link in seg.trail if link.reshapes_to is not None]
+        x = ctx.fresh_name(f"{emission.prefix}.in") if prologue else seg.input
+        y = ctx.fresh_name(f"{emission.prefix}.out") if epilogue else seg.output
         try:
-            nodes, inits = emission.linear(ctx.fresh_name, seg.input, seg.output, form.matrices, exact.bias,
-                                           head.dtype)
+            nodes, inits = emission.linear(ctx.fresh_name, x, y, form.matrices, exact.bias, head.dtype)
+            before, before_inits = shape_nodes(ctx, prologue, seg.input, x)
+            after, after_inits = shape_nodes(ctx, epilogue, y, seg.output)
+            nodes, inits = before + nodes + after, before_inits + inits + after_inits
         except RangeError as exc:
             record.form, record.reason = None, str(exc)
             return None
