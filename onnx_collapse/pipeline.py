@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from .acceptance import Revert, accept, without_local_failures
 from .allocate import LayerSpectrum
 from .graph import GraphIndex, default_opset, infer_shapes, subgraphs, walk_graphs
 from .io import (
@@ -40,8 +41,6 @@ from .verify import (
     random_feeds,
     run,
 )
-
-BULK_REVERT = 8  # above this many locally failing folds, revert them all at once before going one by one
 
 
 def contexts_for(source: ModelSource, options: Options) -> list[Context]:
@@ -93,11 +92,6 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
     return ModelStats(dict(sorted(_op_counts(model.graph, Counter()).items())), params, macs)
 
 
-def _badness(plan: FoldPlan) -> float:
-    err = plan.record.error
-    return 0.0 if err is None else err.required_atol / max(err.atol, np.finfo(np.float64).tiny)
-
-
 def _elem(plan: FoldPlan) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(plan.dtype)
 
@@ -139,12 +133,67 @@ def _subgraph_fold_error(source: ModelSource, index: GraphIndex, plan: FoldPlan,
                    options.atol, options.rtol)
 
 
+class _Trials:
+    """Whole-model runs of candidate plan sets against the original outputs.
+
+    Remembers the last set that passed (with its model and verification) and which set was last
+    written to ``staged``, so the accepted set is neither rebuilt nor rerun.
+    """
+
+    def __init__(self, source: ModelSource, indexes: dict, feeds, expected, where: str, options: Options,
+                 staged: StagedOutput | None):
+        self.source, self.indexes, self.feeds, self.expected = source, indexes, feeds, expected
+        self.where, self.options, self.staged = where, options, staged
+        self.passed: tuple[list[int], onnx.ModelProto, Verification] | None = None
+        self.written: list[int] | None = None
+
+    def run(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
+        """Apply ``plans`` to the original model, run it and compare its outputs."""
+        candidate = apply_plans(self.source.model, self.indexes, plans)
+        if self.staged is not None:
+            runnable = ModelSource(candidate, None, self.staged.write(candidate))
+            self.written = [id(p) for p in plans]
+        else:
+            runnable = ModelSource(candidate, self.source.base_dir)
+        actual = run(runnable, self.feeds, "optimized model")
+        opts = self.options
+        verification = compare_outputs(self.expected, actual, opts.atol, opts.rtol, self.where, opts.metric,
+                                       opts.min_agreement)
+        if verification.passed:
+            self.passed = ([id(p) for p in plans], candidate, verification)
+        return candidate, verification
+
+    def passes(self, plans: list[FoldPlan]) -> bool:
+        return self.run(plans)[1].passed
+
+    def result(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
+        """The model and verification of ``plans``: remembered if it was the last set to pass, else run."""
+        key = [id(p) for p in plans]
+        if self.passed is None or self.passed[0] != key:
+            return self.run(plans)
+        if self.staged is not None and self.written != key:
+            self.staged.write(self.passed[1])
+        return self.passed[1], self.passed[2]
+
+
+def _record_revert(revert: Revert, owners: dict[tuple, Context]) -> None:
+    """Mark a reverted plan in the report; its exact fallback, if kept, gets its record beside it."""
+    plan, record = revert.plan, revert.plan.record
+    record.status, record.reason = "reverted", revert.reason
+    if revert.replacement is not None:
+        record.reason += "; kept the exact fold instead"
+        records = owners[plan.graph].records
+        records.insert(next(i for i, r in enumerate(records) if r is record) + 1, revert.replacement.record)
+
+
 def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Options,
                        staged: StagedOutput | None) -> tuple[onnx.ModelProto, Verification]:
-    """Apply every plan, then revert the worst folds one by one until the outputs match.
+    """Keep the plans whose own error passes and with which the whole model passes.
 
-    A truncated plan is reverted to its exact fold (its fallback); an exact fold to the original nodes.
-    With ``staged``, each candidate is written there and onnxruntime reads it from disk.
+    A plan whose own error fails is reverted first, in any graph (a truncated plan to its exact fold
+    if that passes). If the model then fails, the worst plans are reverted as a group found by
+    bisection (see acceptance.accept). With ``staged``, candidates are written there and onnxruntime
+    reads them from disk.
     """
     model = source.model
     plans = [p for ctx in contexts for p in ctx.plans]
@@ -153,36 +202,14 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
     owners = {ctx.path: ctx for ctx in contexts}
     indexes = {path: ctx.index for path, ctx in owners.items()}
     expected = _measure_folds(source, indexes, every, feeds, options)
-    accepted = list(plans)
-    local_failures = [p for p in accepted if p.record.error is not None and not p.record.error.passed]
-    while True:
-        candidate = apply_plans(model, indexes, accepted)
-        if staged is not None:
-            runnable = ModelSource(candidate, None, staged.write(candidate))
-        else:
-            runnable = ModelSource(candidate, source.base_dir)
-        actual = run(runnable, feeds, "optimized model")
-        verification = compare_outputs(expected, actual, options.atol, options.rtol, where, options.metric,
-                                       options.min_agreement)
-        if verification.passed or not accepted:
-            return candidate, verification
-        if len(local_failures) > BULK_REVERT:
-            to_revert, local_failures = local_failures, []
-        else:
-            to_revert = [max(accepted, key=_badness)]
-        for plan in to_revert:
-            position = next(i for i, p in enumerate(accepted) if p is plan)
-            plan.record.status = "reverted"
-            err = plan.record.error
-            plan.record.reason = (f"the model fails verification with this fold; its own max abs error is "
-                                  f"{err.max_abs:.2e} (needs atol {err.required_atol:.1e})")
-            if plan.fallback is None:
-                accepted.pop(position)
-                continue
-            accepted[position] = plan.fallback
-            plan.record.reason += "; kept the exact fold instead"
-            records = owners[plan.graph].records
-            records.insert(next(i for i, r in enumerate(records) if r is plan.record) + 1, plan.fallback.record)
+    trials = _Trials(source, indexes, feeds, expected, where, options, staged)
+    accepted, reverts = without_local_failures(plans)
+    if accepted and not trials.passes(accepted):
+        accepted, more = accept(accepted, trials.passes)
+        reverts += more
+    for revert in reverts:
+        _record_revert(revert, owners)
+    return trials.result(accepted)
 
 
 def optimize(
