@@ -2,7 +2,7 @@
 
 A plan whose own measured error fails the tolerance is never kept (its exact fallback is, if that
 passes). The others are kept unless the whole model fails with them; then the smallest prefix of the
-worst plans whose revert makes the model pass is found by doubling and bisection, so a model with N
+worst plans whose revert makes the model pass is found by bisection, so a model with N
 plans needs O(log N) whole-model runs rather than one per reverted plan.
 """
 
@@ -60,19 +60,13 @@ def without_local_failures(plans: Sequence[FoldPlan]) -> tuple[list[FoldPlan], l
 
 def smallest_passing_prefix(n: int, passes: Callable[[int], bool]) -> int | None:
     """The smallest k in 1..n with ``passes(k)``, assuming ``passes(0)`` is False and that passing is
-    monotone in k; None if ``passes(n)`` is False. Tries k = 1, 2, 4, ... then bisects: O(log k) calls.
+    monotone in k; None if ``passes(n)`` is False. Bisection: 1 + ceil(log2 n) calls.
 
     Only values that ``passes`` actually returned True for are ever answered.
     """
-    failing, k = 0, 1
-    while True:
-        k = min(k, n)
-        if passes(k):
-            break
-        if k == n:
-            return None
-        failing, k = k, 2 * k
-    passing = k
+    if n < 1 or not passes(n):
+        return None
+    failing, passing = 0, n
     while passing - failing > 1:
         mid = (failing + passing) // 2
         if passes(mid):

@@ -326,12 +326,27 @@ def local_errors(
     """Each fold's own error, measured in onnxruntime at the folded chain's output.
 
     ``folds`` holds (input, output, new nodes, new initializers, elem type) per fold; ``captured`` the
-    original model's values of every fold's input and output (see ``capture``). Each fold's new nodes
-    run alone on the captured inputs and are compared with the captured outputs.
+    original model's values of every fold's input and output (see ``capture``). All folds' new nodes run
+    side by side in one model (one session), each on its own copy of its captured input, and each output
+    is compared with the captured one.
     """
-    stats = []
-    for x, y, nodes, inits, elem_type in folds:
-        single = chain_model(x, y, nodes, inits, elem_type, opset_imports, ir_version)
-        got = run(ModelSource(single), [{x: c[x]} for c in captured], "folded chain")
-        stats.append(compare(y, [c[y] for c in captured], [g[y] for g in got], atol, rtol))
-    return stats
+    if not folds:
+        return []
+    nodes, inits, inputs, outputs = [], [], [], []
+    for j, (x, y, fold_nodes, fold_inits, elem_type) in enumerate(folds):
+        names = {x: f"onnx_collapse_fold_in_{j}", y: f"onnx_collapse_fold_out_{j}"}
+        for node in fold_nodes:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.input[:] = [names.get(n, n) for n in node.input]
+            copy.output[:] = [names.get(n, n) for n in node.output]
+            nodes.append(copy)
+        inits += fold_inits
+        inputs.append(helper.make_tensor_value_info(names[x], elem_type, None))
+        outputs.append(helper.make_tensor_value_info(names[y], elem_type, None))
+    model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs, inits),
+                              opset_imports=list(opset_imports), ir_version=ir_version)
+    feeds = [{f"onnx_collapse_fold_in_{j}": c[fold[0]] for j, fold in enumerate(folds)} for c in captured]
+    got = run(ModelSource(model), feeds, "folded chains")
+    return [compare(y, [c[y] for c in captured], [g[f"onnx_collapse_fold_out_{j}"] for g in got], atol, rtol)
+            for j, (_, y, *_) in enumerate(folds)]
