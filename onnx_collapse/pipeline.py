@@ -197,7 +197,8 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
     """
     model = source.model
     plans = [p for ctx in contexts for p in ctx.plans]
-    feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n)
+    feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
+                              options.max_verify_memory)
     every = [q for p in plans for q in (p, p.fallback) if q is not None]
     owners = {ctx.path: ctx for ctx in contexts}
     indexes = {path: ctx.index for path, ctx in owners.items()}

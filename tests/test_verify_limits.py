@@ -1,5 +1,8 @@
 """Verification refuses what it cannot check honestly; runs without low-rank targets or with odd inputs stay clean."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -7,8 +10,11 @@ from builders import mlp
 from onnx import TensorProto, helper, numpy_helper
 from test_cli import EXE, assert_one_line_error, cli
 
-from onnx_collapse import analyze, optimize
+from onnx_collapse import CollapseError, analyze, optimize
 from onnx_collapse.allocate import allocate_budget
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from measure import run_measured  # noqa: E402
 
 
 def _cnn() -> onnx.ModelProto:
@@ -47,3 +53,72 @@ def test_analyze_spectrum_of_a_model_without_targets():
 
 def test_budget_allocation_over_no_layers_is_empty():
     assert allocate_budget([], 0.5) == []
+
+
+def test_inputs_with_no_elements_are_refused():
+    with pytest.raises(CollapseError, match="input 'x' has no elements"):
+        optimize(mlp(slope=0.5), slope_tol=0.6, input_shapes={"x": (0, 8)})  # a fold that fails on real inputs
+    with pytest.raises(CollapseError, match="input 'x' has no elements"):
+        optimize(mlp(), inputs={"x": np.ones((3, 0), np.float32)})
+
+
+@pytest.mark.skipif(EXE is None, reason="console script not installed")
+def test_empty_input_shape_or_npz_is_a_one_line_error(tmp_path):
+    onnx.save(mlp(slope=0.5), tmp_path / "m.onnx")
+    result = cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx", "--slope-tol", "0.6", "--input-shape", "x:0x8")
+    assert_one_line_error(result, 2, "'x'", "no elements")
+    np.savez(tmp_path / "empty.npz", x=np.ones((0, 8), np.float32))
+    result = cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx", "--slope-tol", "0.6", "--inputs",
+                 tmp_path / "empty.npz")
+    assert_one_line_error(result, 2, "'x'", "no elements")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.skipif(EXE is None, reason="console script not installed")
+def test_float64_npz_is_cast_with_a_note_when_it_fits(tmp_path):
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((3, 8)))
+    result = cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx", "--inputs", tmp_path / "d.npz")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "x cast from float64 to float32" in result.stdout and "PASSED" in result.stdout
+    np.savez(tmp_path / "huge.npz", x=np.full((3, 8), 1e300))
+    result = cli("optimize", tmp_path / "m.onnx", tmp_path / "o2.onnx", "--inputs", tmp_path / "huge.npz")
+    assert_one_line_error(result, 2, "'x'", "float64", "float32", "astype")
+
+
+@pytest.mark.skipif(EXE is None, reason="console script not installed")
+def test_positional_npz_names_what_it_found_and_what_the_model_expects(tmp_path):
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", np.ones((3, 8), np.float32))
+    result = cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx", "--inputs", tmp_path / "d.npz")
+    assert_one_line_error(result, 2, "no array for input 'x'", "arr_0", "np.savez")
+
+
+def _wide_input_model(rows: int) -> onnx.ModelProto:
+    """A small foldable model whose fixed input shape (rows x rows x 8) makes verification huge."""
+    model = mlp(op="matmul")
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, rows, 8]))
+    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    return model
+
+
+def test_verification_memory_is_estimated_and_refused_past_the_limit():
+    model = _wide_input_model(1024)  # 32 MiB per input set, more in intermediates
+    with pytest.raises(CollapseError, match=r"input 'x' of shape 1024x1024x8.*--input-shape.*--inputs"):
+        optimize(model, max_verify_memory=100 * 2**20)
+    _, report = optimize(_wide_input_model(16), max_verify_memory=100 * 2**20)
+    assert report.verification.passed
+
+
+@pytest.mark.skipif(EXE is None, reason="console script not installed")
+def test_huge_declared_input_is_refused_quickly_in_little_memory(tmp_path):
+    onnx.save(_wide_input_model(2**20), tmp_path / "m.onnx")  # 32 TiB per input set
+    result = cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx")
+    assert_one_line_error(result, 2, "'x'", "--input-shape", "--inputs", "--max-verify-memory")
+    code, peak, seconds = run_measured(EXE, "optimize", tmp_path / "m.onnx", tmp_path / "o.onnx", timeout=60)
+    assert code == 2 and peak < 400 * 2**20
+    onnx.save(_wide_input_model(64), tmp_path / "small.onnx")
+    result = cli("optimize", tmp_path / "small.onnx", tmp_path / "o.onnx", "--max-verify-memory", "1K")
+    assert_one_line_error(result, 2, "1.0 KB")
+    result = cli("optimize", tmp_path / "small.onnx", tmp_path / "o.onnx", "--max-verify-memory", "1G")
+    assert result.returncode == 0, result.stderr
