@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -213,6 +215,23 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
     return trials.result(accepted)
 
 
+def _warnings_as_notes(func):
+    """``func`` with the Python warnings raised inside (by onnx, numpy) added as notes to the report it
+    returns, instead of printed on stderr."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = func(*args, **kwargs)
+        report = result.report if isinstance(result, Analysis) else result[1]
+        report.notes += [f"warning: {text}" for text in dict.fromkeys(" ".join(str(w.message).split()) for w in caught)]
+        return result
+
+    return wrapper
+
+
+@_warnings_as_notes
 def optimize(
     model_or_path: onnx.ModelProto | str | os.PathLike,
     options: Options | None = None,
@@ -281,6 +300,7 @@ class Analysis:
     spectra: list[LayerSpectrum]
 
 
+@_warnings_as_notes
 def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None,
             **overrides) -> Analysis:
     """Every chain found, with predicted savings and why each would or would not fold; nothing is run."""

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import mlp
+from builders import ActSpec, ChainSpec, LayerSpec, build, mlp, save_external
+from conftest import MODELS
 from onnx import TensorProto, helper, numpy_helper
 from test_cli import EXE, assert_one_line_error, cli
 
@@ -122,3 +123,34 @@ def test_huge_declared_input_is_refused_quickly_in_little_memory(tmp_path):
     assert_one_line_error(result, 2, "1.0 KB")
     result = cli("optimize", tmp_path / "small.onnx", tmp_path / "o.onnx", "--max-verify-memory", "1G")
     assert result.returncode == 0, result.stderr
+
+
+def _overflowing_fold() -> onnx.ModelProto:
+    """A float16 chain whose folded weights exceed float16's range (the fold is skipped)."""
+    model = build(ChainSpec(8, [LayerSpec(16), LayerSpec(4)], [ActSpec()], dtype=np.float16))
+    for tensor in model.graph.initializer:
+        if tensor.name in ("w0", "w1"):
+            tensor.CopyFrom(numpy_helper.from_array(np.full(tuple(tensor.dims), 250, np.float16), tensor.name))
+    return model
+
+
+@pytest.mark.skipif(EXE is None, reason="console script not installed")
+@pytest.mark.parametrize("name", sorted(p.name for p in MODELS.glob("*.onnx")) + ["overflow", "external_keys"])
+def test_successful_runs_print_nothing_on_stderr(tmp_path, name):
+    if name == "overflow":
+        source = tmp_path / "m.onnx"
+        onnx.save(_overflowing_fold(), source)
+    elif name == "external_keys":
+        source = tmp_path / "m.onnx"
+        save_external(mlp(64, 128, 32), source)
+        model = onnx.load(str(source), load_external_data=False)
+        model.graph.initializer[0].external_data.add(key="sha256", value="0")
+        onnx.save(model, str(source))
+    else:
+        source = MODELS / name
+    result = cli("optimize", source, tmp_path / "o.onnx")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    if name == "overflow":
+        assert "exceed the range of float16" in result.stdout
+    if name == "external_keys":
+        assert "note: warning: Ignoring unknown external data key(s) ['sha256']" in result.stdout
