@@ -43,11 +43,16 @@ def describe_error(err: ErrorStats) -> str:
             f"tolerance atol {err.atol:.1e}, rtol {err.rtol:.1e})")
 
 
-def without_local_failures(plans: Sequence[FoldPlan]) -> tuple[list[FoldPlan], list[Revert]]:
-    """``plans`` with every plan whose own error fails replaced by its fallback if that passes, else dropped."""
+def without_local_failures(plans: Sequence[FoldPlan], exempt_main_graph: bool = False) -> tuple[list[FoldPlan], list[Revert]]:
+    """``plans`` with every plan whose own error fails replaced by its fallback if that passes, else dropped.
+
+    With ``exempt_main_graph`` (the whole model is judged by a metric other than allclose, such as top-1
+    agreement, which every run applies to every main-graph fold), only subgraph plans, which a run may
+    never reach, are held to their own error.
+    """
     kept, reverts = [], []
     for plan in plans:
-        if own_error_passes(plan):
+        if own_error_passes(plan) or (exempt_main_graph and not plan.graph):
             kept.append(plan)
             continue
         fallback = plan.fallback if plan.fallback is not None and own_error_passes(plan.fallback) else None

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from revert_scaling import summed_chains  # noqa: E402
 
 
-def _plan(required: float, fallback=None, atol: float = 1.0):
+def _plan(required: float, fallback=None, atol: float = 1.0, graph=()):
     err = ErrorStats("y", required, 0.0, 0.0, required, atol, 0.0, required <= atol)
-    return SimpleNamespace(record=SimpleNamespace(error=err), fallback=fallback)
+    return SimpleNamespace(record=SimpleNamespace(error=err), fallback=fallback, graph=graph)
 
 
 def _run(model, feed):
@@ -69,6 +69,12 @@ def test_local_failures_fall_back_to_a_passing_exact_fold_or_to_the_original():
     assert [r.replacement for r in reverts] == [good_exact, None, None]
     assert all("3.00e+00" in r.reason or "4.00e+00" in r.reason for r in reverts)
     assert all("fails the tolerance" in r.reason for r in reverts)
+
+
+def test_with_a_whole_model_metric_only_subgraph_folds_are_held_to_their_own_error():
+    main, sub = _plan(3.0), _plan(3.0, graph=((0, "then_branch", 0),))
+    kept, reverts = acceptance.without_local_failures([main, sub], exempt_main_graph=True)
+    assert kept == [main] and [r.plan for r in reverts] == [sub]
 
 
 def test_fold_failing_its_own_check_inside_an_untaken_if_branch_is_reverted():
