@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from onnx_collapse.emit import Emission, grouped_nodes, linear_nodes
+from onnx_collapse.emit import MatMulEmission
 
 D, TOKENS = 768, 197
 
@@ -31,17 +31,15 @@ def forms() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     counter = itertools.count()
     fresh = lambda base: f"{base}_{next(counter)}"  # noqa: E731
-    emission = Emission("layer", False, 1, 3)
+    emission = MatMulEmission("layer", 1, 3)
     bias = rng.standard_normal(D)
     groups, j = 4, 76
     return {
-        "dense 768x768": _model(*linear_nodes(fresh, emission, "x", "y", [rng.standard_normal((D, D))], bias,
-                                              np.float32)),
-        "factor pair, rank 192": _model(*linear_nodes(
-            fresh, emission, "x", "y", [rng.standard_normal((D, 192)), rng.standard_normal((192, D))], bias,
-            np.float32)),
-        "grouped, 4 x rank 76": _model(*grouped_nodes(
-            fresh, emission, "x", "y", rng.standard_normal((groups, D // groups, j)),
+        "dense 768x768": _model(*emission.linear(fresh, "x", "y", [rng.standard_normal((D, D))], bias, np.float32)),
+        "factor pair, rank 192": _model(*emission.linear(
+            fresh, "x", "y", [rng.standard_normal((D, 192)), rng.standard_normal((192, D))], bias, np.float32)),
+        "grouped, 4 x rank 76": _model(*emission.grouped(
+            fresh, "x", "y", rng.standard_normal((groups, D // groups, j)),
             rng.standard_normal((groups * j, D)), bias, np.float32)),
     }
 

@@ -126,6 +126,8 @@ def allocate_budget(layers: Sequence[LayerSpectrum], budget: float, by: str = "p
     feasible threshold exactly. If even the cheapest options overshoot, they are returned (the budget
     cannot be met; callers report it).
     """
+    if not layers:
+        return []
     limit = budget * sum(_cost(layer.dense, by) for layer in layers)
     thresholds = np.unique([o.error for layer in layers for o in layer.options])
 

@@ -23,7 +23,7 @@ from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RA
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
 from .report import render, render_folds, render_spectra, render_unfolded, render_verification
-from .verify import parse_input_shape
+from .verify import parse_input_shape, parse_size
 from .verify import verify as verify_models
 
 DEFAULT_LOW_RANK = DEFAULTS.low_rank
@@ -149,6 +149,9 @@ def cli() -> None:
               help="Allow ALDS grouped factors with up to this many input-feature groups.")
 @click.option("--allocator", type=click.Choice(ALLOCATORS), default=DEFAULTS.allocator, show_default=True,
               help="How --rank-budget is shared among layers (uniform and energy are baselines).")
+@click.option("--max-verify-memory", metavar="SIZE", default=None,
+              help="Refuse to verify when inputs and computed tensors would need more (e.g. 8G; default: half "
+                   "the available memory).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB).")
 @click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
@@ -156,7 +159,7 @@ def cli() -> None:
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
              metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
-             allocator, external_data, overwrite, as_json, report_file) -> None:
+             allocator, max_verify_memory, external_data, overwrite, as_json, report_file) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with one_line_errors():
         src, dst = Path(input_path), Path(output_path)
@@ -167,7 +170,8 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
                           min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
-                          max_groups=max_groups, allocator=allocator)
+                          max_groups=max_groups, allocator=allocator,
+                          max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = optimize_model(src, options, output=dst, external_data=external_data)
         _emit(report.to_dict(), render(report), as_json, report_file)
         if report.verification is not None and not report.verification.passed:

@@ -45,7 +45,7 @@ class RangeError(ValueError):
 
 def cast_checked(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``value`` (float64) cast to ``dtype``; RangeError if it overflows to inf or is not finite."""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
         out = np.asarray(value, dtype=np.float64).astype(dtype)
     if not np.all(np.isfinite(out)):
         raise RangeError(f"folded values exceed the range of {np.dtype(dtype).name}")

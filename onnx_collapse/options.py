@@ -38,6 +38,8 @@ class Options:
         "uniform" (same rank ratio everywhere) and "energy" (same kept spectral energy everywhere).
     metric: "allclose" (every element within atol + rtol |b|) or "top1" (argmax over the last axis agrees
         on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``).
+    max_verify_memory: refuse to verify (CollapseError) when the inputs and the tensors computed from them
+        would need more than this many bytes, as estimated from the shapes; None: half the available memory.
     """
 
     slope_tol: float = 0.05
@@ -57,6 +59,7 @@ class Options:
     allocator: str = "alds"
     metric: str = "allclose"
     min_agreement: float = 0.99
+    max_verify_memory: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the keyword (CollapseError)."""

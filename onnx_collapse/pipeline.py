@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 
 from . import allocate
+from .acceptance import Revert, accept, without_local_failures
 from .allocate import LayerSpectrum
 from .graph import GraphView, default_opset, import_model, infer_shapes, walk_graphs, weight_count
 from .io import (
@@ -41,8 +43,6 @@ from .verify import (
     random_feeds,
     run,
 )
-
-BULK_REVERT = 8  # above this many locally failing folds, revert them all at once before going one by one
 
 
 def views_for(source: ModelSource) -> list[tuple[tuple, GraphView]]:
@@ -93,11 +93,6 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
     return ModelStats(dict(sorted(counts.items())), params, macs)
 
 
-def _badness(plan: FoldPlan) -> float:
-    err = plan.record.error
-    return 0.0 if err is None else err.required_atol / max(err.atol, np.finfo(np.float64).tiny)
-
-
 def _elem(plan: FoldPlan) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(plan.dtype)
 
@@ -140,52 +135,104 @@ def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, o
                    options.atol, options.rtol)
 
 
+class _Trials:
+    """Whole-model runs of candidate plan sets against the original outputs.
+
+    Remembers the last set that passed (with its model and verification) and which set was last
+    written to ``staged``, so the accepted set is neither rebuilt nor rerun.
+    """
+
+    def __init__(self, source: ModelSource, feeds, expected, where: str, options: Options,
+                 staged: StagedOutput | None):
+        self.source, self.feeds, self.expected = source, feeds, expected
+        self.where, self.options, self.staged = where, options, staged
+        self.passed: tuple[list[int], onnx.ModelProto, Verification] | None = None
+        self.written: list[int] | None = None
+
+    def run(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
+        """Apply ``plans`` to the original model, run it and compare its outputs."""
+        candidate = apply_plans(self.source.model, plans)
+        if self.staged is not None:
+            runnable = ModelSource(candidate, None, self.staged.write(candidate))
+            self.written = [id(p) for p in plans]
+        else:
+            runnable = ModelSource(candidate, self.source.base_dir)
+        actual = run(runnable, self.feeds, "optimized model")
+        opts = self.options
+        verification = compare_outputs(self.expected, actual, opts.atol, opts.rtol, self.where, opts.metric,
+                                       opts.min_agreement)
+        if verification.passed:
+            self.passed = ([id(p) for p in plans], candidate, verification)
+        return candidate, verification
+
+    def passes(self, plans: list[FoldPlan]) -> bool:
+        return self.run(plans)[1].passed
+
+    def result(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
+        """The model and verification of ``plans``: remembered if it was the last set to pass, else run."""
+        key = [id(p) for p in plans]
+        if self.passed is None or self.passed[0] != key:
+            return self.run(plans)
+        if self.staged is not None and self.written != key:
+            self.staged.write(self.passed[1])
+        return self.passed[1], self.passed[2]
+
+
+def _record_revert(revert: Revert, owners: dict[tuple, Context]) -> None:
+    """Mark a reverted plan in the report; its exact fallback, if kept, gets its record beside it."""
+    plan, record = revert.plan, revert.plan.record
+    record.status, record.reason = "reverted", revert.reason
+    if revert.replacement is not None:
+        record.reason += "; kept the exact fold instead"
+        records = owners[plan.graph].records
+        records.insert(next(i for i, r in enumerate(records) if r is record) + 1, revert.replacement.record)
+
+
 def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Options,
                        staged: StagedOutput | None) -> tuple[onnx.ModelProto, Verification]:
-    """Apply every plan, then revert the worst folds one by one until the outputs match.
+    """Keep the plans whose own error passes and with which the whole model passes.
 
-    A truncated plan is reverted to its exact fold (its fallback); an exact fold to the original nodes.
-    With ``staged``, each candidate is written there and onnxruntime reads it from disk.
+    A plan whose own error fails is reverted first, in any graph (a truncated plan to its exact fold
+    if that passes); with metric top1 only in subgraphs, as the metric judges main-graph folds.
+    If the model then fails, the worst plans are reverted as a group found by
+    bisection (see acceptance.accept). With ``staged``, candidates are written there and onnxruntime
+    reads them from disk.
     """
     model = source.model
     plans = [p for ctx in contexts for p in ctx.plans]
-    feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n)
+    feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
+                              options.max_verify_memory)
     every = [q for p in plans for q in (p, p.fallback) if q is not None]
     owners = {ctx.path: ctx for ctx in contexts}
     views = {path: ctx.view for path, ctx in owners.items()}
     expected = _measure_folds(source, views, every, feeds, options)
-    accepted = list(plans)
-    local_failures = [p for p in accepted if p.record.error is not None and not p.record.error.passed]
-    while True:
-        candidate = apply_plans(model, accepted)
-        if staged is not None:
-            runnable = ModelSource(candidate, None, staged.write(candidate))
-        else:
-            runnable = ModelSource(candidate, source.base_dir)
-        actual = run(runnable, feeds, "optimized model")
-        verification = compare_outputs(expected, actual, options.atol, options.rtol, where, options.metric,
-                                       options.min_agreement)
-        if verification.passed or not accepted:
-            return candidate, verification
-        if len(local_failures) > BULK_REVERT:
-            to_revert, local_failures = local_failures, []
-        else:
-            to_revert = [max(accepted, key=_badness)]
-        for plan in to_revert:
-            position = next(i for i, p in enumerate(accepted) if p is plan)
-            plan.record.status = "reverted"
-            err = plan.record.error
-            plan.record.reason = (f"the model fails verification with this fold; its own max abs error is "
-                                  f"{err.max_abs:.2e} (needs atol {err.required_atol:.1e})")
-            if plan.fallback is None:
-                accepted.pop(position)
-                continue
-            accepted[position] = plan.fallback
-            plan.record.reason += "; kept the exact fold instead"
-            records = owners[plan.graph].records
-            records.insert(next(i for i, r in enumerate(records) if r is plan.record) + 1, plan.fallback.record)
+    trials = _Trials(source, feeds, expected, where, options, staged)
+    accepted, reverts = without_local_failures(plans, exempt_main_graph=options.metric != "allclose")
+    if accepted and not trials.passes(accepted):
+        accepted, more = accept(accepted, trials.passes)
+        reverts += more
+    for revert in reverts:
+        _record_revert(revert, owners)
+    return trials.result(accepted)
 
 
+def _warnings_as_notes(func):
+    """``func`` with the Python warnings raised inside (by onnx, numpy) added as notes to the report it
+    returns, instead of printed on stderr."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = func(*args, **kwargs)
+        report = result.report if isinstance(result, Analysis) else result[1]
+        report.notes += [f"warning: {text}" for text in dict.fromkeys(" ".join(str(w.message).split()) for w in caught)]
+        return result
+
+    return wrapper
+
+
+@_warnings_as_notes
 def optimize(
     model_or_path: onnx.ModelProto | str | os.PathLike,
     options: Options | None = None,
@@ -260,6 +307,7 @@ class Analysis:
     tradeoff: list[tuple[float, float, float]]
 
 
+@_warnings_as_notes
 def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
             spectrum: bool = False, **overrides) -> Analysis:
     """Every chain found, with predicted savings and why each would or would not fold; nothing is run.

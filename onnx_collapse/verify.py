@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from .errors import CollapseError
+from .graph import infer_shapes
 from .io import PROTOBUF_LIMIT, ModelSource, open_model, pause_point, scratch_dir, uses_external, write_model
 from .options import DEFAULTS, Options
 from .report import ErrorStats, Verification
@@ -69,63 +72,103 @@ def _input_shape(info: onnx.ValueInfoProto, given: Mapping[str, tuple[int, ...]]
     return tuple(d.dim_value if d.HasField("dim_value") else DEFAULT_DIM for d in dims)
 
 
-def random_feeds(
-    model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], seed: int, count: int
-) -> list[dict[str, np.ndarray]]:
-    """``count`` seeded input sets; dynamic dims from ``shapes`` or DEFAULT_DIM."""
+def planned_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, np.dtype, tuple]]:
+    """(name, dtype, shape) of each input that random inputs would have; dynamic dims from ``shapes`` or
+    DEFAULT_DIM. CollapseError for names, ranks, dims or types that cannot be generated."""
     inputs = graph_inputs(model)
     known = {i.name for i in inputs}
     for name in shapes:
         if name not in known:
             raise CollapseError(f"--input-shape names {name!r}, which is not a model input "
                                 f"(inputs: {', '.join(sorted(known)) or 'none'})")
+    planned = []
+    for info in inputs:
+        if not info.type.HasField("tensor_type"):
+            raise CollapseError(f"input {info.name!r} is not a tensor; verification cannot make values "
+                                "for it (use --no-verify)")
+        elem = info.type.tensor_type.elem_type
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+        except (KeyError, TypeError, ValueError):
+            raise CollapseError(f"input {info.name!r} has element type {elem}, which verification cannot "
+                                "generate (use --inputs or --no-verify)") from None
+        if dtype.kind not in "fiub":
+            raise CollapseError(f"input {info.name!r} of dtype {dtype} cannot be generated; use --inputs")
+        planned.append((info.name, dtype, _input_shape(info, shapes)))
+    return planned
+
+
+def random_feeds(
+    model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], seed: int, count: int
+) -> list[dict[str, np.ndarray]]:
+    """``count`` seeded input sets; dynamic dims from ``shapes`` or DEFAULT_DIM."""
+    planned = planned_inputs(model, shapes)
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(count):
         feed = {}
-        for info in inputs:
-            if not info.type.HasField("tensor_type"):
-                raise CollapseError(f"input {info.name!r} is not a tensor; verification cannot make values "
-                                    "for it (use --no-verify)")
-            elem = info.type.tensor_type.elem_type
-            try:
-                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
-            except (KeyError, TypeError, ValueError):
-                raise CollapseError(f"input {info.name!r} has element type {elem}, which verification cannot "
-                                    "generate (use --inputs or --no-verify)") from None
-            shape = _input_shape(info, shapes)
+        for name, dtype, shape in planned:
             if dtype.kind == "f":
-                value = rng.standard_normal(shape).astype(dtype)
+                feed[name] = rng.standard_normal(shape).astype(dtype)
             elif dtype.kind in "iu":
-                value = rng.integers(0, 4, size=shape).astype(dtype)
-            elif dtype.kind == "b":
-                value = rng.integers(0, 2, size=shape).astype(bool)
+                feed[name] = rng.integers(0, 4, size=shape).astype(dtype)
             else:
-                raise CollapseError(f"input {info.name!r} of dtype {dtype} cannot be generated; use --inputs")
-            feed[info.name] = value
+                feed[name] = rng.integers(0, 2, size=shape).astype(bool)
         feeds.append(feed)
     return feeds
 
 
-def file_feeds(model: onnx.ModelProto, path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
-    """One input set from an .npz file with an array per model input."""
+def file_feeds(model: onnx.ModelProto, path: str | os.PathLike) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """One input set from an .npz file with an array per model input, and notes on the casts made."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError) as exc:
         raise CollapseError(f"--inputs {str(path)!r}: cannot read as .npz ({_one_line(exc)})") from None
-    return [_checked_feed(model, arrays, f"--inputs {str(path)!r}")]
+    feed, notes = _checked_feed(model, arrays, f"--inputs {str(path)!r}")
+    return [feed], notes
 
 
-def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
-    names = {i.name for i in graph_inputs(model)}
+def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray],
+                  what: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``arrays`` checked against the model's inputs (names, then dtypes: cast when no value changes
+    range), and a note per cast."""
+    inputs = graph_inputs(model)
+    names = {i.name for i in inputs}
     missing = sorted(names - set(arrays))
     if missing:
-        raise CollapseError(f"{what} has no array for input {missing[0]!r}")
+        raise CollapseError(f"{what} has no array for input {missing[0]!r} (it has {', '.join(sorted(arrays)) or 'none'}"
+                            f"; the model expects {', '.join(sorted(names))}); save one array per input by name, "
+                            f"e.g. np.savez(path, {missing[0]}=...)")
     extra = sorted(set(arrays) - names)
     if extra:
         raise CollapseError(f"{what} has array {extra[0]!r}, which is not a model input")
-    return arrays
+    feed, notes = dict(arrays), []
+    for info in inputs:
+        elem = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+        except (KeyError, TypeError, ValueError):
+            continue
+        array = np.asarray(arrays[info.name])
+        if array.dtype != dtype:
+            feed[info.name] = _cast_input(info.name, array, dtype, what)
+            notes.append(f"{info.name} cast from {array.dtype} to {dtype}")
+    return feed, notes
+
+
+def _cast_input(name: str, array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """``array`` as ``dtype``: floats when no finite value overflows, others when every value round-trips."""
+    with np.errstate(all="ignore"):
+        cast = array.astype(dtype)
+        if array.dtype.kind == dtype.kind == "f":
+            fits = bool(np.array_equal(np.isfinite(cast), np.isfinite(array)))
+        else:
+            fits = array.dtype.kind in "biuf" and bool(np.array_equal(cast.astype(array.dtype), array))
+    if not fits:
+        raise CollapseError(f"{what}: array {name!r} is {array.dtype}, but the model's input is {dtype} and its "
+                            f"values do not fit; save it as {dtype}, e.g. np.savez(path, {name}=a.astype('{dtype}'))")
+    return cast
 
 
 def session(source: ModelSource, what: str) -> ort.InferenceSession:
@@ -257,19 +300,138 @@ def compare_outputs(
 
 def make_feeds(
     model: onnx.ModelProto, inputs: str | os.PathLike | Mapping[str, np.ndarray] | None,
-    shapes: Mapping[str, tuple[int, ...]], seed: int, count: int,
+    shapes: Mapping[str, tuple[int, ...]], seed: int, count: int, max_memory: int | None = None,
 ) -> tuple[list[dict[str, np.ndarray]], str]:
     """Input sets from a file, from arrays the caller gave, or from a seeded generator; and a phrase
-    saying which."""
+    saying which (and what was cast).
+
+    Refuses inputs with no elements (nothing would be compared) and runs whose estimated memory exceeds
+    ``max_memory`` (default: half the available memory), before generating anything.
+    """
     if inputs is None:
+        planned = planned_inputs(model, shapes)
+        _refuse_empty((name, shape) for name, _, shape in planned)
+        check_memory(model, planned, count, max_memory)
         defaulted = [f"{i.name}[{k}]" for i in graph_inputs(model) if i.name not in shapes
-                     and i.type.HasField("tensor_type")
                      for k, d in enumerate(i.type.tensor_type.shape.dim) if not d.HasField("dim_value")]
         note = f"; dynamic dims set to {DEFAULT_DIM}: {', '.join(defaulted)}" if defaulted else ""
         return random_feeds(model, shapes, seed, count), f"random inputs (seed {seed}{note})"
     if isinstance(inputs, Mapping):
-        return [_checked_feed(model, dict(inputs), "inputs")], "the given inputs"
-    return file_feeds(model, inputs), f"inputs from {Path(inputs).name}"
+        feed, notes = _checked_feed(model, dict(inputs), "inputs")
+        feeds, where = [feed], "the given inputs"
+    else:
+        feeds, notes = file_feeds(model, inputs)
+        where = f"inputs from {Path(inputs).name}"
+    _refuse_empty((name, np.shape(value)) for name, value in feeds[0].items())
+    check_memory(model, [(n, np.asarray(v).dtype, np.shape(v)) for n, v in feeds[0].items()], 1, max_memory)
+    return feeds, where + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _refuse_empty(shapes: Iterable[tuple[str, tuple[int, ...]]]) -> None:
+    """CollapseError for an input with no elements: verification would compare nothing and pass."""
+    for name, shape in shapes:
+        if 0 in tuple(shape):
+            raise CollapseError(f"input {name!r} has no elements (shape {_dims(shape)}), so verification would "
+                                "compare nothing; give it a non-empty shape (--input-shape) or other data (--inputs)")
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _size_text(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+_SIZE_TEXT = re.compile(r"^(?P<number>\d+(\.\d+)?)\s*(?P<unit>[KMGT]?)i?B?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"512M"`` -> 536870912: bytes, with an optional K, M, G or T (powers of 1024); CollapseError on bad text."""
+    match = _SIZE_TEXT.match(text.strip())
+    if not match:
+        raise CollapseError(f"bad size {text!r}: expected a number of bytes with an optional K, M, G or T, "
+                            "such as 8G")
+    return int(float(match["number"]) * 1024 ** " KMGT".index(match["unit"].upper() or " "))
+
+
+def available_memory() -> int | None:
+    """Memory available to new allocations now (MemAvailable, else free pages); None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _nbytes(shape: Sequence[int], itemsize: int) -> int:
+    return math.prod(int(d) for d in shape) * itemsize
+
+
+@contextlib.contextmanager
+def _inputs_declared_as(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> Iterator[None]:
+    """Temporarily declare the model's inputs with the concrete ``shapes`` (restored on exit)."""
+    saved = {}
+    for info in model.graph.input:
+        if info.name in shapes and info.type.HasField("tensor_type"):
+            saved[info.name] = onnx.ValueInfoProto()
+            saved[info.name].CopyFrom(info)
+            shape = info.type.tensor_type.shape
+            shape.Clear()
+            for d in shapes[info.name]:
+                shape.dim.add(dim_value=int(d))
+    try:
+        yield
+    finally:
+        for info in model.graph.input:
+            if info.name in saved:
+                info.CopyFrom(saved[info.name])
+
+
+def verification_bytes(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, Sequence[int]]],
+                       count: int) -> int:
+    """A conservative estimate of the memory verification needs: ``count`` input sets, and per set every
+    main-graph tensor whose shape inference finds from the inputs' shapes (kept once per set for the
+    comparisons, plus once for the run in progress), at the inputs' largest item size."""
+    inputs = sum(_nbytes(shape, np.dtype(dtype).itemsize) for _, dtype, shape in planned)
+    itemsize = max((np.dtype(dtype).itemsize for _, dtype, _ in planned), default=4)
+    shapes = {name: shape for name, _, shape in planned}
+    with _inputs_declared_as(model, shapes):
+        inferred = infer_shapes(model)
+    stored = {t.name for t in model.graph.initializer} | set(shapes)
+    values = sum(_nbytes(dims, itemsize) for name, dims in inferred.items()
+                 if name not in stored and dims and None not in dims)
+    return count * (inputs + values) + values
+
+
+def check_memory(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, Sequence[int]]], count: int,
+                 limit: int | None = None) -> None:
+    """CollapseError, naming the largest input, if verification would need more than ``limit`` bytes
+    (default: half the available memory; no check when that is unknown)."""
+    why = "--max-verify-memory"
+    if limit is None:
+        available = available_memory()
+        if available is None:
+            return
+        limit, why = available // 2, "half the available memory"
+    need = verification_bytes(model, planned, count)
+    if need <= limit:
+        return
+    name, dtype, shape = max(planned, key=lambda p: _nbytes(p[2], np.dtype(p[1]).itemsize))
+    raise CollapseError(f"verification would need about {_size_text(need)} of memory ({count} set(s) of input "
+                        f"{name!r} of shape {_dims(shape)} {np.dtype(dtype).name} and the tensors computed from "
+                        f"them), over the limit of {_size_text(limit)} ({why}); set smaller dims with --input-shape, "
+                        "give real data with --inputs, or raise --max-verify-memory")
 
 
 def verify(
@@ -277,12 +439,15 @@ def verify(
     inputs: str | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     seed: int = DEFAULTS.seed, check_n: int = DEFAULTS.check_n, atol: float | None = None,
     rtol: float | None = None, metric: str = DEFAULTS.metric, min_agreement: float = DEFAULTS.min_agreement,
+    max_memory: int | None = DEFAULTS.max_verify_memory,
 ) -> Verification:
     """Run both models (paths or ModelProtos) in onnxruntime on the same inputs and compare every output
-    of ``reference``. Bad values raise CollapseError naming the keyword (checked as in ``Options``)."""
-    Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
+    of ``reference`` (``max_memory``: see ``make_feeds``). Bad values raise CollapseError naming the
+    keyword (checked as in ``Options``)."""
+    Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
+            max_verify_memory=max_memory)
     ref, cand = open_model(reference), open_model(candidate)
-    feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n)
+    feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n, max_memory)
     expected = run(ref, feeds, "original model")
     actual = run(cand, feeds, "optimized model")
     return compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement)
@@ -329,12 +494,27 @@ def local_errors(
     """Each fold's own error, measured in onnxruntime at the folded chain's output.
 
     ``folds`` holds (input, output, new nodes, new initializers, elem type) per fold; ``captured`` the
-    original model's values of every fold's input and output (see ``capture``). Each fold's new nodes
-    run alone on the captured inputs and are compared with the captured outputs.
+    original model's values of every fold's input and output (see ``capture``). All folds' new nodes run
+    side by side in one model (one session), each on its own copy of its captured input, and each output
+    is compared with the captured one.
     """
-    stats = []
-    for x, y, nodes, inits, elem_type in folds:
-        single = chain_model(x, y, nodes, inits, elem_type, opset_imports, ir_version)
-        got = run(ModelSource(single), [{x: c[x]} for c in captured], "folded chain")
-        stats.append(compare(y, [c[y] for c in captured], [g[y] for g in got], atol, rtol))
-    return stats
+    if not folds:
+        return []
+    nodes, inits, inputs, outputs = [], [], [], []
+    for j, (x, y, fold_nodes, fold_inits, elem_type) in enumerate(folds):
+        names = {x: f"onnx_collapse_fold_in_{j}", y: f"onnx_collapse_fold_out_{j}"}
+        for node in fold_nodes:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.input[:] = [names.get(n, n) for n in node.input]
+            copy.output[:] = [names.get(n, n) for n in node.output]
+            nodes.append(copy)
+        inits += fold_inits
+        inputs.append(helper.make_tensor_value_info(names[x], elem_type, None))
+        outputs.append(helper.make_tensor_value_info(names[y], elem_type, None))
+    model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs, inits),
+                              opset_imports=list(opset_imports), ir_version=ir_version)
+    feeds = [{f"onnx_collapse_fold_in_{j}": c[fold[0]] for j, fold in enumerate(folds)} for c in captured]
+    got = run(ModelSource(model), feeds, "folded chains")
+    return [compare(y, [c[y] for c in captured], [g[f"onnx_collapse_fold_out_{j}"] for g in got], atol, rtol)
+            for j, (_, y, *_) in enumerate(folds)]

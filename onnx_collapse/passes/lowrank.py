@@ -109,6 +109,10 @@ class LowRank:
             targets += found
             spectra += found_spectra
         main = contexts[0]
+        if not targets:
+            main.notes.append("no low-rank target: no " + ("linear layer" if opts.low_rank == "all" else
+                                                          "folded chain") + " to truncate")
+            return
         if opts.rank_budget is not None:
             chosen = allocate.ALLOCATORS[opts.allocator](spectra, opts.rank_budget, opts.budget_metric)
             dense = sum(s.dense.params for s in spectra)
