@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from conftest import MODELS
 
-from onnx_collapse import optimize
+from onnx_collapse import analyze, optimize
 
 # model -> (folded chains, form of each fold)
 FOLDS = {
@@ -20,6 +20,27 @@ FOLDS = {
     "leaky_099": [],  # 0.99 is within --slope-tol but breaks the default float32 tolerance: reverted
     "no_fold_slope_05": [],
     "no_fold_shared": [],
+    # issue 10: what real exporters and pipelines produce (models/export.py, both exporters, onnxsim)
+    "encoder_dynamo": ["dense"] * 3,  # LayerScale Mul after each block absorbed
+    "encoder_torchscript": ["dense"] * 3,  # slopes shared through Identity nodes
+    "encoder_dynamo_onnxsim": ["dense"] * 3,  # Reshape -> Gemm -> Reshape sandwiches
+    "bn_mlp_dynamo": ["dense"],  # the exporter already merged the BatchNorm
+    "bn_mlp_torchscript": ["dense"],  # BatchNormalization between the layers
+    "bn_around_dynamo": ["dense"],
+    "bn_around_torchscript": ["dense"],  # BatchNormalization before the first and after the last layer
+    "flatten_mlp_dynamo": ["dense"],
+    "flatten_mlp_torchscript": ["dense"],  # Flatten between the layers
+}
+
+# model -> op types that must be gone after the fold (all the torch model's chains folded)
+GONE = {
+    "encoder_dynamo": {"PRelu", "Mul"},
+    "encoder_torchscript": {"PRelu", "Mul", "Identity"},
+    "encoder_dynamo_onnxsim": {"PRelu", "Mul"},
+    "bn_mlp_torchscript": {"BatchNormalization", "PRelu"},
+    "bn_around_dynamo": {"BatchNormalization", "PRelu"},
+    "bn_around_torchscript": {"BatchNormalization", "PRelu"},
+    "flatten_mlp_torchscript": {"Flatten", "PRelu"},
 }
 
 
@@ -62,6 +83,8 @@ def test_shipped_model(name):
     else:
         assert out.SerializeToString() == original.SerializeToString()
 
+    assert not GONE.get(name, set()) & {n.op_type for n in out.graph.node}
+
     # the interface is kept: names, dtypes, shapes, opset, metadata
     assert [(i.name, i.type) for i in out.graph.input] == [(i.name, i.type) for i in original.graph.input]
     assert [(o.name, o.type) for o in out.graph.output] == [(o.name, o.type) for o in original.graph.output]
@@ -72,6 +95,27 @@ def test_shipped_model(name):
     feed = _feed(original)
     for a, b in zip(_run(original, feed), _run(out, feed)):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(FOLDS))
+def test_analyze_predicts_the_parameters_optimize_measures(name):
+    predicted = analyze(MODELS / f"{name}.onnx").report.after
+    _, report = optimize(MODELS / f"{name}.onnx")
+    if all(f.status != "reverted" for f in report.folds):
+        assert (predicted.params, predicted.linear_macs) == (report.after.params, report.after.linear_macs)
+
+
+@pytest.mark.parametrize("base", ["encoder", "bn_mlp", "bn_around", "flatten_mlp"])
+def test_both_exporters_fold_to_the_same_parameters(base):
+    counts = {optimize(MODELS / f"{base}_{exporter}.onnx")[1].after.params for exporter in ("dynamo", "torchscript")}
+    if base == "encoder":
+        counts.add(optimize(MODELS / "encoder_dynamo_onnxsim.onnx")[1].after.params)
+    assert len(counts) == 1
+
+
+def test_dynamo_exports_are_labelled_by_module_path():
+    _, report = optimize(MODELS / "encoder_dynamo.onnx")
+    assert [f.layers for f in report.folds] == [[f"{k}.fc1", f"{k}.fc2"] for k in range(3)]
 
 
 def test_near_one_slope_is_reverted_with_its_measured_error():
