@@ -10,13 +10,17 @@ with ``@register_layer`` / ``@register_link``; ``kinds/__init__.py`` imports it 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import linalg
 from ..emit import Emission
 from ..graph import GraphView, is_default_domain
 from ..linalg import Affine
+
+EmissionFor = Callable[[bool, int], Emission]  # (has a bias, number of matrices) -> how to write them
 
 
 @dataclass(frozen=True)
@@ -41,20 +45,29 @@ class Layer:
     transposed: bool = False
     alpha: float = 1.0
     beta: float = 1.0
+    kernel: tuple[int, ...] = ()  # a convolution's kernel shape (n_in, n_out are then its channels)
+    geometry: tuple = ()  # kind-specific layout (a convolution's strides, pads, dilations)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.n_in, self.n_out
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per output row (linear) or output position (convolution)."""
+        return self.n_in * self.n_out * int(np.prod(self.kernel, dtype=np.int64))
 
     def affine(self, view: GraphView) -> Affine:
         return self.kind.affine(self, view)
 
 
 class LayerKind(ABC):
-    """Recognises one kind of linear layer; see the module docstring."""
+    """Recognises one kind of linear layer; see the module docstring. ``axis`` is where its features
+    are (-1: the last axis, fully connected; 1: channels, convolutions); chains join layers of one axis."""
 
     name: str
     op_types: tuple[str, ...]
+    axis: int = -1
 
     @abstractmethod
     def match(self, view: GraphView, i: int) -> Layer | str:
@@ -69,6 +82,25 @@ class LayerKind(ABC):
             b = np.broadcast_to(raw.reshape(-1).astype(np.float64), (layer.n_out,)) * layer.beta
         return Affine(w.T if layer.transposed else w, b, layer.alpha)
 
+    def fold_maps(self, view: GraphView, segment, prefix: str, opset: int) -> tuple[list[Affine], EmissionFor] | str:
+        """The segment (layers starting with one of this kind, links between and around them) as matrices
+        to multiply in order, and how to write the product (given whether it has a bias and how many
+        matrices it keeps); or why it cannot be one layer.
+
+        Fully connected layers: each layer's map, affine links multiplied into the layer after them (links
+        after the last layer into it), written as the first layer's kind writes layers."""
+        affines = []
+        for gap, layer in zip([segment.lead, *segment.links], segment.layers):
+            affine = layer.affine(view)
+            elementwise = linalg.combine_elementwise((link.scale, link.shift) for link in gap)
+            affines.append(affine if elementwise is None else linalg.elementwise_then(*elementwise, affine))
+        trailing = linalg.combine_elementwise((link.scale, link.shift) for link in segment.trail)
+        if trailing is not None:
+            affines[-1] = linalg.then_elementwise(affines[-1], *trailing)
+        head, bias_rank = segment.layers[0], max(layer.bias_rank for layer in segment.layers)
+        return affines, lambda has_bias, n_matrices: self.emission(head, prefix, opset, bias_rank, has_bias,
+                                                                   n_matrices)
+
     @abstractmethod
     def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,
                  n_matrices: int) -> Emission:
@@ -78,16 +110,39 @@ class LayerKind(ABC):
 
 @dataclass(frozen=True)
 class Site:
-    """Where a link reads the features: tensor ``data`` with ``width`` features on its last axis and static
-    ``shape`` where known (None; dynamic dims None)."""
+    """Where a link reads the features: tensor ``data`` with ``width`` features on ``axis`` (-1: the last,
+    1: channels) and static ``shape`` where known (None; dynamic dims None)."""
 
     data: str
     width: int
     shape: tuple[int | None, ...] | None = None
+    axis: int = -1
 
     @property
     def rank(self) -> int | None:
         return None if self.shape is None else len(self.shape)
+
+    def keeps_shape(self, shape: tuple[int, ...]) -> bool:
+        """True when a constant of ``shape`` broadcast against the data cannot change the data's shape."""
+        if self.shape is None:  # rank unknown: only what broadcasts against any rank >= 1 without growing
+            ones = all(d == 1 for d in shape)
+            return ones if self.axis != -1 else len(shape) <= 1 and (not shape or shape[-1] in (1, self.width))
+        if len(shape) > len(self.shape):
+            return False
+        return all(s == 1 or s == d for s, d in zip(reversed(shape), reversed(self.shape)))
+
+    def per_feature(self, shape: tuple[int, ...]) -> bool:
+        """True when a constant of ``shape`` varies along the features only (and keeps the data's shape)."""
+        if not self.keeps_shape(shape):
+            return False
+        if all(d == 1 for d in shape):
+            return True
+        if self.axis == -1:
+            return shape[-1] == self.width and all(d == 1 for d in shape[:-1])
+        if self.shape is None:
+            return False
+        at = len(shape) - (len(self.shape) - self.axis)  # the feature axis, right-aligned into ``shape``
+        return 0 <= at < len(shape) and all(d == 1 for k, d in enumerate(shape) if k != at)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,18 @@ def _describe(view: GraphView, node) -> str:
     return f"{view.label(i) if i is not None else node.name!r} ({node.op})"
 
 
+def feature_site(view: GraphView, tensor: str, width: int, rank: int | None, axis: int) -> Site:
+    """The features in ``tensor``: static shape from inference, else its rank with ``width`` on ``axis``."""
+    shape = view.shapes.get(tensor)
+    if shape is None and rank is not None:
+        shape = [None] * rank
+        shape[axis] = width
+    return Site(tensor, width, None if shape is None else tuple(shape), axis)
+
+
 def output_site(view: GraphView, layer: Layer) -> Site:
-    """The features a layer writes: its width and static shape (2-D when its input is)."""
-    shape = view.shapes.get(layer.output)
-    if shape is None and layer.input_rank == 2:
-        shape = [None, layer.n_out]
-    return Site(layer.output, layer.n_out, None if shape is None else tuple(shape))
+    """The features a layer writes (a layer's output has the rank of its input)."""
+    return feature_site(view, layer.output, layer.n_out, layer.input_rank, layer.kind.axis)
 
 
 def next_site(view: GraphView, site: Site, link: Link) -> Site:
@@ -34,7 +40,7 @@ def next_site(view: GraphView, site: Site, link: Link) -> Site:
     shape = view.shapes.get(tensor)
     if shape is None:
         shape = link.reshapes_to if link.reshapes_to is not None else site.shape
-    return Site(tensor, site.width, None if shape is None else tuple(shape))
+    return Site(tensor, site.width, None if shape is None else tuple(shape), site.axis)
 
 
 def why_not_read_by_one(view: GraphView, tensor: str) -> str:
@@ -61,6 +67,8 @@ def follow(view: GraphView, layer: Layer, starts: dict[str, Layer]) -> tuple[tup
         if following is not None and following.nodes[0] == nxt:
             if following.dtype != layer.dtype:
                 return f"{view.label(nxt)} ({view.nodes[nxt].op}) has another dtype"
+            if following.kind.axis != layer.kind.axis:
+                return f"{view.label(nxt)} ({view.nodes[nxt].op}) reads its features on another axis"
             return tuple(links), following
         node = view.nodes[nxt]
         kind = link_kind_for(node)
@@ -97,8 +105,7 @@ def leading_links(view: GraphView, head: Layer, claimed: set[int]) -> tuple[tupl
         data = [t.name for t in producer.inputs if t.name and not view.is_constant(t.name)]
         if len(data) != 1:
             break
-        shape = view.shapes.get(data[0]) or ((None, head.n_in) if head.input_rank == 2 else None)
-        link = _edge_link(view, i, Site(data[0], head.n_in, None if shape is None else tuple(shape)))
+        link = _edge_link(view, i, feature_site(view, data[0], head.n_in, head.input_rank, head.kind.axis))
         if link is None:
             break
         found.insert(0, (link, data[0]))

@@ -52,21 +52,6 @@ def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
     return form, split
 
 
-def segment_affines(view, seg: Segment) -> list[linalg.Affine]:
-    """The segment's layers as affine maps, each affine link multiplied into the layer after it (links
-    after the last layer into that layer)."""
-    affines = []
-    gaps = [seg.lead, *seg.links]
-    for gap, layer in zip(gaps, seg.layers):
-        affine = layer.affine(view)
-        elementwise = linalg.combine_elementwise((link.scale, link.shift) for link in gap)
-        affines.append(affine if elementwise is None else linalg.elementwise_then(*elementwise, affine))
-    trailing = linalg.combine_elementwise((link.scale, link.shift) for link in seg.trail)
-    if trailing is not None:
-        affines[-1] = linalg.then_elementwise(affines[-1], *trailing)
-    return affines
-
-
 def shape_nodes(ctx: Context, links, x: str, y: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Copies of the shape-op ``links`` applied in order from ``x`` to ``y`` (the fold is per row, so the
     shape ops around it move outside it); their constant inputs are copied too, so the nodes stand alone."""
@@ -107,7 +92,13 @@ class PlanFolds:
         if ctx.opset < MIN_OPSET:
             record.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"
             return None
-        form, exact = cheapest_form(segment_affines(view, seg))
+        head = seg.layers[0]
+        maps = head.kind.fold_maps(view, seg, view.label(head.nodes[0]) + "/collapsed", ctx.opset)
+        if isinstance(maps, str):
+            record.reason = maps
+            return None
+        affines, emission_for = maps
+        form, exact = cheapest_form(affines)
         record.form, record.rank = form.name, form.rank
         record.params_after, record.macs_after = form.params, form.macs
         if form.params >= record.params_before or form.macs > record.macs_before:
@@ -116,10 +107,7 @@ class PlanFolds:
                              f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
                              f"vs {record.params_before:,} in the chain")
             return None
-        head = seg.layers[0]
-        emission = head.kind.emission(head, view.label(head.nodes[0]) + "/collapsed", ctx.opset,
-                                      max(layer.bias_rank for layer in seg.layers), exact.bias is not None,
-                                      len(form.matrices))
+        emission = emission_for(exact.bias is not None, len(form.matrices))
         prologue = [link for link in seg.lead if link.reshapes_to is not None]
         epilogue = [link for link in seg.trail if link.reshapes_to is not None]
         x = ctx.fresh_name(f"{emission.prefix}.in") if prologue else seg.input

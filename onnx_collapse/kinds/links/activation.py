@@ -1,7 +1,7 @@
 """Link kind: ``PRelu`` with a constant slope and ``LeakyRelu``; the identity when every slope is 1.
 
-PRelu slopes arrive as [C], [1,C], [1], [1,1], [1,1,C], or torch's [C,1] on 3-D inputs (channel on axis 1);
-a slope is accepted only where broadcasting it cannot change the data's shape.
+PRelu slopes arrive as [C], [1,C], [1], [1,1], [1,1,C], torch's [C,1] on 3-D inputs (channel on axis 1), or
+[C,1,1] after a convolution; a slope is accepted only where broadcasting it cannot change the data's shape.
 """
 
 from __future__ import annotations
@@ -10,23 +10,6 @@ import numpy as np
 
 from ...graph import GraphView, attribute
 from ..base import Link, LinkKind, Site, register_link
-
-
-def slope_keeps_shape(slope_shape: tuple[int, ...], data_shape: tuple[int | None, ...] | None, n_out: int) -> bool:
-    """True when broadcasting a PRelu slope against the data cannot change the data's shape.
-
-    ``data_shape`` comes from shape inference (None if unknown); its last dim is ``n_out``.
-    """
-    if data_shape is None:
-        # rank unknown: only a scalar-like or last-axis slope of rank <= 1 is safe for any rank >= 1
-        return len(slope_shape) <= 1 and (not slope_shape or slope_shape[-1] in (1, n_out))
-    if len(slope_shape) > len(data_shape):
-        return False
-    dims = list(data_shape[:-1]) + [n_out]
-    for s, d in zip(reversed(slope_shape), reversed(dims)):
-        if s != 1 and s != d:
-            return False
-    return True
 
 
 @register_link
@@ -43,6 +26,6 @@ class NearIdentityActivation(LinkKind):
         slope = view.constant(node.inputs[1].name)
         if slope is None or slope.dtype.kind != "f":
             return "PRelu slope is not a constant"
-        if not slope_keeps_shape(slope.shape, site.shape, site.width):
+        if not site.keeps_shape(slope.shape):
             return f"PRelu slope of shape {list(slope.shape)} may broadcast the data to a new shape"
         return Link(self, i, slope.astype(np.float64))

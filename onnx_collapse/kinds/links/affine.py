@@ -1,5 +1,5 @@
 """Link kind: ``Mul``/``Div``/``Add``/``Sub`` of the features by a constant that varies along the feature
-axis only (LayerScale, scaling, shifts); the fold multiplies it into the next layer."""
+axis only (LayerScale, scaling, shifts; per channel after a convolution); the fold multiplies it in."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import numpy as np
 
 from ...graph import GraphView
 from ..base import Link, LinkKind, Site, register_link
-from .activation import slope_keeps_shape
 
 
 @register_link
@@ -27,8 +26,7 @@ class ElementwiseAffine(LinkKind):
         value = view.constant(other)
         if value is None or value.dtype.kind != "f":
             return f"{node.op} by a tensor that is not a float constant"
-        per_feature = not value.ndim or (value.shape[-1] in (1, site.width) and all(d == 1 for d in value.shape[:-1]))
-        if not per_feature or not slope_keeps_shape(value.shape, site.shape, site.width):
+        if not site.per_feature(value.shape):
             return f"{node.op} by a constant of shape {list(value.shape)} that does not act per feature"
         c = value.astype(np.float64).reshape(-1)
         if node.op == "Mul":

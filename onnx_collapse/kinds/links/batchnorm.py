@@ -1,5 +1,5 @@
-"""Link kind: inference ``BatchNormalization`` on 2-D features (channels on axis 1, the last axis), as
-TorchScript keeps ``BatchNorm1d`` after a Linear: ``x * gamma / sqrt(var + eps) + (beta - mean * that)``."""
+"""Link kind: inference ``BatchNormalization`` (channels on axis 1): after a convolution, or on 2-D features
+as TorchScript keeps ``BatchNorm1d`` after a Linear: ``x * gamma / sqrt(var + eps) + (beta - mean * that)``."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ class BatchNorm(LinkKind):
         node = view.nodes[i]
         if attribute(node, "training_mode", 0) or len([t for t in node.outputs if t.name]) > 1:
             return "BatchNormalization in training mode"
-        if site.rank != 2:
-            return "BatchNormalization on features of rank other than 2 (channels are not the last axis)"
+        if site.axis != 1 and site.rank != 2:
+            return "BatchNormalization over axis 1, which is not the feature axis here"
         names = [t.name for t in node.inputs[1:5]]
         values = [view.constant(n) for n in names]
         if len(values) != 4 or any(v is None or v.dtype.kind != "f" or v.size not in (1, site.width)

@@ -41,6 +41,8 @@ class ShapeOp(LinkKind):
 
     def match(self, view: GraphView, i: int, site: Site) -> Link | str:
         node = view.nodes[i]
+        if site.axis != -1:
+            return f"{node.op} of channel-first features"
         if node.inputs[0].name != site.data:
             return f"{node.op} reads the features as its shape"
         if node.op == "Reshape":

@@ -3,7 +3,7 @@ import pytest
 from builders import ActSpec, ChainSpec, LayerSpec, analysed, build, mlp
 
 from onnx_collapse import optimize
-from onnx_collapse.kinds.links.activation import slope_keeps_shape
+from onnx_collapse.kinds import Site
 
 
 @pytest.mark.parametrize("slope_shape,data_shape,ok", [
@@ -16,7 +16,16 @@ from onnx_collapse.kinds.links.activation import slope_keeps_shape
     ((1,), None, True),
 ])
 def test_slope_keeps_shape(slope_shape, data_shape, ok):
-    assert slope_keeps_shape(slope_shape, data_shape, 4) is ok
+    assert Site("h", 4, None if data_shape is None else tuple(data_shape)).keeps_shape(slope_shape) is ok
+
+
+@pytest.mark.parametrize("shape,axis,data,ok", [
+    ((4,), -1, (None, 4), True), ((1, 4), -1, (None, 3, 4), True), ((3, 1), -1, (None, 3, 4), False),
+    ((4, 1, 1), 1, (None, 4, 5, 5), True), ((1, 4, 1, 1), 1, (None, 4, 5, 5), True),
+    ((4,), 1, (None, 4, 5, 4), False), ((1,), 1, (None, 4, 5, 5), True), ((4, 1, 1), 1, None, False),
+])
+def test_per_feature_constants_follow_the_feature_axis(shape, axis, data, ok):
+    assert Site("h", 4, data, axis).per_feature(shape) is ok
 
 
 def test_leaky_relu_slope_is_its_alpha():

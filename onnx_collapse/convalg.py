@@ -1,0 +1,131 @@
+"""Pure numpy algebra of convolutions (groups = 1): composing two into one, and channel-wise affine maps.
+
+A convolution here is ``ConvMap``: weight (C_out, C_in, *kernel) in float64, bias (C_out,) or None, and
+its geometry (strides, begin+end pads, dilations), as ONNX's ``Conv`` computes it (cross-correlation over
+zero-padded input). Every function returns a map that computes exactly what the inputs computed, or says
+why no such map exists; nothing here knows about graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ConvMap:
+    """``y = conv(pad(x, pads), weight, strides, dilations) + bias`` with channels on axis 1."""
+
+    weight: np.ndarray  # (C_out, C_in, *kernel), float64
+    bias: np.ndarray | None
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]  # begin pads then end pads, as ONNX
+    dilations: tuple[int, ...]
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[2:])
+
+    @property
+    def spatial(self) -> int:
+        return len(self.kernel)
+
+    @property
+    def is_pointwise(self) -> bool:
+        """A 1x1 convolution with stride 1 and no padding: a per-position linear map of the channels."""
+        return all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides) and not any(self.pads)
+
+    def matrix(self) -> np.ndarray:
+        """The weight as a (C_in * prod(kernel), C_out) matrix (rows channel-major), ``x @ W`` convention."""
+        return self.weight.reshape(self.weight.shape[0], -1).T
+
+
+def from_matrix(matrix: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray:
+    """Inverse of ``ConvMap.matrix``: a (C_in * prod(kernel), C_out) matrix as a (C_out, C_in, *kernel) weight."""
+    c_out = matrix.shape[1]
+    return np.ascontiguousarray(matrix.T).reshape(c_out, -1, *kernel)
+
+
+def _padded(conv: ConvMap) -> bool:
+    return any(conv.pads)
+
+
+def scale_input(conv: ConvMap, scale: np.ndarray | float, shift: np.ndarray | float) -> ConvMap | str:
+    """``conv(x * scale + shift)`` per input channel, or why it is not one conv (a shift seen through padding)."""
+    c_in = conv.weight.shape[1]
+    s = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (c_in,))
+    t = np.broadcast_to(np.asarray(shift, np.float64).reshape(-1), (c_in,))
+    if np.any(t != 0) and _padded(conv):
+        return "a per-channel shift before a padded convolution (padding sees zeros, not the shift)"
+    weight = conv.weight * s.reshape(1, -1, *([1] * conv.spatial))
+    extra = np.einsum("oi...,i->o", conv.weight, t)
+    bias = extra if conv.bias is None else conv.bias + extra
+    return replace(conv, weight=weight, bias=bias)
+
+
+def scale_output(conv: ConvMap, scale: np.ndarray | float, shift: np.ndarray | float) -> ConvMap:
+    """``conv(x) * scale + shift`` per output channel."""
+    c_out = conv.weight.shape[0]
+    s = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (c_out,))
+    t = np.broadcast_to(np.asarray(shift, np.float64).reshape(-1), (c_out,))
+    weight = conv.weight * s.reshape(-1, *([1] * (conv.spatial + 1)))
+    bias = t.copy() if conv.bias is None else conv.bias * s + t
+    return replace(conv, weight=weight, bias=bias)
+
+
+def _full_correlation(w2: np.ndarray, w1: np.ndarray) -> np.ndarray:
+    """Kernel of conv(conv(x, w1), w2) at stride/dilation 1: (C_out, C_in, k1 + k2 - 1 per axis)."""
+    c_out, c_mid = w2.shape[:2]
+    c_in = w1.shape[1]
+    k1, k2 = w1.shape[2:], w2.shape[2:]
+    size = tuple(a + b - 1 for a, b in zip(k1, k2))
+    out = np.zeros((c_out, c_in, *size))
+    for offset in np.ndindex(*k2):
+        window = tuple(slice(o, o + k) for o, k in zip(offset, k1))
+        out[(slice(None), slice(None), *window)] += np.einsum("om,mi...->oi...", w2[(slice(None), slice(None), *offset)], w1)
+    return out
+
+
+def compose(first: ConvMap, second: ConvMap) -> ConvMap | str:
+    """One convolution computing ``second(first(x))``, or why there is none.
+
+    - kxk then pointwise (1x1, no padding; any stride): the first's geometry, strides multiplied;
+    - 1x1 (stride 1, no padding) then kxk: the second's geometry; the first's bias passes through the
+      second's kernel, which is exact only where the second has no padding or the bias is zero;
+    - kxk then kxk: one larger kernel (k1 + k2 - 1) when the first has stride and dilation 1 and the second
+      no padding and dilation 1.
+    """
+    spatial = first.spatial
+    b1 = first.bias
+    second_1x1 = all(k == 1 for k in second.kernel) and not _padded(second)
+    if second_1x1:
+        w2 = second.weight.reshape(second.weight.shape[:2])
+        weight = np.einsum("om,mi...->oi...", w2, first.weight)
+        bias = _bias_through(second, b1)
+        strides = tuple(a * b for a, b in zip(first.strides, second.strides))
+        return ConvMap(weight, bias, strides, first.pads, first.dilations)
+    if first.is_pointwise:
+        w1 = first.weight.reshape(first.weight.shape[:2])
+        if b1 is not None and np.any(b1 != 0) and _padded(second):
+            return "the first layer's bias would be seen through the second's zero padding"
+        weight = np.einsum("om...,mi->oi...", second.weight, w1)
+        return ConvMap(weight, _bias_through(second, b1), second.strides, second.pads, second.dilations)
+    if any(s != 1 for s in first.strides) or any(d != 1 for d in first.dilations + second.dilations):
+        return "merging two kxk convolutions needs stride and dilation 1 in the first, dilation 1 in the second"
+    if _padded(second):
+        return "the second convolution pads its input (the merged one would pad differently)"
+    weight = _full_correlation(second.weight, first.weight)
+    return ConvMap(weight, _bias_through(second, b1), second.strides, first.pads, (1,) * spatial)
+
+
+def _bias_through(second: ConvMap, b1: np.ndarray | None) -> np.ndarray | None:
+    """The second conv's bias plus the first's bias carried through the second's whole kernel."""
+    if b1 is None:
+        return second.bias
+    carried = np.einsum("om...,m->o", second.weight, b1)
+    return carried if second.bias is None else second.bias + carried
+
+
+def conv_params(c_out: int, c_in: int, kernel: tuple[int, ...], bias: bool) -> int:
+    return c_out * c_in * int(np.prod(kernel, dtype=np.int64)) + (c_out if bias else 0)
