@@ -59,7 +59,7 @@ def scale_input(conv: ConvMap, scale: np.ndarray | float, shift: np.ndarray | fl
     if np.any(t != 0) and _padded(conv):
         return "a per-channel shift before a padded convolution (padding sees zeros, not the shift)"
     weight = conv.weight * s.reshape(1, -1, *([1] * conv.spatial))
-    extra = np.einsum("oi...,i->o", conv.weight, t)
+    extra = np.einsum("oik,i->o", conv.weight.reshape(*conv.weight.shape[:2], -1), t)
     bias = extra if conv.bias is None else conv.bias + extra
     return replace(conv, weight=weight, bias=bias)
 
@@ -123,7 +123,7 @@ def _bias_through(second: ConvMap, b1: np.ndarray | None) -> np.ndarray | None:
     """The second conv's bias plus the first's bias carried through the second's whole kernel."""
     if b1 is None:
         return second.bias
-    carried = np.einsum("om...,m->o", second.weight, b1)
+    carried = np.einsum("omk,m->o", second.weight.reshape(*second.weight.shape[:2], -1), b1)
     return carried if second.bias is None else second.bias + carried
 
 

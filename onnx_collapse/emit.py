@@ -31,6 +31,10 @@ class Emission(ABC):
         """Nodes for ALDS's grouped factors (see ``grouped_nodes``)."""
         return grouped_nodes(fresh, self, x, y, blocks, second, bias, dtype)
 
+    def sample_shape(self, rows: int) -> list[int]:
+        """A small input shape this emission accepts, for a map with ``rows`` matrix rows (its features)."""
+        return [4] * ((self.input_rank or 2) - 1) + [rows]
+
     def const(self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], value: np.ndarray, what: str,
               dtype: np.dtype) -> str:
         """A new initializer holding ``value`` cast to ``dtype``; returns its name."""

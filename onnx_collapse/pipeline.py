@@ -89,7 +89,7 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
         stored = [*proto.initializer, *(a.t for n in proto.node if n.op_type == "Constant"
                                          for a in n.attribute if a.name == "value")]
         params += sum(weight_count(t) for t in stored)
-        macs += sum(layer.n_in * layer.n_out for layer in find_layers(view)[0])
+        macs += sum(layer.macs for layer in find_layers(view)[0])
     return ModelStats(dict(sorted(counts.items())), params, macs)
 
 
@@ -123,7 +123,7 @@ def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, o
     produced = {n for node in original for n in node.output}
     consts = sorted({n for node in original for n in node.input if n and n not in produced and view.is_constant(n)})
     elem, ir_version = _elem(plan), source.model.ir_version
-    x_shape = [4] * ((plan.emit.input_rank or 2) - 1) + [plan.exact.shape[0]]
+    x_shape = plan.emit.sample_shape(plan.exact.shape[0])
     reference = chain_model(plan.input, plan.output, original, [view.as_initializer(n) for n in consts], elem,
                             opsets, ir_version, x_shape)
     ref_source = ModelSource(reference, source.base_dir)

@@ -2,6 +2,7 @@
 # ruff: noqa: I001 - one registration line per kind, kept in this order
 
 from .base import LAYER_KINDS, LINK_KINDS, Layer, LayerKind, Link, LinkKind, Site, layer_kind_for, link_kind_for
+from .layers import conv  # noqa: F401
 from .layers import gemm  # noqa: F401
 from .layers import matmul  # noqa: F401
 from .links import activation  # noqa: F401

@@ -157,7 +157,7 @@ def chain_record(view: GraphView, segment: Segment, status: str, reason: str,
         status=status,
         reason=reason,
         params_before=stored_params(view, segment.node_positions(), counted),
-        macs_before=sum(layer.n_in * layer.n_out for layer in segment.layers),
+        macs_before=sum(layer.macs for layer in segment.layers),
     )
 
 
