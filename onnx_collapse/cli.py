@@ -200,8 +200,6 @@ def analyze(input_path, slope_tol, spectrum, low_rank, as_json) -> None:
         lines = [render_folds(report.folds)]
         if report.unfolded:
             lines += ["", render_unfolded(report.unfolded)]
-        if remarks:
-            lines += ["", "other layers:"] + [f"  {n}: {r}" for n, r in remarks]
         foldable = [f for f in report.folds if f.status == "foldable"]
         lines += ["", f"{len(foldable)} foldable chain(s): parameters {report.before.params:,} -> "
                       f"{report.after.params:,}; linear MACs/row {report.before.linear_macs:,} -> "

@@ -1,4 +1,5 @@
-"""Pass: for every layer that no plan folds, say why, naming the op that ended its chain."""
+"""Pass: for every layer that no plan folds, say why, naming the op that ended its chain; and for every
+node of a layer op that is not a layer it can fold (a grouped Conv, a Gemm with transA), why not."""
 
 from __future__ import annotations
 
@@ -21,3 +22,4 @@ class ExplainUnfolded:
                 label = ctx.view.label(layer.nodes[0])
                 reason = reasons.get(label) or ctx.stops.get(layer.nodes[0]) or "no layer follows it through links"
                 ctx.unfolded.append(Unfolded(label, reason))
+            ctx.unfolded += [Unfolded(label, reason) for label, reason in ctx.remarks]
