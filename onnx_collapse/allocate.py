@@ -89,15 +89,16 @@ def grouped_options(weight: np.ndarray, groups: int, metric: str, sigma_1: float
 
 
 def spectrum(name: str, weight: np.ndarray | linalg.Factored, metric: str = "spectral",
-             max_groups: int = 1) -> LayerSpectrum:
+             max_groups: int = 1, unit: int = 1) -> LayerSpectrum:
     """The storage options of ``weight`` (a matrix, or a Factored product): dense, factor pairs, and grouped
-    pairs with up to ``max_groups`` groups (divisors of n_in; these need the dense matrix)."""
+    pairs with up to ``max_groups`` groups of whole ``unit``-row blocks (a convolution's rows come in
+    blocks of its kernel size per input channel; these need the dense matrix)."""
     factored = weight if isinstance(weight, linalg.Factored) else linalg.Factored((np.asarray(weight),))
     n_in, n_out = factored.shape
     s = factored.svd()[1]
     options = factor_options(n_in, n_out, s, metric)
     sigma_1, norm_f = (float(s[0]) if s.size else 0.0), float(np.sqrt(np.sum(s**2)))
-    groupings = [k for k in range(2, max_groups + 1) if n_in % k == 0]
+    groupings = [k for k in range(2, max_groups + 1) if n_in % (k * unit) == 0]
     dense = factored.dense() if groupings else None
     for k in groupings:
         options += grouped_options(dense, k, metric, sigma_1, norm_f)

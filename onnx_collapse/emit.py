@@ -31,6 +31,11 @@ class Emission(ABC):
         """Nodes for ALDS's grouped factors (see ``grouped_nodes``)."""
         return grouped_nodes(fresh, self, x, y, blocks, second, bias, dtype)
 
+    @property
+    def group_unit(self) -> int:
+        """Matrix rows per input feature: grouped factors split the rows in whole units."""
+        return 1
+
     def sample_shape(self, rows: int) -> list[int]:
         """A small input shape this emission accepts, for a map with ``rows`` matrix rows (its features)."""
         return [4] * ((self.input_rank or 2) - 1) + [rows]

@@ -35,7 +35,7 @@ def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpe
     targets = _targets(ctx)
     spectra = [
         allocate.spectrum(" > ".join(t.record.layers), t.exact, ctx.options.error_metric,
-                          ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1)
+                          ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1, t.emit.group_unit)
         for t in targets
     ]
     return targets, spectra

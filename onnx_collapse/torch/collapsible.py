@@ -21,7 +21,21 @@ from torch import nn
 START_SLOPE = {nn.ReLU: 0.0, nn.ReLU6: 0.0, nn.Identity: 1.0}
 DEFAULT_START = 0.01  # GELU, SiLU, Tanh, ...: documented start; the penalty moves it from there
 MARK = "_onnx_collapse_slope"
-SKIPPABLE = (nn.Dropout, nn.Identity)
+SKIPPABLE = (nn.Dropout, nn.Identity, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _family(module: nn.Module | None) -> str | None:
+    """"linear" or "conv" (groups = 1) for a layer the optimizer folds, else None."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, CONVS) and module.groups == 1:
+        return "conv"
+    return None
+
+
+def _width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def _start_slope(act: nn.Module) -> float:
@@ -40,15 +54,16 @@ def _is_activation(module: nn.Module) -> bool:
     return isinstance(module, ACTIVATIONS)
 
 
-def _prelu(after: nn.Linear, act: nn.Module, per_channel: bool) -> nn.PReLU:
-    channels = after.out_features if per_channel else 1
-    prelu = nn.PReLU(channels, init=_start_slope(act)).to(after.weight.device, after.weight.dtype)
+def _prelu(before: nn.Module, act: nn.Module, per_channel: bool) -> nn.PReLU:
+    channels = _width(before) if per_channel else 1
+    prelu = nn.PReLU(channels, init=_start_slope(act)).to(before.weight.device, before.weight.dtype)
     setattr(prelu, MARK, True)
     return prelu
 
 
 def _convert_sequential(seq: nn.Sequential, per_channel: bool) -> int:
-    """Replace each activation lying between two Linear layers (Dropout/Identity may sit around it)."""
+    """Replace each activation lying between two Linear layers or two Conv layers (Dropout, Identity and
+    BatchNorm may sit around it)."""
     items = list(seq.named_children())
     replaced = 0
     for k, (name, module) in enumerate(items):
@@ -56,7 +71,7 @@ def _convert_sequential(seq: nn.Sequential, per_channel: bool) -> int:
             continue
         before = next((m for _, m in reversed(items[:k]) if not isinstance(m, SKIPPABLE)), None)
         after = next((m for _, m in items[k + 1:] if not isinstance(m, SKIPPABLE)), None)
-        if isinstance(before, nn.Linear) and isinstance(after, nn.Linear):
+        if _family(before) is not None and _family(before) == _family(after):
             setattr(seq, name, _prelu(before, module, per_channel))
             replaced += 1
     return replaced
@@ -65,24 +80,25 @@ def _convert_sequential(seq: nn.Sequential, per_channel: bool) -> int:
 def make_collapsible(model: nn.Module, per_channel: bool = False) -> nn.Module:
     """Give ``model`` LayerCollapse activations, in place, and return it.
 
-    Replaces the activation between consecutive ``nn.Linear`` layers, in ``nn.Sequential`` blocks and
-    in MLP-style modules with ``fc1``/``act``/``fc2`` attributes, by a PReLU whose slope starts where
-    the old activation was (ReLU: 0, LeakyReLU(a): a, others: 0.01). Slopes are one scalar per layer,
-    or one per output feature with ``per_channel`` (for 2-D inputs only: torch applies per-channel
-    PReLU on dim 1). Raises ValueError when no Linear-activation-Linear pattern exists.
+    Replaces the activation between consecutive ``nn.Linear`` layers, or consecutive ``nn.Conv1d/2d/3d``
+    layers (groups = 1; BatchNorm may stand between), in ``nn.Sequential`` blocks and in MLP-style modules
+    with ``fc1``/``act``/``fc2`` attributes, by a PReLU whose slope starts where the old activation was
+    (ReLU: 0, LeakyReLU(a): a, others: 0.01). Slopes are one scalar per layer, or one per output feature
+    or channel with ``per_channel`` (Linear: for 2-D inputs only, as torch applies per-channel PReLU on
+    dim 1). Raises ValueError when no such pattern exists.
     """
     replaced = 0
     for module in model.modules():
         if isinstance(module, nn.Sequential):
             replaced += _convert_sequential(module, per_channel)
         fc1, act, fc2 = (getattr(module, n, None) for n in ("fc1", "act", "fc2"))
-        if isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and isinstance(act, nn.Module) \
+        if _family(fc1) is not None and _family(fc1) == _family(fc2) and isinstance(act, nn.Module) \
                 and _is_activation(act) and not getattr(act, MARK, False):
             module.act = _prelu(fc1, act, per_channel)
             replaced += 1
     if not replaced:
-        raise ValueError(f"make_collapsible: no activation between two nn.Linear layers in {type(model).__name__} "
-                         "(looked in nn.Sequential blocks and fc1/act/fc2 modules)")
+        raise ValueError(f"make_collapsible: no activation between two nn.Linear or two nn.Conv layers in "
+                         f"{type(model).__name__} (looked in nn.Sequential blocks and fc1/act/fc2 modules)")
     return model
 
 

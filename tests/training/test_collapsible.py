@@ -46,7 +46,7 @@ def test_mlp_style_module_with_fc1_act_fc2():
 
 
 def test_normalisation_layers_are_not_replaced_and_no_pattern_is_a_clear_error():
-    with pytest.raises(ValueError, match="no activation between two nn.Linear"):
+    with pytest.raises(ValueError, match="no activation between two nn.Linear or two nn.Conv"):
         make_collapsible(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 4)))
 
 
@@ -84,6 +84,28 @@ def test_exported_graphs_fold_with_both_exporters(tmp_path, dynamo, shape):
     out, report = optimize(path)
     assert [f.status for f in report.folds] == ["folded"] and report.verification.passed
     x = torch.randn(4, *shape[1:])
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_conv_act_conv_blocks_become_collapsible_and_fold(tmp_path, dynamo):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1),
+                          nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4))
+    make_collapsible(model, per_channel=True)
+    slopes = collapsible_slopes(model)
+    assert [s.weight.shape[0] for s in slopes] == [16]  # the depthwise conv and the Flatten end the pattern
+    assert float(collapse_penalty(model).detach()) == pytest.approx(16.0)  # starts at ReLU's 0
+    snap_slopes(model, tol=1.0)
+    model.eval()
+    path = tmp_path / "cnn.onnx"
+    export_onnx(model, torch.randn(2, 3, 8, 8), path, dynamo=dynamo)
+    out, report = optimize(path)
+    assert [f.status for f in report.folds] == ["folded"] and report.verification.passed
+    x = torch.randn(5, 3, 8, 8)
     import onnxruntime as ort
 
     got = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x.numpy()})[0]

@@ -86,8 +86,12 @@ class ConvEmission(Emission):
         nodes.append(self._conv(fresh, inits, mid, y, convalg.from_matrix(second, ones), bias, dtype, 1, first=False))
         return nodes, inits
 
+    @property
+    def group_unit(self) -> int:
+        return int(np.prod(self.kernel, dtype=np.int64))
+
     def sample_shape(self, rows: int) -> list[int]:
-        channels = rows // int(np.prod(self.kernel, dtype=np.int64))
+        channels = rows // self.group_unit
         extent = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations)]
         return [2, channels, *(max(8, 2 * e) for e in extent)]
 
