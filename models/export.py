@@ -102,10 +102,43 @@ def flatten_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(32, 64), prelu(64, 1.0), nn.Flatten(1), nn.Linear(64, 10))
 
 
+def cnn_k3_1_1() -> nn.Module:
+    """Conv3x3 - PReLU(1) - Conv1x1 - PReLU(1) - Conv1x1: one 3x3 convolution."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), prelu(16, 1.0), nn.Conv2d(16, 16, 1), prelu(1, 1.0),
+                         nn.Conv2d(16, 8, 1))
+
+
+def cnn_bn() -> nn.Module:
+    """Conv3x3(stride 2) - BatchNorm2d - PReLU - Conv1x1, then a ReLU head that must stay."""
+    return with_statistics_2d(nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16),
+                                            prelu(16, 1.0), nn.Conv2d(16, 8, 1), nn.ReLU()))
+
+
+def cnn_k1_k3() -> nn.Module:
+    """Conv1x1 (no bias) - PReLU - Conv3x3 (padded): exact as one 3x3 only because the 1x1 has no bias."""
+    return nn.Sequential(nn.Conv2d(8, 32, 1, bias=False), prelu(32, 1.0), nn.Conv2d(32, 8, 3, padding=1))
+
+
+def cnn_k3_k3() -> nn.Module:
+    """Conv3x3 (padded) - PReLU - Conv3x3 (valid), wide in the middle: one 5x5 is smaller."""
+    return nn.Sequential(nn.Conv2d(2, 64, 3, padding=1), prelu(64, 1.0), nn.Conv2d(64, 2, 3))
+
+
+def with_statistics_2d(model: nn.Module) -> nn.Module:
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    return model
+
+
 # Exports of the same module by both exporters (they differ: Identity-shared constants, kept BN/Flatten),
 # and the dynamo export after onnxsim (Reshape -> Gemm -> Reshape), made when onnxsim is installed.
 BOTH_EXPORTERS = {"encoder": (encoder, (2, 5, 32)), "bn_mlp": (bn_mlp, (4, 32)), "bn_around": (bn_around, (4, 32)),
-                  "flatten_mlp": (flatten_mlp, (4, 32))}
+                  "flatten_mlp": (flatten_mlp, (4, 32)), "cnn_k3_1_1": (cnn_k3_1_1, (2, 1, 8, 8)),
+                  "cnn_bn": (cnn_bn, (2, 1, 8, 8)), "cnn_k1_k3": (cnn_k1_k3, (2, 8, 8, 8)),
+                  "cnn_k3_k3": (cnn_k3_k3, (2, 2, 8, 8))}
 AFTER_ONNXSIM = ("encoder_dynamo",)
 
 

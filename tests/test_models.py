@@ -30,6 +30,15 @@ FOLDS = {
     "bn_around_torchscript": ["dense"],  # BatchNormalization before the first and after the last layer
     "flatten_mlp_dynamo": ["dense"],
     "flatten_mlp_torchscript": ["dense"],  # Flatten between the layers
+    # issue 11: convolutions (one dense Conv each)
+    "cnn_k3_1_1_dynamo": ["dense"],
+    "cnn_k3_1_1_torchscript": ["dense"],  # Conv3x3 - PReLU - Conv1x1 - PReLU - Conv1x1
+    "cnn_bn_dynamo": ["dense"],
+    "cnn_bn_torchscript": ["dense"],  # Conv(stride 2) - BatchNorm - PReLU - Conv1x1 - ReLU
+    "cnn_k1_k3_dynamo": ["dense"],
+    "cnn_k1_k3_torchscript": ["dense"],  # Conv1x1 without bias - PReLU - padded Conv3x3
+    "cnn_k3_k3_dynamo": ["dense"],
+    "cnn_k3_k3_torchscript": ["dense"],  # two 3x3 into one 5x5 (smaller: the middle is wide)
 }
 
 # model -> op types that must be gone after the fold (all the torch model's chains folded)
@@ -41,6 +50,8 @@ GONE = {
     "bn_around_dynamo": {"BatchNormalization", "PRelu"},
     "bn_around_torchscript": {"BatchNormalization", "PRelu"},
     "flatten_mlp_torchscript": {"Flatten", "PRelu"},
+    "cnn_bn_torchscript": {"BatchNormalization", "PRelu"},
+    **{f"cnn_{k}_{e}": {"PRelu"} for k in ("k3_1_1", "k1_k3", "k3_k3") for e in ("dynamo", "torchscript")},
 }
 
 
@@ -105,7 +116,8 @@ def test_analyze_predicts_the_parameters_optimize_measures(name):
         assert (predicted.params, predicted.linear_macs) == (report.after.params, report.after.linear_macs)
 
 
-@pytest.mark.parametrize("base", ["encoder", "bn_mlp", "bn_around", "flatten_mlp"])
+@pytest.mark.parametrize("base", ["encoder", "bn_mlp", "bn_around", "flatten_mlp", "cnn_k3_1_1", "cnn_bn", "cnn_k1_k3",
+                                  "cnn_k3_k3"])
 def test_both_exporters_fold_to_the_same_parameters(base):
     counts = {optimize(MODELS / f"{base}_{exporter}.onnx")[1].after.params for exporter in ("dynamo", "torchscript")}
     if base == "encoder":
