@@ -383,7 +383,8 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     for info in list(g.input) + list(g.output) + list(g.value_info):
         tensor_type = info.type.tensor_type
         if tensor_type.HasField("shape"):
-            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                                 for d in tensor_type.shape.dim]
     for tensor in model.graph.initializer:
         shapes[tensor.name] = list(tensor.dims)
     return shapes

@@ -53,6 +53,12 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in stored]
 
 
+def fixed_dim(dim) -> int | None:
+    """A dim's fixed size, or None when it is dynamic (a name, unset, or a negative value as some exporters
+    write, e.g. PaddlePaddle's -1)."""
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
 def _input_shape(info: onnx.ValueInfoProto, given: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
     dims = info.type.tensor_type.shape.dim
     if info.name in given:
@@ -62,14 +68,14 @@ def _input_shape(info: onnx.ValueInfoProto, given: Mapping[str, tuple[int, ...]]
                 raise CollapseError(f"--input-shape {info.name}: rank {len(shape)}, but the model's input has "
                                     f"rank {len(dims)}")
             for k, (value, dim) in enumerate(zip(shape, dims)):
-                if dim.HasField("dim_value") and dim.dim_value != value:
+                if fixed_dim(dim) is not None and dim.dim_value != value:
                     raise CollapseError(f"--input-shape {info.name}: dim {k} is fixed to {dim.dim_value} "
                                         f"in the model, not {value}")
         return shape
     if not info.type.tensor_type.HasField("shape"):
         raise CollapseError(f"input {info.name!r} has unknown rank; give its shape with --input-shape "
                             f"{info.name}:DxD...")
-    return tuple(d.dim_value if d.HasField("dim_value") else DEFAULT_DIM for d in dims)
+    return tuple(DEFAULT_DIM if fixed_dim(d) is None else d.dim_value for d in dims)
 
 
 def planned_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, np.dtype, tuple]]:
@@ -313,7 +319,7 @@ def make_feeds(
         _refuse_empty((name, shape) for name, _, shape in planned)
         check_memory(model, planned, count, max_memory)
         defaulted = [f"{i.name}[{k}]" for i in graph_inputs(model) if i.name not in shapes
-                     for k, d in enumerate(i.type.tensor_type.shape.dim) if not d.HasField("dim_value")]
+                     for k, d in enumerate(i.type.tensor_type.shape.dim) if fixed_dim(d) is None]
         note = f"; dynamic dims set to {DEFAULT_DIM}: {', '.join(defaulted)}" if defaulted else ""
         return random_feeds(model, shapes, seed, count), f"random inputs (seed {seed}{note})"
     if isinstance(inputs, Mapping):
