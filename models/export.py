@@ -77,8 +77,8 @@ def encoder() -> nn.Module:
 
 
 def with_statistics(model: nn.Module) -> nn.Module:
-    """Give every BatchNorm1d running statistics that are not the identity."""
-    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):
+    """Give every BatchNorm running statistics and an affine part that are not the identity."""
+    for bn in (m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))):
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)
         nn.init.uniform_(bn.weight, 0.5, 1.5)
@@ -110,7 +110,7 @@ def cnn_k3_1_1() -> nn.Module:
 
 def cnn_bn() -> nn.Module:
     """Conv3x3(stride 2) - BatchNorm2d - PReLU - Conv1x1, then a ReLU head that must stay."""
-    return with_statistics_2d(nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16),
+    return with_statistics(nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16),
                                             prelu(16, 1.0), nn.Conv2d(16, 8, 1), nn.ReLU()))
 
 
@@ -122,15 +122,6 @@ def cnn_k1_k3() -> nn.Module:
 def cnn_k3_k3() -> nn.Module:
     """Conv3x3 (padded) - PReLU - Conv3x3 (valid), wide in the middle: one 5x5 is smaller."""
     return nn.Sequential(nn.Conv2d(2, 64, 3, padding=1), prelu(64, 1.0), nn.Conv2d(64, 2, 3))
-
-
-def with_statistics_2d(model: nn.Module) -> nn.Module:
-    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.5, 2)
-        nn.init.uniform_(bn.weight, 0.5, 1.5)
-        nn.init.uniform_(bn.bias, -0.5, 0.5)
-    return model
 
 
 # Exports of the same module by both exporters (they differ: Identity-shared constants, kept BN/Flatten),
