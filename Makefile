@@ -13,7 +13,7 @@ demo:               ## optimize a shipped model and print the report
 test:               ## the whole test suite (what .ci/run runs)
 	$(PYTHON) -m pytest
 
-test-min:           ## the core suite with exactly the lowest declared dependency versions, on Python 3.10
+test-min:           ## the core suite with exactly the lowest declared dependency versions, on Python 3.11
 	.ci/min-versions
 
 models:             ## regenerate models/*.onnx with torch (byte-identical with the same torch version)
