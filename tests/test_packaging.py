@@ -19,7 +19,8 @@ from readme_tables import splice  # noqa: E402
 
 PACKAGE = ROOT / "onnx_collapse"
 README = (ROOT / "README.md").read_text()
-EXE = shutil.which("onnx-collapse")
+# the console script of the interpreter running the tests (a venv's), else the one on PATH
+EXE = shutil.which("onnx-collapse", path=str(Path(sys.executable).parent)) or shutil.which("onnx-collapse")
 
 
 def canonical(name: str) -> str:
