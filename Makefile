@@ -1,10 +1,10 @@
 PYTHON ?= python
 OUT ?= build
 
-.PHONY: install demo test models lint bench studies corpus
+.PHONY: install demo test test-min models lint bench studies readme-tables corpus
 
-install:            ## the package, the torch extra (CPU wheel) and the test tools
-	$(PYTHON) -m pip install -e '.[dev,torch]'
+install:            ## the package and the test tools (add the torch extra as the README says)
+	$(PYTHON) -m pip install -e '.[dev]'
 
 demo:               ## optimize a shipped model and print the report
 	mkdir -p $(OUT)
@@ -13,7 +13,10 @@ demo:               ## optimize a shipped model and print the report
 test:               ## the whole test suite (what .ci/run runs)
 	$(PYTHON) -m pytest
 
-models:             ## regenerate models/*.onnx with torch
+test-min:           ## the core suite with exactly the lowest declared dependency versions, on Python 3.11
+	.ci/min-versions
+
+models:             ## regenerate models/*.onnx with torch (byte-identical with the same torch version)
 	$(PYTHON) models/export.py
 
 lint:
@@ -25,6 +28,10 @@ bench:              ## speed and memory benchmarks (not part of the tests; pip i
 studies:            ## the accuracy studies behind the README tables (digits; needs the torch extra)
 	$(PYTHON) benchmarks/layercollapse_digits.py
 	$(PYTHON) benchmarks/alds_budget.py
+	$(MAKE) readme-tables
+
+readme-tables:      ## copy benchmarks/results/*.md into the README between their markers
+	$(PYTHON) benchmarks/readme_tables.py
 
 corpus:             ## the optimizer over onnx's shipped backend test cases, then mutated models
 	$(PYTHON) benchmarks/corpus.py

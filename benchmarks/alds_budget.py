@@ -7,7 +7,8 @@ Gemm layers) and a transformer-shaped MLP stack (each image as 8 tokens of 8 pix
 residual GELU MLP blocks d=32 -> 128 -> 32, mean over tokens, classifier; 3-D MatMul/Add layers). Every
 linear layer is a target (``--low-rank all``). For each budget (fraction of the targeted weights kept,
 as counted by onnx-collapse) and allocator: the largest predicted per-layer spectral error, the output
-error on the test set in onnxruntime (||y' - y|| / ||y||), and test accuracy.
+error on the test set in onnxruntime (||y' - y|| / ||y||), and test accuracy. The table is printed and
+kept in benchmarks/results/alds_budget.md (spliced into the README by ``make readme-tables``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from digits import SEED, mlp, onnx_accuracy, pyplot, save_figure, splits, study_main, train
+from digits import SEED, mlp, onnx_accuracy, pyplot, save_figure, splits, study_main, train, write_table
 from torch import nn
 from torch.nn import functional as F
 
@@ -93,12 +94,12 @@ def run(epochs: int, out_dir: Path) -> list[dict]:
 
 
 def _print(rows: list[dict]) -> None:
-    print("| model | budget | allocator | weights kept | max layer error (pred.) | output error | "
-          "test accuracy (uncompressed) |")
-    print("|---" * 7 + "|")
-    for r in rows:
-        print(f"| {r['model']} | {r['budget']:.0%} | {r['allocator']} | {r['kept']:.1%} | {r['max_layer_error']:.3f} "
-              f"| {r['output_error']:.3f} | {100 * r['accuracy']:.2f}% ({100 * r['base_accuracy']:.2f}%) |")
+    lines = ["| model | budget | allocator | weights kept | max layer error (pred.) | output error | "
+             "test accuracy (uncompressed) |", "|---" * 7 + "|"]
+    lines += [f"| {r['model']} | {r['budget']:.0%} | {r['allocator']} | {r['kept']:.1%} | {r['max_layer_error']:.3f} "
+              f"| {r['output_error']:.3f} | {100 * r['accuracy']:.2f}% ({100 * r['base_accuracy']:.2f}%) |"
+              for r in rows]
+    write_table("alds_budget", lines)
     worse = [(r["model"], r["budget"]) for r in rows if r["allocator"] == "uniform" and
              next(a for a in rows if a["model"] == r["model"] and a["budget"] == r["budget"]
                   and a["allocator"] == "alds")["max_layer_error"] > r["max_layer_error"] + 1e-12]

@@ -89,6 +89,18 @@ def save_figure(fig, out_dir: Path, name: str) -> None:
     print(f"plot: {path}")
 
 
+RESULTS = Path(__file__).parent / "results"
+
+
+def write_table(name: str, lines: list[str]) -> None:
+    """Print a markdown table and keep it as results/NAME.md, the file the README's table is spliced from."""
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(text)
+    print(f"table: {RESULTS / name}.md")
+
+
 def study_main(doc: str, run) -> None:
     """The command line both digits studies share: --epochs and --out."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])

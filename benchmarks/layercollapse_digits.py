@@ -8,7 +8,8 @@ activations, the first stays a free PReLU), export it to ONNX with torch's defau
 element-wise float32 tolerance), and measure test accuracy of the exported and the collapsed model in
 onnxruntime. "snapped" rows set slopes within 0.05 of 1 to exactly 1 and fine-tune a few epochs before
 export, so the fold is exact.
-Prints a table and writes accuracy-vs-parameters to OUT/layercollapse_digits.png (if matplotlib is installed).
+Prints a table, keeps it in benchmarks/results/layercollapse_digits.md (spliced into the README by
+``make readme-tables``) and writes accuracy-vs-parameters to OUT/layercollapse_digits.png (with matplotlib).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from digits import mlp, onnx_accuracy, pyplot, save_figure, splits, study_main, train
+from digits import mlp, onnx_accuracy, pyplot, save_figure, splits, study_main, train, write_table
 
 import onnx_collapse
 from onnx_collapse.torch import collapsible_slopes, export_onnx, snap_slopes
@@ -70,18 +71,17 @@ def run(epochs: int, out_dir: Path) -> list[dict]:
 
 
 def _print(rows: list[dict]) -> None:
-    head = ("| penalty | snapped | --slope-tol | verified by | penalised slopes | layers folded | reverted | params | removed | "
-            "test acc exported | test acc collapsed | change (points) |")
-    print(head)
-    print("|---" * 12 + "|")
+    lines = ["| penalty | snapped | --slope-tol | verified by | penalised slopes | layers folded | reverted | params "
+             "| removed | test acc exported | test acc collapsed | change (points) |", "|---" * 12 + "|"]
     for r in rows:
         removed = 1 - r["params_after"] / r["params_before"]
         metric = "top-1 >= 99.5% (val)" if r["metric"] == "top1" else "allclose (default)"
-        print(f"| {r['lambda']:g} | {'yes' if r['snapped'] else 'no'} | {r['slope_tol']:g} | {metric} "
-              f"| {min(r['slopes']):.3f}..{max(r['slopes']):.3f} | {r['folded']} of 3 | {r['reverted']} "
-              f"| {r['params_before']:,} -> {r['params_after']:,} | {100 * removed:.1f}% "
-              f"| {100 * r['acc_exported']:.2f}% | {100 * r['acc_collapsed']:.2f}% "
-              f"| {100 * (r['acc_collapsed'] - r['acc_exported']):+.2f} |")
+        lines.append(f"| {r['lambda']:g} | {'yes' if r['snapped'] else 'no'} | {r['slope_tol']:g} | {metric} "
+                     f"| {min(r['slopes']):.3f}..{max(r['slopes']):.3f} | {r['folded']} of 3 | {r['reverted']} "
+                     f"| {r['params_before']:,} -> {r['params_after']:,} | {100 * removed:.1f}% "
+                     f"| {100 * r['acc_exported']:.2f}% | {100 * r['acc_collapsed']:.2f}% "
+                     f"| {100 * (r['acc_collapsed'] - r['acc_exported']):+.2f} |")
+    write_table("layercollapse_digits", lines)
     for r in rows:
         if r["why"]:
             print(f"penalty {r['lambda']:g}{' snapped' if r['snapped'] else ''}, slope-tol {r['slope_tol']:g}, "

@@ -1,8 +1,9 @@
 """Regenerate the example models in this folder (``make models``; needs the torch extra).
 
-Every model is exported by torch's default (dynamo) exporter with seeded weights and a dynamic batch.
-Slopes are set by hand to what a LayerCollapse-trained model reaches (1.0), or to values that must not
-fold. ``EXPECTED`` records what each model should become; the tests read it.
+Every model is exported by torch's default (dynamo) exporter with seeded weights and a dynamic batch; the
+issue-10/11 cases also by TorchScript (``*_torchscript``) and, where onnxsim is installed, after onnxsim. Slopes are set by hand to what a LayerCollapse-trained model reaches (1.0), or to values that must not
+fold. The exporter's per-node stack traces (absolute paths of this file and of torch, line numbers) are
+dropped, so the files depend only on the seeds and the torch version, not on where the repository lies.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from onnx_collapse.torch import export_onnx
 
 HERE = Path(__file__).resolve().parent
+MACHINE_SPECIFIC = "pkg.torch.onnx.stack_trace"  # node metadata naming files on the exporting machine
 
 
 def prelu(channels: int, slope: float) -> nn.PReLU:
@@ -173,9 +175,6 @@ def simplify(path: Path, out: Path) -> bool:
         raise RuntimeError(f"onnxsim could not check {path}")
     onnx.save_model(simplified, str(out))
     return True
-
-
-MACHINE_SPECIFIC = "pkg.torch.onnx.stack_trace"  # node metadata naming files on the exporting machine
 
 
 def write(path: Path, model: nn.Module, example: torch.Tensor, dynamo: bool = True) -> None:

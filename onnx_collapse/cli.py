@@ -22,7 +22,7 @@ from .errors import CollapseError
 from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RANK_TARGETS, METRICS, Options
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
-from .report import render, render_folds, render_spectra, render_unfolded, render_verification
+from .report import SCHEMA_VERSION, render, render_folds, render_spectra, render_unfolded, render_verification
 from .verify import parse_input_shape, parse_size
 from .verify import verify as verify_models
 
@@ -220,7 +220,8 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
     with one_line_errors():
         result = verify_models(reference, candidate, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
                                check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
-        click.echo(json.dumps(dataclasses.asdict(result), indent=2) if as_json else render_verification(result))
+        payload = {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(result)
+        click.echo(json.dumps(payload, indent=2) if as_json else render_verification(result))
     if not result.passed:
         sys.exit(1)
 

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from . import linalg
 
+# Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
+# the minor number grows when fields are added, the major one when a field changes or goes.
+SCHEMA_VERSION = "1.0"
+
 
 @dataclass
 class ErrorStats:
@@ -84,7 +88,7 @@ class Report:
         return [f for f in self.folds if f.status == "folded"]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -1,0 +1,122 @@
+"""The JSON reports are a contract: real output of optimize, analyze and verify validates against the shipped
+schema, which requires schema_version and describes every field (no undeclared field passes)."""
+
+import copy
+import json
+import subprocess
+import sys
+from importlib import resources
+
+import jsonschema
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS
+from onnx import TensorProto, helper
+
+from onnx_collapse.report import SCHEMA_VERSION
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((resources.files("onnx_collapse") / "schemas" / "report.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def command(*args, codes=(0,)) -> dict:
+    result = subprocess.run([sys.executable, "-m", "onnx_collapse", *map(str, args)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode in codes, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_valid(validator, report: dict) -> None:
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(report)]
+    assert not errors, errors[:5]
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> dict[str, dict]:
+    """One real report per kind of output, covering every optional part (null and filled)."""
+    tmp = tmp_path_factory.mktemp("reports")
+    np.savez(tmp / "val.npz", x=np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32))
+    # a MatMul whose weight is an input is not a linear layer: analyze remarks on it
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in ("x", "w", "y")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g", io[:2], io[2:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp / "remark.onnx")
+    out = {
+        "optimize": command("optimize", MODELS / "three_layer.onnx", tmp / "a.onnx", "--json",
+                            "--report", tmp / "a.json"),
+        "optimize, not verified": command("optimize", MODELS / "mlp_prelu_channel.onnx", tmp / "b.onnx",
+                                          "--no-verify", "--json"),
+        "optimize, nothing to fold": command("optimize", MODELS / "no_fold_slope_05.onnx", tmp / "f.onnx", "--json"),
+        "optimize, truncated": command("optimize", MODELS / "transformer_mlp_3d.onnx", tmp / "c.onnx", "--rank-budget",
+                                       "0.3", "--low-rank", "all", "--max-groups", "2", "--atol", "100",
+                                       "--rtol", "100", "--json"),
+        "optimize, reverted": command("optimize", MODELS / "leaky_099.onnx", tmp / "d.onnx", "--json"),
+        "optimize, top1": command("optimize", MODELS / "mlp_prelu_channel.onnx", tmp / "e.onnx", "--inputs",
+                                  tmp / "val.npz", "--metric", "top1", "--json"),
+        "analyze": command("analyze", MODELS / "no_fold_shared.onnx", "--json"),
+        "analyze, remarks": command("analyze", tmp / "remark.onnx", "--json"),
+        "analyze, spectrum": command("analyze", MODELS / "bottleneck.onnx", "--spectrum", "--low-rank", "all",
+                                     "--json"),
+        "verify": command("verify", MODELS / "three_layer.onnx", tmp / "a.onnx", "--json"),
+        "verify, failed": command("verify", MODELS / "leaky_1.onnx", MODELS / "leaky_099.onnx", "--json",
+                                  codes=(1,)),
+    }
+    out["optimize --report FILE"] = json.loads((tmp / "a.json").read_text())
+    return out
+
+
+KINDS = ["optimize", "optimize --report FILE", "optimize, not verified", "optimize, nothing to fold",
+         "optimize, truncated",
+         "optimize, reverted", "optimize, top1", "analyze", "analyze, remarks", "analyze, spectrum", "verify",
+         "verify, failed"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_real_reports_validate_and_carry_the_version(validator, reports, kind):
+    report = reports[kind]
+    assert report["schema_version"] == SCHEMA_VERSION
+    assert_valid(validator, report)
+
+
+def test_the_reports_cover_the_optional_parts(reports):
+    """Guards the test above: null and filled forms of every optional field were really validated."""
+    folds = [f for r in reports.values() for f in r.get("folds", [])]
+    assert {f["status"] for f in folds} >= {"folded", "reverted", "skipped", "foldable"}
+    assert {f["form"] for f in folds} >= {"dense", "factor", None}
+    assert {f["form"] for f in folds} & {"truncated", "grouped"}
+    assert any(f["predicted_error"] is not None for f in folds) and any(f["error"] is None for f in folds)
+    outputs = [o for r in reports.values() for o in (r.get("verification") or r).get("outputs", [])]
+    assert {o["agreement"] is None for o in outputs} == {True, False}
+    assert reports["optimize, not verified"]["verification"] is None
+    assert reports["optimize, nothing to fold"]["verification"]["n_input_sets"] == 0
+    assert reports["analyze, remarks"]["remarks"] and reports["analyze, spectrum"]["spectra"]
+    assert not reports["verify, failed"]["passed"]
+
+
+@pytest.mark.parametrize("kind", ["optimize", "analyze", "verify"])
+def test_the_schema_requires_a_1_x_version(validator, reports, kind):
+    report = copy.deepcopy(reports[kind])
+    del report["schema_version"]
+    assert not validator.is_valid(report)
+    assert not validator.is_valid(report | {"schema_version": "2.0"})
+    assert validator.is_valid(report | {"schema_version": "1.7"})
+
+
+@pytest.mark.parametrize("where", ["top", "before", "fold", "error", "verification output"])
+def test_an_undeclared_field_is_rejected(validator, reports, where):
+    """Every field is in the schema: a report with one it does not describe fails."""
+    report = copy.deepcopy(reports["optimize"])
+    target = {"top": report, "before": report["before"], "fold": report["folds"][0],
+              "error": report["folds"][0]["error"], "verification output": report["verification"]["outputs"][0]}
+    target[where]["undocumented"] = 1
+    assert not validator.is_valid(report)
+
+
+def test_a_wrong_type_is_rejected(validator, reports):
+    report = copy.deepcopy(reports["optimize"])
+    report["folds"][0]["status"] = "maybe"
+    assert not validator.is_valid(report)
