@@ -41,12 +41,15 @@ def mlp(hidden: int = 128, depth: int = 4) -> nn.Sequential:
 
 
 def train(model: nn.Module, data, lam: float, epochs: int = 60, penalised=None, lr: float = 2e-3,
-          seed: int = SEED) -> nn.Module:
-    """Adam on cross-entropy + lam * collapse_penalty(penalised slopes; default all but the first)."""
+          seed: int = SEED, weight_decay: float = 0.0) -> nn.Module:
+    """Adam (AdamW with ``weight_decay``) on cross-entropy + lam * collapse_penalty(penalised slopes; default
+    all but the first)."""
     torch.manual_seed(seed)
     x, y = (torch.from_numpy(a) for a in data)
     slopes = collapsible_slopes(model)[1:] if penalised is None else penalised
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay else \
+        torch.optim.Adam(params, lr=lr)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(x))

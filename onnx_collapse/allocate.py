@@ -124,8 +124,9 @@ def allocate_budget(layers: Sequence[LayerSpectrum], budget: float, by: str = "p
 
     The total cost of the cheapest options within an error threshold never increases as the threshold
     grows, so a bisection over the sorted candidate thresholds (every option's error) finds the smallest
-    feasible threshold exactly. If even the cheapest options overshoot, they are returned (the budget
-    cannot be met; callers report it).
+    feasible threshold exactly; what that leaves of the budget then lowers the other layers' errors
+    (``spend_leftover``). If even the cheapest options overshoot, they are returned (the budget cannot be
+    met; callers report it).
     """
     if not layers:
         return []
@@ -144,7 +145,28 @@ def allocate_budget(layers: Sequence[LayerSpectrum], budget: float, by: str = "p
             hi = mid
         else:
             lo = mid + 1
-    return allocate_max_error(layers, float(thresholds[lo]), by)
+    return spend_leftover(layers, allocate_max_error(layers, float(thresholds[lo]), by), limit, by)
+
+
+def spend_leftover(layers: Sequence[LayerSpectrum], chosen: list[Option], limit: float, by: str = "params"
+                   ) -> list[Option]:
+    """Spend what the minimax choice leaves of the budget: repeatedly give the layer with the largest error
+    that can still improve its cheapest better option that fits. The largest error never grows (the
+    minimax optimum stays), the others only shrink, and the total stays within ``limit``."""
+    chosen = list(chosen)
+    spent = sum(_cost(o, by) for o in chosen)
+    stuck: set[int] = set()
+    while len(stuck) < len(chosen):
+        k = max((i for i in range(len(chosen)) if i not in stuck), key=lambda i: chosen[i].error)
+        better = [o for o in layers[k].options if o.error < chosen[k].error
+                  and spent - _cost(chosen[k], by) + _cost(o, by) <= limit]
+        if not better:
+            stuck.add(k)
+            continue
+        pick = min(better, key=lambda o: (_cost(o, by), o.error))
+        spent += _cost(pick, by) - _cost(chosen[k], by)
+        chosen[k] = pick
+    return chosen
 
 
 def allocate_uniform(layers: Sequence[LayerSpectrum], budget: float, by: str = "params") -> list[Option]:

@@ -143,3 +143,14 @@ def test_low_rank_all_touches_single_layers_and_grouping_runs():
     (record,) = report.folds
     assert record.form in ("truncated", "grouped") and record.status == "folded"
     assert report.verification.passed
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_leftover_budget_lowers_other_errors_without_raising_the_largest(seed):
+    layers = [spec for spec, _ in _layers(seed, [(16, 12), (12, 20), (20, 8), (10, 10)])]
+    limit = 0.5 * sum(layer.dense.params for layer in layers)
+    minimax = allocate.allocate_max_error(layers, max(o.error for o in allocate.allocate_budget(layers, 0.5)))
+    chosen = allocate.allocate_budget(layers, 0.5)
+    assert max(o.error for o in chosen) == pytest.approx(max(o.error for o in minimax))
+    assert all(c.error <= m.error for c, m in zip(chosen, minimax))
+    assert allocate.total_cost(minimax) <= allocate.total_cost(chosen) <= limit
