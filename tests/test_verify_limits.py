@@ -19,11 +19,11 @@ from measure import run_measured  # noqa: E402
 
 
 def _cnn() -> onnx.ModelProto:
-    """A model with a Conv and no linear layer: nothing to fold, no low-rank target."""
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "cnn",
+    """A model with only a depthwise Conv (left alone): nothing to fold, no low-rank target."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 1, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", group=3)], "cnn",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], [w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
