@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -38,6 +39,10 @@ class Options:
         "uniform" (same rank ratio everywhere) and "energy" (same kept spectral energy everywhere).
     metric: "allclose" (every element within atol + rtol |b|) or "top1" (argmax over the last axis agrees
         on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``).
+    calibrate: an .npz file (or a dict) with one array per graph input, rows along axis 0: chains with
+        slopes near 1 are fitted to their real outputs on it, and low-rank spectra are those of the weights
+        whitened by their inputs (activation-aware ALDS). Verification then uses ``inputs``, or rows held
+        out of this data (never the rows that calibrated).
     """
 
     slope_tol: float = 0.05
@@ -57,6 +62,7 @@ class Options:
     allocator: str = "alds"
     metric: str = "allclose"
     min_agreement: float = 0.99
+    calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the keyword (CollapseError)."""
@@ -78,6 +84,9 @@ class Options:
                               ("budget_metric", BUDGET_METRICS), ("error_metric", ERROR_METRICS)):
             if getattr(self, name) not in allowed:
                 raise CollapseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+
+        if self.calibrate is not None and not isinstance(self.calibrate, (str, os.PathLike, Mapping)):
+            raise CollapseError(f"calibrate must be an .npz path or a dict of arrays, not {type(self.calibrate).__name__}")
 
     def with_overrides(self, **overrides) -> Options:
         """A copy with some fields replaced (validated again); CollapseError for an unknown keyword."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import onnx
 
@@ -13,6 +13,9 @@ from ..kinds import Layer
 from ..options import Options
 from ..plans import FoldPlan, Segment
 from ..report import FoldRecord, Unfolded
+
+if TYPE_CHECKING:
+    from ..calibrate import Statistics
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Context:
     spectra: list[LayerSpectrum] = field(default_factory=list)  # low-rank targets' spectra, when computed
     stops: dict[int, str] = field(default_factory=dict)  # layer's first node -> why its chain ended after it
     unfolded: list[Unfolded] = field(default_factory=list)  # layers no plan folds, with why
+    calibration: Statistics | None = None  # streamed statistics of the calibration data (main graph only)
 
     def fresh_name(self, base: str) -> str:
         """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""

@@ -9,6 +9,7 @@ import numpy as np
 from .. import linalg
 from ..emit import RangeError
 from ..plans import FoldPlan, Segment
+from ..report import FoldRecord
 from .chains import chain_record
 from .context import Context
 
@@ -28,7 +29,7 @@ class Form:
 
 def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
     """The chain as one dense ``W`` or an exact factor pair ``A B`` (numerical rank), whichever is smaller;
-    also the exact map as a Factored (for later truncation).
+    also the exact map as a Factored (for later truncation; a factor pair keeps its singular values).
 
     When the chain's narrowest dim is too wide for a factor pair to pay off, the dense product is formed
     and no SVD runs. Otherwise the chain is split at that dim and its SVD comes from QR of the two
@@ -48,7 +49,7 @@ def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
     has_bias = split.bias is not None
     form = Form("factor", linalg.factor_pair(u, s, vt, rank), rank,
                 linalg.factor_params(n_in, n_out, rank, has_bias), linalg.factor_macs(n_in, n_out, rank))
-    return form, split
+    return form, linalg.Factored(form.matrices, split.bias, s[:rank])
 
 
 def segment_affines(view, seg: Segment) -> list[linalg.Affine]:
@@ -85,24 +86,37 @@ class PlanFolds:
             record.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"
             return None
         form, exact = cheapest_form(segment_affines(view, seg))
-        record.form, record.rank = form.name, form.rank
-        record.params_after, record.macs_after = form.params, form.macs
-        if form.params >= record.params_before or form.macs > record.macs_before:
-            record.form = None
-            record.reason = (f"no smaller form: best is {form.name}"
-                             f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
-                             f"vs {record.params_before:,} in the chain")
+        if not takes_form(record, form):
             return None
-        head = seg.layers[0]
-        emission = head.kind.emission(head, view.label(head.nodes[0]) + "/collapsed", ctx.opset,
-                                      max(layer.bias_rank for layer in seg.layers), exact.bias is not None,
-                                      len(form.matrices))
-        try:
-            nodes, inits = emission.linear(ctx.fresh_name, seg.input, seg.output, form.matrices, exact.bias,
-                                           head.dtype)
-        except RangeError as exc:
-            record.form, record.reason = None, str(exc)
-            return None
-        record.status = "folded"
-        return FoldPlan(record, ctx.path, seg.node_positions(), seg.input, seg.output, nodes, inits, head.dtype,
-                        exact, emission)
+        return emit_plan(ctx, seg, record, form, exact)
+
+
+def takes_form(record: FoldRecord, form: Form) -> bool:
+    """Record ``form`` as the chain's fold if it is smaller than the chain; else say why not (False)."""
+    record.form, record.rank = form.name, form.rank
+    record.params_after, record.macs_after = form.params, form.macs
+    if form.params >= record.params_before or form.macs > record.macs_before:
+        record.form = None
+        record.reason = (f"no smaller form: best is {form.name}"
+                         f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
+                         f"vs {record.params_before:,} in the chain")
+        return False
+    return True
+
+
+def emit_plan(ctx: Context, seg: Segment, record: FoldRecord, form: Form, exact: linalg.Factored) -> FoldPlan | None:
+    """The plan writing ``form`` (the map ``exact``) in place of the segment; None (reason recorded) if a
+    weight does not fit the dtype."""
+    head = seg.layers[0]
+    emission = head.kind.emission(head, ctx.view.label(head.nodes[0]) + "/collapsed", ctx.opset,
+                                  max(layer.bias_rank for layer in seg.layers), exact.bias is not None,
+                                  len(form.matrices))
+    try:
+        nodes, inits = emission.linear(ctx.fresh_name, seg.input, seg.output, form.matrices, exact.bias,
+                                       head.dtype)
+    except RangeError as exc:
+        record.form, record.reason = None, str(exc)
+        return None
+    record.status = "folded"
+    return FoldPlan(record, ctx.path, seg.node_positions(), seg.input, seg.output, nodes, inits, head.dtype,
+                    exact, emission)
