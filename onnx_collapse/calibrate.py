@@ -160,7 +160,7 @@ def split_rows(arrays: Mapping[str, np.ndarray], seed: int, held_out: float = HE
 
 def describe(data) -> str:
     """A short name for the calibration data in messages."""
-    return "the given arrays" if isinstance(data, Mapping) else Path(data).name
+    return "the calibration arrays" if isinstance(data, Mapping) else Path(data).name
 
 
 # --- the streaming pass ---------------------------------------------------------------------------------------

@@ -320,15 +320,16 @@ def covariance(count: int, total: np.ndarray, gram_sum: np.ndarray, centered: bo
     return (cov + cov.T) / 2
 
 
-def whitening(count: int, total: np.ndarray, gram_sum: np.ndarray, damping: float = WHITEN_DAMPING,
+def whitening(count: int, total: np.ndarray, gram_sum: np.ndarray, damping: float | None = None,
               centered: bool = True) -> Whitening:
     """The Whitening of inputs with ``count`` rows, column sums ``total`` and ``X^T X`` ``gram_sum``.
 
     ``damping`` (relative to the mean variance, with a float64 floor) keeps directions the data never
-    excites from being cut for free and makes the covariance positive definite. Not ``centered`` (a
+    excites from being cut for free and makes the covariance positive definite (None: WHITEN_DAMPING). Not ``centered`` (a
     layer without bias, which cannot absorb the mean): the second moment, and a zero mean."""
     cov = covariance(count, total, gram_sum, centered)
     n = cov.shape[0]
+    damping = WHITEN_DAMPING if damping is None else damping
     scale = max(float(np.trace(cov)) / max(n, 1), np.finfo(np.float64).tiny)
     damped = cov + (damping + n * np.finfo(np.float64).eps) * scale * np.eye(n)
     mean = total / max(count, 1) if centered else np.zeros_like(total, dtype=np.float64)
