@@ -51,7 +51,9 @@ def _single(ctx: Context, layer: Layer) -> FoldPlan:
     record.form, record.params_after, record.macs_after = "dense", record.params_before, record.macs_before
     emission = layer.kind.emission(layer, ctx.view.label(layer.nodes[0]) + "/lowrank", ctx.opset, layer.bias_rank,
                                    layer.bias is not None, 2)
-    affine = linalg.compose([layer.affine(ctx.view)])
+    affine = layer.affine(ctx.view)
+    if affine.scale != 1.0:  # otherwise the stored weight (possibly a file view) is read in slices when needed
+        affine = linalg.compose([affine])
     exact = linalg.Factored((affine.weight,), affine.bias)
     return FoldPlan(record, ctx.path, layer.nodes, layer.input, layer.output, [], [], layer.dtype, exact, emission)
 
