@@ -66,42 +66,54 @@ def grouped_params(n_in: int, n_out: int, groups: int, rank: int) -> int:
     return rank * n_in + groups * rank * n_out
 
 
-def grouped_options(weight: np.ndarray, groups: int, metric: str, sigma_1: float, norm_f: float) -> list[Option]:
+def grouped_options(weight: np.ndarray, groups: int, metric: str, sigma_1: float, norm_f: float,
+                    whiten: linalg.Whitening | None = None) -> list[Option]:
     """Options for splitting the input features of ``weight`` (n_in, n_out) into ``groups`` blocks.
 
     Error of rank j per block: spectral bound sqrt(sum_g sigma_{g,j+1}^2) / sigma_1(W) (the stacked
     residual's norm is at most that), or the exact Frobenius error sqrt(sum_g tail_g(j)) / ||W||_F.
+    With ``whiten`` (activation-aware), each block's spectrum is in its own inputs' metric and the blocks'
+    output errors add up, so the bound carries a factor sqrt(groups) (Cauchy-Schwarz); ``sigma_1`` and
+    ``norm_f`` are then the whitened layer's.
     """
     n_in, n_out = weight.shape
-    blocks = [np.linalg.svd(b, compute_uv=False) for b in np.split(weight, groups, axis=0)]
-    width = min(b.size for b in blocks)
+    width = n_in // groups
+    blocks = [linalg.singular_values(linalg.Factored((b,)) if whiten is None else
+                                     linalg.whitened(b, whiten.block(g * width, (g + 1) * width)))
+              for g, b in enumerate(np.split(weight, groups, axis=0))]
+    spread = 1.0 if whiten is None else float(groups)
+    size = min(b.size for b in blocks)
     options = []
-    for j in range(1, width + 1):
+    for j in range(1, size + 1):
         cost = grouped_params(n_in, n_out, groups, j)
         if cost >= n_in * n_out:
             break
         if metric == "spectral":
-            err = np.sqrt(sum(float(b[j]) ** 2 if j < b.size else 0.0 for b in blocks)) / sigma_1
+            err = np.sqrt(spread * sum(float(b[j]) ** 2 if j < b.size else 0.0 for b in blocks)) / sigma_1
         else:
-            err = np.sqrt(sum(float(np.sum(b[j:] ** 2)) for b in blocks)) / norm_f
+            err = np.sqrt(spread * sum(float(np.sum(b[j:] ** 2)) for b in blocks)) / norm_f
         options.append(Option(j, groups, cost, cost, float(err) if sigma_1 and norm_f else 0.0))
     return options
 
 
 def spectrum(name: str, weight: np.ndarray | linalg.Factored, metric: str = "spectral",
-             max_groups: int = 1, unit: int = 1) -> LayerSpectrum:
+             max_groups: int = 1, unit: int = 1, whiten: linalg.Whitening | None = None) -> LayerSpectrum:
     """The storage options of ``weight`` (a matrix, or a Factored product): dense, factor pairs, and grouped
-    pairs with up to ``max_groups`` groups of whole ``unit``-row blocks (a convolution's rows come in
-    blocks of its kernel size per input channel; these need the dense matrix)."""
+    pairs with up to ``max_groups`` groups of whole ``unit``-row blocks (a convolution's rows come in blocks
+    of its kernel size per input channel; these need the dense matrix).
+
+    Singular values only, once per layer. With ``whiten`` (the layer's calibration inputs), the spectrum is
+    that of the whitened weight, so errors are relative output errors on the data (activation-aware ALDS).
+    """
     factored = weight if isinstance(weight, linalg.Factored) else linalg.Factored((np.asarray(weight),))
     n_in, n_out = factored.shape
-    s = factored.svd()[1]
+    s = linalg.singular_values(factored if whiten is None else linalg.whitened(factored, whiten))
     options = factor_options(n_in, n_out, s, metric)
     sigma_1, norm_f = (float(s[0]) if s.size else 0.0), float(np.sqrt(np.sum(s**2)))
     groupings = [k for k in range(2, max_groups + 1) if n_in % (k * unit) == 0]
     dense = factored.dense() if groupings else None
     for k in groupings:
-        options += grouped_options(dense, k, metric, sigma_1, norm_f)
+        options += grouped_options(dense, k, metric, sigma_1, norm_f, whiten)
     return LayerSpectrum(name, n_in, n_out, tuple(options), s)
 
 

@@ -152,6 +152,10 @@ def cli() -> None:
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Refuse to verify when inputs and computed tensors would need more (e.g. 8G; default: half "
                    "the available memory).")
+@click.option("--calibrate", "calibrate", type=click.Path(dir_okay=False), default=None,
+              help=".npz with one array per model input (rows along axis 0): fit chains with slopes near 1 to "
+                   "their real outputs and make low-rank truncation activation-aware. Verification uses "
+                   "--inputs, or a held-out fifth of these rows.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB).")
 @click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
@@ -159,7 +163,7 @@ def cli() -> None:
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
              metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
-             allocator, max_verify_memory, external_data, overwrite, as_json, report_file) -> None:
+             allocator, max_verify_memory, calibrate, external_data, overwrite, as_json, report_file) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with one_line_errors():
         src, dst = Path(input_path), Path(output_path)
@@ -170,7 +174,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
                           min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
-                          max_groups=max_groups, allocator=allocator,
+                          max_groups=max_groups, allocator=allocator, calibrate=calibrate,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = optimize_model(src, options, output=dst, external_data=external_data)
         _emit(report.to_dict(), render(report), as_json, report_file)

@@ -109,6 +109,7 @@ class Factored:
 
     matrices: tuple[np.ndarray, ...]
     bias: np.ndarray | None = None
+    singular_values: np.ndarray | None = None  # when known, the pair is factor_pair's (U sqrt(S), sqrt(S) V^T)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -212,3 +213,192 @@ def frobenius_errors(s: np.ndarray) -> np.ndarray:
     if total == 0:
         return np.zeros(s.size + 1)
     return np.sqrt(np.append(energy, 0.0) / total)
+
+
+# --- spectra and truncation: values once, factors only for the chosen rank ---------------------------------
+
+GRAM_MIN_DIM = 256  # from this narrower side on, spectra come from the Gram matrix's eigenvalues (faster)
+
+
+def gram(weight: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The float64 Gram matrix of ``weight`` on its narrower side, and whether that side is the rows:
+    ``W W^T`` (rows) or ``W^T W``. Read in slices (``weight`` may be a memory-mapped float32 file)."""
+    rows = weight.shape[0] <= weight.shape[1]
+    return (matmul64(weight, weight.T) if rows else matmul64(weight.T, weight)), rows
+
+
+def gram_floor(n: int) -> float:
+    """Relative size below which singular values from a Gram matrix of order ``n`` are round-off:
+    eigenvalues are accurate to about n * eps * sigma_1^2, so sigma_i to sqrt(n * eps) * sigma_1."""
+    return float(np.sqrt(max(n, 1) * np.finfo(np.float64).eps))
+
+
+def _gram_values(g: np.ndarray) -> np.ndarray:
+    """Singular values (descending) from a Gram matrix; those under its round-off floor become 0."""
+    lam = np.linalg.eigvalsh(g)[::-1]
+    s = np.sqrt(np.clip(lam, 0.0, None))
+    if s.size and s[0] > 0:
+        s[s <= gram_floor(g.shape[0]) * s[0]] = 0.0
+    return s
+
+
+def singular_values(weight: np.ndarray | Factored) -> np.ndarray:
+    """Singular values (descending) of a matrix or a Factored product, never its singular vectors.
+
+    A pair (K x h)(h x N) needs only the triangular factors of two QRs; a matrix whose narrower side is
+    at least GRAM_MIN_DIM uses the eigenvalues of its Gram matrix (values under ``gram_floor`` are 0).
+    """
+    if isinstance(weight, Factored):
+        if weight.singular_values is not None:
+            return weight.singular_values
+        if len(weight.matrices) == 2:
+            a, b = (np.asarray(m, dtype=np.float64) for m in weight.matrices)
+            return np.linalg.svd(np.linalg.qr(a, mode="r") @ np.linalg.qr(b.T, mode="r").T, compute_uv=False)
+        weight = weight.dense() if len(weight.matrices) > 1 else weight.matrices[0]
+    if min(weight.shape) >= GRAM_MIN_DIM:
+        return _gram_values(gram(weight)[0])
+    return np.linalg.svd(np.asarray(weight, dtype=np.float64), compute_uv=False)
+
+
+def top_factors(weight: np.ndarray | Factored, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` (in, r), ``B`` (r, out) with ``A @ B`` the best rank-r approximation (factor_pair's scaling).
+
+    A pair uses its QR-based thin SVD; a matrix with narrower side >= GRAM_MIN_DIM the top eigenvectors of
+    its Gram matrix (the other factor is a projection of ``weight``, read in slices); directions under
+    the Gram floor get zero factors.
+    """
+    if isinstance(weight, Factored):
+        if weight.singular_values is not None:  # already ordered by singular value: truncation is slicing
+            return weight.matrices[0][:, :rank], weight.matrices[1][:rank]
+        if len(weight.matrices) == 2:
+            return factor_pair(*weight.svd(), rank)
+        weight = weight.dense() if len(weight.matrices) > 1 else weight.matrices[0]
+    if min(weight.shape) < GRAM_MIN_DIM:
+        return factor_pair(*svd(weight), rank)
+    g, rows = gram(weight)
+    lam, vec = np.linalg.eigh(g)
+    del g
+    lam, vec = lam[::-1][:rank], vec[:, ::-1][:, :rank]
+    s = np.sqrt(np.clip(lam, 0.0, None))
+    keep = s > gram_floor(vec.shape[0]) * (s[0] if s.size else 0.0)
+    root = np.where(keep, np.sqrt(s), 0.0)
+    inv = np.where(keep, 1.0 / np.where(keep, np.sqrt(s), 1.0), 0.0)
+    if rows:  # W = U S V^T with U from W W^T: A = U sqrt(S), B = sqrt(S)^-1 U^T W
+        return vec * root, matmul64(vec.T, weight) * inv[:, None]
+    return matmul64(weight, vec) * inv, root[:, None] * vec.T
+
+
+# --- calibrated (activation-aware) algebra --------------------------------------------------------------------
+
+WHITEN_DAMPING = 1e-3  # added to the input covariance, relative to its mean eigenvalue
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """The output-error metric of a layer's calibration inputs: for any change ``D`` of the weight,
+    ``||(X - mean) D||_F^2 / rows + damping ||D||_F^2 = ||root @ D||_F^2``, ``root`` upper triangular
+    (the transposed Cholesky factor of the damped covariance). Truncating ``root @ W`` then cuts exactly
+    the singular values it drops from the output on the data (SVD-LLM), and the bias absorbs the mean."""
+
+    root: np.ndarray
+    mean: np.ndarray
+    covariance: np.ndarray  # damped, (n, n)
+
+    def block(self, start: int, stop: int) -> Whitening:
+        """The metric of the input features ``start:stop`` alone (for grouped factors)."""
+        cov = self.covariance[start:stop, start:stop]
+        return Whitening(np.linalg.cholesky(cov).T, self.mean[start:stop], cov)
+
+
+def covariance(count: int, total: np.ndarray, gram_sum: np.ndarray, centered: bool = True) -> np.ndarray:
+    """Per-row covariance (or second moment when not ``centered``) from streamed sums."""
+    n = max(count, 1)
+    cov = gram_sum / n
+    if centered:
+        mean = total / n
+        cov = cov - np.outer(mean, mean)
+    return (cov + cov.T) / 2
+
+
+def whitening(count: int, total: np.ndarray, gram_sum: np.ndarray, damping: float | None = None,
+              centered: bool = True) -> Whitening:
+    """The Whitening of inputs with ``count`` rows, column sums ``total`` and ``X^T X`` ``gram_sum``.
+
+    ``damping`` (relative to the mean variance, with a float64 floor) keeps directions the data never
+    excites from being cut for free and makes the covariance positive definite (None: WHITEN_DAMPING). Not ``centered`` (a
+    layer without bias, which cannot absorb the mean): the second moment, and a zero mean."""
+    cov = covariance(count, total, gram_sum, centered)
+    n = cov.shape[0]
+    damping = WHITEN_DAMPING if damping is None else damping
+    scale = max(float(np.trace(cov)) / max(n, 1), np.finfo(np.float64).tiny)
+    damped = cov + (damping + n * np.finfo(np.float64).eps) * scale * np.eye(n)
+    mean = total / max(count, 1) if centered else np.zeros_like(total, dtype=np.float64)
+    return Whitening(np.linalg.cholesky(damped).T, mean, damped)
+
+
+def whitened(weight: np.ndarray | Factored, metric: Whitening) -> Factored:
+    """``root @ W`` as a Factored (a pair stays a pair)."""
+    if isinstance(weight, Factored):
+        first = matmul64(metric.root, weight.matrices[0])
+        return Factored((first, *weight.matrices[1:]))
+    return Factored((matmul64(metric.root, weight),))
+
+
+def unwhiten(first: np.ndarray, metric: Whitening) -> np.ndarray:
+    """``root^-1 @ first``: a factor of the whitened weight back in input coordinates."""
+    return np.linalg.solve(metric.root, first)
+
+
+def mean_output(weight: np.ndarray | Factored, mean: np.ndarray) -> np.ndarray:
+    """``mean @ W`` for a matrix or a Factored product (never forming the product)."""
+    out = mean[None, :]
+    for m in (weight.matrices if isinstance(weight, Factored) else (weight,)):
+        out = matmul64(out, m)
+    return out[0]
+
+
+def ridge_toward(cov_xx: np.ndarray, cov_xy: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
+    """``argmin_W ||X W - Y||^2 + lam ||W - prior||^2`` from ``X^T X`` and ``X^T Y``, lam = alpha x the
+    mean eigenvalue of ``cov_xx``. Directions the data never excites keep ``prior`` exactly."""
+    n = cov_xx.shape[0]
+    lam = alpha * max(float(np.trace(cov_xx)) / max(n, 1), np.finfo(np.float64).tiny)
+    return np.linalg.solve(cov_xx + lam * np.eye(n), cov_xy + lam * prior)
+
+
+def truncate(exact: Factored, rank: int, metric: Whitening | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Factors ``A``, ``B`` and bias of ``exact`` at ``rank``: the best rank-r approximation, or with a
+    ``metric`` the one with the least output error on its data (the bias then keeps the mean output)."""
+    if metric is None:
+        return (*top_factors(exact, rank), exact.bias)
+    a, b = top_factors(whitened(exact, metric), rank)
+    a = unwhiten(a, metric)
+    return a, b, _kept_mean(exact, metric.mean, a, b)
+
+
+def truncate_grouped(weight: np.ndarray, groups: int, rank: int, bias: np.ndarray | None,
+                     metric: Whitening | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """ALDS's grouped factors of ``weight``: input features in ``groups`` blocks, each of ``rank``; the
+    stacked first factors (groups, n_in/groups, rank), the second ((groups * rank), n_out) and the bias.
+    With a ``metric``, each block is truncated in its own features' metric."""
+    firsts, seconds = [], []
+    width = weight.shape[0] // groups
+    for g, block in enumerate(np.split(weight, groups, axis=0)):
+        part = None if metric is None else metric.block(g * width, (g + 1) * width)
+        a, b, _ = truncate(Factored((block,)), rank, part)
+        firsts.append(a)
+        seconds.append(b)
+    first, second = np.stack(firsts), np.concatenate(seconds, axis=0)
+    if metric is None:
+        return first, second, bias
+    kept = np.concatenate([metric.mean[g * width:(g + 1) * width] @ first[g] for g in range(groups)]) @ second
+    return first, second, _shifted(bias, metric.mean @ weight - kept)
+
+
+def _kept_mean(exact: Factored, mean: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    return _shifted(exact.bias, mean_output(exact, mean) - (mean @ a) @ b)
+
+
+def _shifted(bias: np.ndarray | None, shift: np.ndarray) -> np.ndarray | None:
+    """``bias + shift``; a missing bias stays missing (its metric was not centered, so ``shift`` is 0)."""
+    return None if bias is None else bias + shift

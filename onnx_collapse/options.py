@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -40,6 +41,10 @@ class Options:
         on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``).
     max_verify_memory: refuse to verify (CollapseError) when the inputs and the tensors computed from them
         would need more than this many bytes, as estimated from the shapes; None: half the available memory.
+    calibrate: an .npz file (or a dict) with one array per graph input, rows along axis 0: chains with
+        slopes near 1 are fitted to their real outputs on it, and low-rank spectra are those of the weights
+        whitened by their inputs (activation-aware ALDS). Verification then uses ``inputs``, or rows held
+        out of this data (never the rows that calibrated).
     """
 
     slope_tol: float = 0.05
@@ -60,6 +65,7 @@ class Options:
     metric: str = "allclose"
     min_agreement: float = 0.99
     max_verify_memory: int | None = None
+    calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the keyword (CollapseError)."""
@@ -81,6 +87,9 @@ class Options:
                               ("budget_metric", BUDGET_METRICS), ("error_metric", ERROR_METRICS)):
             if getattr(self, name) not in allowed:
                 raise CollapseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+
+        if self.calibrate is not None and not isinstance(self.calibrate, (str, os.PathLike, Mapping)):
+            raise CollapseError(f"calibrate must be an .npz path or a dict of arrays, not {type(self.calibrate).__name__}")
 
     def with_overrides(self, **overrides) -> Options:
         """A copy with some fields replaced (validated again); CollapseError for an unknown keyword."""

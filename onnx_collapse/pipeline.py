@@ -7,15 +7,16 @@ import os
 import shutil
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import onnx
 
-from . import allocate
+from . import allocate, calibrate
 from .acceptance import Revert, accept, without_local_failures
 from .allocate import LayerSpectrum
+from .errors import CollapseError
 from .graph import GraphView, default_opset, import_model, infer_shapes, walk_graphs, weight_count
 from .io import (
     ModelSource,
@@ -256,6 +257,7 @@ def optimize(
     model = source.model
     if external_data is None and uses_external(model):
         external_data = True
+    options, held_out = calibration_split(model, options)
     contexts = run_passes(source, options)
     plans = [p for ctx in contexts for p in ctx.plans]
     staging = StagedOutput(output, external_data, source.base_dir, source) if output is not None else nullcontext()
@@ -266,6 +268,9 @@ def optimize(
             out, verification = _verify_and_revert(source, contexts, options, staged)
         else:
             out, verification = apply_plans(model, plans), None
+        if held_out is not None and verification is not None and verification.n_input_sets:
+            verification.inputs = held_out
+        _plain_errors(plans)
         records = [r for ctx in contexts for r in ctx.records]
         notes = [n for ctx in contexts for n in ctx.notes]
         if model.functions:
@@ -281,6 +286,38 @@ def optimize(
         elif staged is None and uses_external(out):
             embed_external_data(out, source.base_dir)
         return out, report
+
+
+def calibration_split(model: onnx.ModelProto, options: Options) -> tuple[Options, str | None]:
+    """With ``calibrate`` and verification but no ``inputs``: hold a seeded fifth of the calibration rows out
+    for verification (the rest calibrates), and the phrase the report gives for it. Calibration and
+    verification never share rows; naming one file for both is refused."""
+    data = options.calibrate
+    if data is None or not options.verify:
+        return options, None
+    if options.inputs is not None:
+        if not isinstance(data, Mapping) and not isinstance(options.inputs, Mapping) and \
+                os.path.abspath(data) == os.path.abspath(options.inputs):
+            raise CollapseError("--inputs and --calibrate name the same file; verification needs data the "
+                                "calibration did not see (leave out --inputs to hold out rows automatically)")
+        return options, None
+    arrays = calibrate.load_arrays(model, data)
+    kept, held = calibrate.split_rows(arrays, options.seed)
+    n_held, n = calibrate.row_count(held), calibrate.row_count(arrays)
+    phrase = (f"{n_held} of {n} rows of {calibrate.describe(data)} held out (seed {options.seed}); the other "
+              f"{n - n_held} calibrated the folds")
+    return options.with_overrides(calibrate=kept, inputs=held), phrase
+
+
+def _plain_errors(plans: list[FoldPlan]) -> None:
+    """Give each calibrated fold the measured error of the plain fold it replaced (its first uncalibrated
+    fallback), where verification measured it."""
+    for plan in plans:
+        plain = plan.fallback
+        while plain is not None and plain.record.calibrated:
+            plain = plain.fallback
+        if plan.record.calibrated and plain is not None:
+            plan.record.plain_error = plain.record.error
 
 
 def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProto, unchanged: bool) -> None:

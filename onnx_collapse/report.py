@@ -56,6 +56,10 @@ class FoldRecord:
     macs_after: int = 0
     predicted_error: float | None = None  # truncation only: relative error bound of the kept rank
     error: ErrorStats | None = None  # measured at the chain's output in onnxruntime
+    # calibrated collapse (--calibrate, slopes near but not at 1): the fold was fitted to the chain's outputs
+    calibrated: bool = False
+    plain_error: ErrorStats | None = None  # the plain fold W1 W2 ..., measured like ``error``
+    calibration_rms: list[float] | None = None  # [plain, calibrated (cross-validated)] RMS error on calibration rows
 
 
 @dataclass
@@ -144,7 +148,10 @@ def render_stats(before: ModelStats, after: ModelStats) -> str:
 def render_folds(folds: list[FoldRecord]) -> str:
     if not folds:
         return "no chains of layers found (see why for each layer below)"
+    calibrated = any(f.calibrated for f in folds)
     rows = [["#", "layers", "dims", "slopes", "status", "form", "params", "MACs/row", "max abs err", "reason"]]
+    if calibrated:
+        rows[0][-1:-1] = ["plain fold err"]
     for k, f in enumerate(folds, 1):
         slopes = ",".join(f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}" for lo, hi in f.slopes) or "-"
         form = (f.form or "-") + (f" r={f.rank}" if f.rank is not None else "")
@@ -156,6 +163,8 @@ def render_folds(folds: list[FoldRecord]) -> str:
             f"{f.macs_before:,}>{f.macs_after:,}" if f.form else f"{f.macs_before:,}",
             err, f.reason,
         ])
+        if calibrated:
+            rows[-1][-1:-1] = ["-" if f.plain_error is None else f"{f.plain_error.max_abs:.2e}"]
     return _table(rows, text_last=True)
 
 

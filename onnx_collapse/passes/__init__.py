@@ -3,13 +3,15 @@
 Adding a pass means writing its module and listing it here; no other pass changes.
 """
 
+from .calibrate import CalibrateFolds, CollectStatistics
 from .chains import FindChains
 from .explain import ExplainUnfolded
 from .fold import PlanFolds
 from .layers import FindLayers
 from .lowrank import LowRank, Spectra
 
-DEFAULT_PASSES = (FindLayers(), FindChains(), PlanFolds())  # run on each graph
+# run on each graph; the calibration passes do nothing without options.calibrate
+DEFAULT_PASSES = (FindLayers(), FindChains(), CollectStatistics(), PlanFolds(), CalibrateFolds())
 GLOBAL_PASSES = (LowRank(), ExplainUnfolded())  # run once over all graphs, in this order
 SPECTRUM_PASSES = (*DEFAULT_PASSES, Spectra())  # what analyze runs with --spectrum
 

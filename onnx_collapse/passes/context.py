@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import onnx
 
@@ -13,6 +13,9 @@ from ..kinds import Layer
 from ..options import Options
 from ..plans import FoldPlan, Segment
 from ..report import FoldRecord, Unfolded
+
+if TYPE_CHECKING:
+    from ..calibrate import Statistics
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Context:
     stops: dict[int, str] = field(default_factory=dict)  # layer's first node -> why its chain ended after it
     unfolded: list[Unfolded] = field(default_factory=list)  # layers no plan folds, with why
     counted: set = field(default_factory=set)  # stored tensors already counted in a planned fold's record
+    calibration: Statistics | None = None  # streamed statistics of the calibration data (main graph only)
 
     def fresh_name(self, base: str) -> str:
         """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""

@@ -9,7 +9,9 @@ import onnx
 
 from .. import linalg
 from ..emit import RangeError
+from ..kinds.base import EmissionFor
 from ..plans import FoldPlan, Segment
+from ..report import FoldRecord
 from .chains import chain_record
 from .context import Context
 
@@ -29,7 +31,7 @@ class Form:
 
 def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
     """The chain as one dense ``W`` or an exact factor pair ``A B`` (numerical rank), whichever is smaller;
-    also the exact map as a Factored (for later truncation).
+    also the exact map as a Factored (for later truncation; a factor pair keeps its singular values).
 
     When the chain's narrowest dim is too wide for a factor pair to pay off, the dense product is formed
     and no SVD runs. Otherwise the chain is split at that dim and its SVD comes from QR of the two
@@ -49,7 +51,7 @@ def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
     has_bias = split.bias is not None
     form = Form("factor", linalg.factor_pair(u, s, vt, rank), rank,
                 linalg.factor_params(n_in, n_out, rank, has_bias), linalg.factor_macs(n_in, n_out, rank))
-    return form, split
+    return form, linalg.Factored(form.matrices, split.bias, s[:rank])
 
 
 def shape_nodes(ctx: Context, links, x: str, y: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -99,27 +101,45 @@ class PlanFolds:
             return None
         affines, emission_for = maps
         form, exact = cheapest_form(affines)
-        record.form, record.rank = form.name, form.rank
-        record.params_after, record.macs_after = form.params, form.macs
-        if form.params >= record.params_before or form.macs > record.macs_before:
-            record.form = None
-            record.reason = (f"no smaller form: best is {form.name}"
-                             f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
-                             f"vs {record.params_before:,} in the chain")
+        if not takes_form(record, form):
             return None
-        emission = emission_for(exact.bias is not None, len(form.matrices))
-        prologue = [link for link in seg.lead if link.reshapes_to is not None]
-        epilogue = [link for link in seg.trail if link.reshapes_to is not None]
-        x = ctx.fresh_name(f"{emission.prefix}.in") if prologue else seg.input
-        y = ctx.fresh_name(f"{emission.prefix}.out") if epilogue else seg.output
-        try:
-            nodes, inits = emission.linear(ctx.fresh_name, x, y, form.matrices, exact.bias, head.dtype)
-            before, before_inits = shape_nodes(ctx, prologue, seg.input, x)
-            after, after_inits = shape_nodes(ctx, epilogue, y, seg.output)
-            nodes, inits = before + nodes + after, before_inits + inits + after_inits
-        except RangeError as exc:
-            record.form, record.reason = None, str(exc)
-            return None
-        record.status = "folded"
-        return FoldPlan(record, ctx.path, seg.node_positions(), seg.input, seg.output, nodes, inits, head.dtype,
-                        exact, emission)
+        return emit_plan(ctx, seg, record, form, exact, emission_for)
+
+
+def takes_form(record: FoldRecord, form: Form) -> bool:
+    """Record ``form`` as the chain's fold if it is smaller than the chain; else say why not (False)."""
+    record.form, record.rank = form.name, form.rank
+    record.params_after, record.macs_after = form.params, form.macs
+    if form.params >= record.params_before or form.macs > record.macs_before:
+        record.form = None
+        record.reason = (f"no smaller form: best is {form.name}"
+                         f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
+                         f"vs {record.params_before:,} in the chain")
+        return False
+    return True
+
+
+def emit_plan(ctx: Context, seg: Segment, record: FoldRecord, form: Form, exact: linalg.Factored,
+              emission_for: EmissionFor | None = None) -> FoldPlan | None:
+    """The plan writing ``form`` (the map ``exact``) in place of the segment, shape ops before or after the
+    segment written again around it; None (reason recorded) if a weight does not fit the dtype.
+    ``emission_for`` defaults to the first layer's kind writing a fully connected map."""
+    head = seg.layers[0]
+    if emission_for is None:
+        prefix, bias_rank = ctx.view.label(head.nodes[0]) + "/collapsed", max(layer.bias_rank for layer in seg.layers)
+        emission_for = lambda has_bias, n: head.kind.emission(head, prefix, ctx.opset, bias_rank, has_bias, n)  # noqa: E731
+    emission = emission_for(exact.bias is not None, len(form.matrices))
+    prologue = [link for link in seg.lead if link.reshapes_to is not None]
+    epilogue = [link for link in seg.trail if link.reshapes_to is not None]
+    x = ctx.fresh_name(f"{emission.prefix}.in") if prologue else seg.input
+    y = ctx.fresh_name(f"{emission.prefix}.out") if epilogue else seg.output
+    try:
+        nodes, inits = emission.linear(ctx.fresh_name, x, y, form.matrices, exact.bias, head.dtype)
+        before, before_inits = shape_nodes(ctx, prologue, seg.input, x)
+        after, after_inits = shape_nodes(ctx, epilogue, y, seg.output)
+    except RangeError as exc:
+        record.form, record.reason = None, str(exc)
+        return None
+    record.status = "folded"
+    return FoldPlan(record, ctx.path, seg.node_positions(), seg.input, seg.output, before + nodes + after,
+                    before_inits + inits + after_inits, head.dtype, exact, emission)

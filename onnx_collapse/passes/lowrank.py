@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
-from .. import allocate, linalg
+from .. import allocate, calibrate, linalg
 from ..emit import RangeError
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
@@ -30,12 +28,19 @@ def _targets(ctx: Context) -> list[FoldPlan]:
     return targets
 
 
+def target_whitening(ctx: Context, target: FoldPlan) -> linalg.Whitening | None:
+    """The target's output-error metric on the calibration data (None: data-free)."""
+    return calibrate.input_whitening(ctx.calibration, target.input, target.exact.bias is not None)
+
+
 def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpectrum]]:
-    """The truncation targets and their storage options (grouping only for inputs of known rank >= 2)."""
+    """The truncation targets and their storage options (grouping only for inputs of known rank >= 2);
+    spectra of the whitened weights where the target's inputs were calibrated (activation-aware ALDS)."""
     targets = _targets(ctx)
     spectra = [
         allocate.spectrum(" > ".join(t.record.layers), t.exact, ctx.options.error_metric,
-                          ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1, t.emit.group_unit)
+                          ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1, t.emit.group_unit,
+                          target_whitening(ctx, t))
         for t in targets
     ]
     return targets, spectra
@@ -47,7 +52,9 @@ def _single(ctx: Context, layer: Layer) -> FoldPlan:
     record.form, record.params_after, record.macs_after = "dense", record.params_before, record.macs_before
     emission = layer.kind.emission(layer, ctx.view.label(layer.nodes[0]) + "/lowrank", ctx.opset, layer.bias_rank,
                                    layer.bias is not None, 2)
-    affine = linalg.compose([layer.affine(ctx.view)])
+    affine = layer.affine(ctx.view)
+    if affine.scale != 1.0:  # otherwise the stored weight (possibly a file view) is read in slices when needed
+        affine = linalg.compose([affine])
     exact = linalg.Factored((affine.weight,), affine.bias)
     return FoldPlan(record, ctx.path, layer.nodes, layer.input, layer.output, [], [], layer.dtype, exact, emission)
 
@@ -59,21 +66,17 @@ def _current_cost(plan: FoldPlan) -> int:
 
 def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error: float) -> FoldPlan | None:
     """A plan storing ``exact.exact`` with ``option``'s (grouped) rank; None if it does not fit the dtype."""
-    bias = exact.exact.bias
+    whiten = target_whitening(ctx, exact)
     try:
         if option.groups == 1:
-            u, s, vt = exact.exact.svd()
-            matrices = linalg.factor_pair(u, s, vt, option.rank)
-            nodes, inits = exact.emit.linear(ctx.fresh_name, exact.input, exact.output, matrices, bias,
+            a, b, bias = linalg.truncate(exact.exact, option.rank, whiten)
+            nodes, inits = exact.emit.linear(ctx.fresh_name, exact.input, exact.output, (a, b), bias,
                                              exact.dtype)
         else:
-            firsts, seconds = [], []
-            for block in np.split(exact.exact.dense(), option.groups, axis=0):
-                a, b = linalg.factor_pair(*linalg.svd(block), option.rank)
-                firsts.append(a)
-                seconds.append(b)
-            nodes, inits = exact.emit.grouped(ctx.fresh_name, exact.input, exact.output, np.stack(firsts),
-                                              np.concatenate(seconds, axis=0), bias, exact.dtype)
+            first, second, bias = linalg.truncate_grouped(exact.exact.dense(), option.groups, option.rank,
+                                                          exact.exact.bias, whiten)
+            nodes, inits = exact.emit.grouped(ctx.fresh_name, exact.input, exact.output, first, second, bias,
+                                              exact.dtype)
     except RangeError as exc:
         ctx.notes.append(f"{' > '.join(exact.record.layers)}: low-rank form skipped: {exc}")
         return None
@@ -83,6 +86,8 @@ def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error
                      predicted_error=error, error=None)
     if option.groups > 1:
         record.reason = f"{option.groups} groups"
+    if whiten is not None:
+        record.reason = ", ".join(filter(None, [record.reason, "activation-aware (calibrated)"]))
     return FoldPlan(record, exact.graph, exact.removed, exact.input, exact.output, nodes, inits, exact.dtype, exact.exact,
                     exact.emit, fallback=exact if exact.nodes else None)
 

@@ -1,0 +1,151 @@
+"""Passes: streaming statistics of the calibration data, and chains refitted to their real outputs.
+
+Both do nothing without ``options.calibrate``. Only the main graph is calibrated (a subgraph's tensors
+cannot be captured from outside); its chains and low-rank targets stay data-free, and so do convolutions
+(their features are channels, not the last axis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+
+from .. import calibrate, linalg
+from ..io import ModelSource
+from ..plans import FoldPlan, Segment
+from .context import Context
+from .fold import Form, cheapest_form, emit_plan, takes_form
+
+
+def needs_fit(seg: Segment) -> bool:
+    """A chain folds exactly when every activation's slope is exactly 1; otherwise it may be fitted."""
+    return any(link.deviation > 0 for link in seg.activations())
+
+
+def requests(ctx: Context) -> list[calibrate.Request]:
+    """What to measure: each chain's input (with its output where the slopes are not exactly 1) and, when
+    truncating every layer, each layer outside the chains."""
+    wanted = []
+    for seg in (seg for seg in ctx.segments if seg.layers[0].kind.axis == -1):  # features on the last axis
+        head, tail = seg.layers[0], seg.layers[-1]
+        if needs_fit(seg):
+            wanted.append(calibrate.Request(seg.input, head.n_in, seg.output, tail.n_out))
+        else:
+            wanted.append(calibrate.Request(seg.input, head.n_in))
+    opts = ctx.options
+    if (opts.rank_budget is not None or opts.max_error is not None) and opts.low_rank == "all":
+        taken = {i for seg in ctx.segments for layer in seg.layers for i in layer.nodes}
+        wanted += [calibrate.Request(layer.input, layer.n_in) for layer in ctx.layers
+                   if layer.nodes[0] not in taken and layer.kind.axis == -1]
+    seen, unique = set(), []
+    for r in sorted(wanted, key=lambda r: r.y is None):  # a request with cross terms covers its input too
+        if r.x not in seen or r.y is not None:
+            seen.add(r.x)
+            unique.append(r)
+    return unique
+
+
+def _elem_types(ctx: Context) -> dict[str, int]:
+    types = {}
+    for layer in ctx.layers:
+        elem = onnx.helper.np_dtype_to_tensor_dtype(layer.dtype)
+        types.setdefault(layer.input, elem)
+        types.setdefault(layer.output, elem)
+    for seg in ctx.segments:
+        elem = onnx.helper.np_dtype_to_tensor_dtype(seg.layers[0].dtype)
+        types[seg.input] = types[seg.output] = elem
+    return types
+
+
+class CollectStatistics:
+    """One streaming onnxruntime pass over the calibration rows (main graph)."""
+
+    name = "collect-statistics"
+
+    def run(self, ctx: Context) -> None:
+        data = ctx.options.calibrate
+        if data is None:
+            return
+        if ctx.path:
+            if ctx.layers:
+                ctx.notes.append(f"graph {'/'.join(map(str, ctx.path))}: not calibrated (a subgraph's tensors "
+                                 "cannot be captured); its folds and truncations are data-free")
+            return
+        wanted = requests(ctx)
+        if not wanted:
+            return
+        arrays = calibrate.load_arrays(ctx.model, data)
+        source = ModelSource(ctx.model, ctx.view.store.base_dir)
+        stats = calibrate.collect(source, wanted, _elem_types(ctx), arrays, calibrate.FOLDS, ctx.options.seed)
+        ctx.calibration = stats
+        ctx.notes.append(f"calibration: {stats.rows} row(s) of {calibrate.describe(data)} in {stats.batches} "
+                         f"batch(es), statistics of {len(stats.parts)} tensor(s)")
+        for request, why in stats.skipped.items():
+            ctx.notes.append(f"calibration: no statistics for {request.x!r}: {why}")
+
+
+def _plan_of(ctx: Context, seg: Segment) -> FoldPlan | None:
+    positions = seg.node_positions()
+    return next((p for p in ctx.plans if p.removed == positions and p.input == seg.input), None)
+
+
+def calibrated_form(fit: calibrate.Fit, plain: Form, whiten: linalg.Whitening | None
+                    ) -> tuple[Form, linalg.Factored]:
+    """The fitted map as a dense layer; when that is not smaller than a plain factor pair of rank r, the
+    fit's rank-r truncation in its inputs' output metric (as a pair)."""
+    form, exact = cheapest_form([linalg.Affine(fit.weight, fit.bias)])
+    if plain.rank is None or form.params <= plain.params:
+        return form, exact
+    a, b, bias = linalg.truncate(exact, plain.rank, whiten)
+    return Form("factor", (a, b), plain.rank, plain.params, plain.macs), linalg.Factored((a, b), bias)
+
+
+class CalibrateFolds:
+    """Replaces the plain fold of each chain with slopes near 1 by its least-squares fit to the chain's real
+    outputs (ridge toward the plain fold); the plain fold stays as its fallback."""
+
+    name = "calibrate-folds"
+
+    def run(self, ctx: Context) -> None:
+        stats = ctx.calibration
+        if stats is None:
+            return
+        for seg in ctx.segments:
+            plan = _plan_of(ctx, seg) if needs_fit(seg) else None
+            if plan is None:
+                continue
+            head, tail = seg.layers[0], seg.layers[-1]
+            parts = stats.parts.get(calibrate.Request(seg.input, head.n_in, seg.output, tail.n_out))
+            if parts is None:
+                plan.record.reason = "not calibrated (no statistics); plain fold"
+                continue
+            self.refit(ctx, seg, plan, parts)
+
+    def refit(self, ctx: Context, seg: Segment, plan: FoldPlan, parts: list[calibrate.Moments]) -> None:
+        prior = np.asarray(plan.exact.dense(), dtype=np.float64)
+        fit = calibrate.fit_chain(parts, prior, plan.exact.bias)
+        rms = [float(fit.plain_rms), float(fit.fitted_rms)]
+        if fit.weight is None:
+            plan.record.calibration_rms = rms
+            plan.record.reason = (f"calibrated fit no better on held-out calibration rows (RMS {rms[1]:.2e} vs "
+                                  f"{rms[0]:.2e}); plain fold")
+            return
+        record = replace(plan.record, status="skipped", reason="", calibrated=True, calibration_rms=rms,
+                         error=None)
+        whiten = calibrate.input_whitening(ctx.calibration, seg.input, plan.exact.bias is not None)
+        plain_form = Form(plan.record.form or "dense", (), plan.record.rank, plan.record.params_after,
+                          plan.record.macs_after)
+        form, exact = calibrated_form(fit, plain_form, whiten)
+        if not takes_form(record, form):
+            plan.record.reason = f"calibrated fit not stored: {record.reason}; plain fold"
+            return
+        calibrated = emit_plan(ctx, seg, record, form, exact)
+        if calibrated is None:
+            return
+        record.reason = (f"least squares on {fit.rows} calibration rows (ridge {fit.alpha:g} toward the plain "
+                         f"fold): RMS {rms[0]:.2e} -> {rms[1]:.2e} (cross-validated)")
+        calibrated.fallback = plan
+        ctx.plans[next(i for i, p in enumerate(ctx.plans) if p is plan)] = calibrated
+        ctx.records[next(i for i, r in enumerate(ctx.records) if r is plan.record)] = record
