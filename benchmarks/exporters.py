@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from digits import write_table
 from inference_speed import latencies
 from torch import nn
 
@@ -94,18 +95,18 @@ def run(repeats: int) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     direct = {r["model"]: r["params"][1] for r in rows
               if r["exporter"] == "dynamo" and r["prepass"] == "none" and "params" in r}
-    print("| model | exporter | pre-pass | chains in torch | found | folded | parameters | same as dynamo direct "
-          "| verified | speed-up |")
-    print("|---" * 10 + "|")
+    lines = ["| model | exporter | pre-pass | chains in torch | found | folded | parameters | same as dynamo direct "
+             "| verified | speed-up |", "|---" * 10 + "|"]
     for r in rows:
         head = f"| {r['model']} | {r['exporter']} | {r['prepass']} | {r['chains']} "
         if "skipped" in r:
-            print(head + f"| skipped: {r['skipped']} | | | | | |")
+            lines.append(head + f"| skipped: {r['skipped']} | | | | | |")
             continue
         before, after = r["params"]
-        print(head + f"| {r['found']} | {r['folded']} | {before:,} -> {after:,} "
-              f"| {'yes' if after == direct[r['model']] else 'NO'} | {'yes' if r['passed'] else 'NO'} "
-              f"| {r['speedup']:.2f}x |")
+        lines.append(head + f"| {r['found']} | {r['folded']} | {before:,} -> {after:,} "
+                     f"| {'yes' if after == direct[r['model']] else 'NO'} | {'yes' if r['passed'] else 'NO'} "
+                     f"| {r['speedup']:.2f}x |")
+    write_table("exporters", lines)
 
 
 def main() -> None:
