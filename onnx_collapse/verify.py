@@ -16,6 +16,7 @@ from onnx import helper
 from .errors import CollapseError
 from .io import PROTOBUF_LIMIT, ModelSource, open_model, pause_point, scratch_dir, uses_external, write_model
 from .options import DEFAULTS, Options
+from .progress import reported, stage
 from .report import ErrorStats, Verification
 
 DEFAULT_DIM = 2  # value used for a dynamic dim the user did not set
@@ -272,6 +273,7 @@ def make_feeds(
     return file_feeds(model, inputs), f"inputs from {Path(inputs).name}"
 
 
+@reported
 def verify(
     reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike, *,
     inputs: str | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -281,10 +283,13 @@ def verify(
     """Run both models (paths or ModelProtos) in onnxruntime on the same inputs and compare every output
     of ``reference``. Bad values raise CollapseError naming the keyword (checked as in ``Options``)."""
     Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
-    ref, cand = open_model(reference), open_model(candidate)
+    with stage("loading the models"):
+        ref, cand = open_model(reference), open_model(candidate)
     feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n)
-    expected = run(ref, feeds, "original model")
-    actual = run(cand, feeds, "optimized model")
+    with stage("running the original model"):
+        expected = run(ref, feeds, "original model")
+    with stage("running the optimized model"):
+        actual = run(cand, feeds, "optimized model")
     return compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement)
 
 
