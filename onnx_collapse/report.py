@@ -112,6 +112,7 @@ def _change(before: float, after: float) -> str:
 
 ELLIPSIS = "..."
 SEP = "  "  # between table columns
+MIN_CUT = 8  # the narrowest a cut column gets when nothing else helps
 
 
 def cut_end(text: str, width: int) -> str:
@@ -153,26 +154,28 @@ class Column:
 def _fit(columns: list[Column], rows: list[list[str]], width: int | None) -> tuple[list[int], list[int]]:
     """The columns kept (indices) and their widths, so that a line is at most ``width`` where possible:
     cut the columns that allow it (rightmost first) down to their least width; if that is not enough,
-    drop columns in their order and cut again."""
+    drop columns in their order and cut again; if still too wide, cut below the least widths."""
     natural = [max(len(c.title), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     kept = list(range(len(columns)))
 
     def excess(widths: list[int]) -> int:
         return 0 if width is None else sum(widths[i] for i in kept) + len(SEP) * (len(kept) - 1) - width
 
-    def cut() -> list[int]:
+    def cut(floor: Callable[[Column], int]) -> list[int]:
         widths = list(natural)
         for i in reversed(kept):
             if columns[i].cut is not None and excess(widths) > 0:
-                widths[i] = min(natural[i], max(columns[i].least, natural[i] - excess(widths)))
+                widths[i] = min(natural[i], max(floor(columns[i]), natural[i] - excess(widths)))
         return widths
 
-    widths = cut()
+    widths = cut(lambda c: c.least)
     for i in sorted((i for i in kept if columns[i].drop), key=lambda i: columns[i].drop):
         if excess(widths) <= 0:
             break
         kept.remove(i)
-        widths = cut()
+        widths = cut(lambda c: c.least)
+    if excess(widths) > 0:
+        widths = cut(lambda c: min(c.least, max(len(c.title), MIN_CUT)))
     return kept, widths
 
 
@@ -222,7 +225,7 @@ def render_stats(before: ModelStats, after: ModelStats, width: int | None = None
 FOLD_COLUMNS = [
     Column("#", left=True), Column("layers", cut=cut_chain, least=14), Column("dims", drop=3),
     Column("slopes", drop=2), Column("status"), Column("form", drop=5), Column("params"),
-    Column("MACs/row", drop=1), Column("max abs err", drop=4), Column("reason", left=True, cut=cut_end, least=16),
+    Column("MACs/row", drop=1), Column("max abs err", drop=4), Column("reason", left=True, cut=cut_end, least=30),
 ]
 
 
