@@ -64,7 +64,7 @@ def _rank_label(layer: LayerSpectrum, option: allocate.Option) -> str:
     if option.rank is None:
         return f"dense ({min(layer.n_in, layer.n_out)})"
     groups = f"{option.groups} x " if option.groups > 1 else ""
-    return f"{groups}r={option.rank}  err {option.error:.2g}"
+    return f"{groups}r={option.rank}  err {option.error:.3f}"
 
 
 def draw(spectra: Sequence[LayerSpectrum], tradeoff: Sequence[tuple[float, float, float]], budget: float):
@@ -88,15 +88,15 @@ def draw(spectra: Sequence[LayerSpectrum], tradeoff: Sequence[tuple[float, float
     full = [min(s.n_in, s.n_out) for s in spectra]
     rank = [f if o.rank is None else o.rank * o.groups for f, o in zip(full, chosen)]
     y = np.arange(rows)
-    right.barh(y, full, color="lightgray", label="full rank")
-    right.barh(y, rank, color="tab:blue", label=f"kept at {budget:.0%}")
+    right.barh(y, full, height=0.6, color="lightgray")
+    right.barh(y, rank, height=0.6, color="tab:blue")
     for k, (layer, option) in enumerate(zip(spectra, chosen)):
         right.text(full[k], k, " " + _rank_label(layer, option), va="center", fontsize=8)
     right.set_yticks(y, [cut_chain(s.name, NAME_WIDTH) for s in spectra], fontsize=8)
     right.invert_yaxis()
     right.set_xlim(0, 1.35 * max(full))
-    right.set(xlabel="rank", title=f"per-layer ranks at {budget:.0%} of the weights")
-    right.legend(loc="lower right", fontsize=8)
+    right.set(xlabel=f"rank (blue: kept at {budget:.0%}; gray: full rank)",
+              title=f"per-layer ranks at {budget:.0%} of the weights")
     return fig
 
 
