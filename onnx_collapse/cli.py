@@ -267,7 +267,7 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, a
 
             plot_tradeoff(found.spectra, found.tradeoff, plot_file, rank_budget, progress=progress)
         payload = found.report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in found.remarks]}
-        text = render_analysis(found.report, found.remarks, _width())
+        text = render_analysis(found.report, _width())
         if spectrum:
             payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
                                    "singular_values": s.singular_values.tolist()} for s in found.spectra]

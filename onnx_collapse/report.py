@@ -312,13 +312,11 @@ def render_spectra(spectra, tradeoff, width: int | None = None) -> str:
     return _table(columns, rows, width) + "\n\n" + _table(curve_columns, curve, width)
 
 
-def render_analysis(report: Report, remarks: list[tuple[str, str]], width: int | None = None) -> str:
-    """What ``analyze`` prints before any spectra: chains, unfolded layers, other layers, predicted savings."""
+def render_analysis(report: Report, width: int | None = None) -> str:
+    """What ``analyze`` prints before any spectra: chains, unfolded layers, predicted savings."""
     lines = [render_folds(report.folds, width)]
     if report.unfolded:
         lines += ["", render_unfolded(report.unfolded, width)]
-    if remarks:
-        lines += ["", "other layers:"] + [_wrap(f"  {n}: {r}", width, "    ") for n, r in remarks]
     foldable = [f for f in report.folds if f.status == "foldable"]
     lines += ["", _wrap(f"{len(foldable)} foldable chain(s): parameters {report.before.params:,} -> "
                         f"{report.after.params:,}; linear MACs/row {report.before.linear_macs:,} -> "
