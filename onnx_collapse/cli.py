@@ -108,9 +108,14 @@ def _progress(quiet: bool) -> Progress | None:
     return TerminalProgress() if sys.stderr.isatty() and not quiet else None
 
 
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
 def _width() -> int | None:
-    """The width tables fit: COLUMNS, else the terminal's; None (no limit) when stdout is no terminal."""
-    return shutil.get_terminal_size((0, 0)).columns or None
+    """The width tables fit when stdout is a terminal (COLUMNS, else the terminal's); None (no limit) when
+    it is not: piped output is never cut (COLUMNS alone does not say a person reads it; readline exports it)."""
+    return shutil.get_terminal_size().columns if stdout_is_terminal() else None
 
 
 def _given(ctx: click.Context, name: str) -> bool:

@@ -1,17 +1,14 @@
 """Progress of long work: the stages the API reports, and the display the CLI shows on a terminal's stderr."""
 
-import os
-import pty
-import shutil
 import subprocess
 
 import pytest
 from conftest import MODELS
+from terminal import EXE, run_on_terminal
 
 import onnx_collapse as oc
 from onnx_collapse.progress import Progress, TerminalProgress, advance, stage
 
-EXE = shutil.which("onnx-collapse")
 needs_exe = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
 
 
@@ -103,40 +100,18 @@ def test_the_terminal_display_names_the_stage_and_the_steps():
     assert "spectra" in "".join(out.text) and "2/3" in "".join(out.text)
 
 
-def run_on_terminal(*args) -> tuple[subprocess.CompletedProcess, str]:
-    """Run the command with stderr on a pseudo-terminal (stdout piped); returns the result and what the
-    terminal received."""
-    master, slave = pty.openpty()
-    env = dict(os.environ, TERM="xterm", COLUMNS="100")
-    proc = subprocess.Popen([EXE, *map(str, args)], stdout=subprocess.PIPE, stderr=slave, text=True, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # the terminal closed: the command has ended
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    stdout = proc.stdout.read()
-    proc.wait(timeout=120)
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, None), b"".join(chunks).decode(errors="replace")
-
-
 @needs_exe
 def test_cli_shows_progress_on_a_terminal_and_keeps_stdout_clean(tmp_path):
-    result, terminal = run_on_terminal("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx")
-    assert result.returncode == 0
+    code, terminal, stdout = run_on_terminal("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx")
+    assert code == 0
     assert "loading the model" in terminal and "verifying in onnxruntime" in terminal
-    assert "verification: PASSED" in result.stdout and "\x1b" not in result.stdout
+    assert "verification: PASSED" in stdout and "\x1b" not in stdout
 
 
 @needs_exe
 def test_quiet_silences_the_terminal(tmp_path):
-    result, terminal = run_on_terminal("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--quiet")
-    assert result.returncode == 0 and "verification: PASSED" in result.stdout
+    code, terminal, stdout = run_on_terminal("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--quiet")
+    assert code == 0 and "verification: PASSED" in stdout
     assert terminal == ""
 
 

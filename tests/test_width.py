@@ -1,11 +1,15 @@
-"""Printed tables fit the terminal width (COLUMNS); the JSON report keeps every word."""
+"""Printed tables fit the terminal width (COLUMNS) when stdout is a terminal; the JSON keeps every word."""
 
 import json
+import os
+import subprocess
 
 import pytest
 from click.testing import CliRunner
 from conftest import MODELS
+from terminal import EXE, run_on_terminal
 
+from onnx_collapse import cli as cli_module
 from onnx_collapse.cli import cli
 from onnx_collapse.report import Column, _table, cut_chain, cut_end, cut_middle
 
@@ -14,8 +18,11 @@ LONG_REASON = "kept the exact fold instead"  # the end of a reverted truncation'
 
 
 def run(width: int | None, *args) -> str:
-    env = {"COLUMNS": str(width) if width else ""}
-    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    """The command's stdout, in process; with ``width``, as if stdout were a terminal that wide."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli_module, "stdout_is_terminal", lambda: width is not None)
+        result = CliRunner().invoke(cli, [str(a) for a in args], env={"COLUMNS": str(width or 200)},
+                                    catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.stdout
 
@@ -56,9 +63,19 @@ def test_a_long_reason_is_cut_in_the_table_and_whole_in_the_json(tmp_path, width
     assert folds[0]["reason"].endswith(LONG_REASON)
 
 
-def test_without_a_width_nothing_is_cut(tmp_path):
+def test_without_a_terminal_nothing_is_cut(tmp_path):
     text = run(None, "optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5")
     assert LONG_REASON in text and widest(text) > 120
+
+
+@pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
+def test_a_real_terminal_gets_fitted_and_a_pipe_does_not(tmp_path):
+    args = ["optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5", "--quiet"]
+    code, terminal, _ = run_on_terminal(*args, stream="stdout", columns=60)
+    assert code == 0 and "verification: PASSED" in terminal and widest(terminal) <= 60
+    piped = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "60"})
+    assert LONG_REASON in piped.stdout
 
 
 def test_layer_lists_keep_their_ends():
