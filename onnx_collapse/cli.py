@@ -276,7 +276,6 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, a
         if spectrum:
             payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
                                    "singular_values": s.singular_values.tolist()} for s in found.spectra]
-            payload["tradeoff"] = [{"budget": b, "kept": k, "max_error": e} for b, k, e in found.tradeoff]
             text += "\n\n" + render_spectra(found.spectra, found.tradeoff, _width())
         click.echo(json.dumps(payload, indent=2) if as_json else text)
 
