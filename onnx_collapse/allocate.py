@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import linalg
+from .progress import advance
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def spectrum(name: str, weight: np.ndarray | linalg.Factored, metric: str = "spe
     dense = factored.dense() if groupings else None
     for k in groupings:
         options += grouped_options(dense, k, metric, sigma_1, norm_f, whiten)
+    advance()  # one layer's spectrum done (progress display)
     return LayerSpectrum(name, n_in, n_out, tuple(options), s)
 
 

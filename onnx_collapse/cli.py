@@ -10,19 +10,22 @@ import contextlib
 import dataclasses
 import json
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import io
 from .errors import CollapseError
 from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RANK_TARGETS, METRICS, Options
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
-from .report import SCHEMA_VERSION, render, render_folds, render_spectra, render_unfolded, render_verification
+from .progress import Progress, TerminalProgress
+from .report import SCHEMA_VERSION, render, render_analysis, render_spectra, render_verification
 from .verify import parse_input_shape, parse_size
 from .verify import verify as verify_models
 
@@ -94,6 +97,56 @@ def check_options(f):
     return f
 
 
+def quiet_option(f):
+    """``--quiet``: nothing on stderr but errors."""
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress display and no notes on stderr (errors are still shown).")(f)
+
+
+def _progress(quiet: bool) -> Progress | None:
+    """A progress display on stderr when it is a terminal and ``--quiet`` is off; else none."""
+    return TerminalProgress() if sys.stderr.isatty() and not quiet else None
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def _width() -> int | None:
+    """The width tables fit when stdout is a terminal (COLUMNS, else the terminal's); None (no limit) when
+    it is not: piped output is never cut (COLUMNS alone does not say a person reads it; readline exports it)."""
+    return shutil.get_terminal_size().columns if stdout_is_terminal() else None
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user set the option ``name`` (on the command line or through the environment)."""
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _flag(ctx: click.Context, name: str) -> str:
+    return max(next(p for p in ctx.command.params if p.name == name).opts, key=len)
+
+
+def note_idle_options(quiet: bool, rules: list[tuple[bool, tuple[str, ...], str]]) -> None:
+    """One note on stderr per rule whose options the user set but that have no effect: each rule is
+    (whether its options are idle, the option names, why). An option is named once."""
+    ctx = click.get_current_context()
+    named: set[str] = set()
+    for idle, names, why in rules:
+        given = [n for n in names if idle and n not in named and _given(ctx, n)]
+        named.update(given)
+        if given and not quiet:
+            flags = ", ".join(_flag(ctx, n) for n in given)
+            click.echo(f"onnx-collapse: note: {flags} {'has' if len(given) == 1 else 'have'} no effect {why}",
+                       err=True)
+
+
+def check_notes(metric: str, inputs: str | None) -> list[tuple[bool, tuple[str, ...], str]]:
+    """Rules for the options of :func:`check_options` (see :func:`note_idle_options`)."""
+    return [(metric != "top1", ("min_agreement",), "without --metric top1"),
+            (inputs is not None, ("seed", "check_n", "input_shape"), "with --inputs (no random inputs are made)")]
+
+
 class Terminated(BaseException):
     """Raised by the SIGTERM handler, so that every with-block cleans up on the way out (exit 143)."""
 
@@ -121,10 +174,15 @@ def _emit(report_dict: dict, text: str, as_json: bool, report_file: str | None) 
     click.echo(json.dumps(report_dict, indent=2) if as_json else text)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True,
+             no_args_is_help=False)
 @click.version_option(package_name="onnx-collapse")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Collapse near-linear Gemm/MatMul chains of ONNX models and prove the result in onnxruntime."""
+    if ctx.invoked_subcommand is None:  # bare ``onnx-collapse``: the help on stderr, exit 2 like any usage error
+        click.echo(ctx.get_help(), err=True)
+        ctx.exit(2)
 
 
 @cli.command()
@@ -161,23 +219,34 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@quiet_option
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
              metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
-             allocator, max_verify_memory, calibrate, external_data, overwrite, as_json, report_file) -> None:
+             allocator, max_verify_memory, calibrate, external_data, overwrite, as_json, report_file, quiet) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with one_line_errors():
         src, dst = Path(input_path), Path(output_path)
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite)
         if rank_budget is not None and max_error is not None:
             raise CollapseError("--rank-budget and --max-error exclude each other; give one")
+        no_budget = rank_budget is None and max_error is None
+        note_idle_options(quiet, [
+            (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "input_shape", "metric", "min_agreement",
+                         "max_verify_memory"),
+             "with --no-verify"),
+            *check_notes(metric, inputs),
+            (no_budget, ("low_rank", "max_groups", "budget_metric", "error_metric"),
+             "without --rank-budget or --max-error"),
+            (rank_budget is None, ("allocator",), "without --rank-budget"),
+        ])
         options = cli_options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
                           min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
                           max_groups=max_groups, allocator=allocator, calibrate=calibrate,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
-        _, report = optimize_model(src, options, output=dst, external_data=external_data)
-        _emit(report.to_dict(), render(report), as_json, report_file)
+        _, report = optimize_model(src, options, output=dst, external_data=external_data, progress=_progress(quiet))
+        _emit(report.to_dict(), render(report, _width()), as_json, report_file)
         if report.verification is not None and not report.verification.passed:
             click.echo("onnx-collapse: verification failed; no output written", err=True)
             sys.exit(1)
@@ -189,28 +258,44 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
               help="Count activations whose slopes are all within this distance of 1 as foldable.")
 @click.option("--spectrum", is_flag=True, help="Also show low-rank targets' spectra and the error/budget trade-off.")
 @click.option("--low-rank", type=click.Choice(LOW_RANK_TARGETS), default=DEFAULT_LOW_RANK, show_default=True,
-              help="With --spectrum: collapsed products only, or every linear layer.")
+              help="With --spectrum or --plot: collapsed products only, or every linear layer.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Draw the ALDS trade-off (largest layer error against weights kept) and the per-layer ranks "
+                   "at --rank-budget (default 50%) into this picture (needs matplotlib: the plot extra).")
+@click.option("--rank-budget", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="With --plot: the weight budget to mark and show the ranks at.")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
-def analyze(input_path, slope_tol, spectrum, low_rank, as_json) -> None:
+@quiet_option
+def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, as_json, quiet) -> None:
     """List every chain of IN.onnx: shapes, slopes, predicted savings, and why it would or would not fold."""
     with one_line_errors():
+        if plot_file is not None:
+            _check_plot_path(Path(input_path), Path(plot_file))
+        note_idle_options(quiet, [(not spectrum and plot_file is None, ("low_rank",), "without --spectrum or --plot"),
+                                  (plot_file is None, ("rank_budget",), "without --plot")])
+        progress = _progress(quiet)
         found = analyze_model(input_path, cli_options(slope_tol=slope_tol, verify=False, low_rank=low_rank),
-                              spectrum=spectrum)
-        report, remarks = found.report, found.remarks
-        payload = report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in remarks]}
+                              spectrum=spectrum or plot_file is not None, progress=progress)
+        if plot_file is not None:
+            from .plot import plot_tradeoff
+
+            plot_tradeoff(found.spectra, found.tradeoff, plot_file, rank_budget, progress=progress)
+        payload = found.report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in found.remarks]}
+        text = render_analysis(found.report, _width())
         if spectrum:
             payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
                                    "singular_values": s.singular_values.tolist()} for s in found.spectra]
-        lines = [render_folds(report.folds)]
-        if report.unfolded:
-            lines += ["", render_unfolded(report.unfolded)]
-        foldable = [f for f in report.folds if f.status == "foldable"]
-        lines += ["", f"{len(foldable)} foldable chain(s): parameters {report.before.params:,} -> "
-                      f"{report.after.params:,}; linear MACs/row {report.before.linear_macs:,} -> "
-                      f"{report.after.linear_macs:,} (predicted; run optimize to verify)"]
-        if spectrum:
-            lines += ["", render_spectra(found.spectra, found.tradeoff)]
-        click.echo(json.dumps(payload, indent=2) if as_json else "\n".join(lines))
+            text += "\n\n" + render_spectra(found.spectra, found.tradeoff, _width())
+        click.echo(json.dumps(payload, indent=2) if as_json else text)
+
+
+def _check_plot_path(src: Path, picture: Path) -> None:
+    """Before any work: refuse a picture path that is the input model (or one of its files) or cannot be
+    written, and a format matplotlib cannot write (or a missing matplotlib)."""
+    io.check_destination(picture, io.model_files(src, "input"), "--plot")
+    from .plot import picture_format
+
+    picture_format(picture)
 
 
 @cli.command()
@@ -218,14 +303,17 @@ def analyze(input_path, slope_tol, spectrum, low_rank, as_json) -> None:
 @click.argument("candidate", metavar="B.onnx", type=click.Path(dir_okay=False))
 @check_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@quiet_option
 def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape, metric, min_agreement,
-           as_json) -> None:
+           as_json, quiet) -> None:
     """Compare B.onnx with A.onnx in onnxruntime; exit 1 if any output differs beyond tolerance."""
     with one_line_errors():
+        note_idle_options(quiet, check_notes(metric, inputs))
         result = verify_models(reference, candidate, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
-                               check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
+                               check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
+                               progress=_progress(quiet))
         payload = {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(result)
-        click.echo(json.dumps(payload, indent=2) if as_json else render_verification(result))
+        click.echo(json.dumps(payload, indent=2) if as_json else render_verification(result, _width()))
     if not result.passed:
         sys.exit(1)
 

@@ -32,6 +32,7 @@ from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
 from .passes.context import Context, GlobalPass, Pass, all_names
 from .passes.layers import find_layers
 from .plans import FoldPlan
+from .progress import reported, stage
 from .report import ModelStats, Report, Verification
 from .rewrite import apply_plans
 from .verify import (
@@ -67,12 +68,15 @@ def contexts_for(source: ModelSource, options: Options) -> list[Context]:
 def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = DEFAULT_PASSES,
                global_passes: Sequence[GlobalPass] = GLOBAL_PASSES) -> list[Context]:
     """Analyse every graph: each pass in order over each graph, then the passes that see all graphs."""
-    contexts = contexts_for(source, options)
+    with stage("reading the graphs"):
+        contexts = contexts_for(source, options)
     for ctx in contexts:
         for p in passes:
-            p.run(ctx)
+            with stage(p.name):
+                p.run(ctx)
     for p in global_passes:
-        p.run_all(contexts)
+        with stage(p.name):
+            p.run_all(contexts)
     return contexts
 
 
@@ -233,6 +237,7 @@ def _warnings_as_notes(func):
     return wrapper
 
 
+@reported
 @_warnings_as_notes
 def optimize(
     model_or_path: onnx.ModelProto | str | os.PathLike,
@@ -253,7 +258,8 @@ def optimize(
     never modified. Raises CollapseError for bad input.
     """
     options = (options or Options()).with_overrides(**overrides)
-    source = open_model(model_or_path)
+    with stage("loading the model"):
+        source = open_model(model_or_path)
     model = source.model
     if external_data is None and uses_external(model):
         external_data = True
@@ -265,7 +271,8 @@ def optimize(
         if not plans:
             out, verification = model, Verification(True, 0, "the model is unchanged")
         elif options.verify:
-            out, verification = _verify_and_revert(source, contexts, options, staged)
+            with stage("verifying in onnxruntime"):
+                out, verification = _verify_and_revert(source, contexts, options, staged)
         else:
             out, verification = apply_plans(model, plans), None
         if held_out is not None and verification is not None and verification.n_input_sets:
@@ -277,10 +284,12 @@ def optimize(
             notes.append(f"{len(model.functions)} model-local function(s) left as they are: "
                          + ", ".join(f.name for f in model.functions))
         unfolded = [u for ctx in contexts for u in ctx.unfolded]
-        report = Report(model_stats(model), model_stats(out), records, verification, notes, unfolded)
+        with stage("counting"):
+            report = Report(model_stats(model), model_stats(out), records, verification, notes, unfolded)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
         if staged is not None and (verification is None or verification.passed):
-            _write_output(staged, source, out, unchanged=not plans)
+            with stage("writing the output"):
+                _write_output(staged, source, out, unchanged=not plans)
             report.after.file_bytes = file_size(output)
             out = onnx.load(str(output), load_external_data=False)
         elif staged is None and uses_external(out):
@@ -344,6 +353,7 @@ class Analysis:
     tradeoff: list[tuple[float, float, float]]
 
 
+@reported
 @_warnings_as_notes
 def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
             spectrum: bool = False, **overrides) -> Analysis:
@@ -352,15 +362,17 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
     ``spectrum``: also compute the low-rank targets' singular values (``options.low_rank`` picks them).
     """
     options = (options or Options()).with_overrides(rank_budget=None, max_error=None, **overrides)
-    source = open_model(model_or_path)
+    with stage("loading the model"):
+        source = open_model(model_or_path)
     contexts = run_passes(source, options, SPECTRUM_PASSES if spectrum else DEFAULT_PASSES)
     records = [r for ctx in contexts for r in ctx.records]
     for record in records:
         if record.status == "folded":
             record.status = "foldable"
     plans = [p for ctx in contexts for p in ctx.plans]
-    before = model_stats(source.model)
-    after = model_stats(apply_plans(source.model, plans)) if plans else before  # shared tensors counted once
+    with stage("counting"):
+        before = model_stats(source.model)
+        after = model_stats(apply_plans(source.model, plans)) if plans else before  # shared tensors counted once
     spectra = [s for ctx in contexts for s in ctx.spectra]
     report = Report(before, after, records, None, [n for c in contexts for n in c.notes],
                     [u for c in contexts for u in c.unfolded])

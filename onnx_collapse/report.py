@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import linalg
@@ -116,21 +118,104 @@ def _change(before: float, after: float) -> str:
     return f"{100.0 * (after - before) / before:+.1f}%"
 
 
-def _table(rows: list[list[str]], text_last: bool = False) -> str:
-    """Columns padded to their widest cell: the first (and with ``text_last`` the last) left-aligned."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    left = {0, len(widths) - 1} if text_last else {0}
+ELLIPSIS = "..."
+SEP = "  "  # between table columns
+MIN_CUT = 8  # the narrowest a cut column gets when nothing else helps
+
+
+def cut_end(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, its end replaced by an ellipsis when cut."""
+    if len(text) <= width:
+        return text
+    return text[:width] if width <= len(ELLIPSIS) else text[: width - len(ELLIPSIS)].rstrip() + ELLIPSIS
+
+
+def cut_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, keeping its start and end around an ellipsis."""
+    if len(text) <= width:
+        return text
+    if width <= len(ELLIPSIS) + 1:
+        return text[:width]
+    tail = (width - len(ELLIPSIS)) // 2
+    return text[: width - len(ELLIPSIS) - tail] + ELLIPSIS + text[len(text) - tail:]
+
+
+def cut_chain(text: str, width: int) -> str:
+    """A layer list ``a > b > c > d`` in at most ``width`` characters: ``a > ... > d``, then cut in the middle."""
+    parts = text.split(" > ")
+    if len(text) > width and len(parts) > 2:
+        text = f"{parts[0]} > {ELLIPSIS} > {parts[-1]}"
+    return cut_middle(text, width)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its title, alignment, how a cell is cut to fit, and when the column goes."""
+
+    title: str
+    left: bool = False
+    cut: Callable[[str, int], str] | None = None  # None: never cut
+    least: int = 0  # a cut column keeps at least this width
+    drop: int = 0  # when cutting is not enough, columns go in this order (1 first); 0: kept
+
+
+def _fit(columns: list[Column], rows: list[list[str]], width: int | None) -> tuple[list[int], list[int]]:
+    """The columns kept (indices) and their widths, so that a line is at most ``width`` where possible:
+    cut the columns that allow it (rightmost first) down to their least width; if that is not enough,
+    drop columns in their order and cut again; if still too wide, cut below the least widths."""
+    natural = [max(len(c.title), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    kept = list(range(len(columns)))
+
+    def excess(widths: list[int]) -> int:
+        return 0 if width is None else sum(widths[i] for i in kept) + len(SEP) * (len(kept) - 1) - width
+
+    def cut(floor: Callable[[Column], int]) -> list[int]:
+        widths = list(natural)
+        for i in reversed(kept):
+            if columns[i].cut is not None and excess(widths) > 0:
+                widths[i] = min(natural[i], max(floor(columns[i]), natural[i] - excess(widths)))
+        return widths
+
+    widths = cut(lambda c: c.least)
+    for i in sorted((i for i in kept if columns[i].drop), key=lambda i: columns[i].drop):
+        if excess(widths) <= 0:
+            break
+        kept.remove(i)
+        widths = cut(lambda c: c.least)
+    if excess(widths) > 0:
+        widths = cut(lambda c: min(c.least, max(len(c.title), MIN_CUT)))
+    return kept, widths
+
+
+def _table(columns: list[Column], rows: list[list[str]], width: int | None = None) -> str:
+    """Columns padded to their widest cell, under a title rule; cells cut and columns dropped to fit
+    ``width`` (None: no limit), and as a last resort lines cut at ``width``."""
+    kept, widths = _fit(columns, rows, width)
     lines = []
-    for k, row in enumerate(rows):
-        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
+    for k, row in enumerate([[c.title for c in columns], *rows]):
+        cells = []
+        for i in kept:
+            column, cell = columns[i], row[i]
+            cell = column.cut(cell, widths[i]) if column.cut is not None else cell
+            cells.append(cell.ljust(widths[i]) if column.left else cell.rjust(widths[i]))
+        lines.append(SEP.join(cells).rstrip())
         if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+            lines.append(SEP.join("-" * widths[i] for i in kept))
+    return "\n".join(line if width is None else cut_end(line, width) for line in lines)
 
 
-def render_stats(before: ModelStats, after: ModelStats) -> str:
-    rows = [["", "before", "after", "change"]]
+def _wrap(text: str, width: int | None, indent: str = "  ") -> str:
+    """A line of prose wrapped at ``width`` (None: as it is), continuation lines indented."""
+    if width is None or len(text) <= width:
+        return text
+    return textwrap.fill(text, width, subsequent_indent=indent, break_on_hyphens=False)
+
+
+def render_stats(before: ModelStats, after: ModelStats, width: int | None = None) -> str:
+    """Op counts, parameters, MACs and file size before and after."""
+    columns = [Column("", left=True, cut=cut_middle, least=8), Column("before"), Column("after"),
+               Column("change", drop=1)]
+    rows = []
     for op in sorted(set(before.op_counts) | set(after.op_counts)):
         b, a = before.op_counts.get(op, 0), after.op_counts.get(op, 0)
         rows.append([op, str(b), str(a), "" if a == b else f"{a - b:+d}"])
@@ -142,16 +227,22 @@ def render_stats(before: ModelStats, after: ModelStats) -> str:
     if before.file_bytes is not None or after.file_bytes is not None:
         rows.append(["file size", _bytes(before.file_bytes), _bytes(after.file_bytes),
                      _change(before.file_bytes or 0, after.file_bytes or 0) if before.file_bytes else ""])
-    return _table(rows)
+    return _table(columns, rows, width)
 
 
-def render_folds(folds: list[FoldRecord]) -> str:
+FOLD_COLUMNS = [
+    Column("#", left=True), Column("layers", cut=cut_chain, least=14), Column("dims", drop=3),
+    Column("slopes", drop=2), Column("status"), Column("form", drop=5), Column("params"),
+    Column("MACs/row", drop=1), Column("max abs err", drop=4), Column("reason", left=True, cut=cut_end, least=30),
+]
+
+
+def render_folds(folds: list[FoldRecord], width: int | None = None) -> str:
+    """One row per candidate chain: layers, dims, slopes, decision, form, savings, error, reason."""
     if not folds:
-        return "no chains of layers found (see why for each layer below)"
+        return _wrap("no chains of layers found (see why for each layer below)", width)
     calibrated = any(f.calibrated for f in folds)
-    rows = [["#", "layers", "dims", "slopes", "status", "form", "params", "MACs/row", "max abs err", "reason"]]
-    if calibrated:
-        rows[0][-1:-1] = ["plain fold err"]
+    rows = []
     for k, f in enumerate(folds, 1):
         slopes = ",".join(f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}" for lo, hi in f.slopes) or "-"
         form = (f.form or "-") + (f" r={f.rank}" if f.rank is not None else "")
@@ -165,47 +256,62 @@ def render_folds(folds: list[FoldRecord]) -> str:
         ])
         if calibrated:
             rows[-1][-1:-1] = ["-" if f.plain_error is None else f"{f.plain_error.max_abs:.2e}"]
-    return _table(rows, text_last=True)
+    columns = FOLD_COLUMNS[:-1] + [Column("plain fold err", drop=4), FOLD_COLUMNS[-1]] if calibrated else FOLD_COLUMNS
+    return _table(columns, rows, width)
 
 
-def render_unfolded(unfolded: list[Unfolded]) -> str:
+def render_unfolded(unfolded: list[Unfolded], width: int | None = None) -> str:
     """The layers in no fold, each with why."""
     if not unfolded:
         return ""
-    return "layers not folded:\n" + _table([["layer", "why"]] + [[u.layer, u.reason] for u in unfolded], text_last=True)
+    columns = [Column("layer", left=True, cut=cut_middle, least=14), Column("why", left=True, cut=cut_end, least=16)]
+    return "layers not folded:\n" + _table(columns, [[u.layer, u.reason] for u in unfolded], width)
 
 
-def render_verification(v: Verification | None) -> str:
+def render_verification(v: Verification | None, width: int | None = None) -> str:
+    """The verdict, where the inputs came from, and per output the errors against the tolerance."""
     if v is None:
-        return "verification: skipped (--no-verify); equivalence was NOT checked"
+        return _wrap("verification: skipped (--no-verify); equivalence was NOT checked", width)
     if v.n_input_sets == 0:
-        return f"verification: not needed, {v.inputs}"
+        return _wrap(f"verification: not needed, {v.inputs}", width)
     head = f"verification: {'PASSED' if v.passed else 'FAILED'} on {v.n_input_sets} input set(s), {v.inputs}"
-    rows = [["output", "max abs", "max rel", "mean abs", "required atol", "atol", "rtol", "top-1 agree", "result"]]
+    top1 = any(o.agreement is not None for o in v.outputs)
+    columns = [Column("output", left=True, cut=cut_middle, least=10), Column("max abs"), Column("max rel", drop=3),
+               Column("mean abs", drop=2), Column("required atol", drop=5), Column("atol", drop=4),
+               Column("rtol", drop=4), Column("top-1 agree", drop=6 if top1 else 1), Column("result")]
+    rows = []
     for o in v.outputs:
         agree = "-" if o.agreement is None else f"{100 * o.agreement:.2f}%"
         rows.append([o.name, f"{o.max_abs:.3e}", f"{o.max_rel:.3e}", f"{o.mean_abs:.3e}",
                      f"{o.required_atol:.3e}", f"{o.atol:.0e}", f"{o.rtol:.0e}", agree, "ok" if o.passed else "FAIL"])
-    return head + "\n" + _table(rows)
+    return _wrap(head, width) + "\n" + _table(columns, rows, width)
 
 
-def render(report: Report) -> str:
-    """The human-readable report: before/after table, folds, notes, verification last."""
-    parts = [render_stats(report.before, report.after), "", render_folds(report.folds)]
+def _notes(notes: list[str], width: int | None) -> list[str]:
+    return [_wrap(f"note: {n}", width) for n in notes]
+
+
+def render(report: Report, width: int | None = None) -> str:
+    """The human-readable report: before/after table, folds, notes, verification last; lines fit ``width``
+    where it is given (the JSON report keeps every word)."""
+    parts = [render_stats(report.before, report.after, width), "", render_folds(report.folds, width)]
     if report.unfolded:
-        parts += ["", render_unfolded(report.unfolded)]
+        parts += ["", render_unfolded(report.unfolded, width)]
     if report.notes:
-        parts += [""] + [f"note: {n}" for n in report.notes]
-    parts += ["", render_verification(report.verification)]
+        parts += ["", *_notes(report.notes, width)]
+    parts += ["", render_verification(report.verification, width)]
     return "\n".join(parts)
 
 
-def render_spectra(spectra, tradeoff) -> str:
+def render_spectra(spectra, tradeoff, width: int | None = None) -> str:
     """Per target layer: shape, sigma_1, numerical rank, spectral error at 25/50/75 % of the largest rank
     worth factoring; then the ALDS trade-off (largest layer error at each weight budget), as computed."""
     if not spectra:
-        return "no low-rank targets (use --low-rank all to include every linear layer)"
-    rows = [["layer", "dims", "sigma_1", "rank", "max factor rank", "err @25%", "err @50%", "err @75%"]]
+        return _wrap("no low-rank targets (use --low-rank all to include every linear layer)", width)
+    columns = [Column("layer", left=True, cut=cut_chain, least=14), Column("dims", drop=3),
+               Column("sigma_1", drop=2), Column("rank", drop=4), Column("max factor rank", drop=1),
+               Column("err @25%", drop=5), Column("err @50%"), Column("err @75%", drop=5)]
+    rows = []
     for sp in spectra:
         s = sp.singular_values
         top = linalg.max_factor_rank(sp.n_in, sp.n_out)
@@ -213,6 +319,18 @@ def render_spectra(spectra, tradeoff) -> str:
         cells = [f"{errors[min(max(1, round(f * top)), s.size)]:.3f}" if top else "-" for f in (0.25, 0.5, 0.75)]
         rows.append([sp.name, f"{sp.n_in}x{sp.n_out}", f"{s[0]:.3g}" if s.size else "0",
                      str(linalg.numerical_rank(s, (sp.n_in, sp.n_out))), str(top), *cells])
-    curve = [["weight budget", "kept", "max layer error (ALDS)"]]
-    curve += [[f"{b:.0%}", f"{kept:.1%}", f"{err:.3f}"] for b, kept, err in tradeoff]
-    return _table(rows) + "\n\n" + _table(curve)
+    curve = [[f"{b:.0%}", f"{kept:.1%}", f"{err:.3f}"] for b, kept, err in tradeoff]
+    curve_columns = [Column("weight budget", left=True), Column("kept"), Column("max layer error (ALDS)")]
+    return _table(columns, rows, width) + "\n\n" + _table(curve_columns, curve, width)
+
+
+def render_analysis(report: Report, width: int | None = None) -> str:
+    """What ``analyze`` prints before any spectra: chains, unfolded layers, predicted savings."""
+    lines = [render_folds(report.folds, width)]
+    if report.unfolded:
+        lines += ["", render_unfolded(report.unfolded, width)]
+    foldable = [f for f in report.folds if f.status == "foldable"]
+    lines += ["", _wrap(f"{len(foldable)} foldable chain(s): parameters {report.before.params:,} -> "
+                        f"{report.after.params:,}; linear MACs/row {report.before.linear_macs:,} -> "
+                        f"{report.after.linear_macs:,} (predicted; run optimize to verify)", width)]
+    return "\n".join(lines)

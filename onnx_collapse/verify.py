@@ -19,6 +19,7 @@ from .errors import CollapseError
 from .graph import infer_shapes
 from .io import PROTOBUF_LIMIT, ModelSource, open_model, pause_point, scratch_dir, uses_external, write_model
 from .options import DEFAULTS, Options
+from .progress import reported, stage
 from .report import ErrorStats, Verification
 
 DEFAULT_DIM = 2  # value used for a dynamic dim the user did not set
@@ -440,6 +441,7 @@ def check_memory(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, 
                         "give real data with --inputs, or raise --max-verify-memory")
 
 
+@reported
 def verify(
     reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike, *,
     inputs: str | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -452,10 +454,13 @@ def verify(
     keyword (checked as in ``Options``)."""
     Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
             max_verify_memory=max_memory)
-    ref, cand = open_model(reference), open_model(candidate)
+    with stage("loading the models"):
+        ref, cand = open_model(reference), open_model(candidate)
     feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n, max_memory)
-    expected = run(ref, feeds, "original model")
-    actual = run(cand, feeds, "optimized model")
+    with stage("running the original model"):
+        expected = run(ref, feeds, "original model")
+    with stage("running the optimized model"):
+        actual = run(cand, feeds, "optimized model")
     return compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement)
 
 

@@ -1,0 +1,128 @@
+"""Progress of long work: a silent default, a terminal display on stderr, and the hooks the pipeline calls.
+
+The pipeline marks its stages with :func:`stage` and counts steps (layers, folds) with :func:`advance`;
+both go to the :class:`Progress` installed for the current call by the public functions' ``progress=``
+keyword (see :func:`reported`), and do nothing when none is. No parameter is threaded through the passes.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TextIO, TypeVar
+
+
+class Progress:
+    """The interface the pipeline reports to; this base class ignores everything (silent)."""
+
+    def start(self) -> None:
+        """Called once before the work of a call."""
+
+    def stop(self) -> None:
+        """Called once after it, also when it fails."""
+
+    def begin(self, label: str, total: int | None) -> None:
+        """A stage starts (stages nest); ``total`` steps if known."""
+
+    def end(self) -> None:
+        """The innermost stage ends."""
+
+    def step(self, count: int) -> None:
+        """``count`` more steps of the innermost stage are done."""
+
+
+class TerminalProgress(Progress):
+    """Open stages as transient lines on a terminal (stderr by default): spinner, label, steps, elapsed time.
+
+    Uses rich, imported only here; the lines are erased when the work ends.
+    """
+
+    def __init__(self, file: TextIO | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import Progress as Lines
+        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        console = Console(file=file or sys.stderr)
+        self._lines = Lines(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[done]}"),
+                            TimeElapsedColumn(), console=console, transient=True, redirect_stdout=False,
+                            redirect_stderr=False)
+        self._open: list[list] = []  # [task id, steps done, total] per open stage, innermost last
+
+    def start(self) -> None:
+        self._lines.start()
+
+    def stop(self) -> None:
+        self._lines.stop()
+
+    def begin(self, label: str, total: int | None) -> None:
+        self._open.append([self._lines.add_task(label, total=total, done=""), 0, total])
+
+    def end(self) -> None:
+        self._lines.remove_task(self._open.pop()[0])
+
+    def step(self, count: int) -> None:
+        if not self._open:
+            return
+        task = self._open[-1]
+        task[1] += count
+        self._lines.update(task[0], done=f"{task[1]}/{task[2]}" if task[2] else str(task[1]))
+
+
+SILENT = Progress()
+_active: ContextVar[Progress] = ContextVar("onnx_collapse_progress", default=SILENT)
+
+
+@contextmanager
+def reporting(progress: Progress | None) -> Iterator[None]:
+    """Send the enclosed work's stages to ``progress``; None keeps the one already active (default silent)."""
+    if progress is None:
+        yield
+        return
+    token = _active.set(progress)
+    progress.start()
+    try:
+        yield
+    finally:
+        progress.stop()
+        _active.reset(token)
+
+
+@contextmanager
+def stage(label: str, total: int | None = None) -> Iterator[None]:
+    """Mark the enclosed work as a stage of the active progress (``total`` steps, if known)."""
+    progress = _active.get()
+    progress.begin(label, total)
+    try:
+        yield
+    finally:
+        progress.end()
+
+
+def advance(count: int = 1) -> None:
+    """Count ``count`` steps of the innermost open stage."""
+    _active.get().step(count)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def reported(func: F) -> F:
+    """Give ``func`` a keyword ``progress``: a :class:`Progress` its stages go to during the call (default:
+    silent, or the caller's when called from inside reported work)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, progress: Progress | None = None, **kwargs):
+        with reporting(progress):
+            return func(*args, **kwargs)
+
+    signature = inspect.signature(func)
+    keyword = inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                annotation="Progress | None")
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    wrapper.__signature__ = signature.replace(parameters=[*params[:at], keyword, *params[at:]])
+    return wrapper  # type: ignore[return-value]

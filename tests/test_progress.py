@@ -1,0 +1,127 @@
+"""Progress of long work: the stages the API reports, and the display the CLI shows on a terminal's stderr."""
+
+import subprocess
+
+import pytest
+from conftest import MODELS
+from terminal import EXE, run_on_terminal
+
+import onnx_collapse as oc
+from onnx_collapse.progress import Progress, TerminalProgress, advance, stage
+
+needs_exe = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
+
+
+class Recorder(Progress):
+    """Remembers what it was told: ("begin", label, total), ("step", n), ("end",), start and stop."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def start(self) -> None:
+        self.events.append(("start",))
+
+    def stop(self) -> None:
+        self.events.append(("stop",))
+
+    def begin(self, label, total) -> None:
+        self.events.append(("begin", label, total))
+
+    def end(self) -> None:
+        self.events.append(("end",))
+
+    def step(self, count) -> None:
+        self.events.append(("step", count))
+
+    def labels(self) -> list[str]:
+        return [e[1] for e in self.events if e[0] == "begin"]
+
+
+def test_optimize_reports_each_stage_in_order(tmp_path):
+    rec = Recorder()
+    oc.optimize(MODELS / "three_layer.onnx", output=tmp_path / "o.onnx", progress=rec)
+    labels = rec.labels()
+    assert rec.events[0] == ("start",) and rec.events[-1] == ("stop",)
+    for first, then in [("loading the model", "plan-folds"), ("plan-folds", "verifying in onnxruntime"),
+                        ("verifying in onnxruntime", "writing the output")]:
+        assert labels.index(first) < labels.index(then)
+    assert sum(e[0] == "begin" for e in rec.events) == sum(e[0] == "end" for e in rec.events)
+
+
+def test_analyze_counts_one_step_per_layer_spectrum():
+    rec = Recorder()
+    found = oc.analyze(MODELS / "no_fold_slope_05.onnx", spectrum=True, low_rank="all", progress=rec)
+    assert len(found.spectra) == 2
+    begin = rec.events.index(("begin", "spectra", None))
+    assert rec.events[begin + 1:begin + 4] == [("step", 1), ("step", 1), ("end",)]
+
+
+def test_verify_reports_its_runs():
+    rec = Recorder()
+    oc.verify(MODELS / "leaky_1.onnx", MODELS / "leaky_1.onnx", progress=rec)
+    assert rec.labels() == ["loading the models", "running the original model", "running the optimized model"]
+
+
+def test_stages_end_and_progress_stops_when_the_work_fails(tmp_path):
+    rec = Recorder()
+    with pytest.raises(oc.CollapseError):
+        oc.optimize(tmp_path / "missing.onnx", progress=rec)
+    assert rec.events[-2:] == [("end",), ("stop",)]
+
+
+def test_without_a_progress_object_nothing_is_reported_and_hooks_are_harmless():
+    with stage("outside any call"):
+        advance()  # no progress installed: silently ignored
+    oc.analyze(MODELS / "leaky_1.onnx")
+
+
+def test_the_terminal_display_names_the_stage_and_the_steps():
+    class Tty:
+        """A file that claims to be a terminal, collecting what rich writes."""
+
+        def __init__(self):
+            self.text = []
+
+        def write(self, text):
+            self.text.append(text)
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return True
+
+    out = Tty()
+    display = TerminalProgress(out)
+    display.start()
+    display.begin("spectra", 3)
+    display.step(2)
+    display.stop()
+    assert "spectra" in "".join(out.text) and "2/3" in "".join(out.text)
+
+
+@needs_exe
+def test_cli_shows_progress_on_a_terminal_and_keeps_stdout_clean(tmp_path):
+    code, terminal, stdout = run_on_terminal("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx")
+    assert code == 0
+    assert "loading the model" in terminal and "verifying in onnxruntime" in terminal
+    assert "verification: PASSED" in stdout and "\x1b" not in stdout
+
+
+@needs_exe
+def test_quiet_silences_the_terminal(tmp_path):
+    code, terminal, stdout = run_on_terminal("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--quiet")
+    assert code == 0 and "verification: PASSED" in stdout
+    assert terminal == ""
+
+
+@needs_exe
+@pytest.mark.parametrize("args", [
+    ["optimize", MODELS / "three_layer.onnx", "{tmp}/o.onnx"],
+    ["analyze", MODELS / "three_layer.onnx", "--spectrum"],
+    ["verify", MODELS / "leaky_1.onnx", MODELS / "leaky_1.onnx"],
+])
+def test_stderr_stays_empty_when_it_is_not_a_terminal(tmp_path, args):
+    args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
+    result = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout and result.stderr == ""

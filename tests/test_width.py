@@ -1,0 +1,95 @@
+"""Printed tables fit the terminal width (COLUMNS) when stdout is a terminal; the JSON keeps every word."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from conftest import MODELS
+from terminal import EXE, run_on_terminal
+
+from onnx_collapse import cli as cli_module
+from onnx_collapse.cli import cli
+from onnx_collapse.report import Column, _table, cut_chain, cut_end, cut_middle
+
+SHIPPED = sorted(MODELS.glob("*.onnx"))
+LONG_REASON = "kept the exact fold instead"  # the end of a reverted truncation's reason (three_layer at 0.5)
+
+
+def run(width: int | None, *args) -> str:
+    """The command's stdout, in process; with ``width``, as if stdout were a terminal that wide."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli_module, "stdout_is_terminal", lambda: width is not None)
+        result = CliRunner().invoke(cli, [str(a) for a in args], env={"COLUMNS": str(width or 200)},
+                                    catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def widest(text: str) -> int:
+    return max(map(len, text.splitlines()))
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory) -> dict:
+    """Each shipped model optimized once (unlimited width), for the verify runs."""
+    folder = tmp_path_factory.mktemp("optimized")
+    for model in SHIPPED:
+        run(None, "optimize", model, folder / model.name)
+    return {model: folder / model.name for model in SHIPPED}
+
+
+@pytest.mark.parametrize("width", [80, 60])
+@pytest.mark.parametrize("model", SHIPPED, ids=lambda p: p.stem)
+def test_every_command_fits_the_width(tmp_path, model, width, optimized):
+    outputs = [
+        run(width, "optimize", model, tmp_path / "o.onnx"),
+        run(width, "analyze", model, "--spectrum", "--low-rank", "all"),
+        run(width, "verify", model, optimized[model]),
+    ]
+    for text in outputs:
+        assert widest(text) <= width, text
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_a_long_reason_is_cut_in_the_table_and_whole_in_the_json(tmp_path, width):
+    args = ["optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5"]
+    text = run(width, *args)
+    assert widest(text) <= width and "reverted" in text and "..." in text
+    assert LONG_REASON not in text
+    assert LONG_REASON in run(width, *args, "--json", "--report", tmp_path / "r.json")
+    folds = json.loads((tmp_path / "r.json").read_text())["folds"]
+    assert folds[0]["reason"].endswith(LONG_REASON)
+
+
+def test_without_a_terminal_nothing_is_cut(tmp_path):
+    text = run(None, "optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5")
+    assert LONG_REASON in text and widest(text) > 120
+
+
+@pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
+def test_a_real_terminal_gets_fitted_and_a_pipe_does_not(tmp_path):
+    args = ["optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5", "--quiet"]
+    code, terminal, _ = run_on_terminal(*args, stream="stdout", columns=60)
+    assert code == 0 and "verification: PASSED" in terminal and widest(terminal) <= 60
+    piped = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "60"})
+    assert LONG_REASON in piped.stdout
+
+
+def test_layer_lists_keep_their_ends():
+    assert cut_chain("first > b > c > last", 20) == "first > b > c > last"
+    assert cut_chain("first > b > c > last", 19) == "first > ... > last"
+    assert cut_middle("encoder.layer.11.mlp.fc2", 12) == "encod....fc2"
+    assert cut_end("a long reason", 9) == "a long..."
+
+
+def test_columns_go_in_their_order_and_widen_again():
+    columns = [Column("name", left=True), Column("low", drop=1), Column("high", drop=2),
+               Column("why", left=True, cut=cut_end, least=6)]
+    rows = [["n", "1" * 10, "2" * 10, "w" * 30]]
+    assert _table(columns, rows).splitlines()[2] == "n     " + "1" * 10 + "  " + "2" * 10 + "  " + "w" * 30
+    line = _table(columns, rows, 30).splitlines()[2]
+    assert line == "n     " + "2" * 10 + "  " + "w" * 9 + "..."  # low dropped; why cut to what is left
+    assert len(line) == 30
