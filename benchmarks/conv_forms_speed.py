@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from digits import write_table
 from inference_speed import latencies
 from onnx import TensorProto, helper
 
@@ -59,8 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
-    print("| conv | form | MAC ratio | median ms | speed-up | speed-up / MAC ratio |")
-    print("|---" * 6 + "|")
+    lines = ["| conv | form | MAC ratio | median ms | speed-up | speed-up / MAC ratio |", "|---" * 6 + "|"]
     with tempfile.TemporaryDirectory() as tmp:
         for channels, size in SIZES:
             built = forms(channels, size)
@@ -73,8 +73,9 @@ def main() -> None:
             dense_macs, dense_time = built["dense"][1], times[0]
             for (name, (_, macs)), t in zip(built.items(), times):
                 ratio, speedup = dense_macs / macs, dense_time / t
-                print(f"| {channels}x{channels} 3x3 on {size}x{size} | {name} | {ratio:.2f}x | {1e3 * t:.3f} "
-                      f"| {speedup:.2f}x | {speedup / ratio:.2f} |")
+                lines.append(f"| {channels}x{channels} 3x3 on {size}x{size} | {name} | {ratio:.2f}x | {1e3 * t:.3f} "
+                             f"| {speedup:.2f}x | {speedup / ratio:.2f} |")
+    write_table("conv_forms_speed", lines)
 
 
 if __name__ == "__main__":
