@@ -32,6 +32,12 @@ class Emission(ABC):
         return grouped_nodes(fresh, self, x, y, blocks, second, bias, dtype)
 
     @property
+    def positions(self) -> int:
+        """Output positions per row the written map runs at (a convolution's output pixels, where known):
+        its multiply-accumulates per row are its matrices' MACs times this."""
+        return 1
+
+    @property
     def group_unit(self) -> int:
         """Matrix rows per input feature: grouped factors split the rows in whole units."""
         return 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -101,6 +101,7 @@ class PlanFolds:
             return None
         affines, emission_for = maps
         form, exact = cheapest_form(affines)
+        form = replace(form, macs=form.macs * seg.layers[-1].positions)  # per row, as the layers count them
         if not takes_form(record, form):
             return None
         return emit_plan(ctx, seg, record, form, exact, emission_for)

@@ -38,12 +38,20 @@ def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpe
     spectra of the whitened weights where the target's inputs were calibrated (activation-aware ALDS)."""
     targets = _targets(ctx)
     spectra = [
-        allocate.spectrum(" > ".join(t.record.layers), t.exact, ctx.options.error_metric,
-                          ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1, t.emit.group_unit,
-                          target_whitening(ctx, t))
+        at_positions(allocate.spectrum(" > ".join(t.record.layers), t.exact, ctx.options.error_metric,
+                                       ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1,
+                                       t.emit.group_unit, target_whitening(ctx, t)), t.emit.positions)
         for t in targets
     ]
     return targets, spectra
+
+
+def at_positions(spectrum: allocate.LayerSpectrum, positions: int) -> allocate.LayerSpectrum:
+    """``spectrum`` with each option's MACs counted per row of the model: a convolution runs its matrices
+    once per output position."""
+    if positions == 1:
+        return spectrum
+    return replace(spectrum, options=tuple(replace(o, macs=o.macs * positions) for o in spectrum.options))
 
 
 def _single(ctx: Context, layer: Layer) -> FoldPlan:
@@ -59,9 +67,9 @@ def _single(ctx: Context, layer: Layer) -> FoldPlan:
     return FoldPlan(record, ctx.path, layer.nodes, layer.input, layer.output, [], [], layer.dtype, exact, emission)
 
 
-def _current_cost(plan: FoldPlan) -> int:
-    """Weights of the plan's current form (MACs per row equal weights for linear layers)."""
-    return plan.record.macs_after
+def _current_params(plan: FoldPlan) -> int:
+    """Weights of the plan's current form, its bias not counted (as the options count them)."""
+    return plan.record.params_after - (0 if plan.exact.bias is None else plan.exact.bias.size)
 
 
 def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error: float) -> FoldPlan | None:
@@ -131,7 +139,7 @@ class LowRank:
         else:
             chosen = allocate.allocate_max_error(spectra, opts.max_error, opts.budget_metric)
         for ctx, target, option in zip(owners, targets, chosen):
-            if option.rank is None or option.params >= _current_cost(target):
+            if option.rank is None or option.params >= _current_params(target):
                 continue
             plan = truncated_plan(ctx, target, option, option.error)
             if plan is None:

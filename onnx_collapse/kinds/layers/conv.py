@@ -51,6 +51,7 @@ class ConvEmission(Emission):
     strides: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()
     dilations: tuple[int, ...] = ()
+    output_positions: int = 1  # output pixels per image where the shape is known, else 1
 
     def _conv(self, fresh, inits, x, y, weight, bias, dtype, k: int, group: int = 1, first: bool = True):
         spatial = len(self.kernel)
@@ -85,6 +86,10 @@ class ConvEmission(Emission):
         ones = (1,) * len(self.kernel)
         nodes.append(self._conv(fresh, inits, mid, y, convalg.from_matrix(second, ones), bias, dtype, 1, first=False))
         return nodes, inits
+
+    @property
+    def positions(self) -> int:
+        return self.output_positions
 
     @property
     def group_unit(self) -> int:
@@ -125,9 +130,12 @@ class Conv(LayerKind):
             b_meta = view.constant_meta(bias)
             if b_meta is None or b_meta[1] != dtype or int(np.prod(b_meta[0], dtype=np.int64)) != c_out:
                 return "Conv bias is not a constant of the output channels"
+        out_shape = view.shapes.get(node.outputs[0].name)
+        known = out_shape is not None and len(out_shape) == 2 + spatial and all(out_shape[2:])
         return Layer(self, (i,), x, node.outputs[0].name, c_in, c_out, dtype, weight, bias,
                      bias_rank=1 if bias else 0, input_rank=2 + spatial, kernel=kernel,
-                     geometry=(strides, pads, dilations))
+                     geometry=(strides, pads, dilations),
+                     positions=int(np.prod(out_shape[2:], dtype=np.int64)) if known else 1)
 
     def conv_map(self, layer: Layer, view: GraphView) -> convalg.ConvMap:
         """The layer as a float64 ConvMap (reads the weight)."""
@@ -143,7 +151,7 @@ class Conv(LayerKind):
     def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,
                  n_matrices: int) -> Emission:
         strides, pads, dilations = layer.geometry
-        return ConvEmission(prefix, 1, layer.input_rank, layer.kernel, strides, pads, dilations)
+        return ConvEmission(prefix, 1, layer.input_rank, layer.kernel, strides, pads, dilations, layer.positions)
 
     def fold_maps(self, view: GraphView, segment, prefix: str, opset: int) -> tuple[list[Affine], EmissionFor] | str:
         """The chain as one convolution (convalg.compose), affine links multiplied in per channel."""
@@ -164,6 +172,7 @@ class Conv(LayerKind):
         if trailing is not None:
             current = convalg.scale_output(current, *trailing)
         rank = segment.layers[0].input_rank
-        merged = ConvEmission(prefix, 1, rank, current.kernel, current.strides, current.pads, current.dilations)
+        merged = ConvEmission(prefix, 1, rank, current.kernel, current.strides, current.pads, current.dilations,
+                              segment.layers[-1].positions)
         return [Affine(current.matrix(), current.bias)], lambda has_bias, n_matrices: merged
 

@@ -183,3 +183,23 @@ def test_composition_matches_running_both_convolutions_in_float64():
 
     x = RNG.standard_normal((2, 2, 8, 7))
     np.testing.assert_allclose(conv(x, merged), conv(conv(x, first), second), rtol=1e-10, atol=1e-10)
+
+
+def test_macs_count_every_output_position_when_the_shape_is_known():
+    model = conv_chain([{"c_out": 16, "kernel": [3, 3], "strides": [2, 2]}, {"c_out": 4, "kernel": [1, 1]}])
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # 9x9 input -> 4x4 output positions
+    out, report = optimize(model)
+    assert report.before.linear_macs == (16 * 3 * 9 + 4 * 16) * 16
+    assert report.after.linear_macs == report.folds[0].macs_after == 4 * 3 * 9 * 16
+
+
+def test_budget_in_macs_weighs_convolutions_by_their_output_size():
+    specs = [{"c_out": 8, "kernel": [3, 3], "pads": [1, 1, 1, 1]}, {"c_out": 8, "kernel": [3, 3], "strides": [3, 3]}]
+    model = conv_chain(specs, c_in=8, slope=0.5)  # nothing folds: two separate low-rank targets
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    _, by_macs = optimize(model, rank_budget=0.5, low_rank="all", budget_metric="macs", verify=False)
+    total = sum(f.macs_before for f in by_macs.folds if f.form)
+    kept = sum(f.macs_after if f.status == "folded" else f.macs_before for f in by_macs.folds if f.form)
+    assert kept <= 0.5 * total  # the budget holds as MACs per image
+    first = next(f for f in by_macs.folds if f.layers == ["conv0"])
+    assert first.macs_before == 8 * 8 * 9 * 81  # 9x9 output positions
