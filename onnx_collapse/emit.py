@@ -67,8 +67,16 @@ def cast_checked(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def _tag(k: int, count: int) -> str:
-    return "weight" if count == 1 else f"factor{k}"
+def _chain(emission: Emission, fresh, x: str, y: str, matrices, node_for) -> list[onnx.NodeProto]:
+    """One node per matrix, from ``x`` to ``y``: ``node_for(k, tag, input, output, last)`` makes node k."""
+    nodes, current = [], x
+    for k in range(len(matrices)):
+        tag = "weight" if len(matrices) == 1 else f"factor{k}"
+        last = k == len(matrices) - 1
+        out = y if last else fresh(f"{emission.prefix}.{tag}_out")
+        nodes.append(node_for(k, tag, current, out, last))
+        current = out
+    return nodes
 
 
 class MatMulEmission(Emission):
@@ -76,18 +84,17 @@ class MatMulEmission(Emission):
     rank keep their shape (transformer exports are 3-D)."""
 
     def linear(self, fresh, x, y, matrices, bias, dtype):
-        nodes: list[onnx.NodeProto] = []
         inits: list[onnx.TensorProto] = []
-        current = x
-        for k, matrix in enumerate(matrices):
-            tag = _tag(k, len(matrices))
-            out = y if k == len(matrices) - 1 and bias is None else fresh(f"{self.prefix}.{tag}_out")
-            nodes.append(helper.make_node("MatMul", [current, self.const(fresh, inits, matrix, tag, dtype)], [out],
-                                          name=fresh(f"{self.prefix}/MatMul{k}")))
-            current = out
+        product = y if bias is None else fresh(f"{self.prefix}.product")
+
+        def matmul(k, tag, current, out, last):
+            return helper.make_node("MatMul", [current, self.const(fresh, inits, matrices[k], tag, dtype)], [out],
+                                    name=fresh(f"{self.prefix}/MatMul{k}"))
+
+        nodes = _chain(self, fresh, x, product, matrices, matmul)
         if bias is not None:
             shaped = bias.reshape([1] * (max(self.bias_rank, 1) - 1) + [bias.size])
-            nodes.append(helper.make_node("Add", [current, self.const(fresh, inits, shaped, "bias", dtype)], [y],
+            nodes.append(helper.make_node("Add", [product, self.const(fresh, inits, shaped, "bias", dtype)], [y],
                                           name=fresh(f"{self.prefix}/Add")))
         return nodes, inits
 
@@ -97,19 +104,15 @@ class GemmEmission(Emission):
     onnxruntime prepacks); the bias goes to the last Gemm."""
 
     def linear(self, fresh, x, y, matrices, bias, dtype):
-        nodes: list[onnx.NodeProto] = []
         inits: list[onnx.TensorProto] = []
-        current = x
-        for k, matrix in enumerate(matrices):
-            tag = _tag(k, len(matrices))
-            last = k == len(matrices) - 1
-            out = y if last else fresh(f"{self.prefix}.{tag}_out")
-            inputs = [current, self.const(fresh, inits, np.ascontiguousarray(matrix.T), tag, dtype)]
+
+        def gemm(k, tag, current, out, last):
+            inputs = [current, self.const(fresh, inits, np.ascontiguousarray(matrices[k].T), tag, dtype)]
             if last and bias is not None:
                 inputs.append(self.const(fresh, inits, bias, "bias", dtype))
-            nodes.append(helper.make_node("Gemm", inputs, [out], name=fresh(f"{self.prefix}/Gemm{k}"), transB=1))
-            current = out
-        return nodes, inits
+            return helper.make_node("Gemm", inputs, [out], name=fresh(f"{self.prefix}/Gemm{k}"), transB=1)
+
+        return _chain(self, fresh, x, y, matrices, gemm), inits
 
 
 def grouped_nodes(
