@@ -20,7 +20,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from digits import SEED, mlp, onnx_accuracy, pyplot, save_figure, splits, study_main, train, write_table
+from digits import (
+    SEED,
+    layer_weights,
+    mlp,
+    onnx_accuracy,
+    pyplot,
+    save_figure,
+    splits,
+    study_main,
+    train,
+    write_table,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -64,10 +75,9 @@ def study(name: str, path: Path, x_test: np.ndarray, y_test: np.ndarray) -> list
             out, report = onnx_collapse.optimize(path, rank_budget=budget, low_rank="all", allocator=allocator,
                                                  verify=False)
             layers = [f for f in report.folds if f.form is not None]
-            dense = sum(f.dims[0] * f.dims[-1] for f in layers)
-            kept = sum(f.macs_after if f.status == "folded" else f.dims[0] * f.dims[-1] for f in layers)
             rows.append({
-                "model": name, "budget": budget, "allocator": allocator, "kept": kept / dense,
+                "model": name, "budget": budget, "allocator": allocator,
+                "kept": layer_weights(out) / layer_weights(onnx.load(str(path))),
                 "max_layer_error": max((f.predicted_error or 0.0) for f in layers if f.status == "folded"),
                 "output_error": output_error(original, out.SerializeToString(), x_test),
                 "accuracy": onnx_accuracy(out, x_test, y_test), "base_accuracy": base,

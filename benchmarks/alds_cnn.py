@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from digits import SEED, onnx_accuracy, splits, study_main, train, write_table
+from digits import SEED, layer_weights, onnx_accuracy, splits, study_main, train, write_table
 from inference_speed import latencies
 from torch import nn
 
@@ -97,12 +97,6 @@ def macs_per_image(model: onnx.ModelProto) -> int:
         elif node.op_type in ("Gemm", "MatMul") and node.input[1] in weights:
             total += int(np.prod(weights[node.input[1]]))
     return total
-
-
-def layer_weights(model: onnx.ModelProto) -> int:
-    """Weights of the model's Conv, Gemm and MatMul nodes (their constant second input; biases not counted)."""
-    weights = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    return sum(weights.get(n.input[1], 0) for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul"))
 
 
 def study(path: Path, x_test, y_test) -> list[dict]:

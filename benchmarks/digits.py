@@ -71,6 +71,12 @@ def onnx_accuracy(model_or_bytes, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(-1) == y).mean())
 
 
+def layer_weights(model) -> int:
+    """Weights of a model's Conv, Gemm and MatMul nodes (their constant second input; biases not counted)."""
+    weights = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    return sum(weights.get(n.input[1], 0) for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul"))
+
+
 def pyplot():
     """matplotlib's pyplot on a file backend, or None (with a note) when matplotlib is not installed."""
     try:
