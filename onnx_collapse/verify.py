@@ -186,7 +186,7 @@ def session(source: ModelSource, what: str) -> ort.InferenceSession:
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: failures become one CollapseError line, not onnxruntime logs
     providers = ["CPUExecutionProvider"]
     try:
         if source.path is not None:

@@ -172,3 +172,15 @@ def test_budget_and_max_error_exclude_each_other(tmp_path):
 ])
 def test_usage_errors_are_one_line_too(tmp_path, args, words):
     assert_one_line_error(cli(*args, cwd=tmp_path), 2, *words)
+
+
+def test_a_model_that_fails_in_onnxruntime_gives_one_line_without_onnxruntime_logs(tmp_path):
+    model = mlp()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([3, -1], np.int64), "bad_shape"))
+    model.graph.node.append(onnx.helper.make_node("Reshape", [model.graph.output[0].name, "bad_shape"], ["y3"]))
+    model.graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info("y3", onnx.TensorProto.FLOAT, [None, None]))
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    result = cli("optimize", path, tmp_path / "out.onnx")  # 2 x 4 outputs cannot be 3 rows
+    assert_one_line_error(result, 2, "onnxruntime cannot run the original model")
+    assert not (tmp_path / "out.onnx").exists()
