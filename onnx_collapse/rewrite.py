@@ -28,7 +28,9 @@ def rewrite_graph(graph: gs.Graph, plans: Sequence[FoldPlan], tensors: dict[str,
     """Replace each plan's nodes (positions in ``graph.nodes``) by its new nodes, wired by name."""
     removed = {i for plan in plans for i in plan.removed}
     for i in removed:
-        graph.nodes[i].inputs.clear()
+        # Only the producer links matter to what follows (cleanup, toposort and export walk producers and
+        # the graph's own node list); unlinking inputs too would scan every reader list, quadratic when
+        # hundreds of chains read one tensor.
         graph.nodes[i].outputs.clear()
     graph.nodes = [node for i, node in enumerate(graph.nodes) if i not in removed]
     for plan in plans:
