@@ -125,7 +125,3 @@ def _bias_through(second: ConvMap, b1: np.ndarray | None) -> np.ndarray | None:
         return second.bias
     carried = np.einsum("omk,m->o", second.weight.reshape(*second.weight.shape[:2], -1), b1)
     return carried if second.bias is None else second.bias + carried
-
-
-def conv_params(c_out: int, c_in: int, kernel: tuple[int, ...], bias: bool) -> int:
-    return c_out * c_in * int(np.prod(kernel, dtype=np.int64)) + (c_out if bias else 0)
