@@ -60,7 +60,7 @@ class ShapeOp(LinkKind):
         if axes is None:
             return f"{node.op} axes are not constants"
         out_rank = rank - len(axes) if node.op == "Squeeze" else rank + len(axes)
-        if any(a % out_rank == out_rank - 1 for a in axes) if node.op == "Unsqueeze" else \
-                any(a % rank == rank - 1 for a in axes):
+        axes_rank = out_rank if node.op == "Unsqueeze" else rank  # Unsqueeze's axes index its output
+        if out_rank < 1 or any(a % axes_rank == axes_rank - 1 for a in axes):
             return f"{node.op} on the feature axis"
         return Link(self, i, reshapes_to=tuple([None] * (out_rank - 1) + [site.width]))
