@@ -34,7 +34,7 @@ from .passes.layers import find_layers
 from .plans import FoldPlan
 from .progress import reported, stage
 from .report import ModelStats, Report, Verification
-from .rewrite import apply_plans
+from .rewrite import PlanApplier, apply_plans
 from .verify import (
     capture,
     chain_model,
@@ -153,10 +153,11 @@ class _Trials:
         self.where, self.options, self.staged = where, options, staged
         self.passed: tuple[list[int], onnx.ModelProto, Verification] | None = None
         self.written: list[int] | None = None
+        self.applier = PlanApplier(source.model)
 
     def run(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
         """Apply ``plans`` to the original model, run it and compare its outputs."""
-        candidate = apply_plans(self.source.model, plans)
+        candidate = self.applier.apply(plans)
         if self.staged is not None:
             runnable = ModelSource(candidate, None, self.staged.write(candidate))
             self.written = [id(p) for p in plans]
