@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
+from .errors import CollapseError
 from .graph import GraphPath, add_nodes, export, import_model, locate, walk_graphs
 from .plans import FoldPlan
 
@@ -74,6 +76,9 @@ class PlanApplier:
             added = self._new_nodes()
             graph.cleanup(recurse_functions=False).toposort(recurse_functions=False, mode="nodes")
             return export(self.imported)
+        except OnnxGraphSurgeonException as exc:  # e.g. a cycle in a damaged model
+            text = " ".join(str(exc).split())[:200]
+            raise CollapseError(f"the model cannot be rewritten as a graph (onnx-graphsurgeon: {text})") from None
         finally:
             self._restore(added or self._new_nodes())
 
