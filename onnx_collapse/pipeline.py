@@ -9,7 +9,7 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 
@@ -86,9 +86,14 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
 
     Reads shapes only, never weight values.
     """
+    return stats_of([view for _, view in views_for(ModelSource(model))])
+
+
+def stats_of(views: Sequence[GraphView]) -> ModelStats:
+    """``model_stats`` over views already made of every graph of a model (the analysis contexts' views)."""
     params = macs = 0
     counts: Counter = Counter()
-    for _, view in views_for(ModelSource(model)):
+    for view in views:
         proto = view.proto
         counts.update(node.op_type for node in proto.node)
         stored = [*proto.initializer, *(a.t for n in proto.node if n.op_type == "Constant"
@@ -286,7 +291,9 @@ def optimize(
                          + ", ".join(f.name for f in model.functions))
         unfolded = [u for ctx in contexts for u in ctx.unfolded]
         with stage("counting"):
-            report = Report(model_stats(model), model_stats(out), records, verification, notes, unfolded)
+            before = stats_of([ctx.view for ctx in contexts])
+            after = replace(before) if out is model else model_stats(out)
+            report = Report(before, after, records, verification, notes, unfolded)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
         if staged is not None and (verification is None or verification.passed):
             with stage("writing the output"):
@@ -372,7 +379,7 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
             record.status = "foldable"
     plans = [p for ctx in contexts for p in ctx.plans]
     with stage("counting"):
-        before = model_stats(source.model)
+        before = stats_of([ctx.view for ctx in contexts])
         after = model_stats(apply_plans(source.model, plans)) if plans else before  # shared tensors counted once
     spectra = [s for ctx in contexts for s in ctx.spectra]
     report = Report(before, after, records, None, [n for c in contexts for n in c.notes],
