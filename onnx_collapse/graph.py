@@ -354,16 +354,21 @@ def _restore_node(imported: Imported, node: gs.Node, exported: onnx.NodeProto) -
     return restored
 
 
+def proto_subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held in a NodeProto's attributes (If branches, Loop/Scan bodies)."""
+    return [g for attr in node.attribute
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs))]
+
+
 def _outer_reads(nodes: list[onnx.NodeProto]) -> set[str]:
     """Names that subgraphs of ``nodes`` read (possibly from this graph)."""
     names: set[str] = set()
     for node in nodes:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                for inner in sub.node:
-                    names.update(inner.input)
-                names.update(o.name for o in sub.output)
-                names |= _outer_reads(list(sub.node))
+        for sub in proto_subgraphs(node):
+            for inner in sub.node:
+                names.update(inner.input)
+            names.update(o.name for o in sub.output)
+            names |= _outer_reads(list(sub.node))
     return names
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 import onnx
 
 from ..allocate import LayerSpectrum
-from ..graph import GraphPath, GraphView
+from ..graph import GraphPath, GraphView, proto_subgraphs
 from ..kinds import Layer
 from ..options import Options
 from ..plans import FoldPlan, Segment
@@ -60,9 +60,8 @@ def all_names(graph: onnx.GraphProto) -> set[str]:
         names.add(node.name)
         names.update(node.input)
         names.update(node.output)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                names |= all_names(sub)
+        for sub in proto_subgraphs(node):
+            names |= all_names(sub)
     return names
 
 
