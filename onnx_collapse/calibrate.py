@@ -3,7 +3,8 @@
 One onnxruntime pass over the calibration rows, in batches, captures every requested tensor (the model
 with extra outputs, as verification does) and keeps only sums: for each layer input ``x`` its row count,
 column sums and ``X^T X``, and for a chain also the cross terms with its real output ``y``. Memory is
-O(d^2) per tensor pair, whatever the number of rows. Rows go to ``folds`` disjoint parts (seeded), so a
+O(d^2) per tensor pair, whatever the number of rows (a convolution's rows are the windows it reads, its
+features channels x kernel positions). Rows go to ``folds`` disjoint parts (seeded), so a
 fit can be cross-validated from the sums alone.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import linalg
+from . import convalg, linalg
 from .errors import CollapseError
 from .io import ModelSource
 from .verify import graph_inputs, probe_model, session
@@ -76,14 +77,23 @@ def total(parts: Sequence[Moments]) -> Moments:
     return out
 
 
+Geometry = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # kernel, strides, pads, dilations
+
+
 @dataclass(frozen=True)
 class Request:
-    """Statistics wanted for input tensor ``x`` of width ``n_in`` (and chain output ``y`` of width ``n_out``)."""
+    """Statistics wanted for input tensor ``x`` of width ``n_in`` (and chain output ``y`` of width ``n_out``).
+
+    Without ``patches`` the features are the last axis, one row per position. With a convolution's
+    geometry, a row is one window the convolution reads (``convalg.patches``: ``n_in`` = channels x kernel
+    size), and ``y``'s channels (axis 1) are its features at the same output positions.
+    """
 
     x: str
     n_in: int
     y: str | None = None
     n_out: int | None = None
+    patches: Geometry | None = None
 
 
 @dataclass
@@ -95,10 +105,10 @@ class Statistics:
     parts: dict[Request, list[Moments]] = field(default_factory=dict)
     skipped: dict[Request, str] = field(default_factory=dict)  # why a request has no statistics
 
-    def inputs(self, x: str) -> Moments | None:
-        """The input sums of tensor ``x`` over all rows, from any request that read it."""
+    def inputs(self, x: str, patches: Geometry | None = None) -> Moments | None:
+        """The input sums of tensor ``x`` (read as ``patches``) over all rows, from any request that read it."""
         for request, parts in self.parts.items():
-            if request.x == x:
+            if request.x == x and request.patches == patches:
                 return total(parts)
         return None
 
@@ -228,16 +238,56 @@ def _run(sess, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.nd
         raise CollapseError(f"onnxruntime cannot run the model on the calibration data: {text}") from None
 
 
+PATCH_BYTES = 32 * 2**20  # windows of a convolution's input unfolded at once (float64)
+
+
+def _windows(request: Request, x: np.ndarray, y: np.ndarray | None):
+    """(x rows, y rows) of a convolution request, a few images at a time (their windows within
+    PATCH_BYTES); None if the tensors are not the convolution's input and output."""
+    kernel, strides, pads, dilations = request.patches
+    spatial = len(kernel)
+    if x.ndim != 2 + spatial or x.shape[1] * int(np.prod(kernel, dtype=np.int64)) != request.n_in:
+        return None
+    out = convalg.output_size(x.shape[2:], kernel, strides, pads, dilations)
+    if min(out, default=1) < 1:
+        return None
+    if y is not None and (y.shape[:2] != (x.shape[0], request.n_out) or tuple(y.shape[2:]) != out):
+        return None
+    per_image = 8 * request.n_in * int(np.prod(out, dtype=np.int64))
+    step = max(1, PATCH_BYTES // max(per_image, 1))
+
+    def chunks():
+        for start in range(0, x.shape[0], step):
+            rows = convalg.patches(x[start:start + step], kernel, strides, pads, dilations)
+            outs = None if y is None else np.moveaxis(y[start:start + step], 1, -1).reshape(-1, request.n_out)
+            yield rows, outs
+    return chunks()
+
+
+def _pairs(request: Request, values: Mapping[str, np.ndarray]):
+    """The request's (x rows, y rows) chunks from one batch, or None if its tensors do not line up."""
+    x = np.asarray(values[request.x])
+    y = None if request.y is None else np.asarray(values[request.y])
+    if request.patches is not None:
+        return _windows(request, x, y)
+    x_rows = _rows(x, request.n_in)
+    y_rows = None if y is None else _rows(y, request.n_out or 0)
+    if x_rows is None or (y is not None and (y_rows is None or y_rows.shape[0] != x_rows.shape[0])):
+        return None
+    return [(x_rows, y_rows)]
+
+
 def _accumulate(stats: Statistics, fold: int, values: Mapping[str, np.ndarray]) -> None:
     for request, parts in stats.parts.items():
         if request in stats.skipped:
             continue
-        x = _rows(values[request.x], request.n_in)
-        y = None if request.y is None else _rows(values[request.y], request.n_out or 0)
-        if x is None or (request.y is not None and (y is None or y.shape[0] != x.shape[0])):
-            stats.skipped[request] = "its tensors do not have the features on the last axis, row for row"
+        pairs = _pairs(request, values)
+        if pairs is None:
+            stats.skipped[request] = ("its tensors are not the convolution's input and output" if request.patches
+                                      else "its tensors do not have the features on the last axis, row for row")
             continue
-        parts[fold].add(x, y)
+        for x, y in pairs:
+            parts[fold].add(x, y)
 
 
 # --- least-squares collapse -----------------------------------------------------------------------------------
@@ -303,9 +353,10 @@ def fit_chain(parts: Sequence[Moments], prior: np.ndarray, prior_bias: np.ndarra
     return Fit(weight, bias, alpha, np.sqrt(plain) / scale, np.sqrt(fitted) / scale, whole.count)
 
 
-def input_whitening(stats: Statistics | None, x: str, centered: bool) -> linalg.Whitening | None:
-    """The output-error metric of the layer reading ``x`` on the calibration data, if measured."""
-    m = None if stats is None else stats.inputs(x)
+def input_whitening(stats: Statistics | None, x: str, centered: bool, patches: Geometry | None = None
+                    ) -> linalg.Whitening | None:
+    """The output-error metric of the layer reading ``x`` (as ``patches``) on the calibration data, if measured."""
+    m = None if stats is None else stats.inputs(x, patches)
     if m is None or m.count == 0:
         return None
     return linalg.whitening(m.count, m.sum_x, m.gram, centered=centered)

@@ -125,3 +125,28 @@ def _bias_through(second: ConvMap, b1: np.ndarray | None) -> np.ndarray | None:
         return second.bias
     carried = np.einsum("omk,m->o", second.weight.reshape(*second.weight.shape[:2], -1), b1)
     return carried if second.bias is None else second.bias + carried
+
+
+def output_size(size: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...], pads: tuple[int, ...],
+                dilations: tuple[int, ...]) -> tuple[int, ...]:
+    """Output positions per spatial axis of a convolution over an input of spatial ``size``."""
+    n = len(kernel)
+    return tuple((s + pads[i] + pads[n + i] - dilations[i] * (k - 1) - 1) // strides[i] + 1
+                 for i, (s, k) in enumerate(zip(size, kernel)))
+
+
+def patches(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ...], pads: tuple[int, ...],
+            dilations: tuple[int, ...]) -> np.ndarray:
+    """The input windows a convolution reads (im2col): (N * output positions, C * prod(kernel)), rows in
+    (image, position) order, columns channel-major as ``ConvMap.matrix``'s rows, so
+    ``patches(x) @ matrix + bias`` is the convolution's output with channels moved last."""
+    n, c, *size = x.shape
+    spatial = len(kernel)
+    out = output_size(tuple(size), kernel, strides, pads, dilations)
+    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[spatial + i]) for i in range(spatial)])
+    columns = np.empty((n, *out, c, int(np.prod(kernel, dtype=np.int64))), dtype=x.dtype)
+    for k, offset in enumerate(np.ndindex(*kernel)):
+        window = tuple(slice(o * d, o * d + s * (p - 1) + 1, s)
+                       for o, d, s, p in zip(offset, dilations, strides, out))
+        columns[..., k] = np.moveaxis(padded[(slice(None), slice(None), *window)], 1, -1)
+    return columns.reshape(-1, columns.shape[-2] * columns.shape[-1])

@@ -42,6 +42,12 @@ class Emission(ABC):
         """Matrix rows per input feature: grouped factors split the rows in whole units."""
         return 1
 
+    @property
+    def patches(self) -> tuple | None:
+        """How the map reads its input as rows: None for features on the last axis, else a convolution's
+        (kernel, strides, pads, dilations) (see ``calibrate.Request``)."""
+        return None
+
     def sample_shape(self, rows: int) -> list[int]:
         """A small input shape this emission accepts, for a map with ``rows`` matrix rows (its features)."""
         return [4] * ((self.input_rank or 2) - 1) + [rows]

@@ -13,6 +13,7 @@ import onnx
 from .emit import Emission
 from .graph import GraphPath
 from .kinds import Layer, Link
+from .kinds.base import EmissionFor
 from .linalg import Factored
 from .report import FoldRecord
 
@@ -60,3 +61,4 @@ class FoldPlan:
     exact: Factored
     emit: Emission
     fallback: FoldPlan | None = None
+    emission_for: EmissionFor | None = None  # writes the same map in another form (dense or pair)

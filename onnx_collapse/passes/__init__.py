@@ -11,7 +11,7 @@ from .layers import FindLayers
 from .lowrank import LowRank, Spectra
 
 # run on each graph; the calibration passes do nothing without options.calibrate
-DEFAULT_PASSES = (FindLayers(), FindChains(), CollectStatistics(), PlanFolds(), CalibrateFolds())
+DEFAULT_PASSES = (FindLayers(), FindChains(), PlanFolds(), CollectStatistics(), CalibrateFolds())
 GLOBAL_PASSES = (LowRank(), ExplainUnfolded())  # run once over all graphs, in this order
 SPECTRUM_PASSES = (*DEFAULT_PASSES, Spectra())  # what analyze runs with --spectrum
 

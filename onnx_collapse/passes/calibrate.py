@@ -1,8 +1,9 @@
 """Passes: streaming statistics of the calibration data, and chains refitted to their real outputs.
 
 Both do nothing without ``options.calibrate``. Only the main graph is calibrated (a subgraph's tensors
-cannot be captured from outside); its chains and low-rank targets stay data-free, and so do convolutions
-(their features are channels, not the last axis).
+cannot be captured from outside); its chains and low-rank targets stay data-free. A convolution's rows are
+the windows it reads (``calibrate.Request.patches``), so convolutional folds and truncations are calibrated
+like fully connected ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import onnx
 
 from .. import calibrate, linalg
 from ..io import ModelSource
+from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from .context import Context
 from .fold import Form, cheapest_form, emit_plan, takes_form
@@ -24,25 +26,44 @@ def needs_fit(seg: Segment) -> bool:
     return any(link.deviation > 0 for link in seg.activations())
 
 
+def chain_request(seg: Segment, plan: FoldPlan) -> calibrate.Request | None:
+    """What to measure for a chain's fold: its input, read as the fold reads it, and its real output where
+    the slopes are not exactly 1. None if the fold's features are neither the last axis nor windows."""
+    patches = plan.emit.patches
+    if patches is None and seg.layers[0].kind.axis != -1:
+        return None
+    n_in, n_out = plan.exact.shape
+    if needs_fit(seg):
+        return calibrate.Request(seg.input, n_in, seg.output, n_out, patches)
+    return calibrate.Request(seg.input, n_in, patches=patches)
+
+
+def layer_request(ctx: Context, layer: Layer) -> calibrate.Request | None:
+    """What to measure for truncating one layer outside the chains: its input, read as the layer reads it."""
+    emission = layer.kind.emission(layer, "", ctx.opset, layer.bias_rank, layer.bias is not None, 2)
+    if emission.patches is None and layer.kind.axis != -1:
+        return None
+    return calibrate.Request(layer.input, layer.n_in * emission.group_unit, patches=emission.patches)
+
+
+def plan_of(ctx: Context, seg: Segment) -> FoldPlan | None:
+    """The exact plan folding ``seg``, if one was made."""
+    positions = seg.node_positions()
+    return next((p for p in ctx.plans if p.removed == positions and p.input == seg.input), None)
+
+
 def requests(ctx: Context) -> list[calibrate.Request]:
-    """What to measure: each chain's input (with its output where the slopes are not exactly 1) and, when
-    truncating every layer, each layer outside the chains."""
-    wanted = []
-    for seg in (seg for seg in ctx.segments if seg.layers[0].kind.axis == -1):  # features on the last axis
-        head, tail = seg.layers[0], seg.layers[-1]
-        if needs_fit(seg):
-            wanted.append(calibrate.Request(seg.input, head.n_in, seg.output, tail.n_out))
-        else:
-            wanted.append(calibrate.Request(seg.input, head.n_in))
+    """What to measure: each planned fold's input (with the chain's output where the slopes are not exactly
+    1) and, when truncating every layer, each layer outside the chains."""
+    wanted = [chain_request(seg, plan) for seg in ctx.segments if (plan := plan_of(ctx, seg)) is not None]
     opts = ctx.options
     if (opts.rank_budget is not None or opts.max_error is not None) and opts.low_rank == "all":
         taken = {i for seg in ctx.segments for layer in seg.layers for i in layer.nodes}
-        wanted += [calibrate.Request(layer.input, layer.n_in) for layer in ctx.layers
-                   if layer.nodes[0] not in taken and layer.kind.axis == -1]
+        wanted += [layer_request(ctx, layer) for layer in ctx.layers if layer.nodes[0] not in taken]
     seen, unique = set(), []
-    for r in sorted(wanted, key=lambda r: r.y is None):  # a request with cross terms covers its input too
-        if r.x not in seen or r.y is not None:
-            seen.add(r.x)
+    for r in sorted(filter(None, wanted), key=lambda r: r.y is None):  # one with cross terms covers its input
+        if (r.x, r.patches) not in seen or r.y is not None:
+            seen.add((r.x, r.patches))
             unique.append(r)
     return unique
 
@@ -86,16 +107,12 @@ class CollectStatistics:
             ctx.notes.append(f"calibration: no statistics for {request.x!r}: {why}")
 
 
-def _plan_of(ctx: Context, seg: Segment) -> FoldPlan | None:
-    positions = seg.node_positions()
-    return next((p for p in ctx.plans if p.removed == positions and p.input == seg.input), None)
-
-
-def calibrated_form(fit: calibrate.Fit, plain: Form, whiten: linalg.Whitening | None
+def calibrated_form(fit: calibrate.Fit, plain: Form, whiten: linalg.Whitening | None, positions: int = 1
                     ) -> tuple[Form, linalg.Factored]:
-    """The fitted map as a dense layer; when that is not smaller than a plain factor pair of rank r, the
-    fit's rank-r truncation in its inputs' output metric (as a pair)."""
+    """The fitted map as a dense layer (run at ``positions`` output positions per row); when that is not
+    smaller than a plain factor pair of rank r, the fit's rank-r truncation in its inputs' output metric."""
     form, exact = cheapest_form([linalg.Affine(fit.weight, fit.bias)])
+    form = replace(form, macs=form.macs * positions)
     if plain.rank is None or form.params <= plain.params:
         return form, exact
     a, b, bias = linalg.truncate(exact, plain.rank, whiten)
@@ -113,11 +130,11 @@ class CalibrateFolds:
         if stats is None:
             return
         for seg in ctx.segments:
-            plan = _plan_of(ctx, seg) if needs_fit(seg) else None
+            plan = plan_of(ctx, seg) if needs_fit(seg) else None
             if plan is None:
                 continue
-            head, tail = seg.layers[0], seg.layers[-1]
-            parts = stats.parts.get(calibrate.Request(seg.input, head.n_in, seg.output, tail.n_out))
+            request = chain_request(seg, plan)
+            parts = None if request is None else stats.parts.get(request)
             if parts is None:
                 plan.record.reason = "not calibrated (no statistics); plain fold"
                 continue
@@ -134,14 +151,15 @@ class CalibrateFolds:
             return
         record = replace(plan.record, status="skipped", reason="", calibrated=True, calibration_rms=rms,
                          error=None)
-        whiten = calibrate.input_whitening(ctx.calibration, seg.input, plan.exact.bias is not None)
+        whiten = calibrate.input_whitening(ctx.calibration, seg.input, plan.exact.bias is not None,
+                                           plan.emit.patches)
         plain_form = Form(plan.record.form or "dense", (), plan.record.rank, plan.record.params_after,
                           plan.record.macs_after)
-        form, exact = calibrated_form(fit, plain_form, whiten)
+        form, exact = calibrated_form(fit, plain_form, whiten, seg.layers[-1].positions)
         if not takes_form(record, form):
             plan.record.reason = f"calibrated fit not stored: {record.reason}; plain fold"
             return
-        calibrated = emit_plan(ctx, seg, record, form, exact)
+        calibrated = emit_plan(ctx, seg, record, form, exact, plan.emission_for)
         if calibrated is None:
             return
         record.reason = (f"least squares on {fit.rows} calibration rows (ridge {fit.alpha:g} toward the plain "

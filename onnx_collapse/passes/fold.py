@@ -143,4 +143,4 @@ def emit_plan(ctx: Context, seg: Segment, record: FoldRecord, form: Form, exact:
         return None
     record.status = "folded"
     return FoldPlan(record, ctx.path, seg.node_positions(), seg.input, seg.output, before + nodes + after,
-                    before_inits + inits + after_inits, head.dtype, exact, emission)
+                    before_inits + inits + after_inits, head.dtype, exact, emission, emission_for=emission_for)

@@ -30,7 +30,8 @@ def _targets(ctx: Context) -> list[FoldPlan]:
 
 def target_whitening(ctx: Context, target: FoldPlan) -> linalg.Whitening | None:
     """The target's output-error metric on the calibration data (None: data-free)."""
-    return calibrate.input_whitening(ctx.calibration, target.input, target.exact.bias is not None)
+    return calibrate.input_whitening(ctx.calibration, target.input, target.exact.bias is not None,
+                                     target.emit.patches)
 
 
 def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpectrum]]:

@@ -95,6 +95,10 @@ class ConvEmission(Emission):
     def group_unit(self) -> int:
         return int(np.prod(self.kernel, dtype=np.int64))
 
+    @property
+    def patches(self) -> tuple:
+        return self.kernel, self.strides, self.pads, self.dilations
+
     def sample_shape(self, rows: int) -> list[int]:
         channels = rows // self.group_unit
         extent = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations)]
