@@ -27,7 +27,8 @@ from synthetic import write_mlp_stack
 import onnx_collapse
 
 # name: (d, hidden, blocks)
-SIZES = {"100MB": (256, 12_288, 4), "1GB": (256, 122_880, 4), "2.3GB": (128, 750_000, 3)}
+SIZES = {"100MB": (256, 12_288, 4), "1GB": (256, 122_880, 4), "2.3GB": (128, 750_000, 3),
+         "512MB-4096wide": (4096, 4096, 4)}
 
 IO_FLOOR = """
 import sys, onnx

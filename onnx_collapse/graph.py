@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from .errors import CollapseError
-from .io import TensorStore
+from .io import TensorStore, copy_fields
 
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings are about its own round trip, not the user
 
@@ -320,25 +320,6 @@ def _restore_graph(imported: Imported, graph: gs.Graph, exported: onnx.GraphProt
     restored.sparse_initializer.extend(t for t in original.sparse_initializer if t.values.name in present)
     restored.value_info.extend(v for v in original.value_info if v.name in present)
     return restored
-
-
-def _is_repeated(desc) -> bool:
-    """Whether a protobuf field is repeated (``label`` is gone from newer protobuf releases)."""
-    flag = getattr(desc, "is_repeated", None)
-    return bool(flag) if flag is not None else desc.label == desc.LABEL_REPEATED
-
-
-def copy_fields(src, dst, skip: set[str]) -> None:
-    """Copy every set field of protobuf message ``src`` into ``dst`` except those named in ``skip``."""
-    for desc, value in src.ListFields():
-        if desc.name in skip:
-            continue
-        if _is_repeated(desc):
-            getattr(dst, desc.name).extend(value)
-        elif desc.message_type is not None:
-            getattr(dst, desc.name).CopyFrom(value)
-        else:
-            setattr(dst, desc.name, value)
 
 
 def _restore_node(imported: Imported, node: gs.Node, exported: onnx.NodeProto) -> onnx.NodeProto:

@@ -26,7 +26,7 @@ import stat
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, MutableSequence
+from collections.abc import Iterator, MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -410,6 +410,49 @@ def _write_tensors(model: onnx.ModelProto, source_dir: Path | None, data_path: P
             tensor.data_location = onnx.TensorProto.EXTERNAL
             for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
                 tensor.external_data.add(key=key, value=value)
+
+
+def _is_repeated(desc) -> bool:
+    """Whether a protobuf field is repeated (``label`` is gone from newer protobuf releases)."""
+    flag = getattr(desc, "is_repeated", None)
+    return bool(flag) if flag is not None else desc.label == desc.LABEL_REPEATED
+
+
+def copy_fields(src, dst, skip: set[str]) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` except those named in ``skip``."""
+    for desc, value in src.ListFields():
+        if desc.name in skip:
+            continue
+        if _is_repeated(desc):
+            getattr(dst, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(dst, desc.name).CopyFrom(value)
+        else:
+            setattr(dst, desc.name, value)
+
+
+def data_backed(tensors: Sequence[onnx.TensorProto], data_path: Path, size_threshold: int = 2**20
+                ) -> list[onnx.TensorProto]:
+    """``tensors`` for a model saved beside ``data_path``: those with ``size_threshold`` bytes of raw data or
+    more as copies whose data is in that file (written one tensor at a time), the others as they are.
+    A model built from them is small in memory, and onnxruntime reads their data from the file."""
+    out = []
+    with open(data_path, "ab") as f:
+        for tensor in tensors:
+            if len(tensor.raw_data) < size_threshold:
+                out.append(tensor)
+                continue
+            f.write(b"\0" * ((-f.tell()) % ALIGN_LARGE))
+            offset = f.tell()
+            f.write(tensor.raw_data)
+            copy = onnx.TensorProto()
+            copy_fields(tensor, copy, skip={"raw_data", "external_data", "data_location"})
+            copy.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", str(offset)),
+                               ("length", str(f.tell() - offset))):
+                copy.external_data.add(key=key, value=value)
+            out.append(copy)
+    return out
 
 
 class _Sources:

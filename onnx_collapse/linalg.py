@@ -6,6 +6,7 @@ Everything is computed in float64; callers cast back to the model's dtype.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ class Affine:
         return self.weight.shape  # type: ignore[return-value]
 
 
-CHUNK_BYTES = 64 * 2**20  # float64 working set per slice when multiplying stored weights
+CHUNK_BYTES = 16 * 2**20  # float64 working set per operand slice when multiplying stored weights
 
 
 def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -45,7 +46,20 @@ def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         for start in range(0, inner, step):
             stop = min(inner, start + step)
             out += np.asarray(a[:, start:stop], dtype=np.float64) @ np.asarray(b[start:stop], dtype=np.float64)
+    release_pages(a)
+    release_pages(b)
     return out
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Let the pages of a memory-mapped (file view) ``array`` leave this process's resident memory; they are
+    read from the file again if touched. A weight read once then costs no memory while the others are read."""
+    mapped = getattr(array, "_mmap", None)
+    if isinstance(array, np.memmap) and mapped is not None and hasattr(mapped, "madvise"):
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a closed map, or a platform without the advice: only memory is at stake
+            pass
 
 
 def compose(layers: Sequence[Affine]) -> Affine:
@@ -61,7 +75,9 @@ def compose(layers: Sequence[Affine]) -> Affine:
             bias = b2 if bias is None else bias + b2
         weight = matmul64(weight, layer.weight)
         scale *= layer.scale
-    weight = np.array(weight, dtype=np.float64)  # a float64 copy even for one layer (never a file view)
+    if len(layers) == 1:  # a float64 copy even for one layer (never a file view)
+        weight = np.array(weight, dtype=np.float64)
+        release_pages(first.weight)
     if scale != 1.0:
         weight *= scale
     return Affine(weight, bias)

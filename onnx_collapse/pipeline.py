@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import shutil
 import warnings
@@ -29,7 +30,7 @@ from .io import (
 )
 from .options import Options
 from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
-from .passes.context import Context, GlobalPass, Pass, all_names
+from .passes.context import Context, GlobalPass, Pass, all_names, reads_exact
 from .passes.layers import find_layers
 from .plans import FoldPlan
 from .progress import reported, stage
@@ -70,6 +71,9 @@ def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = D
     """Analyse every graph: each pass in order over each graph, then the passes that see all graphs."""
     with stage("reading the graphs"):
         contexts = contexts_for(source, options)
+    keep = reads_exact([*passes, *global_passes], options)
+    for ctx in contexts:
+        ctx.keep_exact = keep
     for ctx in contexts:
         for p in passes:
             with stage(p.name):
@@ -133,7 +137,7 @@ def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, o
     produced = {n for node in original for n in node.output}
     consts = sorted({n for node in original for n in node.input if n and n not in produced and view.is_constant(n)})
     elem, ir_version = _elem(plan), source.model.ir_version
-    x_shape = plan.emit.sample_shape(plan.exact.shape[0])
+    x_shape = plan.emit.sample_shape(plan.rows)
     reference = chain_model(plan.input, plan.output, original, [view.as_initializer(n) for n in consts], elem,
                             opsets, ir_version, x_shape)
     ref_source = ModelSource(reference, source.base_dir)
@@ -281,6 +285,11 @@ def optimize(
                 out, verification = _verify_and_revert(source, contexts, options, staged)
         else:
             out, verification = apply_plans(model, plans), None
+        released = sum(len(t.raw_data) for p in plans for t in p.initializers)
+        for plan in plans:  # ``out`` holds the new tensors now: keep one copy of them in memory, not two
+            plan.release()
+        if released > RELEASE_COLLECT_BYTES:
+            gc.collect()  # the imported graphs that referenced them are cycles of nodes and tensors
         if held_out is not None and verification is not None and verification.n_input_sets:
             verification.inputs = held_out
         _plain_errors(plans)
@@ -346,6 +355,7 @@ def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProt
     staged.commit()
 
 
+RELEASE_COLLECT_BYTES = 64 * 2**20  # new tensors worth a garbage collection to free once the output holds them
 TRADEOFF_BUDGETS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 

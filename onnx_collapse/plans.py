@@ -58,7 +58,19 @@ class FoldPlan:
     nodes: list[onnx.NodeProto]
     initializers: list[onnx.TensorProto]
     dtype: np.dtype
-    exact: Factored
+    exact: Factored | None  # None once no later pass needs it (no truncation, no calibration): memory
     emit: Emission
     fallback: FoldPlan | None = None
     emission_for: EmissionFor | None = None  # writes the same map in another form (dense or pair)
+
+    def release(self) -> None:
+        """Drop the new tensors and exact maps (its own and its fallback's) once the rewritten model holds what
+        it needs: they can be as large as the weights. The plan cannot be applied again after this."""
+        self.initializers, self.exact = [], None
+        if self.fallback is not None:
+            self.fallback.release()
+
+    @property
+    def rows(self) -> int:
+        """Rows of the written map as a matrix: its input features times the emission's rows per feature."""
+        return self.record.dims[0] * self.emit.group_unit

@@ -11,8 +11,32 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from .errors import CollapseError
-from .graph import GraphPath, add_nodes, export, import_model, locate, walk_graphs
+from .graph import GraphPath, add_nodes, export, import_model, locate, proto_subgraphs, walk_graphs
+from .io import copy_fields
 from .plans import FoldPlan
+
+STUB_BYTES = 2**20  # new tensors from this size on go through onnx-graphsurgeon without their data
+
+
+def stub(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """``tensor`` without its raw data, if it is large (its data is filled in after export); else itself.
+    onnx-graphsurgeon's export copies every initializer several times over."""
+    if len(tensor.raw_data) < STUB_BYTES:
+        return tensor
+    out = onnx.TensorProto()
+    copy_fields(tensor, out, skip={"raw_data"})
+    return out
+
+
+def fill_data(graph: onnx.GraphProto, data: dict[str, onnx.TensorProto]) -> None:
+    """Give the stubs among the initializers of ``graph`` and its subgraphs their data, by name."""
+    for tensor in graph.initializer:
+        real = data.get(tensor.name)
+        if real is not None and not tensor.HasField("raw_data"):
+            tensor.raw_data = real.raw_data
+    for node in graph.node:
+        for sub in proto_subgraphs(node):
+            fill_data(sub, data)
 
 
 def visible_tensors(root: gs.Graph, path: GraphPath) -> dict[str, gs.Tensor]:
@@ -36,7 +60,7 @@ def rewrite_graph(graph: gs.Graph, plans: Sequence[FoldPlan], tensors: dict[str,
         graph.nodes[i].outputs.clear()
     graph.nodes = [node for i, node in enumerate(graph.nodes) if i not in removed]
     for plan in plans:
-        add_nodes(graph, plan.nodes, plan.initializers, tensors)
+        add_nodes(graph, plan.nodes, [stub(t) for t in plan.initializers], tensors)
 
 
 def apply_plans(model: onnx.ModelProto, plans: Sequence[FoldPlan]) -> onnx.ModelProto:
@@ -75,7 +99,9 @@ class PlanApplier:
                 rewrite_graph(locate(graph, path), by_graph[path], visible_tensors(graph, path))
             added = self._new_nodes()
             graph.cleanup(recurse_functions=False).toposort(recurse_functions=False, mode="nodes")
-            return export(self.imported)
+            out = export(self.imported)
+            fill_data(out.graph, {t.name: t for plan in plans for t in plan.initializers})
+            return out
         except OnnxGraphSurgeonException as exc:  # e.g. a cycle in a damaged model
             text = " ".join(str(exc).split())[:200]
             raise CollapseError(f"the model cannot be rewritten as a graph (onnx-graphsurgeon: {text})") from None

@@ -17,7 +17,8 @@ from onnx import helper
 
 from .errors import CollapseError
 from .graph import infer_shapes
-from .io import PROTOBUF_LIMIT, ModelSource, open_model, pause_point, scratch_dir, uses_external, write_model
+from .io import (PROTOBUF_LIMIT, ModelSource, data_backed, open_model, pause_point, scratch_dir, uses_external,
+                 write_model)
 from .options import DEFAULTS, Options
 from .progress import reported, stage
 from .report import ErrorStats, Verification
@@ -187,6 +188,8 @@ def session(source: ModelSource, what: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # fatal only: failures become one CollapseError line, not onnxruntime logs
+    # no pre-packed copies of the weights: a check runs a few batches, and copies would double the peak memory
+    options.add_session_config_entry("session.disable_prepacking", "1")
     providers = ["CPUExecutionProvider"]
     try:
         if source.path is not None:
@@ -523,9 +526,13 @@ def local_errors(
         inits += fold_inits
         inputs.append(helper.make_tensor_value_info(names[x], elem_type, None))
         outputs.append(helper.make_tensor_value_info(names[y], elem_type, None))
-    model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs, inits),
-                              opset_imports=list(opset_imports), ir_version=ir_version)
     feeds = [{f"onnx_collapse_fold_in_{j}": c[fold[0]] for j, fold in enumerate(folds)} for c in captured]
-    got = run(ModelSource(model), feeds, "folded chains")
+    with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-folds-") as tmp:
+        path = Path(tmp) / "folds.onnx"  # large new weights go to a file: a model in memory would copy them
+        model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs,
+                                                    data_backed(inits, Path(tmp) / "folds.onnx.data")),
+                                  opset_imports=list(opset_imports), ir_version=ir_version)
+        onnx.save_model(model, str(path))
+        got = run(ModelSource(model, tmp, path), feeds, "folded chains")
     return [compare(y, [c[y] for c in captured], [g[f"onnx_collapse_fold_out_{j}"] for g in got], atol, rtol)
             for j, (_, y, *_) in enumerate(folds)]

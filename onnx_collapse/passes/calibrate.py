@@ -125,6 +125,10 @@ class CalibrateFolds:
 
     name = "calibrate-folds"
 
+    @staticmethod
+    def reads_exact(options) -> bool:
+        return options.calibrate is not None
+
     def run(self, ctx: Context) -> None:
         stats = ctx.calibration
         if stats is None:

@@ -39,6 +39,7 @@ class Context:
     unfolded: list[Unfolded] = field(default_factory=list)  # layers no plan folds, with why
     counted: set = field(default_factory=set)  # stored tensors already counted in a planned fold's record
     calibration: Statistics | None = None  # streamed statistics of the calibration data (main graph only)
+    keep_exact: bool = True  # plans keep their float64 exact maps (False when no pass will read them)
 
     def fresh_name(self, base: str) -> str:
         """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""
@@ -63,6 +64,12 @@ def all_names(graph: onnx.GraphProto) -> set[str]:
         for sub in proto_subgraphs(node):
             names |= all_names(sub)
     return names
+
+
+def reads_exact(passes, options: Options) -> bool:
+    """Whether any of ``passes`` reads plans' exact maps under ``options`` (a pass says so with a
+    ``reads_exact(options)`` method); if none does, plans drop them, which can be as large as the weights."""
+    return any(p.reads_exact(options) for p in passes if hasattr(p, "reads_exact"))
 
 
 class Pass(Protocol):

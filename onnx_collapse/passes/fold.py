@@ -104,7 +104,10 @@ class PlanFolds:
         form = replace(form, macs=form.macs * seg.layers[-1].positions)  # per row, as the layers count them
         if not takes_form(record, form):
             return None
-        return emit_plan(ctx, seg, record, form, exact, emission_for)
+        plan = emit_plan(ctx, seg, record, form, exact, emission_for)
+        if plan is not None and not ctx.keep_exact:
+            plan.exact = None  # its float64 matrices can be as large as the weights it replaces
+        return plan
 
 
 def takes_form(record: FoldRecord, form: Form) -> bool:

@@ -110,6 +110,10 @@ class LowRank:
 
     name = "low-rank"
 
+    @staticmethod
+    def reads_exact(options) -> bool:
+        return options.rank_budget is not None or options.max_error is not None
+
     def run_all(self, contexts: list[Context]) -> None:
         if not contexts:
             return
@@ -157,6 +161,10 @@ class Spectra:
     """Fills ``ctx.spectra`` with the truncation targets' spectra (for ``analyze --spectrum``)."""
 
     name = "spectra"
+
+    @staticmethod
+    def reads_exact(options) -> bool:
+        return True
 
     def run(self, ctx: Context) -> None:
         ctx.spectra = target_spectra(ctx)[1]
