@@ -455,6 +455,14 @@ def data_backed(tensors: Sequence[onnx.TensorProto], data_path: Path, size_thres
     return out
 
 
+def read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
+    """The raw bytes of an external ``tensor`` whose data file lies in ``base_dir``."""
+    info = ExternalDataInfo(tensor)
+    with open(base_dir / info.location, "rb") as f:
+        f.seek(info.offset or 0)
+        return f.read(info.length or _dense_bytes(tensor))
+
+
 class _Sources:
     """Source data files opened on demand, at most OPEN_SOURCES at once (least recently used closed first)."""
 
@@ -519,6 +527,7 @@ class StagedOutput:
             self._tmp = scratch_dir(self.folder, STAGING_PREFIX)
         self.staged = Path(self._tmp.name) / self.path.name
         self.staged_data = Path(self._tmp.name) / self.data_name
+        self.scratch = Path(self._tmp.name) / "scratch"  # our own working files, beside the output (not /tmp)
 
     def write(self, model: onnx.ModelProto) -> Path:
         """Write ``model`` to the staging folder; returns the staged model's path (loadable as is)."""

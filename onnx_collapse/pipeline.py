@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
 import shutil
+import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import onnx
 
@@ -23,9 +26,11 @@ from .io import (
     ModelSource,
     StagedOutput,
     TensorStore,
+    data_backed,
     embed_external_data,
     file_size,
     open_model,
+    scratch_dir,
     uses_external,
 )
 from .options import Options
@@ -111,7 +116,8 @@ def _elem(plan: FoldPlan) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(plan.dtype)
 
 
-def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feeds, options: Options):
+def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feeds, options: Options,
+                   parked: Path):
     """Every plan's own error in onnxruntime, and the original model's outputs (captured in the same run).
 
     Main-graph folds run on the inputs their chain really saw; folds inside subgraphs (whose tensors a
@@ -123,15 +129,17 @@ def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feed
     model = source.model
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
     probes = [(p.input, p.output, p.nodes, p.initializers, _elem(p)) for p in main]
-    for plan, err in zip(main, local_errors(opsets, model.ir_version, probes, captured, options.atol, options.rtol)):
+    errors = local_errors(opsets, model.ir_version, probes, captured, options.atol, options.rtol, parked)
+    for plan, err in zip(main, errors):
         plan.record.error = err
     for plan in (p for p in plans if p.graph):
-        plan.record.error = _subgraph_fold_error(source, views[plan.graph], plan, opsets, options)
+        plan.record.error = _subgraph_fold_error(source, views[plan.graph], plan, opsets, options, parked)
     outputs = {o.name for o in model.graph.output}
     return [{k: v for k, v in c.items() if k in outputs} for c in captured]
 
 
-def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, opsets, options: Options):
+def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, opsets, options: Options,
+                         parked: Path):
     """A subgraph fold's error: the original chain and the folded one on the same random inputs."""
     original = [view.proto.node[i] for i in plan.removed]
     produced = {n for node in original for n in node.output}
@@ -144,7 +152,7 @@ def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, o
     feeds = random_feeds(reference, {}, options.seed, options.check_n)
     expected = run(ref_source, feeds, "original chain")
     folded = chain_model(plan.input, plan.output, plan.nodes, plan.initializers, elem, opsets, ir_version)
-    got = run(ModelSource(folded), feeds, "folded chain")
+    got = run(ModelSource(folded, parked), feeds, "folded chain")
     return compare(plan.output, [e[plan.output] for e in expected], [g[plan.output] for g in got],
                    options.atol, options.rtol)
 
@@ -157,12 +165,12 @@ class _Trials:
     """
 
     def __init__(self, source: ModelSource, feeds, expected, where: str, options: Options,
-                 staged: StagedOutput | None):
+                 staged: StagedOutput | None, parked: Path):
         self.source, self.feeds, self.expected = source, feeds, expected
         self.where, self.options, self.staged = where, options, staged
         self.passed: tuple[list[int], onnx.ModelProto, Verification] | None = None
         self.written: list[int] | None = None
-        self.applier = PlanApplier(source.model)
+        self.applier = PlanApplier(source.model, parked)
 
     def run(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
         """Apply ``plans`` to the original model, run it and compare its outputs."""
@@ -220,15 +228,28 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
     every = [q for p in plans for q in (p, p.fallback) if q is not None]
     owners = {ctx.path: ctx for ctx in contexts}
     views = {path: ctx.view for path, ctx in owners.items()}
-    expected = _measure_folds(source, views, every, feeds, options)
-    trials = _Trials(source, feeds, expected, where, options, staged)
-    accepted, reverts = without_local_failures(plans, exempt_main_graph=options.metric != "allclose")
-    if accepted and not trials.passes(accepted):
-        accepted, more = accept(accepted, trials.passes)
-        reverts += more
-    for revert in reverts:
-        _record_revert(revert, owners)
-    return trials.result(accepted)
+    with contextlib.ExitStack() as stack:
+        parked = park(every, staged.scratch if staged is not None else
+                      Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-parked-"))))
+        expected = _measure_folds(source, views, every, feeds, options, parked)
+        trials = _Trials(source, feeds, expected, where, options, staged, parked)
+        accepted, reverts = without_local_failures(plans, exempt_main_graph=options.metric != "allclose")
+        if accepted and not trials.passes(accepted):
+            accepted, more = accept(accepted, trials.passes)
+            reverts += more
+        for revert in reverts:
+            _record_revert(revert, owners)
+        return trials.result(accepted)
+
+
+def park(plans: list[FoldPlan], folder: Path) -> Path:
+    """Move the data of the plans' large new tensors into a file in ``folder`` (created), the plans keeping
+    tensors that refer to it, so the new weights are not in memory while onnxruntime holds the original
+    ones; applying the plans reads them back (``rewrite.fill_data``). Returns ``folder``."""
+    folder.mkdir(exist_ok=True)
+    for plan in plans:
+        plan.initializers = data_backed(plan.initializers, folder / "parked.data")
+    return folder
 
 
 def _warnings_as_notes(func):

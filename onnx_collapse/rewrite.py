@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -12,7 +13,9 @@ from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from .errors import CollapseError
 from .graph import GraphPath, add_nodes, export, import_model, locate, proto_subgraphs, walk_graphs
-from .io import copy_fields
+from onnx.external_data_helper import uses_external_data
+
+from .io import copy_fields, read_external
 from .plans import FoldPlan
 
 STUB_BYTES = 2**20  # new tensors from this size on go through onnx-graphsurgeon without their data
@@ -28,15 +31,22 @@ def stub(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return out
 
 
-def fill_data(graph: onnx.GraphProto, data: dict[str, onnx.TensorProto]) -> None:
-    """Give the stubs among the initializers of ``graph`` and its subgraphs their data, by name."""
+def fill_data(graph: onnx.GraphProto, data: dict[str, onnx.TensorProto], parked: Path | None = None) -> None:
+    """Give the stubs among the initializers of ``graph`` and its subgraphs their data, by name: from the
+    plan's tensor in memory, or from its file under ``parked`` (see ``pipeline.park``)."""
     for tensor in graph.initializer:
         real = data.get(tensor.name)
-        if real is not None and not tensor.HasField("raw_data"):
+        if real is None or tensor.HasField("raw_data"):
+            continue
+        if real.HasField("raw_data"):
             tensor.raw_data = real.raw_data
+        elif uses_external_data(real) and parked is not None:
+            tensor.raw_data = read_external(real, parked)
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
     for node in graph.node:
         for sub in proto_subgraphs(node):
-            fill_data(sub, data)
+            fill_data(sub, data, parked)
 
 
 def visible_tensors(root: gs.Graph, path: GraphPath) -> dict[str, gs.Tensor]:
@@ -63,14 +73,14 @@ def rewrite_graph(graph: gs.Graph, plans: Sequence[FoldPlan], tensors: dict[str,
         add_nodes(graph, plan.nodes, [stub(t) for t in plan.initializers], tensors)
 
 
-def apply_plans(model: onnx.ModelProto, plans: Sequence[FoldPlan]) -> onnx.ModelProto:
+def apply_plans(model: onnx.ModelProto, plans: Sequence[FoldPlan], parked: Path | None = None) -> onnx.ModelProto:
     """A new model: ``model`` with ``plans`` applied (``model`` itself is not modified).
 
     Subgraphs are rewritten before the graphs that hold them, so node positions in paths stay valid.
     Nodes and constants that no graph output depends on any more are removed (onnx-graphsurgeon's
     cleanup), and nodes are put in topological order.
     """
-    return PlanApplier(model).apply(plans)
+    return PlanApplier(model, parked).apply(plans)
 
 
 class PlanApplier:
@@ -81,7 +91,8 @@ class PlanApplier:
     original. A re-import per candidate dominated the cost of reverting hundreds of folds.
     """
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, parked: Path | None = None):
+        self.parked = parked  # where plans' parked tensors keep their data
         self.imported = import_model(model)
         graphs = [graph for _, _, graph in walk_graphs(self.imported.graph)]
         self.node_lists = [(graph, list(graph.nodes)) for graph in graphs]
@@ -100,7 +111,7 @@ class PlanApplier:
             added = self._new_nodes()
             graph.cleanup(recurse_functions=False).toposort(recurse_functions=False, mode="nodes")
             out = export(self.imported)
-            fill_data(out.graph, {t.name: t for plan in plans for t in plan.initializers})
+            fill_data(out.graph, {t.name: t for plan in plans for t in plan.initializers}, self.parked)
             return out
         except OnnxGraphSurgeonException as exc:  # e.g. a cycle in a damaged model
             text = " ".join(str(exc).split())[:200]

@@ -504,13 +504,15 @@ def local_errors(
     opset_imports: Sequence[onnx.OperatorSetIdProto], ir_version: int,
     folds: Sequence[tuple[str, str, Sequence[onnx.NodeProto], Sequence[onnx.TensorProto], int]],
     captured: Sequence[Mapping[str, np.ndarray]], atol: float | None, rtol: float | None,
+    workdir: Path | None = None,
 ) -> list[ErrorStats]:
     """Each fold's own error, measured in onnxruntime at the folded chain's output.
 
     ``folds`` holds (input, output, new nodes, new initializers, elem type) per fold; ``captured`` the
     original model's values of every fold's input and output (see ``capture``). All folds' new nodes run
     side by side in one model (one session), each on its own copy of its captured input, and each output
-    is compared with the captured one.
+    is compared with the captured one. The model is saved in ``workdir`` (a new temporary folder if None),
+    where the data of initializers that refer to files must lie.
     """
     if not folds:
         return []
@@ -527,12 +529,13 @@ def local_errors(
         inputs.append(helper.make_tensor_value_info(names[x], elem_type, None))
         outputs.append(helper.make_tensor_value_info(names[y], elem_type, None))
     feeds = [{f"onnx_collapse_fold_in_{j}": c[fold[0]] for j, fold in enumerate(folds)} for c in captured]
-    with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-folds-") as tmp:
-        path = Path(tmp) / "folds.onnx"  # large new weights go to a file: a model in memory would copy them
+    with contextlib.ExitStack() as stack:
+        folder = workdir or Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-folds-")))
+        path = folder / "folds.onnx"  # large new weights go to a file: a model in memory would copy them
         model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs,
-                                                    data_backed(inits, Path(tmp) / "folds.onnx.data")),
+                                                    data_backed(inits, folder / "folds.onnx.data")),
                                   opset_imports=list(opset_imports), ir_version=ir_version)
         onnx.save_model(model, str(path))
-        got = run(ModelSource(model, tmp, path), feeds, "folded chains")
+        got = run(ModelSource(model, folder, path), feeds, "folded chains")
     return [compare(y, [c[y] for c in captured], [g[f"onnx_collapse_fold_out_{j}"] for g in got], atol, rtol)
             for j, (_, y, *_) in enumerate(folds)]

@@ -1,0 +1,73 @@
+"""What keeps peak memory near the weights: released file pages, parked and stubbed new tensors, dropped
+exact maps. Each must leave results unchanged; the memory itself is measured in benchmarks/."""
+
+import hashlib
+
+import numpy as np
+import onnx
+from builders import mlp, save_external
+
+import onnx_collapse as oc
+from onnx_collapse import linalg
+from onnx_collapse.io import ModelSource, TensorStore
+from onnx_collapse.options import Options
+from onnx_collapse.pipeline import park, run_passes
+from onnx_collapse.rewrite import STUB_BYTES, apply_plans
+
+
+def _big_mlp() -> onnx.ModelProto:
+    """A slope-1 chain whose folded weight (700 x 700 float32) is over STUB_BYTES."""
+    model = mlp(n_in=700, hidden=800, n_out=700, slope=1.0)
+    assert 700 * 700 * 4 >= STUB_BYTES
+    return model
+
+
+def test_released_file_pages_leave_the_file_and_the_values_as_they_were(tmp_path):
+    path = tmp_path / "w.bin"
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 200)).astype(np.float32), rng.standard_normal((200, 100)).astype(np.float32)
+    path.write_bytes(a.tobytes() + b.tobytes())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    ma = np.memmap(path, np.float32, "r", 0, a.shape)
+    mb = np.memmap(path, np.float32, "r", a.nbytes, b.shape)
+    first = linalg.matmul64(ma, mb)  # releases both maps' pages at the end
+    np.testing.assert_allclose(first, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(ma), a)  # read again from the file after the release
+    assert np.allclose(linalg.matmul64(ma, mb), first, rtol=0, atol=0)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_parked_plans_rewrite_to_the_same_model_as_plans_in_memory(tmp_path):
+    model = _big_mlp()
+    contexts = run_passes(ModelSource(model), Options())
+    plans = [p for ctx in contexts for p in ctx.plans]
+    assert any(len(t.raw_data) >= STUB_BYTES for p in plans for t in p.initializers)
+    in_memory = apply_plans(model, plans)
+    park(plans, tmp_path / "parked")
+    assert all(len(t.raw_data) < STUB_BYTES for p in plans for t in p.initializers)  # data now in the file
+    parked = apply_plans(model, plans, parked=tmp_path / "parked")
+    assert parked.SerializeToString(deterministic=True) == in_memory.SerializeToString(deterministic=True)
+
+
+def test_plans_keep_exact_maps_only_where_a_pass_reads_them():
+    model = _big_mlp()
+    plain = run_passes(ModelSource(model), Options())
+    assert all(p.exact is None for ctx in plain for p in ctx.plans)
+    truncating = run_passes(ModelSource(model), Options(rank_budget=0.5))
+    assert all(p.exact is not None for ctx in truncating for p in ctx.plans)
+
+
+def test_a_large_fold_written_with_external_data_runs_like_the_original(tmp_path):
+    import onnxruntime as ort
+    model = _big_mlp()
+    src = tmp_path / "in.onnx"
+    save_external(model, src)
+    out, report = oc.optimize(src, output=tmp_path / "out.onnx")
+    assert report.verification.passed and report.folds[0].status == "folded"
+    x = np.random.default_rng(1).standard_normal((5, 700)).astype(np.float32)
+    want = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging or scratch left behind
+    assert TensorStore(tmp_path).read(onnx.load(str(tmp_path / "out.onnx"), load_external_data=False)
+                                      .graph.initializer[0]) is not None
