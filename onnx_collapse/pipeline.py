@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import gc
 import os
@@ -161,7 +162,9 @@ class _Trials:
     """Whole-model runs of candidate plan sets against the original outputs.
 
     Remembers the last set that passed (with its model and verification) and which set was last
-    written to ``staged``, so the accepted set is neither rebuilt nor rerun.
+    written to ``staged``, so the accepted set is not rerun. A candidate written to ``staged`` is kept
+    as the written model without its data (which stays in the staged file), so the new weights are not
+    in memory while onnxruntime holds them too.
     """
 
     def __init__(self, source: ModelSource, feeds, expected, where: str, options: Options,
@@ -174,11 +177,11 @@ class _Trials:
 
     def run(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
         """Apply ``plans`` to the original model, run it and compare its outputs."""
-        candidate = self.applier.apply(plans)
         if self.staged is not None:
-            runnable = ModelSource(candidate, None, self.staged.write(candidate))
-            self.written = [id(p) for p in plans]
+            candidate = self._write(self.applier.apply(plans), plans)
+            runnable = ModelSource(candidate, None, self.staged.staged)
         else:
+            candidate = self.applier.apply(plans)
             runnable = ModelSource(candidate, self.source.base_dir)
         actual = run(runnable, self.feeds, "optimized model")
         opts = self.options
@@ -197,8 +200,16 @@ class _Trials:
         if self.passed is None or self.passed[0] != key:
             return self.run(plans)
         if self.staged is not None and self.written != key:
-            self.staged.write(self.passed[1])
+            return self._write(self.applier.apply(plans), plans), self.passed[2]
         return self.passed[1], self.passed[2]
+
+    def _write(self, candidate: onnx.ModelProto, plans: list[FoldPlan]) -> onnx.ModelProto:
+        """Stage ``candidate``; returns the staged model as written, its data left in the staged file."""
+        path = self.staged.write(candidate)
+        self.written = [id(p) for p in plans]
+        del candidate
+        return_free_memory()
+        return onnx.load(str(path), load_external_data=False)
 
 
 def _record_revert(revert: Revert, owners: dict[tuple, Context]) -> None:
@@ -249,7 +260,17 @@ def park(plans: list[FoldPlan], folder: Path) -> Path:
     folder.mkdir(exist_ok=True)
     for plan in plans:
         plan.initializers = data_backed(plan.initializers, folder / "parked.data")
+    return_free_memory()
     return folder
+
+
+def return_free_memory() -> None:
+    """Hand memory freed in this process back to the system (glibc keeps freed blocks of a few MB in its
+    heap, where they still count as the process's memory); nothing elsewhere."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _warnings_as_notes(func):
@@ -311,6 +332,7 @@ def optimize(
             plan.release()
         if released > RELEASE_COLLECT_BYTES:
             gc.collect()  # the imported graphs that referenced them are cycles of nodes and tensors
+            return_free_memory()
         if held_out is not None and verification is not None and verification.n_input_sets:
             verification.inputs = held_out
         _plain_errors(plans)
