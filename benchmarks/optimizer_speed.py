@@ -1,9 +1,10 @@
 """Speed and memory of the optimizer itself, beside the I/O floor and the peers a user would reach for.
 
-    python benchmarks/optimizer_speed.py [--sizes 100MB,1GB,2.3GB] [--peers] [--chains 1,4,16,64]
+    python benchmarks/optimizer_speed.py [--sizes 100MB,1GB,2.3GB,512MB-4096wide] [--peers] [--chains 1,4,16,64]
 
 Models are residual MLP stacks with slopes at 1, generated on the fly with external data (see
-synthetic.py). For each, in one run: ``onnx-collapse optimize --no-verify``, ``onnx-collapse verify``
+synthetic.py); the 4096-wide one folds 4096x4096 products (layers as wide as a large transformer's).
+For each, in one run: ``onnx-collapse analyze``, ``onnx-collapse optimize --no-verify``, ``onnx-collapse verify``
 (verification alone), the full ``optimize``, and the I/O floor (``onnx.load`` + ``onnx.save`` of the same
 model, external data). Every command runs in its own process; wall time and peak resident memory are
 measured from outside (measure.py); "imports" is the peak of a process that only imports the libraries. With ``--peers``: onnxsim and onnxslim on the same models.
@@ -54,6 +55,7 @@ def measure_size(name: str, folder: Path, peers: bool) -> dict:
     row = {"model": name, "weight_bytes": weights, "baseline_bytes": python_measured(BASELINE)[1]}
     steps = {
         "io_floor": lambda: python_measured(IO_FLOOR, src, folder / "floor.onnx"),
+        "analyze": lambda: run_measured(exe(), "analyze", src),
         "optimize_no_verify": lambda: run_measured(exe(), "optimize", src, folder / "out.onnx", "--no-verify"),
         "verify_only": lambda: run_measured(exe(), "verify", src, folder / "out.onnx"),
         "optimize": lambda: run_measured(exe(), "optimize", src, folder / "out2.onnx"),
@@ -90,11 +92,12 @@ def chain_scaling(counts: list[int], folder: Path) -> list[dict]:
 
 
 def print_tables(rows: list[dict], scaling: list[dict]) -> None:
-    steps = [s for s in ("io_floor", "optimize_no_verify", "verify_only", "optimize", "onnxsim", "onnxslim")
-             if any(s in r for r in rows)]
+    steps = [s for s in ("io_floor", "analyze", "optimize_no_verify", "verify_only", "optimize", "onnxsim",
+                         "onnxslim") if any(s in r for r in rows)]
     print("| model | weights | " + " | ".join(steps)
-          + " | optimize (no verify) / I/O floor | peak / weights | (peak - imports) / weights |")
-    print("|---" * (len(steps) + 5) + "|")
+          + " | optimize (no verify) / I/O floor | analyze / optimize (no verify) | peak / weights "
+            "| (peak - imports) / weights |")
+    print("|---" * (len(steps) + 6) + "|")
     for r in rows:
         cells = []
         for s in steps:
@@ -104,7 +107,8 @@ def print_tables(rows: list[dict], scaling: list[dict]) -> None:
         floor, ours = r["io_floor"], r["optimize_no_verify"]
         peak = max(r[s]["peak_bytes"] for s in ("optimize_no_verify", "optimize", "verify_only"))
         print(f"| {r['model']} | {r['weight_bytes'] / 2**30:.2f} GiB | " + " | ".join(cells)
-              + f" | {ours['seconds'] / floor['seconds']:.2f} | {peak / r['weight_bytes']:.2f} "
+              + f" | {ours['seconds'] / floor['seconds']:.2f} | {r['analyze']['seconds'] / ours['seconds']:.2f} "
+              + f"| {peak / r['weight_bytes']:.2f} "
               + f"| {(peak - r['baseline_bytes']) / r['weight_bytes']:.2f} |")
     if scaling:
         print()
