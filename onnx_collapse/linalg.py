@@ -46,8 +46,8 @@ def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         for start in range(0, inner, step):
             stop = min(inner, start + step)
             out += np.asarray(a[:, start:stop], dtype=np.float64) @ np.asarray(b[start:stop], dtype=np.float64)
-    release_pages(a)
-    release_pages(b)
+            release_pages(a)  # a slice of a file view touches pages all over it: keep only the current ones
+            release_pages(b)
     return out
 
 
@@ -292,16 +292,21 @@ def top_factors(weight: np.ndarray | Factored, rank: int) -> tuple[np.ndarray, n
     if min(weight.shape) < GRAM_MIN_DIM:
         return factor_pair(*svd(weight), rank)
     g, rows = gram(weight)
-    lam, vec = np.linalg.eigh(g)
+    vec = np.linalg.eigh(g)[1]  # LAPACK's workspace is about 4 n^2 float64 (the peak for very wide layers)
     del g
-    lam, vec = lam[::-1][:rank], vec[:, ::-1][:, :rank]
-    s = np.sqrt(np.clip(lam, 0.0, None))
-    keep = s > gram_floor(vec.shape[0]) * (s[0] if s.size else 0.0)
+    vec = np.ascontiguousarray(vec[:, ::-1][:, :rank])  # the other vectors freed
+    # the projections in float64 give each direction's singular value exactly (the factors' scale)
+    proj = matmul64(vec.T, weight) if rows else matmul64(weight, vec)
+    s = np.linalg.norm(proj, axis=1 if rows else 0)
+    keep = s > gram_floor(vec.shape[0]) * (s.max() if s.size else 0.0)
     root = np.where(keep, np.sqrt(s), 0.0)
     inv = np.where(keep, 1.0 / np.where(keep, np.sqrt(s), 1.0), 0.0)
-    if rows:  # W = U S V^T with U from W W^T: A = U sqrt(S), B = sqrt(S)^-1 U^T W
-        return vec * root, matmul64(vec.T, weight) * inv[:, None]
-    return matmul64(weight, vec) * inv, root[:, None] * vec.T
+    if rows:  # W W^T = U S^2 U^T: A = U sqrt(S), B = sqrt(S)^-1 U^T W
+        proj *= inv[:, None]
+        vec *= root
+        return vec, proj
+    proj *= inv  # W^T W = V S^2 V^T: A = W V sqrt(S)^-1, B = sqrt(S) V^T
+    return proj, root[:, None] * vec.T
 
 
 # --- calibrated (activation-aware) algebra --------------------------------------------------------------------

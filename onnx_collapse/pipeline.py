@@ -41,7 +41,7 @@ from .passes.layers import find_layers
 from .plans import FoldPlan
 from .progress import reported, stage
 from .report import ModelStats, Report, Verification
-from .rewrite import PlanApplier, apply_plans
+from .rewrite import STUB_BYTES, PlanApplier, apply_plans
 from .verify import (
     capture,
     chain_model,
@@ -259,7 +259,7 @@ def park(plans: list[FoldPlan], folder: Path) -> Path:
     ones; applying the plans reads them back (``rewrite.fill_data``). Returns ``folder``."""
     folder.mkdir(exist_ok=True)
     for plan in plans:
-        plan.initializers = data_backed(plan.initializers, folder / "parked.data")
+        plan.initializers = data_backed(plan.initializers, folder / "parked.data", STUB_BYTES)
     return_free_memory()
     return folder
 

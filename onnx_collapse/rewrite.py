@@ -18,7 +18,7 @@ from onnx.external_data_helper import uses_external_data
 from .io import copy_fields, read_external
 from .plans import FoldPlan
 
-STUB_BYTES = 2**20  # new tensors from this size on go through onnx-graphsurgeon without their data
+STUB_BYTES = 2**16  # new tensors from this size on go through onnx-graphsurgeon without their data
 
 
 def stub(tensor: onnx.TensorProto) -> onnx.TensorProto:

@@ -84,3 +84,4 @@ def test_low_rank_pass_uses_the_cached_spectrum_of_a_factor_pair():
     np.testing.assert_array_equal(linalg.singular_values(pair), s)
     a, b = linalg.top_factors(pair, 4)
     np.testing.assert_allclose(a @ b, (u[:, :4] * s[:4]) @ vt[:4], atol=1e-12)
+
