@@ -257,9 +257,12 @@ def park(plans: list[FoldPlan], folder: Path) -> Path:
     """Move the data of the plans' large new tensors into a file in ``folder`` (created), the plans keeping
     tensors that refer to it, so the new weights are not in memory while onnxruntime holds the original
     ones; applying the plans reads them back (``rewrite.fill_data``). Returns ``folder``."""
-    folder.mkdir(exist_ok=True)
-    for plan in plans:
-        plan.initializers = data_backed(plan.initializers, folder / "parked.data", STUB_BYTES)
+    try:
+        folder.mkdir(exist_ok=True)
+        for plan in plans:
+            plan.initializers = data_backed(plan.initializers, folder / "parked.data", STUB_BYTES)
+    except OSError as exc:  # a full disk: one line, and the staging folder goes with the run
+        raise CollapseError(f"cannot write scratch data in {str(folder)!r}: {exc.strerror or exc}") from None
     return_free_memory()
     return folder
 

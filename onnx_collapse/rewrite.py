@@ -9,12 +9,11 @@ from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from .errors import CollapseError
 from .graph import GraphPath, add_nodes, export, import_model, locate, proto_subgraphs, walk_graphs
-from onnx.external_data_helper import uses_external_data
-
 from .io import copy_fields, read_external
 from .plans import FoldPlan
 

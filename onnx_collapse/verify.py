@@ -17,8 +17,16 @@ from onnx import helper
 
 from .errors import CollapseError
 from .graph import infer_shapes
-from .io import (PROTOBUF_LIMIT, ModelSource, data_backed, open_model, pause_point, scratch_dir, uses_external,
-                 write_model)
+from .io import (
+    PROTOBUF_LIMIT,
+    ModelSource,
+    data_backed,
+    open_model,
+    pause_point,
+    scratch_dir,
+    uses_external,
+    write_model,
+)
 from .options import DEFAULTS, Options
 from .progress import reported, stage
 from .report import ErrorStats, Verification

@@ -5,6 +5,7 @@ import hashlib
 
 import numpy as np
 import onnx
+import pytest
 from builders import mlp, save_external
 
 import onnx_collapse as oc
@@ -71,3 +72,20 @@ def test_a_large_fold_written_with_external_data_runs_like_the_original(tmp_path
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging or scratch left behind
     assert TensorStore(tmp_path).read(onnx.load(str(tmp_path / "out.onnx"), load_external_data=False)
                                       .graph.initializer[0]) is not None
+
+
+def test_a_full_disk_while_parking_is_a_one_line_error_and_leaves_nothing(tmp_path, monkeypatch):
+    from onnx_collapse import pipeline
+    from onnx_collapse.errors import CollapseError
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "data_backed", full)
+    src = tmp_path / "in.onnx"
+    save_external(_big_mlp(), src)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(CollapseError, match="No space left on device") as caught:
+        oc.optimize(src, output=tmp_path / "out.onnx")
+    assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
