@@ -242,8 +242,8 @@ PATCH_BYTES = 32 * 2**20  # windows of a convolution's input unfolded at once (f
 
 
 def _windows(request: Request, x: np.ndarray, y: np.ndarray | None):
-    """(x rows, y rows) of a convolution request, a few images at a time (their windows within
-    PATCH_BYTES); None if the tensors are not the convolution's input and output."""
+    """(x rows, y rows) of a convolution request in blocks of windows within PATCH_BYTES
+    (``convalg.window_blocks``); None if the tensors are not the convolution's input and output."""
     kernel, strides, pads, dilations = request.patches
     spatial = len(kernel)
     if x.ndim != 2 + spatial or x.shape[1] * int(np.prod(kernel, dtype=np.int64)) != request.n_in:
@@ -253,15 +253,12 @@ def _windows(request: Request, x: np.ndarray, y: np.ndarray | None):
         return None
     if y is not None and (y.shape[:2] != (x.shape[0], request.n_out) or tuple(y.shape[2:]) != out):
         return None
-    per_image = 8 * request.n_in * int(np.prod(out, dtype=np.int64))
-    step = max(1, PATCH_BYTES // max(per_image, 1))
 
-    def chunks():
-        for start in range(0, x.shape[0], step):
-            rows = convalg.patches(x[start:start + step], kernel, strides, pads, dilations)
-            outs = None if y is None else np.moveaxis(y[start:start + step], 1, -1).reshape(-1, request.n_out)
-            yield rows, outs
-    return chunks()
+    def blocks():
+        for images, rows, windows in convalg.window_blocks(x, kernel, strides, pads, dilations, PATCH_BYTES):
+            outs = None if y is None else np.moveaxis(y[images, :, rows], 1, -1).reshape(-1, request.n_out)
+            yield windows, outs
+    return blocks()
 
 
 def _pairs(request: Request, values: Mapping[str, np.ndarray]):

@@ -150,3 +150,30 @@ def patches(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ...], pa
                        for o, d, s, p in zip(offset, dilations, strides, out))
         columns[..., k] = np.moveaxis(padded[(slice(None), slice(None), *window)], 1, -1)
     return columns.reshape(-1, columns.shape[-2] * columns.shape[-1])
+
+
+def window_blocks(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ...], pads: tuple[int, ...],
+                  dilations: tuple[int, ...], max_bytes: int):
+    """``patches(x, ...)`` in blocks of at most about ``max_bytes`` (as float64), in the same row order:
+    yields (image slice, output-row slice along the first spatial axis, the block's windows). Several
+    images per block when they fit, else slabs of one image's output rows, so a large image never has
+    all its windows in memory at once."""
+    n, c, *size = x.shape
+    spatial = len(kernel)
+    out = output_size(tuple(size), kernel, strides, pads, dilations)
+    per_row = 8 * c * int(np.prod(kernel, dtype=np.int64)) * int(np.prod(out[1:], dtype=np.int64))
+    rows = max(1, max_bytes // max(per_row, 1))
+    if rows >= out[0]:
+        images = max(1, rows // out[0])
+        for i in range(0, n, images):
+            yield slice(i, i + images), slice(0, out[0]), patches(x[i:i + images], kernel, strides, pads, dilations)
+        return
+    begin, s, d, k = pads[0], strides[0], dilations[0], kernel[0]
+    other = [(0, 0)] + [(pads[a], pads[spatial + a]) for a in range(1, spatial)]
+    for i in range(n):
+        for r0 in range(0, out[0], rows):
+            r1 = min(out[0], r0 + rows)
+            lo, hi = r0 * s - begin, (r1 - 1) * s + d * (k - 1) + 1 - begin  # input rows read, unpadded coordinates
+            slab = x[i:i + 1, :, max(lo, 0):min(hi, size[0])]
+            slab = np.pad(slab, [(0, 0), (0, 0), (max(0, -lo), max(0, hi - size[0]))] + other[1:])
+            yield slice(i, i + 1), slice(r0, r1), patches(slab, kernel, strides, (0,) * (2 * spatial), dilations)

@@ -100,7 +100,7 @@ def test_conv_window_statistics_streamed_in_small_chunks_equal_all_at_once(monke
     geometry = ((3, 3), (2, 1), (1, 0, 1, 2), (1, 1))
     request = calibrate.Request("x", 27, "y", 5, geometry)
     from onnx_collapse.io import ModelSource
-    monkeypatch.setattr(calibrate, "PATCH_BYTES", 1)  # one image at a time
+    monkeypatch.setattr(calibrate, "PATCH_BYTES", 300)  # a few output rows of one image at a time
     stats = calibrate.collect(ModelSource(model, None), [request], {"x": 1, "y": 1}, {"x": x})
     (parts,) = stats.parts.values()
     rows = convalg.patches(x.astype(np.float64), *geometry)
@@ -122,3 +122,18 @@ def test_a_convolution_whose_input_is_not_what_it_reads_gets_no_statistics():
     stats = calibrate.collect(ModelSource(model, None), [wrong, too_wide], {"x": 1}, {"x": _images(4, 3, (6, 6), 0)})
     assert wrong in stats.parts and too_wide in stats.skipped
     assert "convolution" in stats.skipped[too_wide]
+
+
+@pytest.mark.parametrize("max_bytes", [1, 500, 5000, 10**9])
+def test_window_blocks_are_the_windows_in_order_whatever_the_block_size(max_bytes):
+    """Blocks of whole images, or slabs of one image's output rows (a large image), concatenate to
+    ``patches``: the same rows in the same order, padding at the slab edges included."""
+    rng = np.random.default_rng(0)
+    for kernel, strides, pads, dilations, size in [((3, 3), (2, 2), (3, 0, 2, 1), (2, 1), (11, 10)),
+                                                   ((5,), (3,), (2, 1), (2,), (17,)),
+                                                   ((2, 1, 3), (1, 2, 1), (1, 0, 0, 0, 1, 2), (1, 1, 1), (4, 5, 6))]:
+        x = rng.standard_normal((3, 2, *size))
+        blocks = list(convalg.window_blocks(x, kernel, strides, pads, dilations, max_bytes))
+        assert all(w.nbytes <= max(max_bytes, w.nbytes // max(r.stop - r.start, 1)) for _, r, w in blocks)
+        np.testing.assert_array_equal(np.concatenate([w for *_, w in blocks]),
+                                      convalg.patches(x, kernel, strides, pads, dilations))
