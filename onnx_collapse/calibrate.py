@@ -203,8 +203,9 @@ def collect(source: ModelSource, requests: Sequence[Request], elem_types: Mappin
     probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
     sess = session(probed, "original model")
     parts_of = fold_rows(n, folds, seed)
-    stats = Statistics(n, 0, {r: [empty_moments(r.n_in, None if r.y is None else r.n_out) for _ in parts_of]
-                              for r in requests})
+    # only a chain's fit is cross-validated: an input's sums are kept once, not per fold
+    stats = Statistics(n, 0, {r: [empty_moments(r.n_in, None if r.y is None else r.n_out)
+                                  for _ in (parts_of if r.y is not None else [0])] for r in requests})
     step = FIRST_BATCH
     for f, rows in enumerate(parts_of):
         start = 0
@@ -284,7 +285,7 @@ def _accumulate(stats: Statistics, fold: int, values: Mapping[str, np.ndarray]) 
                                       else "its tensors do not have the features on the last axis, row for row")
             continue
         for x, y in pairs:
-            parts[fold].add(x, y)
+            parts[fold if len(parts) > 1 else 0].add(x, y)
 
 
 # --- least-squares collapse -----------------------------------------------------------------------------------

@@ -174,6 +174,7 @@ def window_blocks(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ..
         for r0 in range(0, out[0], rows):
             r1 = min(out[0], r0 + rows)
             lo, hi = r0 * s - begin, (r1 - 1) * s + d * (k - 1) + 1 - begin  # input rows read, unpadded coordinates
-            slab = x[i:i + 1, :, max(lo, 0):min(hi, size[0])]
-            slab = np.pad(slab, [(0, 0), (0, 0), (max(0, -lo), max(0, hi - size[0]))] + other[1:])
+            a, b = min(max(lo, 0), size[0]), min(max(hi, 0), size[0])  # a pad may exceed the kernel's reach
+            before, after = max(0, min(hi, 0) - lo), max(0, hi - max(lo, size[0]))
+            slab = np.pad(x[i:i + 1, :, a:b], [(0, 0), (0, 0), (before, after)] + other[1:])
             yield slice(i, i + 1), slice(r0, r1), patches(slab, kernel, strides, (0,) * (2 * spatial), dilations)

@@ -356,7 +356,7 @@ def pause_point(where: str) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one rename, keeping an existing file's mode."""
-    with _write_errors(path), scratch_dir(path.parent, STAGING_PREFIX) as tmp:
+    with write_errors(path), scratch_dir(path.parent, STAGING_PREFIX) as tmp:
         staged = Path(tmp) / path.name
         staged.write_text(text)
         _chmod(staged, _mode(path))
@@ -364,7 +364,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _write_errors(path: Path) -> Iterator[None]:
+def write_errors(path: Path) -> Iterator[None]:
     """OSError (a full disk, a read-only folder) as a CollapseError naming the file being written."""
     try:
         yield
@@ -458,9 +458,16 @@ def data_backed(tensors: Sequence[onnx.TensorProto], data_path: Path, size_thres
 def read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
     """The raw bytes of an external ``tensor`` whose data file lies in ``base_dir``."""
     info = ExternalDataInfo(tensor)
-    with open(base_dir / info.location, "rb") as f:
-        f.seek(info.offset or 0)
-        return f.read(info.length or _dense_bytes(tensor))
+    path = base_dir / info.location
+    try:
+        with open(path, "rb") as f:
+            f.seek(info.offset or 0)
+            data = f.read(info.length or _dense_bytes(tensor))
+    except OSError as exc:
+        raise CollapseError(f"cannot read {str(path)!r}: {_first_line(exc)}") from None
+    if len(data) != (info.length or _dense_bytes(tensor)):
+        raise CollapseError(f"{str(path)!r} is too short for tensor {tensor.name!r}")
+    return data
 
 
 class _Sources:
@@ -523,7 +530,7 @@ class StagedOutput:
         self.source_dir = None if source_dir is None else Path(source_dir)
         self.external_data = external_data
         self.data_name = f"{self.path.name}.{secrets.token_hex(6)}.data"
-        with _write_errors(self.path):
+        with write_errors(self.path):
             self._tmp = scratch_dir(self.folder, STAGING_PREFIX)
         self.staged = Path(self._tmp.name) / self.path.name
         self.staged_data = Path(self._tmp.name) / self.data_name
@@ -535,7 +542,7 @@ class StagedOutput:
         if external is None:
             weight_bytes = sum(TensorStore.nbytes(t) for t in external_tensors(model))
             external = model.ByteSize() + weight_bytes > EXTERNAL_DATA_THRESHOLD
-        with _write_errors(self.path):
+        with write_errors(self.path):
             if self.staged_data.exists():
                 self.staged_data.unlink()
             write_model(model, self.staged, external, self.source_dir, data_name=self.data_name)
@@ -544,7 +551,7 @@ class StagedOutput:
 
     def commit(self) -> None:
         """Data file in under its fresh name, then one rename of the model; then the old data files go."""
-        with _write_errors(self.path):
+        with write_errors(self.path):
             mode = _mode(self.path)
             data = self.folder / self.data_name
             if self.staged_data.exists():

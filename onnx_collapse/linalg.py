@@ -46,8 +46,12 @@ def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         for start in range(0, inner, step):
             stop = min(inner, start + step)
             out += np.asarray(a[:, start:stop], dtype=np.float64) @ np.asarray(b[start:stop], dtype=np.float64)
-            release_pages(a)  # a slice of a file view touches pages all over it: keep only the current ones
-            release_pages(b)
+            if a.strides[0] <= a.strides[-1]:  # a's column slices are contiguous in its file: one slice resident
+                release_pages(a)
+            if b.strides[0] >= b.strides[-1]:
+                release_pages(b)
+    release_pages(a)
+    release_pages(b)
     return out
 
 

@@ -8,6 +8,7 @@ import functools
 import gc
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -33,6 +34,7 @@ from .io import (
     open_model,
     scratch_dir,
     uses_external,
+    write_errors,
 )
 from .options import Options
 from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
@@ -240,8 +242,12 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
     owners = {ctx.path: ctx for ctx in contexts}
     views = {path: ctx.view for path, ctx in owners.items()}
     with contextlib.ExitStack() as stack:
-        parked = park(every, staged.scratch if staged is not None else
-                      Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-parked-"))))
+        if staged is not None:
+            folder = staged.scratch
+        else:
+            with write_errors(Path(tempfile.gettempdir())):
+                folder = Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-parked-")))
+        parked = park(every, folder)
         expected = _measure_folds(source, views, every, feeds, options, parked)
         trials = _Trials(source, feeds, expected, where, options, staged, parked)
         accepted, reverts = without_local_failures(plans, exempt_main_graph=options.metric != "allclose")
@@ -250,7 +256,10 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
             reverts += more
         for revert in reverts:
             _record_revert(revert, owners)
-        return trials.result(accepted)
+        out, verification = trials.result(accepted)
+        if staged is not None and not verification.passed:  # nothing is committed: the staged data goes away
+            out = trials.applier.apply(accepted)
+        return out, verification
 
 
 def park(plans: list[FoldPlan], folder: Path) -> Path:
@@ -270,9 +279,11 @@ def park(plans: list[FoldPlan], folder: Path) -> Path:
 def return_free_memory() -> None:
     """Hand memory freed in this process back to the system (glibc keeps freed blocks of a few MB in its
     heap, where they still count as the process's memory); nothing elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not glibc (musl has no malloc_trim)
         pass
 
 

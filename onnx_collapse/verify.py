@@ -25,6 +25,7 @@ from .io import (
     pause_point,
     scratch_dir,
     uses_external,
+    write_errors,
     write_model,
 )
 from .options import DEFAULTS, Options
@@ -538,12 +539,14 @@ def local_errors(
         outputs.append(helper.make_tensor_value_info(names[y], elem_type, None))
     feeds = [{f"onnx_collapse_fold_in_{j}": c[fold[0]] for j, fold in enumerate(folds)} for c in captured]
     with contextlib.ExitStack() as stack:
-        folder = workdir or Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-folds-")))
-        path = folder / "folds.onnx"  # large new weights go to a file: a model in memory would copy them
-        model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs,
-                                                    data_backed(inits, folder / "folds.onnx.data")),
-                                  opset_imports=list(opset_imports), ir_version=ir_version)
-        onnx.save_model(model, str(path))
+        with write_errors(workdir or Path(tempfile.gettempdir())):
+            folder = workdir or Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()),
+                                                                     "onnx-collapse-folds-")))
+            path = folder / "folds.onnx"  # large new weights go to a file: a model in memory would copy them
+            model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs,
+                                                        data_backed(inits, folder / "folds.onnx.data")),
+                                      opset_imports=list(opset_imports), ir_version=ir_version)
+            onnx.save_model(model, str(path))
         got = run(ModelSource(model, folder, path), feeds, "folded chains")
     return [compare(y, [c[y] for c in captured], [g[f"onnx_collapse_fold_out_{j}"] for g in got], atol, rtol)
             for j, (_, y, *_) in enumerate(folds)]

@@ -131,7 +131,10 @@ def test_window_blocks_are_the_windows_in_order_whatever_the_block_size(max_byte
     rng = np.random.default_rng(0)
     for kernel, strides, pads, dilations, size in [((3, 3), (2, 2), (3, 0, 2, 1), (2, 1), (11, 10)),
                                                    ((5,), (3,), (2, 1), (2,), (17,)),
-                                                   ((2, 1, 3), (1, 2, 1), (1, 0, 0, 0, 1, 2), (1, 1, 1), (4, 5, 6))]:
+                                                   ((2, 1, 3), (1, 2, 1), (1, 0, 0, 0, 1, 2), (1, 1, 1), (4, 5, 6)),
+                                                   ((1,), (1,), (3, 0), (1,), (6,)),  # pads beyond the kernel's reach
+                                                   ((1,), (1,), (0, 3), (1,), (6,)),
+                                                   ((2, 2), (1, 1), (3, 0, 0, 0), (1, 1), (4, 5))]:
         x = rng.standard_normal((3, 2, *size))
         blocks = list(convalg.window_blocks(x, kernel, strides, pads, dilations, max_bytes))
         assert all(w.nbytes <= max(max_bytes, w.nbytes // max(r.stop - r.start, 1)) for _, r, w in blocks)

@@ -2,6 +2,7 @@
 exact maps. Each must leave results unchanged; the memory itself is measured in benchmarks/."""
 
 import hashlib
+import sys
 
 import numpy as np
 import onnx
@@ -36,6 +37,43 @@ def test_released_file_pages_leave_the_file_and_the_values_as_they_were(tmp_path
     np.testing.assert_array_equal(np.asarray(ma), a)  # read again from the file after the release
     assert np.allclose(linalg.matmul64(ma, mb), first, rtol=0, atol=0)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    if sys.platform.startswith("linux"):  # and the pages really left: the mapping's resident size is 0
+        assert _resident_kb(path) == 0
+
+
+def _resident_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if not line[0].isupper() or ":" not in line.split()[0]:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_freeing_memory_is_a_no_op_off_linux(monkeypatch):
+    from onnx_collapse import pipeline
+    monkeypatch.setattr(pipeline.sys, "platform", "win32")
+    pipeline.return_free_memory()  # no ctypes lookup of a C library there
+
+
+def test_a_failed_verification_returns_a_model_whose_data_can_be_read(tmp_path, monkeypatch):
+    """Nothing is written when verification fails; the returned model must not point into the staging
+    folder, which is gone by then."""
+    from dataclasses import replace
+
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from onnx_collapse import pipeline
+    real = pipeline.compare_outputs
+    monkeypatch.setattr(pipeline, "compare_outputs", lambda *a, **k: replace(real(*a, **k), passed=False))
+    src = tmp_path / "in.onnx"
+    save_external(_big_mlp(), src)
+    out, report = oc.optimize(src, output=tmp_path / "out.onnx")
+    assert not report.verification.passed and not (tmp_path / "out.onnx").exists()
+    load_external_data_for_model(out, str(tmp_path))  # raises if a location does not exist
+    onnx.checker.check_model(out)
 
 
 def test_parked_plans_rewrite_to_the_same_model_as_plans_in_memory(tmp_path):

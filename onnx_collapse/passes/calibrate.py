@@ -166,7 +166,8 @@ class CalibrateFolds:
         calibrated = emit_plan(ctx, seg, record, form, exact, plan.emission_for)
         if calibrated is None:
             return
-        record.reason = (f"least squares on {fit.rows} calibration rows (ridge {fit.alpha:g} toward the plain "
+        rows = "windows" if plan.emit.patches else "rows"
+        record.reason = (f"least squares on {fit.rows} calibration {rows} (ridge {fit.alpha:g} toward the plain "
                          f"fold): RMS {rms[0]:.2e} -> {rms[1]:.2e} (cross-validated)")
         calibrated.fallback = plan
         ctx.plans[next(i for i, p in enumerate(ctx.plans) if p is plan)] = calibrated
