@@ -431,7 +431,7 @@ def copy_fields(src, dst, skip: set[str]) -> None:
             setattr(dst, desc.name, value)
 
 
-def data_backed(tensors: Sequence[onnx.TensorProto], data_path: Path, size_threshold: int = 2**20
+def data_backed(tensors: Sequence[onnx.TensorProto], data_path: Path, size_threshold: int
                 ) -> list[onnx.TensorProto]:
     """``tensors`` for a model saved beside ``data_path``: those with ``size_threshold`` bytes of raw data or
     more as copies whose data is in that file (written one tensor at a time), the others as they are.

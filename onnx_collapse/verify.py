@@ -20,7 +20,6 @@ from .graph import infer_shapes
 from .io import (
     PROTOBUF_LIMIT,
     ModelSource,
-    data_backed,
     open_model,
     pause_point,
     scratch_dir,
@@ -197,8 +196,6 @@ def session(source: ModelSource, what: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # fatal only: failures become one CollapseError line, not onnxruntime logs
-    # no pre-packed copies of the weights: a check runs a few batches, and copies would double the peak memory
-    options.add_session_config_entry("session.disable_prepacking", "1")
     providers = ["CPUExecutionProvider"]
     try:
         if source.path is not None:
@@ -512,16 +509,15 @@ def chain_model(
 def local_errors(
     opset_imports: Sequence[onnx.OperatorSetIdProto], ir_version: int,
     folds: Sequence[tuple[str, str, Sequence[onnx.NodeProto], Sequence[onnx.TensorProto], int]],
-    captured: Sequence[Mapping[str, np.ndarray]], atol: float | None, rtol: float | None,
-    workdir: Path | None = None,
+    captured: Sequence[Mapping[str, np.ndarray]], atol: float | None, rtol: float | None, workdir: Path,
 ) -> list[ErrorStats]:
     """Each fold's own error, measured in onnxruntime at the folded chain's output.
 
     ``folds`` holds (input, output, new nodes, new initializers, elem type) per fold; ``captured`` the
     original model's values of every fold's input and output (see ``capture``). All folds' new nodes run
     side by side in one model (one session), each on its own copy of its captured input, and each output
-    is compared with the captured one. The model is saved in ``workdir`` (a new temporary folder if None),
-    where the data of initializers that refer to files must lie.
+    is compared with the captured one. The model is saved in ``workdir``, where the data of initializers
+    that refer to files lies (large new tensors are parked there, see ``pipeline.park``).
     """
     if not folds:
         return []
@@ -538,15 +534,11 @@ def local_errors(
         inputs.append(helper.make_tensor_value_info(names[x], elem_type, None))
         outputs.append(helper.make_tensor_value_info(names[y], elem_type, None))
     feeds = [{f"onnx_collapse_fold_in_{j}": c[fold[0]] for j, fold in enumerate(folds)} for c in captured]
-    with contextlib.ExitStack() as stack:
-        with write_errors(workdir or Path(tempfile.gettempdir())):
-            folder = workdir or Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()),
-                                                                     "onnx-collapse-folds-")))
-            path = folder / "folds.onnx"  # large new weights go to a file: a model in memory would copy them
-            model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs,
-                                                        data_backed(inits, folder / "folds.onnx.data")),
-                                      opset_imports=list(opset_imports), ir_version=ir_version)
-            onnx.save_model(model, str(path))
-        got = run(ModelSource(model, folder, path), feeds, "folded chains")
+    model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs, inits),
+                              opset_imports=list(opset_imports), ir_version=ir_version)
+    path = workdir / "folds.onnx"  # saved beside the parked data its large tensors refer to
+    with write_errors(path):
+        onnx.save_model(model, str(path))
+    got = run(ModelSource(model, workdir, path), feeds, "folded chains")
     return [compare(y, [c[y] for c in captured], [g[f"onnx_collapse_fold_out_{j}"] for g in got], atol, rtol)
             for j, (_, y, *_) in enumerate(folds)]
