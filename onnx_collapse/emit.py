@@ -67,7 +67,7 @@ class RangeError(ValueError):
 def cast_checked(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``value`` (float64) cast to ``dtype``; RangeError if it overflows to inf or is not finite."""
     with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-        out = np.asarray(value, dtype=np.float64).astype(dtype)
+        out = np.asarray(value, dtype=dtype, order="C")  # one cast, even from a transposed view
     if not np.all(np.isfinite(out)):
         raise RangeError(f"folded values exceed the range of {np.dtype(dtype).name}")
     return out
@@ -113,7 +113,7 @@ class GemmEmission(Emission):
         inits: list[onnx.TensorProto] = []
 
         def gemm(k, tag, current, out, last):
-            inputs = [current, self.const(fresh, inits, np.ascontiguousarray(matrices[k].T), tag, dtype)]
+            inputs = [current, self.const(fresh, inits, matrices[k].T, tag, dtype)]
             if last and bias is not None:
                 inputs.append(self.const(fresh, inits, bias, "bias", dtype))
             return helper.make_node("Gemm", inputs, [out], name=fresh(f"{self.prefix}/Gemm{k}"), transB=1)

@@ -122,11 +122,13 @@ class TensorStore:
     def nbytes(tensor: onnx.TensorProto) -> int:
         """Bytes of the tensor's data, wherever it is stored."""
         if uses_external_data(tensor):
-            return int(ExternalDataInfo(tensor).length or _dense_bytes(tensor))
-        return len(tensor.raw_data) if tensor.HasField("raw_data") else _dense_bytes(tensor)
+            return int(ExternalDataInfo(tensor).length or dense_bytes(tensor))
+        return len(tensor.raw_data) if tensor.HasField("raw_data") else dense_bytes(tensor)
 
 
-def _dense_bytes(tensor: onnx.TensorProto) -> int:
+def dense_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data as its dims and type give them. Unlike ``len(tensor.raw_data)`` this never
+    copies the data (protobuf's accessor returns a copy)."""
     try:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     except (KeyError, TypeError, ValueError):
@@ -148,7 +150,7 @@ def _external_fields(tensor: onnx.TensorProto, path: Path) -> tuple[str, int, in
             raise CollapseError(f"{str(path)!r}: tensor {tensor.name!r} has a bad external data {key} "
                                 f"{value[:40]!r} (not an integer from 0 to 10**18)")
         numbers[key] = None if value is None else int(value)
-    length = _dense_bytes(tensor) if numbers["length"] is None else numbers["length"]
+    length = dense_bytes(tensor) if numbers["length"] is None else numbers["length"]
     return location, numbers["offset"] or 0, length
 
 
@@ -393,7 +395,7 @@ def _write_tensors(model: onnx.ModelProto, source_dir: Path | None, data_path: P
     with contextlib.closing(_Sources()) as sources, open(data_path, "wb") as out:
         for tensor in all_tensors(model):
             external = uses_external_data(tensor)
-            if not external and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold):
+            if not external and not (tensor.HasField("raw_data") and dense_bytes(tensor) >= size_threshold):
                 continue
             size = TensorStore.nbytes(tensor)
             out.write(b"\0" * ((-out.tell()) % (ALIGN_LARGE if size >= 2**20 else ALIGN_SMALL)))
@@ -401,7 +403,7 @@ def _write_tensors(model: onnx.ModelProto, source_dir: Path | None, data_path: P
             if external:
                 info = ExternalDataInfo(tensor)
                 src = sources.get((source_dir or Path(".")) / info.location)
-                _copy_range(src, out, info.offset or 0, info.length or _dense_bytes(tensor))
+                _copy_range(src, out, info.offset or 0, info.length or dense_bytes(tensor))
             else:
                 out.write(tensor.raw_data)
                 tensor.ClearField("raw_data")
@@ -439,7 +441,7 @@ def data_backed(tensors: Sequence[onnx.TensorProto], data_path: Path, size_thres
     out = []
     with open(data_path, "ab") as f:
         for tensor in tensors:
-            if len(tensor.raw_data) < size_threshold:
+            if not tensor.HasField("raw_data") or dense_bytes(tensor) < size_threshold:
                 out.append(tensor)
                 continue
             f.write(b"\0" * ((-f.tell()) % ALIGN_LARGE))
@@ -462,10 +464,10 @@ def read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
     try:
         with open(path, "rb") as f:
             f.seek(info.offset or 0)
-            data = f.read(info.length or _dense_bytes(tensor))
+            data = f.read(info.length or dense_bytes(tensor))
     except OSError as exc:
         raise CollapseError(f"cannot read {str(path)!r}: {_first_line(exc)}") from None
-    if len(data) != (info.length or _dense_bytes(tensor)):
+    if len(data) != (info.length or dense_bytes(tensor)):
         raise CollapseError(f"{str(path)!r} is too short for tensor {tensor.name!r}")
     return data
 
@@ -491,17 +493,19 @@ class _Sources:
 
 
 def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_dir: Path | None,
-                size_threshold: int = 1024, data_name: str | None = None) -> None:
+                size_threshold: int = 1024, data_name: str | None = None, consume: bool = False) -> None:
     """Write ``model`` to ``path`` (not atomically; see StagedOutput), its data to ``data_name`` beside it
     (default ``path.name + '.data'``).
 
-    External tensors of ``model`` are read from ``source_dir``. The caller's ``model`` is not modified.
+    External tensors of ``model`` are read from ``source_dir``. The caller's ``model`` is not modified,
+    unless it ``consume``s it: its embedded data is then moved out as it is written (no copy of it in memory).
     """
     data_name = data_name or path.name + ".data"
     to_write = model
-    if external_data or uses_external(model):
+    if (external_data or uses_external(model)) and not consume:
         to_write = onnx.ModelProto()
-        to_write.CopyFrom(model)  # cheap: external tensors carry no data; embedded ones are moved out below
+        to_write.CopyFrom(model)  # embedded tensors are copied too: their data is moved out below
+    if external_data or uses_external(model):
         if external_data:
             _write_tensors(to_write, source_dir, path.parent / data_name, data_name, size_threshold)
         else:
@@ -536,8 +540,9 @@ class StagedOutput:
         self.staged_data = Path(self._tmp.name) / self.data_name
         self.scratch = Path(self._tmp.name) / "scratch"  # our own working files, beside the output (not /tmp)
 
-    def write(self, model: onnx.ModelProto) -> Path:
-        """Write ``model`` to the staging folder; returns the staged model's path (loadable as is)."""
+    def write(self, model: onnx.ModelProto, consume: bool = False) -> Path:
+        """Write ``model`` to the staging folder; returns the staged model's path (loadable as is). A model
+        it may ``consume`` is left pointing at the staged data (see ``write_model``)."""
         external = self.external_data
         if external is None:
             weight_bytes = sum(TensorStore.nbytes(t) for t in external_tensors(model))
@@ -545,7 +550,8 @@ class StagedOutput:
         with write_errors(self.path):
             if self.staged_data.exists():
                 self.staged_data.unlink()
-            write_model(model, self.staged, external, self.source_dir, data_name=self.data_name)
+            write_model(model, self.staged, external, self.source_dir, data_name=self.data_name,
+                        consume=consume)
         pause_point("staged")
         return self.staged
 

@@ -35,23 +35,55 @@ CHUNK_BYTES = 16 * 2**20  # float64 working set per operand slice when multiplyi
 
 def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` in float64, reading the shared dimension in slices, so stored (float32, memory-mapped)
-    operands are never converted whole."""
+    operands are never converted whole. BLAS adds each slice's product to the result in place (no
+    temporary of the result's size)."""
     if a.dtype == np.float64 and b.dtype == np.float64 and type(a) is np.ndarray and type(b) is np.ndarray:
         return a @ b
+    from scipy.linalg.blas import dgemm
+
     rows, inner = a.shape
     cols = b.shape[1]
-    step = max(1, CHUNK_BYTES // (8 * max(rows, cols, 1)))
-    out = np.zeros((rows, cols), dtype=np.float64)
+    out_t = np.zeros((rows, cols)).T  # Fortran order: BLAS accumulates (a @ b)^T = b^T a^T in it
+    if out_t.size == 0:
+        return out_t.T
+    step = _slice_width(inner, max(rows, cols))
     with np.errstate(all="ignore"):  # non-finite weights give non-finite folds, refused when cast back
         for start in range(0, inner, step):
             stop = min(inner, start + step)
-            out += np.asarray(a[:, start:stop], dtype=np.float64) @ np.asarray(b[start:stop], dtype=np.float64)
-            if a.strides[0] <= a.strides[-1]:  # a's column slices are contiguous in its file: one slice resident
-                release_pages(a)
-            if b.strides[0] >= b.strides[-1]:
-                release_pages(b)
+            left, right = slice64(a, 1, start, stop), slice64(b, 0, start, stop)
+            out_t = dgemm(1.0, right.T, left.T, beta=1.0, c=out_t, overwrite_c=1)
     release_pages(a)
     release_pages(b)
+    return out_t.T
+
+
+def _slice_width(inner: int, other: int) -> int:
+    """Entries of the shared dimension per slice: CHUNK_BYTES of float64 for ``other`` of them."""
+    return max(1, min(inner, CHUNK_BYTES // (8 * max(other, 1))))
+
+
+def slice64(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    """``array``'s entries ``start:stop`` along ``axis`` of a 2-D array, as a C-ordered float64 copy.
+
+    For a file view its pages are released as it is read, so reading a whole file slice by slice keeps
+    about one slice resident: a slice contiguous in the file is released after it; a strided one (every
+    row's few entries) is copied CHUNK_BYTES of the file at a time, released after each chunk (the kernel
+    maps pages around each one touched, so the file would otherwise become resident in one slice).
+    """
+    part = array[start:stop] if axis == 0 else array[:, start:stop]
+    if not isinstance(array, np.memmap) or array.ndim != 2:
+        return np.ascontiguousarray(part, dtype=np.float64)
+    slow = int(np.argmax(np.abs(array.strides)))  # the axis whose neighbours are far apart in the file
+    if slow == axis:  # the slice is contiguous in the file
+        out = np.ascontiguousarray(part, dtype=np.float64)
+        release_pages(array)
+        return out
+    out = np.empty(part.shape, dtype=np.float64)
+    step = max(1, CHUNK_BYTES // max(abs(array.strides[slow]), 1))
+    for first in range(0, part.shape[slow], step):
+        piece = (slice(first, first + step), slice(None)) if slow == 0 else (slice(None), slice(first, first + step))
+        out[piece] = part[piece]
+        release_pages(array)
     return out
 
 
@@ -242,9 +274,28 @@ GRAM_MIN_DIM = 256  # from this narrower side on, spectra come from the Gram mat
 
 def gram(weight: np.ndarray) -> tuple[np.ndarray, bool]:
     """The float64 Gram matrix of ``weight`` on its narrower side, and whether that side is the rows:
-    ``W W^T`` (rows) or ``W^T W``. Read in slices (``weight`` may be a memory-mapped float32 file)."""
+    ``W W^T`` (rows) or ``W^T W``. Read in slices (``weight`` may be a memory-mapped float32 file), each
+    added in place by BLAS syrk (half a product's work, no temporary of the result's size)."""
+    from scipy.linalg.blas import dsyrk
+
     rows = weight.shape[0] <= weight.shape[1]
-    return (matmul64(weight, weight.T) if rows else matmul64(weight.T, weight)), rows
+    x = weight if rows else weight.T  # the Gram matrix is x x^T, summed over slices of x's columns
+    n, inner = x.shape
+    upper = np.zeros((n, n)).T  # Fortran order, so BLAS adds to it in place; it fills its upper triangle
+    with np.errstate(all="ignore"):
+        step = _slice_width(inner, n)
+        for start in range(0, inner, step):
+            part = slice64(x, 1, start, start + step)
+            upper = dsyrk(1.0, part.T, beta=1.0, c=upper, trans=1, overwrite_c=1)
+    release_pages(weight)
+    g = upper.T  # C order: its lower triangle holds the sums; mirror it a block of rows at a time
+    for top in range(0, n, 256):
+        block = g[top:top + 256, top:]
+        width = block.shape[0]
+        diagonal = block[:, :width]
+        diagonal[...] = np.tril(diagonal) + np.tril(diagonal, -1).T
+        block[:, width:] = g[top + width:, top:top + width].T
+    return g, rows
 
 
 def gram_floor(n: int) -> float:
@@ -253,12 +304,47 @@ def gram_floor(n: int) -> float:
     return float(np.sqrt(max(n, 1) * np.finfo(np.float64).eps))
 
 
+def symmetric_values(g: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending) of the symmetric float64 ``g``, which is overwritten: LAPACK works in
+    ``g`` itself (numpy's ``eigvalsh`` would copy it first)."""
+    from scipy.linalg import eigh  # imported on first use: the CLI's other commands never pay for it
+
+    return eigh(_fortran_view(g), eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
+
+
+def top_eigenvectors(g: np.ndarray, count: int) -> np.ndarray:
+    """Eigenvectors (n, count) of the symmetric float64 ``g`` for its ``count`` largest eigenvalues,
+    largest first; ``g`` is overwritten.
+
+    LAPACK syevr computes that subset alone in ``g``'s own memory: O(n) workspace besides the vectors,
+    where a full eigendecomposition (numpy's ``eigh``) copies ``g`` and needs about 4 n^2 float64 more,
+    more than a very wide layer's own weights.
+    """
+    from scipy.linalg import eigh
+
+    n = g.shape[0]
+    count = min(max(count, 0), n)
+    if count == 0:
+        return np.zeros((n, 0))
+    vec = eigh(_fortran_view(g), subset_by_index=[n - count, n - 1], overwrite_a=True, check_finite=False,
+               driver="evr")[1]
+    return vec[:, ::-1]
+
+
+def _fortran_view(g: np.ndarray) -> np.ndarray:
+    """``g`` (symmetric) as a Fortran-ordered array sharing its memory, so LAPACK needs no copy."""
+    g = np.ascontiguousarray(g, dtype=np.float64)
+    return g.T
+
+
 def _gram_values(g: np.ndarray) -> np.ndarray:
-    """Singular values (descending) from a Gram matrix; those under its round-off floor become 0."""
-    lam = np.linalg.eigvalsh(g)[::-1]
+    """Singular values (descending) from a Gram matrix (overwritten); those under its round-off floor
+    become 0."""
+    n = g.shape[0]
+    lam = symmetric_values(g)[::-1]
     s = np.sqrt(np.clip(lam, 0.0, None))
     if s.size and s[0] > 0:
-        s[s <= gram_floor(g.shape[0]) * s[0]] = 0.0
+        s[s <= gram_floor(n) * s[0]] = 0.0
     return s
 
 
@@ -296,12 +382,11 @@ def top_factors(weight: np.ndarray | Factored, rank: int) -> tuple[np.ndarray, n
     if min(weight.shape) < GRAM_MIN_DIM:
         return factor_pair(*svd(weight), rank)
     g, rows = gram(weight)
-    vec = np.linalg.eigh(g)[1]  # LAPACK's workspace is about 4 n^2 float64 (the peak for very wide layers)
+    vec = np.ascontiguousarray(top_eigenvectors(g, rank))
     del g
-    vec = np.ascontiguousarray(vec[:, ::-1][:, :rank])  # the other vectors freed
     # the projections in float64 give each direction's singular value exactly (the factors' scale)
     proj = matmul64(vec.T, weight) if rows else matmul64(weight, vec)
-    s = np.linalg.norm(proj, axis=1 if rows else 0)
+    s = np.sqrt(np.einsum("ij,ij->i" if rows else "ij,ij->j", proj, proj))  # no temporary of proj's size
     keep = s > gram_floor(vec.shape[0]) * (s.max() if s.size else 0.0)
     root = np.where(keep, np.sqrt(s), 0.0)
     inv = np.where(keep, 1.0 / np.where(keep, np.sqrt(s), 1.0), 0.0)

@@ -29,6 +29,7 @@ from .io import (
     StagedOutput,
     TensorStore,
     data_backed,
+    dense_bytes,
     embed_external_data,
     file_size,
     open_model,
@@ -207,7 +208,7 @@ class _Trials:
 
     def _write(self, candidate: onnx.ModelProto, plans: list[FoldPlan]) -> onnx.ModelProto:
         """Stage ``candidate``; returns the staged model as written, its data left in the staged file."""
-        path = self.staged.write(candidate)
+        path = self.staged.write(candidate, consume=True)
         self.written = [id(p) for p in plans]
         del candidate
         return_free_memory()
@@ -331,8 +332,10 @@ def optimize(
         external_data = True
     options, held_out = calibration_split(model, options)
     contexts = run_passes(source, options)
+    return_free_memory()  # the passes' float64 work, before the output is built
     plans = [p for ctx in contexts for p in ctx.plans]
     staging = StagedOutput(output, external_data, source.base_dir, source) if output is not None else nullcontext()
+    held = sum(dense_bytes(t) for p in plans for t in p.initializers)  # the plans' new tensors in memory
     with staging as staged:
         if not plans:
             out, verification = model, Verification(True, 0, "the model is unchanged")
@@ -340,11 +343,10 @@ def optimize(
             with stage("verifying in onnxruntime"):
                 out, verification = _verify_and_revert(source, contexts, options, staged)
         else:
-            out, verification = apply_plans(model, plans), None
-        released = sum(len(t.raw_data) for p in plans for t in p.initializers)
+            out, verification = apply_plans(model, plans, move=True), None
         for plan in plans:  # ``out`` holds the new tensors now: keep one copy of them in memory, not two
             plan.release()
-        if released > RELEASE_COLLECT_BYTES:
+        if held > RELEASE_COLLECT_BYTES:
             gc.collect()  # the imported graphs that referenced them are cycles of nodes and tensors
             return_free_memory()
         if held_out is not None and verification is not None and verification.n_input_sets:
@@ -408,7 +410,7 @@ def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProt
     if unchanged and source.path is not None and not uses_external(source.model) and not staged.external_data:
         shutil.copyfile(source.path, staged.staged)
     elif not staged.staged.exists():
-        staged.write(out)
+        staged.write(out, consume=out is not source.model)  # the caller loads the written model back
     staged.commit()
 
 

@@ -14,7 +14,7 @@ from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from .errors import CollapseError
 from .graph import GraphPath, add_nodes, export, import_model, locate, proto_subgraphs, walk_graphs
-from .io import copy_fields, read_external
+from .io import copy_fields, dense_bytes, read_external
 from .plans import FoldPlan
 
 STUB_BYTES = 2**16  # new tensors from this size on go through onnx-graphsurgeon without their data
@@ -23,18 +23,21 @@ STUB_BYTES = 2**16  # new tensors from this size on go through onnx-graphsurgeon
 def stub(tensor: onnx.TensorProto) -> onnx.TensorProto:
     """``tensor`` without its raw data, if it is large (its data is filled in after export); else itself.
     onnx-graphsurgeon's export copies every initializer several times over."""
-    if len(tensor.raw_data) < STUB_BYTES:
+    if not tensor.HasField("raw_data") or dense_bytes(tensor) < STUB_BYTES:
         return tensor
     out = onnx.TensorProto()
     copy_fields(tensor, out, skip={"raw_data"})
     return out
 
 
-def fill_data(graph: onnx.GraphProto, data: dict[str, onnx.TensorProto], parked: Path | None = None) -> None:
+def fill_data(graph: onnx.GraphProto, data: dict[str, onnx.TensorProto], parked: Path | None = None,
+              move: bool = False) -> None:
     """Give the stubs among the initializers of ``graph`` and its subgraphs their data, by name: from the
-    plan's tensor in memory, or from its file under ``parked`` (see ``pipeline.park``)."""
+    plan's tensor in memory, or from its file under ``parked`` (see ``pipeline.park``). With ``move`` each
+    tensor leaves ``data`` once copied, so where ``data`` held the last reference the data is in memory
+    once, not twice (protobuf frees a tensor's data only with the tensor)."""
     for tensor in graph.initializer:
-        real = data.get(tensor.name)
+        real = data.pop(tensor.name, None) if move else data.get(tensor.name)
         if real is None or tensor.HasField("raw_data"):
             continue
         if real.HasField("raw_data"):
@@ -45,7 +48,7 @@ def fill_data(graph: onnx.GraphProto, data: dict[str, onnx.TensorProto], parked:
             tensor.ClearField("data_location")
     for node in graph.node:
         for sub in proto_subgraphs(node):
-            fill_data(sub, data, parked)
+            fill_data(sub, data, parked, move)
 
 
 def visible_tensors(root: gs.Graph, path: GraphPath) -> dict[str, gs.Tensor]:
@@ -72,14 +75,16 @@ def rewrite_graph(graph: gs.Graph, plans: Sequence[FoldPlan], tensors: dict[str,
         add_nodes(graph, plan.nodes, [stub(t) for t in plan.initializers], tensors)
 
 
-def apply_plans(model: onnx.ModelProto, plans: Sequence[FoldPlan], parked: Path | None = None) -> onnx.ModelProto:
-    """A new model: ``model`` with ``plans`` applied (``model`` itself is not modified).
+def apply_plans(model: onnx.ModelProto, plans: Sequence[FoldPlan], parked: Path | None = None,
+                move: bool = False) -> onnx.ModelProto:
+    """A new model: ``model`` with ``plans`` applied (``model`` itself is not modified). With ``move`` the
+    plans' new tensors give their data to it (the plans cannot be applied again).
 
     Subgraphs are rewritten before the graphs that hold them, so node positions in paths stay valid.
     Nodes and constants that no graph output depends on any more are removed (onnx-graphsurgeon's
     cleanup), and nodes are put in topological order.
     """
-    return PlanApplier(model, parked).apply(plans)
+    return PlanApplier(model, parked).apply(plans, move)
 
 
 class PlanApplier:
@@ -97,7 +102,7 @@ class PlanApplier:
         self.node_lists = [(graph, list(graph.nodes)) for graph in graphs]
         self.links = [(node, list(node.inputs), list(node.outputs)) for _, nodes in self.node_lists for node in nodes]
 
-    def apply(self, plans: Sequence[FoldPlan]) -> onnx.ModelProto:
+    def apply(self, plans: Sequence[FoldPlan], move: bool = False) -> onnx.ModelProto:
         """The model with ``plans`` applied, cleaned up and in topological order (see ``apply_plans``)."""
         graph = self.imported.graph
         by_graph: dict[GraphPath, list[FoldPlan]] = defaultdict(list)
@@ -110,7 +115,11 @@ class PlanApplier:
             added = self._new_nodes()
             graph.cleanup(recurse_functions=False).toposort(recurse_functions=False, mode="nodes")
             out = export(self.imported)
-            fill_data(out.graph, {t.name: t for plan in plans for t in plan.initializers}, self.parked)
+            data = {t.name: t for plan in plans for t in plan.initializers}
+            if move:
+                for plan in plans:
+                    plan.release()  # ``data`` holds the only references to the new tensors
+            fill_data(out.graph, data, self.parked, move)
             return out
         except OnnxGraphSurgeonException as exc:  # e.g. a cycle in a damaged model
             text = " ".join(str(exc).split())[:200]

@@ -196,6 +196,9 @@ def session(source: ModelSource, what: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # fatal only: failures become one CollapseError line, not onnxruntime logs
+    # weights in a data file stay mapped from it; prepacking would copy every MatMul/Gemm weight into memory
+    # (a few verification rows do not need its speed)
+    options.add_session_config_entry("session.disable_prepacking", "1")
     providers = ["CPUExecutionProvider"]
     try:
         if source.path is not None:

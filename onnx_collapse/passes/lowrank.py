@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import allocate, calibrate, linalg
-from ..emit import RangeError
+from ..emit import RangeError, cast_checked
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from .chains import chain_record
@@ -79,6 +79,8 @@ def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error
     try:
         if option.groups == 1:
             a, b, bias = linalg.truncate(exact.exact, option.rank, whiten)
+            a = cast_checked(a, exact.dtype)  # each float64 factor gives way to its stored form (memory)
+            b = cast_checked(b, exact.dtype)
             nodes, inits = exact.emit.linear(ctx.fresh_name, exact.input, exact.output, (a, b), bias,
                                              exact.dtype)
         else:
