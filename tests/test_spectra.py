@@ -85,3 +85,49 @@ def test_low_rank_pass_uses_the_cached_spectrum_of_a_factor_pair():
     a, b = linalg.top_factors(pair, 4)
     np.testing.assert_allclose(a @ b, (u[:, :4] * s[:4]) @ vt[:4], atol=1e-12)
 
+
+
+def _symmetric(n: int, values: np.ndarray, seed: int = 0) -> np.ndarray:
+    q = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))[0]
+    return (q * values) @ q.T
+
+
+def test_top_eigenvectors_are_the_leading_eigenvectors_largest_first():
+    n = 300
+    values = np.geomspace(1e3, 1e-3, n)
+    g = _symmetric(n, values)
+    exact = np.linalg.eigh(g)[1][:, ::-1]
+    for count in (1, 37, n):
+        vec = linalg.top_eigenvectors(g.copy(), count)
+        assert vec.shape == (n, count)
+        np.testing.assert_allclose(np.abs(np.sum(vec * exact[:, :count], axis=0)), 1.0, atol=1e-9)  # up to sign
+    assert linalg.top_eigenvectors(g.copy(), 0).shape == (n, 0)
+
+
+def test_top_eigenvectors_of_a_repeated_eigenvalue_span_its_space():
+    """A cluster across the cut: any orthonormal basis of the top space keeps the same energy."""
+    n, count = 200, 50
+    values = np.concatenate([np.full(60, 5.0), np.linspace(1, 0, n - 60)])  # 60 equal values, cut at 50
+    g = _symmetric(n, values, seed=1)
+    vec = linalg.top_eigenvectors(g.copy(), count)
+    np.testing.assert_allclose(vec.T @ vec, np.eye(count), atol=1e-10)
+    np.testing.assert_allclose(np.trace(vec.T @ g @ vec), 5.0 * count, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
+@pytest.mark.parametrize("layout", ["array", "file", "file transposed"])
+def test_gram_is_the_float64_product_on_the_narrower_side(tmp_path, shape, layout, monkeypatch):
+    monkeypatch.setattr(linalg, "CHUNK_BYTES", 2**16)  # many slices, strided ones for a transposed file
+    w = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    if layout == "array":
+        weight = w
+    else:
+        stored = w if layout == "file" else np.ascontiguousarray(w.T)
+        stored.tofile(tmp_path / "w.bin")
+        weight = np.memmap(tmp_path / "w.bin", np.float32, "r", 0, stored.shape)
+        weight = weight if layout == "file" else weight.T
+    g, rows = linalg.gram(weight)
+    w64 = w.astype(np.float64)
+    assert rows == (shape[0] <= shape[1])
+    np.testing.assert_allclose(g, w64 @ w64.T if rows else w64.T @ w64, rtol=1e-12, atol=1e-10)
+    np.testing.assert_array_equal(g, g.T)
