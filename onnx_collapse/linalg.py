@@ -36,14 +36,12 @@ CHUNK_BYTES = 16 * 2**20  # float64 working set per operand slice when multiplyi
 def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` in float64, reading the shared dimension in slices, so stored (float32, memory-mapped)
     operands are never converted whole. BLAS adds each slice's product to the result in place (no
-    temporary of the result's size)."""
+    temporary of its size)."""
     if a.dtype == np.float64 and b.dtype == np.float64 and type(a) is np.ndarray and type(b) is np.ndarray:
         return a @ b
-    from scipy.linalg.blas import dgemm
-
     rows, inner = a.shape
     cols = b.shape[1]
-    out_t = np.zeros((rows, cols)).T  # Fortran order: BLAS accumulates (a @ b)^T = b^T a^T in it
+    out_t = np.zeros((rows, cols)).T  # (a @ b)^T = b^T a^T in Fortran order, which BLAS adds to in place
     if out_t.size == 0:
         return out_t.T
     step = _slice_width(inner, max(rows, cols))
@@ -51,10 +49,21 @@ def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         for start in range(0, inner, step):
             stop = min(inner, start + step)
             left, right = slice64(a, 1, start, stop), slice64(b, 0, start, stop)
-            out_t = dgemm(1.0, right.T, left.T, beta=1.0, c=out_t, overwrite_c=1)
+            out_t = _blas("dgemm")(1.0, right.T, left.T, beta=1.0, c=out_t, overwrite_c=1)
     release_pages(a)
     release_pages(b)
     return out_t.T
+
+
+def _blas(name: str):
+    """scipy's BLAS routine ``name``, imported on first use (the CLI's other commands never pay for it).
+
+    All float64 work on weights goes through scipy's BLAS and LAPACK: numpy and scipy each bring their
+    own OpenBLAS, and alternating between the two left one's idle threads spinning against the other's
+    work (1.8x slower truncating 768-wide layers on 2 cores)."""
+    from scipy.linalg import blas
+
+    return getattr(blas, name)
 
 
 def _slice_width(inner: int, other: int) -> int:
@@ -274,10 +283,9 @@ GRAM_MIN_DIM = 256  # from this narrower side on, spectra come from the Gram mat
 
 def gram(weight: np.ndarray) -> tuple[np.ndarray, bool]:
     """The float64 Gram matrix of ``weight`` on its narrower side, and whether that side is the rows:
-    ``W W^T`` (rows) or ``W^T W``. Read in slices (``weight`` may be a memory-mapped float32 file), each
-    added in place by BLAS syrk (half a product's work, no temporary of the result's size)."""
-    from scipy.linalg.blas import dsyrk
-
+    ``W W^T`` (rows) or ``W^T W``. Read in slices (``weight`` may be a memory-mapped float32 file); a
+    Gram matrix larger than a slice gets each slice's part added in place by BLAS syrk (no temporary of
+    its size)."""
     rows = weight.shape[0] <= weight.shape[1]
     x = weight if rows else weight.T  # the Gram matrix is x x^T, summed over slices of x's columns
     n, inner = x.shape
@@ -286,7 +294,7 @@ def gram(weight: np.ndarray) -> tuple[np.ndarray, bool]:
         step = _slice_width(inner, n)
         for start in range(0, inner, step):
             part = slice64(x, 1, start, start + step)
-            upper = dsyrk(1.0, part.T, beta=1.0, c=upper, trans=1, overwrite_c=1)
+            upper = _blas("dsyrk")(1.0, part.T, beta=1.0, c=upper, trans=1, overwrite_c=1)
     release_pages(weight)
     g = upper.T  # C order: its lower triangle holds the sums; mirror it a block of rows at a time
     for top in range(0, n, 256):
@@ -312,13 +320,17 @@ def symmetric_values(g: np.ndarray) -> np.ndarray:
     return eigh(_fortran_view(g), eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
 
 
+FULL_EIGEN_WORKSPACE = 32 * 2**20  # up to this workspace (2 n^2 float64) a full eigendecomposition is faster
+
+
 def top_eigenvectors(g: np.ndarray, count: int) -> np.ndarray:
     """Eigenvectors (n, count) of the symmetric float64 ``g`` for its ``count`` largest eigenvalues,
     largest first; ``g`` is overwritten.
 
-    LAPACK syevr computes that subset alone in ``g``'s own memory: O(n) workspace besides the vectors,
-    where a full eigendecomposition (numpy's ``eigh``) copies ``g`` and needs about 4 n^2 float64 more,
-    more than a very wide layer's own weights.
+    LAPACK works in ``g``'s own memory. Up to FULL_EIGEN_WORKSPACE it computes every vector (syevd,
+    fastest there); above, only the subset (syevr: O(n) workspace besides the vectors, where a full
+    decomposition needs 2 n^2 float64 more, and numpy's ``eigh`` 4 n^2: more than a very wide layer's
+    own weights).
     """
     from scipy.linalg import eigh
 
@@ -326,8 +338,11 @@ def top_eigenvectors(g: np.ndarray, count: int) -> np.ndarray:
     count = min(max(count, 0), n)
     if count == 0:
         return np.zeros((n, 0))
-    vec = eigh(_fortran_view(g), subset_by_index=[n - count, n - 1], overwrite_a=True, check_finite=False,
-               driver="evr")[1]
+    if 2 * n * n * 8 <= FULL_EIGEN_WORKSPACE:
+        vec = eigh(_fortran_view(g), overwrite_a=True, check_finite=False, driver="evd")[1][:, n - count:]
+    else:
+        vec = eigh(_fortran_view(g), subset_by_index=[n - count, n - 1], overwrite_a=True, check_finite=False,
+                   driver="evr")[1]
     return vec[:, ::-1]
 
 

@@ -147,8 +147,9 @@ def test_a_slice_of_a_file_view_is_read_with_its_pages_released(tmp_path, monkey
 
 
 @pytest.mark.parametrize("layout", ["file", "file transposed", "float32", "float64"])
-def test_products_in_slices_equal_the_float64_product(tmp_path, monkeypatch, layout):
-    monkeypatch.setattr(linalg, "CHUNK_BYTES", 2**15)
+@pytest.mark.parametrize("chunk", [2**15, 2**24])  # many slices, or one
+def test_products_in_slices_equal_the_float64_product(tmp_path, monkeypatch, layout, chunk):
+    monkeypatch.setattr(linalg, "CHUNK_BYTES", chunk)
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((37, 500)), rng.standard_normal((500, 900)).astype(np.float32)
     if layout.startswith("file"):
@@ -185,7 +186,8 @@ def _peak_during(func, *args):
 def test_the_top_eigenvectors_need_memory_for_themselves_not_for_a_full_decomposition():
     """A full symmetric eigendecomposition (numpy's eigh) needs about 4 n^2 float64 beside the matrix, more
     than a very wide layer's weights; the subset solver needs the vectors asked for."""
-    n, count = 1500, 100
+    n, count = 1600, 100
+    assert 2 * n * n * 8 > linalg.FULL_EIGEN_WORKSPACE  # the subset solver's size
     g = np.random.default_rng(6).standard_normal((n, n))
     g = g @ g.T
     linalg.top_eigenvectors(g.copy(), 2)  # scipy imported and LAPACK warmed up outside the measurement

@@ -92,7 +92,9 @@ def _symmetric(n: int, values: np.ndarray, seed: int = 0) -> np.ndarray:
     return (q * values) @ q.T
 
 
-def test_top_eigenvectors_are_the_leading_eigenvectors_largest_first():
+@pytest.mark.parametrize("full", [True, False])  # the full decomposition (small n) and the subset solver
+def test_top_eigenvectors_are_the_leading_eigenvectors_largest_first(monkeypatch, full):
+    monkeypatch.setattr(linalg, "FULL_EIGEN_WORKSPACE", 2**40 if full else 0)
     n = 300
     values = np.geomspace(1e3, 1e-3, n)
     g = _symmetric(n, values)
@@ -104,8 +106,10 @@ def test_top_eigenvectors_are_the_leading_eigenvectors_largest_first():
     assert linalg.top_eigenvectors(g.copy(), 0).shape == (n, 0)
 
 
-def test_top_eigenvectors_of_a_repeated_eigenvalue_span_its_space():
+@pytest.mark.parametrize("full", [True, False])
+def test_top_eigenvectors_of_a_repeated_eigenvalue_span_its_space(monkeypatch, full):
     """A cluster across the cut: any orthonormal basis of the top space keeps the same energy."""
+    monkeypatch.setattr(linalg, "FULL_EIGEN_WORKSPACE", 2**40 if full else 0)
     n, count = 200, 50
     values = np.concatenate([np.full(60, 5.0), np.linspace(1, 0, n - 60)])  # 60 equal values, cut at 50
     g = _symmetric(n, values, seed=1)
@@ -116,8 +120,9 @@ def test_top_eigenvectors_of_a_repeated_eigenvalue_span_its_space():
 
 @pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
 @pytest.mark.parametrize("layout", ["array", "file", "file transposed"])
-def test_gram_is_the_float64_product_on_the_narrower_side(tmp_path, shape, layout, monkeypatch):
-    monkeypatch.setattr(linalg, "CHUNK_BYTES", 2**16)  # many slices, strided ones for a transposed file
+@pytest.mark.parametrize("chunk", [2**16, 2**24])  # many slices (strided ones for a transposed file), or one
+def test_gram_is_the_float64_product_on_the_narrower_side(tmp_path, shape, layout, monkeypatch, chunk):
+    monkeypatch.setattr(linalg, "CHUNK_BYTES", chunk)
     w = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
     if layout == "array":
         weight = w
