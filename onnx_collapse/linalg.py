@@ -1,7 +1,8 @@
-"""Pure numpy algebra of linear layers: composition, numerical rank, factor pairs, costs.
+"""Algebra of linear layers: composition, numerical rank, factor pairs, costs.
 
 A linear layer here maps row vectors: ``y = x @ W + b`` with ``W`` of shape (in, out).
-Everything is computed in float64; callers cast back to the model's dtype.
+Everything is computed in float64; callers cast back to the model's dtype. Work on stored weights
+(products, Gram matrices, eigenvectors) goes through scipy's BLAS and LAPACK (see ``_blas``).
 """
 
 from __future__ import annotations
