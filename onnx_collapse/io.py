@@ -397,7 +397,7 @@ def _write_tensors(model: onnx.ModelProto, source_dir: Path | None, data_path: P
             external = uses_external_data(tensor)
             if not external and not (tensor.HasField("raw_data") and dense_bytes(tensor) >= size_threshold):
                 continue
-            size = TensorStore.nbytes(tensor)
+            size = TensorStore.nbytes(tensor) if external else dense_bytes(tensor)  # (no copy of raw_data)
             out.write(b"\0" * ((-out.tell()) % (ALIGN_LARGE if size >= 2**20 else ALIGN_SMALL)))
             offset = out.tell()
             if external:
@@ -542,7 +542,8 @@ class StagedOutput:
 
     def write(self, model: onnx.ModelProto, consume: bool = False) -> Path:
         """Write ``model`` to the staging folder; returns the staged model's path (loadable as is). A model
-        it may ``consume`` is left pointing at the staged data (see ``write_model``)."""
+        it may ``consume`` is edited instead of copied: its data moved out, or external data embedded
+        (see ``write_model``); the caller should not use it afterwards."""
         external = self.external_data
         if external is None:
             weight_bytes = sum(TensorStore.nbytes(t) for t in external_tensors(model))

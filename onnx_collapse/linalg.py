@@ -34,34 +34,43 @@ class Affine:
 CHUNK_BYTES = 16 * 2**20  # float64 working set per operand slice when multiplying stored weights
 
 
-def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul64(a: np.ndarray, b: np.ndarray, scipy_blas: bool = False) -> np.ndarray:
     """``a @ b`` in float64, reading the shared dimension in slices, so stored (float32, memory-mapped)
-    operands are never converted whole. BLAS adds each slice's product to the result in place (no
-    temporary of its size)."""
-    if a.dtype == np.float64 and b.dtype == np.float64 and type(a) is np.ndarray and type(b) is np.ndarray:
+    operands are never converted whole.
+
+    A result larger than a slice gets each slice's product added in place by scipy's BLAS (no temporary
+    of its size); ``scipy_blas`` uses it for any result (callers between scipy's LAPACK calls, see
+    ``_blas``); otherwise numpy's.
+    """
+    in_memory = a.dtype == np.float64 and b.dtype == np.float64 and type(a) is np.ndarray and type(b) is np.ndarray
+    if in_memory and not scipy_blas:
         return a @ b
     rows, inner = a.shape
     cols = b.shape[1]
     out_t = np.zeros((rows, cols)).T  # (a @ b)^T = b^T a^T in Fortran order, which BLAS adds to in place
     if out_t.size == 0:
         return out_t.T
-    step = _slice_width(inner, max(rows, cols))
+    step = max(inner, 1) if in_memory else _slice_width(inner, max(rows, cols))
+    in_place = scipy_blas or out_t.nbytes > CHUNK_BYTES
     with np.errstate(all="ignore"):  # non-finite weights give non-finite folds, refused when cast back
         for start in range(0, inner, step):
             stop = min(inner, start + step)
             left, right = slice64(a, 1, start, stop), slice64(b, 0, start, stop)
-            out_t = _blas("dgemm")(1.0, right.T, left.T, beta=1.0, c=out_t, overwrite_c=1)
+            if in_place:
+                out_t = _blas("dgemm")(1.0, right.T, left.T, beta=1.0, c=out_t, overwrite_c=1)
+            else:
+                out_t += (left @ right).T
     release_pages(a)
     release_pages(b)
     return out_t.T
 
 
 def _blas(name: str):
-    """scipy's BLAS routine ``name``, imported on first use (the CLI's other commands never pay for it).
+    """scipy's BLAS routine ``name``, imported on first use (folding small layers never needs it).
 
-    All float64 work on weights goes through scipy's BLAS and LAPACK: numpy and scipy each bring their
-    own OpenBLAS, and alternating between the two left one's idle threads spinning against the other's
-    work (1.8x slower truncating 768-wide layers on 2 cores)."""
+    The spectra and truncation (Gram matrices, eigenvectors, projections) run on scipy's BLAS and LAPACK
+    alone: numpy and scipy each bring their own OpenBLAS, and alternating between the two left one's idle
+    threads spinning against the other's work (1.8x slower truncating 768-wide layers on 2 cores)."""
     from scipy.linalg import blas
 
     return getattr(blas, name)
@@ -226,7 +235,14 @@ def numerical_rank(singular_values: np.ndarray, shape: tuple[int, int]) -> int:
 
 def svd(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD in float64: ``weight = U @ diag(s) @ Vt``."""
-    return np.linalg.svd(np.asarray(weight, dtype=np.float64), full_matrices=False)
+    return np.linalg.svd(_finite64(weight), full_matrices=False)
+
+
+def _finite64(weight: np.ndarray) -> np.ndarray:
+    w = np.asarray(weight, dtype=np.float64)
+    if not np.isfinite(w).all():
+        raise NonFiniteError("the weights are not all finite")
+    return w
 
 
 def factor_pair(u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -279,6 +295,10 @@ def frobenius_errors(s: np.ndarray) -> np.ndarray:
 
 # --- spectra and truncation: values once, factors only for the chosen rank ---------------------------------
 
+class NonFiniteError(ValueError):
+    """A weight with non-finite values: it has no spectrum and no truncation."""
+
+
 GRAM_MIN_DIM = 256  # from this narrower side on, spectra come from the Gram matrix's eigenvalues (faster)
 
 
@@ -298,6 +318,8 @@ def gram(weight: np.ndarray) -> tuple[np.ndarray, bool]:
             upper = _blas("dsyrk")(1.0, part.T, beta=1.0, c=upper, trans=1, overwrite_c=1)
     release_pages(weight)
     g = upper.T  # C order: its lower triangle holds the sums; mirror it a block of rows at a time
+    if not np.isfinite(np.sum(np.diagonal(g))):  # a non-finite weight reaches its row's diagonal entry
+        raise NonFiniteError("the weights are not all finite")
     for top in range(0, n, 256):
         block = g[top:top + 256, top:]
         width = block.shape[0]
@@ -324,14 +346,15 @@ def symmetric_values(g: np.ndarray) -> np.ndarray:
 FULL_EIGEN_WORKSPACE = 32 * 2**20  # up to this workspace (2 n^2 float64) a full eigendecomposition is faster
 
 
-def top_eigenvectors(g: np.ndarray, count: int) -> np.ndarray:
+def top_eigenvectors(g: np.ndarray, count: int, full: bool | None = None) -> np.ndarray:
     """Eigenvectors (n, count) of the symmetric float64 ``g`` for its ``count`` largest eigenvalues,
     largest first; ``g`` is overwritten.
 
-    LAPACK works in ``g``'s own memory. Up to FULL_EIGEN_WORKSPACE it computes every vector (syevd,
-    fastest there); above, only the subset (syevr: O(n) workspace besides the vectors, where a full
-    decomposition needs 2 n^2 float64 more, and numpy's ``eigh`` 4 n^2: more than a very wide layer's
-    own weights).
+    LAPACK works in ``g``'s own memory. Up to FULL_EIGEN_WORKSPACE (or when ``full``) it computes every
+    vector (syevd, fastest there); above, only the subset (syevr: O(n) workspace besides the vectors, where
+    a full decomposition needs 2 n^2 float64 more, and numpy's ``eigh`` 4 n^2: more than a very wide
+    layer's own weights). LinAlgError if the subset solver returns fewer vectors than asked (LAPACK's
+    syevr can, rarely, on clustered spectra; scipy then silently returns what it found).
     """
     from scipy.linalg import eigh
 
@@ -339,11 +362,13 @@ def top_eigenvectors(g: np.ndarray, count: int) -> np.ndarray:
     count = min(max(count, 0), n)
     if count == 0:
         return np.zeros((n, 0))
-    if 2 * n * n * 8 <= FULL_EIGEN_WORKSPACE:
+    if full if full is not None else 2 * n * n * 8 <= FULL_EIGEN_WORKSPACE:
         vec = eigh(_fortran_view(g), overwrite_a=True, check_finite=False, driver="evd")[1][:, n - count:]
     else:
         vec = eigh(_fortran_view(g), subset_by_index=[n - count, n - 1], overwrite_a=True, check_finite=False,
                    driver="evr")[1]
+    if vec.shape[1] != count:
+        raise np.linalg.LinAlgError(f"the eigensolver returned {vec.shape[1]} of {count} eigenvectors")
     return vec[:, ::-1]
 
 
@@ -379,7 +404,7 @@ def singular_values(weight: np.ndarray | Factored) -> np.ndarray:
         weight = weight.dense() if len(weight.matrices) > 1 else weight.matrices[0]
     if min(weight.shape) >= GRAM_MIN_DIM:
         return _gram_values(gram(weight)[0])
-    return np.linalg.svd(np.asarray(weight, dtype=np.float64), compute_uv=False)
+    return np.linalg.svd(_finite64(weight), compute_uv=False)
 
 
 def top_factors(weight: np.ndarray | Factored, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -398,10 +423,16 @@ def top_factors(weight: np.ndarray | Factored, rank: int) -> tuple[np.ndarray, n
     if min(weight.shape) < GRAM_MIN_DIM:
         return factor_pair(*svd(weight), rank)
     g, rows = gram(weight)
-    vec = np.ascontiguousarray(top_eigenvectors(g, rank))
+    try:
+        vec = top_eigenvectors(g, rank)
+    except np.linalg.LinAlgError:  # the subset solver fell short: every vector, from a new Gram matrix
+        del g
+        g = gram(weight)[0]
+        vec = top_eigenvectors(g, rank, full=True)
+    vec = np.ascontiguousarray(vec)
     del g
     # the projections in float64 give each direction's singular value exactly (the factors' scale)
-    proj = matmul64(vec.T, weight) if rows else matmul64(weight, vec)
+    proj = matmul64(vec.T, weight, scipy_blas=True) if rows else matmul64(weight, vec, scipy_blas=True)
     s = np.sqrt(np.einsum("ij,ij->i" if rows else "ij,ij->j", proj, proj))  # no temporary of proj's size
     keep = s > gram_floor(vec.shape[0]) * (s.max() if s.size else 0.0)
     root = np.where(keep, np.sqrt(s), 0.0)

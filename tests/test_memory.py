@@ -147,8 +147,9 @@ def test_a_slice_of_a_file_view_is_read_with_its_pages_released(tmp_path, monkey
 
 
 @pytest.mark.parametrize("layout", ["file", "file transposed", "float32", "float64"])
-@pytest.mark.parametrize("chunk", [2**15, 2**24])  # many slices, or one
-def test_products_in_slices_equal_the_float64_product(tmp_path, monkeypatch, layout, chunk):
+@pytest.mark.parametrize("chunk", [2**15, 2**24])  # many slices and a result added in place, or one slice
+@pytest.mark.parametrize("scipy_blas", [False, True])
+def test_products_in_slices_equal_the_float64_product(tmp_path, monkeypatch, layout, chunk, scipy_blas):
     monkeypatch.setattr(linalg, "CHUNK_BYTES", chunk)
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((37, 500)), rng.standard_normal((500, 900)).astype(np.float32)
@@ -160,12 +161,12 @@ def test_products_in_slices_equal_the_float64_product(tmp_path, monkeypatch, lay
     else:
         right = b.astype(layout)
     want = a @ b.astype(np.float64)
-    got = linalg.matmul64(a, right)
+    got = linalg.matmul64(a, right, scipy_blas)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-10)
     assert got.flags.c_contiguous
-    np.testing.assert_allclose(linalg.matmul64(right.T, a.T), want.T, rtol=1e-12, atol=1e-10)
-    assert linalg.matmul64(a[:0], right).shape == (0, 900)
-    assert not linalg.matmul64(a[:, :0], right[:0]).any()
+    np.testing.assert_allclose(linalg.matmul64(right.T, a.T, scipy_blas), want.T, rtol=1e-12, atol=1e-10)
+    assert linalg.matmul64(a[:0], right, scipy_blas).shape == (0, 900)
+    assert not linalg.matmul64(a[:, :0], right[:0], scipy_blas).any()
 
 
 def _peak_during(func, *args):

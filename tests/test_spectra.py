@@ -136,3 +136,39 @@ def test_gram_is_the_float64_product_on_the_narrower_side(tmp_path, shape, layou
     assert rows == (shape[0] <= shape[1])
     np.testing.assert_allclose(g, w64 @ w64.T if rows else w64.T @ w64, rtol=1e-12, atol=1e-10)
     np.testing.assert_array_equal(g, g.T)
+
+
+@pytest.mark.parametrize("width", [24, 300])  # a small layer's SVD, a wide layer's Gram matrix
+def test_a_layer_with_non_finite_weights_is_no_low_rank_target_and_the_others_still_are(width):
+    from onnx import numpy_helper
+
+    model = build(ChainSpec(width, [LayerSpec(width), LayerSpec(width)], [ActSpec("prelu", 0.2)]), seed=3)
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 2)
+    values = numpy_helper.to_array(weight).copy()
+    values[3, 5] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    _, report = oc.optimize(model, rank_budget=0.5, low_rank="all", verify=False)
+    assert any("no low-rank form" in n and "not all finite" in n for n in report.notes), report.notes
+    assert [f.form for f in report.folds if f.form == "truncated"] == ["truncated"]
+
+
+def test_a_subset_eigensolver_that_falls_short_is_replaced_by_the_full_one(monkeypatch):
+    """scipy returns what LAPACK's syevr found without an error; fewer vectors must not mean a lower rank."""
+    import scipy.linalg
+
+    real = scipy.linalg.eigh
+
+    def short(*args, **kwargs):
+        values, vectors = real(*args, **kwargs)
+        return (values[1:], vectors[:, 1:]) if kwargs.get("driver") == "evr" else (values, vectors)
+
+    monkeypatch.setattr(scipy.linalg, "eigh", short)
+    monkeypatch.setattr(linalg, "FULL_EIGEN_WORKSPACE", 0)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((300, 420)) * np.geomspace(1, 1e-3, 420)
+    with pytest.raises(np.linalg.LinAlgError, match="19 of 20"):
+        linalg.top_eigenvectors(linalg.gram(w)[0], 20)
+    a, b = linalg.top_factors(w, 20)
+    assert a.shape == (300, 20) and b.shape == (20, 420)
+    exact = np.linalg.svd(w, compute_uv=False)
+    assert np.linalg.norm(w - a @ b, 2) == pytest.approx(exact[20], rel=1e-6)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from .. import allocate, calibrate, linalg
 from ..emit import RangeError, cast_checked
 from ..kinds import Layer
@@ -37,13 +39,18 @@ def target_whitening(ctx: Context, target: FoldPlan) -> linalg.Whitening | None:
 def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpectrum]]:
     """The truncation targets and their storage options (grouping only for inputs of known rank >= 2);
     spectra of the whitened weights where the target's inputs were calibrated (activation-aware ALDS)."""
-    targets = _targets(ctx)
-    spectra = [
-        at_positions(allocate.spectrum(" > ".join(t.record.layers), t.exact, ctx.options.error_metric,
-                                       ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1,
-                                       t.emit.group_unit, target_whitening(ctx, t)), t.emit.positions)
-        for t in targets
-    ]
+    targets, spectra = [], []
+    for t in _targets(ctx):
+        name = " > ".join(t.record.layers)
+        try:
+            found = allocate.spectrum(name, t.exact, ctx.options.error_metric,
+                                      ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1,
+                                      t.emit.group_unit, target_whitening(ctx, t))
+        except (linalg.NonFiniteError, np.linalg.LinAlgError) as exc:  # LAPACK refuses NaN and inf
+            ctx.notes.append(f"{name}: no low-rank form: its weights have no spectrum ({exc})")
+            continue
+        targets.append(t)
+        spectra.append(at_positions(found, t.emit.positions))
     return targets, spectra
 
 
