@@ -1,8 +1,9 @@
 """Algebra of linear layers: composition, numerical rank, factor pairs, costs.
 
 A linear layer here maps row vectors: ``y = x @ W + b`` with ``W`` of shape (in, out).
-Everything is computed in float64; callers cast back to the model's dtype. Work on stored weights
-(products, Gram matrices, eigenvectors) goes through scipy's BLAS and LAPACK (see ``_blas``).
+Everything is computed in float64; callers cast back to the model's dtype. Spectra and truncation
+(Gram matrices, eigenvectors, projections) run on scipy's BLAS and LAPACK (see ``_blas``), the rest on
+numpy's.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def matmul64(a: np.ndarray, b: np.ndarray, scipy_blas: bool = False) -> np.ndarr
             stop = min(inner, start + step)
             left, right = slice64(a, 1, start, stop), slice64(b, 0, start, stop)
             if in_place:
-                out_t = _blas("dgemm")(1.0, right.T, left.T, beta=1.0, c=out_t, overwrite_c=1)
+                (first, t1), (second, t2) = _operand(right.T), _operand(left.T)
+                out_t = _blas("dgemm")(1.0, first, second, beta=1.0, c=out_t, trans_a=t1, trans_b=t2, overwrite_c=1)
             else:
                 out_t += (left @ right).T
     release_pages(a)
@@ -76,13 +78,21 @@ def _blas(name: str):
     return getattr(blas, name)
 
 
+def _operand(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``x`` (C- or Fortran-ordered) as BLAS takes it without a copy: a Fortran-ordered array and whether
+    BLAS must transpose it to get ``x``."""
+    return (x, 0) if x.flags.f_contiguous else (x.T, 1)
+
+
 def _slice_width(inner: int, other: int) -> int:
     """Entries of the shared dimension per slice: CHUNK_BYTES of float64 for ``other`` of them."""
     return max(1, min(inner, CHUNK_BYTES // (8 * max(other, 1))))
 
 
 def slice64(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
-    """``array``'s entries ``start:stop`` along ``axis`` of a 2-D array, as a C-ordered float64 copy.
+    """``array``'s entries ``start:stop`` along ``axis`` of a 2-D array in float64, C- or Fortran-ordered as
+    they lie in memory (numpy and BLAS take either without a transposing copy); not copied if they are
+    already so in memory (treat it as read-only).
 
     For a file view its pages are released as it is read, so reading a whole file slice by slice keeps
     about one slice resident: a slice contiguous in the file is released after it; a strided one (every
@@ -90,14 +100,16 @@ def slice64(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
     maps pages around each one touched, so the file would otherwise become resident in one slice).
     """
     part = array[start:stop] if axis == 0 else array[:, start:stop]
-    if not isinstance(array, np.memmap) or array.ndim != 2:
-        return np.ascontiguousarray(part, dtype=np.float64)
+    if not isinstance(array, np.memmap) or array.ndim != 2:  # in memory: a copy only where needed
+        out = np.asarray(part, dtype=np.float64, order="K")
+        return out if out.flags.c_contiguous or out.flags.f_contiguous else np.ascontiguousarray(out)
     slow = int(np.argmax(np.abs(array.strides)))  # the axis whose neighbours are far apart in the file
+    order = "C" if slow == 0 else "F"
     if slow == axis:  # the slice is contiguous in the file
-        out = np.ascontiguousarray(part, dtype=np.float64)
+        out = np.array(part, dtype=np.float64, order=order)
         release_pages(array)
         return out
-    out = np.empty(part.shape, dtype=np.float64)
+    out = np.empty(part.shape, dtype=np.float64, order=order)
     step = max(1, CHUNK_BYTES // max(abs(array.strides[slow]), 1))
     for first in range(0, part.shape[slow], step):
         piece = (slice(first, first + step), slice(None)) if slow == 0 else (slice(None), slice(first, first + step))
@@ -314,8 +326,8 @@ def gram(weight: np.ndarray) -> tuple[np.ndarray, bool]:
     with np.errstate(all="ignore"):
         step = _slice_width(inner, n)
         for start in range(0, inner, step):
-            part = slice64(x, 1, start, start + step)
-            upper = _blas("dsyrk")(1.0, part.T, beta=1.0, c=upper, trans=1, overwrite_c=1)
+            part, transposed = _operand(slice64(x, 1, start, start + step))  # x x^T: op(part) op(part)^T
+            upper = _blas("dsyrk")(1.0, part, beta=1.0, c=upper, trans=transposed, overwrite_c=1)
     release_pages(weight)
     g = upper.T  # C order: its lower triangle holds the sums; mirror it a block of rows at a time
     if not np.isfinite(np.sum(np.diagonal(g))):  # a non-finite weight reaches its row's diagonal entry
