@@ -502,10 +502,10 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_
     """
     data_name = data_name or path.name + ".data"
     to_write = model
-    if (external_data or uses_external(model)) and not consume:
-        to_write = onnx.ModelProto()
-        to_write.CopyFrom(model)  # embedded tensors are copied too: their data is moved out below
     if external_data or uses_external(model):
+        if not consume:
+            to_write = onnx.ModelProto()
+            to_write.CopyFrom(model)  # embedded tensors are copied too: their data is moved out below
         if external_data:
             _write_tensors(to_write, source_dir, path.parent / data_name, data_name, size_threshold)
         else:

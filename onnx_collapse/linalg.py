@@ -374,7 +374,9 @@ def top_eigenvectors(g: np.ndarray, count: int, full: bool | None = None) -> np.
     count = min(max(count, 0), n)
     if count == 0:
         return np.zeros((n, 0))
-    if full if full is not None else 2 * n * n * 8 <= FULL_EIGEN_WORKSPACE:
+    if full is None:
+        full = 2 * n * n * 8 <= FULL_EIGEN_WORKSPACE
+    if full:
         vec = eigh(_fortran_view(g), overwrite_a=True, check_finite=False, driver="evd")[1][:, n - count:]
     else:
         vec = eigh(_fortran_view(g), subset_by_index=[n - count, n - 1], overwrite_a=True, check_finite=False,
