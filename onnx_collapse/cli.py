@@ -206,7 +206,9 @@ def cli(ctx: click.Context) -> None:
 @click.option("--max-groups", type=click.IntRange(1), default=DEFAULTS.max_groups, show_default=True,
               help="Allow ALDS grouped factors with up to this many input-feature groups.")
 @click.option("--allocator", type=click.Choice(ALLOCATORS), default=DEFAULTS.allocator, show_default=True,
-              help="How --rank-budget is shared among layers (uniform and energy are baselines).")
+              help="How --rank-budget is shared: alds minimises the largest layer error; output (needs "
+                   "--calibrate) the predicted change of the model's output, each layer measured truncated alone; "
+                   "uniform and energy are baselines.")
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Refuse to verify when inputs and computed tensors would need more (e.g. 8G; default: half "
                    "the available memory).")
