@@ -156,10 +156,11 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated
 
 
-def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool) -> None:
+def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool, data: dict[Path, str]) -> None:
     """Before any work: refuse an output or report that is (or leads to) the input or one of its data
-    files, the other one, or a file the current output uses, or that cannot be written."""
-    inputs = io.model_files(src, "input")
+    files, a file of ``data`` (--inputs, --calibrate), the other one, or a file the current output uses, or
+    that cannot be written."""
+    inputs = io.model_files(src, "input") | data
     if io.same_file(dst, src) and not overwrite:
         raise CollapseError(f"{str(dst)!r} is the input file; pass --overwrite to replace it")
     io.check_destination(dst, {p: d for p, d in inputs.items() if not (overwrite and p == src)}, "output")
@@ -226,7 +227,8 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with one_line_errors():
         src, dst = Path(input_path), Path(output_path)
-        _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite)
+        _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
+                     io.data_files(inputs, calibrate))
         if rank_budget is not None and max_error is not None:
             raise CollapseError("--rank-budget and --max-error exclude each other; give one")
         no_budget = rank_budget is None and max_error is None

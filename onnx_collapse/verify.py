@@ -22,6 +22,7 @@ from .io import (
     ModelSource,
     open_model,
     pause_point,
+    read_npz,
     scratch_dir,
     uses_external,
     write_errors,
@@ -134,15 +135,25 @@ def random_feeds(
     return feeds
 
 
-def file_feeds(model: onnx.ModelProto, path: str | os.PathLike) -> tuple[list[dict[str, np.ndarray]], list[str]]:
-    """One input set from an .npz file with an array per model input, and notes on the casts made."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise CollapseError(f"--inputs {str(path)!r}: cannot read as .npz ({_one_line(exc)})") from None
+def file_feeds(model: onnx.ModelProto, path: str | os.PathLike, max_memory: int | None = None
+               ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """One input set from an .npz file with an array per model input, and notes on the casts made. The
+    file is read as ``io.read_npz`` reads it, its declared sizes checked against ``max_memory`` first."""
+    arrays = read_npz(path, "--inputs", *memory_limit(max_memory))
     feed, notes = _checked_feed(model, arrays, f"--inputs {str(path)!r}")
     return [feed], notes
+
+
+def refuse_non_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
+    """CollapseError for a float array holding NaN or infinity: NaN compared with NaN proves nothing, and
+    such rows would count as agreement (remove them, or replace them with the values the model meets)."""
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if array.dtype.kind in "fc":
+            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+            if bad:
+                raise CollapseError(f"{what}: array {name!r} holds {bad} NaN or infinite value(s); comparisons "
+                                    "on them prove nothing, so they are refused: remove those rows")
 
 
 def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray],
@@ -159,6 +170,7 @@ def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray],
     extra = sorted(set(arrays) - names)
     if extra:
         raise CollapseError(f"{what} has array {extra[0]!r}, which is not a model input")
+    refuse_non_finite(arrays, what)
     feed, notes = dict(arrays), []
     for info in inputs:
         elem = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
@@ -339,7 +351,7 @@ def make_feeds(
         feed, notes = _checked_feed(model, dict(inputs), "inputs")
         feeds, where = [feed], "the given inputs"
     else:
-        feeds, notes = file_feeds(model, inputs)
+        feeds, notes = file_feeds(model, inputs, max_memory)
         where = f"inputs from {Path(inputs).name}"
     _refuse_empty((name, np.shape(value)) for name, value in feeds[0].items())
     check_memory(model, [(n, np.asarray(v).dtype, np.shape(v)) for n, v in feeds[0].items()], 1, max_memory)
@@ -393,6 +405,15 @@ def available_memory() -> int | None:
         return None
 
 
+def memory_limit(limit: int | None) -> tuple[int | None, str]:
+    """The memory limit in bytes (``limit``, else half the available memory; None if that is unknown) and
+    the phrase naming where it comes from."""
+    if limit is not None:
+        return limit, "--max-verify-memory"
+    available = available_memory()
+    return (None, "") if available is None else (available // 2, "half the available memory")
+
+
 def _nbytes(shape: Sequence[int], itemsize: int) -> int:
     return math.prod(int(d) for d in shape) * itemsize
 
@@ -437,12 +458,9 @@ def check_memory(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, 
                  limit: int | None = None) -> None:
     """CollapseError, naming the largest input, if verification would need more than ``limit`` bytes
     (default: half the available memory; no check when that is unknown)."""
-    why = "--max-verify-memory"
+    limit, why = memory_limit(limit)
     if limit is None:
-        available = available_memory()
-        if available is None:
-            return
-        limit, why = available // 2, "half the available memory"
+        return
     need = verification_bytes(model, planned, count)
     if need <= limit:
         return
