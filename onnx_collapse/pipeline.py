@@ -65,8 +65,13 @@ def views_for(source: ModelSource) -> list[tuple[tuple, GraphView]]:
     imported = import_model(model)
     shapes = infer_shapes(model)
     store = TensorStore(source.base_dir)
-    return [(path, GraphView(graph, imported.proto_of(graph), store, shapes if not path else {}, prefix))
-            for path, prefix, graph in walk_graphs(imported.graph)]
+    views = [(path, GraphView(graph, imported.proto_of(graph), store, shapes if not path else {}, prefix))
+             for path, prefix, graph in walk_graphs(imported.graph)]
+    by_path = dict(views)
+    for path, view in views:  # parents come first: a subgraph reads its outer scopes' overridable weights too
+        if path:
+            view.overridable |= by_path[path[:-1]].overridable
+    return views
 
 
 def contexts_for(source: ModelSource, options: Options) -> list[Context]:

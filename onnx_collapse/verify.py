@@ -290,17 +290,43 @@ def compare(
     return ErrorStats(name, max_abs, max_rel, mean, required, atol, rtol, required <= atol)
 
 
-def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
-    """Fraction of rows (all axes but the last) whose argmax over the last axis matches."""
+def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> int:
+    """How many elements a comparison of ``actual`` with ``expected`` really tests: those whose reference
+    value is finite, or that differ from it (NaN matching NaN, or an inf matching itself, proves nothing)."""
+    count = 0
+    for e, a in zip(expected, actual):
+        e, a = np.asarray(e), np.asarray(a)
+        if e.shape != a.shape:
+            return max(count, 1)  # a mismatch of shapes is a real difference
+        if e.dtype.kind not in "fc":
+            count += e.size
+            continue
+        with np.errstate(invalid="ignore"):
+            same = (e == a) | (np.isnan(e) & np.isnan(a))
+        count += int(np.count_nonzero(np.isfinite(e) | ~same))
+    return count
+
+
+def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "") -> float:
+    """Fraction of rows (all axes but the last) whose argmax over the last axis matches; rows whose
+    reference holds NaN or infinity do not count. CollapseError for an output without an axis of at least
+    two classes (its argmax would always agree) or with no row to compare."""
     same = total = 0
     for e, a in zip(expected, actual):
         e, a = np.asarray(e), np.asarray(a)
-        if e.ndim == 0 or e.shape != a.shape or e.size == 0:
+        if e.ndim == 0 or e.shape[-1] < 2:
+            raise CollapseError(f"--metric top1: output {name!r} has shape {_dims(e.shape)}, so its argmax "
+                                "compares nothing; top1 needs a last axis of at least 2 classes (use "
+                                "--metric allclose)")
+        if e.shape != a.shape or e.size == 0:
             continue
-        hits = np.argmax(e, axis=-1) == np.argmax(a, axis=-1)
+        finite = np.isfinite(e).all(axis=-1)
+        hits = (np.argmax(e, axis=-1) == np.argmax(a, axis=-1)) & finite
         same += int(hits.sum())
-        total += hits.size
-    return same / total if total else 1.0
+        total += int(finite.sum())
+    if not total:
+        raise CollapseError(f"--metric top1: output {name!r} has no row with finite values to compare")
+    return same / total
 
 
 def compare_outputs(
@@ -320,8 +346,12 @@ def compare_outputs(
             continue
         exp, act = [e[name] for e in expected], [a[name] for a in actual]
         stat = compare(name, exp, act, atol, rtol)
+        if stat.passed and not compared_elements(exp, act):
+            raise CollapseError(f"output {name!r} compared no element: the original model's values are all "
+                                "NaN or infinite (or there are none), so verification would prove nothing; give "
+                                "inputs on which it is finite (--inputs)")
         if metric == "top1" and np.asarray(exp[0]).dtype.kind == "f":
-            stat.agreement = top1_agreement(exp, act)
+            stat.agreement = top1_agreement(exp, act, name)
             stat.passed = stat.agreement >= min_agreement
         stats.append(stat)
     if metric == "top1":

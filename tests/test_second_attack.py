@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import mlp
+from onnx import TensorProto, helper, numpy_helper
 from test_cli import EXE, assert_one_line_error, cli
 
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
@@ -124,3 +125,111 @@ def test_a_header_claiming_a_huge_array_is_a_one_line_error(tmp_path, flag):
     assert path.stat().st_size < 400
     result = cli("optimize", src, tmp_path / "o.onnx", flag, path)
     assert_one_line_error(result, 2, flag, "'x'")
+
+
+# 3. weights a caller can override are never folded, in any graph
+
+
+def _overridable_weight_in(kind: str) -> onnx.ModelProto:
+    """A two-layer chain inside an If branch or a Loop body reading ``w1`` from the main graph, where ``w1``
+    is an initializer that is also a graph input (a caller may feed another value)."""
+    w1 = numpy_helper.from_array(RNG.standard_normal((8, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(RNG.standard_normal((16, 8)).astype(np.float32), "w2")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])
+    out = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [3, 8])  # noqa: E731
+    chain = lambda x_name, y: [helper.make_node("MatMul", [x_name, "w1"], [y + "_h"]),  # noqa: E731
+                               helper.make_node("MatMul", [y + "_h", "w2"], [y])]
+    if kind == "If":
+        then_branch = helper.make_graph(chain("x", "t_y"), "then", [], [out("t_y")])
+        else_branch = helper.make_graph([helper.make_node("Neg", ["x"], ["e_y"])], "else", [], [out("e_y")])
+        nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)]
+        inputs = [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), x]
+    else:
+        body = helper.make_graph(
+            [*chain("v", "v_next"), helper.make_node("Identity", ["c"], ["c_out"])], "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("v", 1, [3, 8])],
+            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), out("v_next")])
+        trip = numpy_helper.from_array(np.array(2, np.int64), "trip")
+        nodes = [helper.make_node("Loop", ["trip", "", "x"], ["y"], body=body)]
+        inputs = [x]
+        w2 = [w2, trip]
+    inits = [w1, *(w2 if isinstance(w2, list) else [w2])]
+    inputs.append(helper.make_tensor_value_info("w1", TensorProto.FLOAT, [8, 16]))  # overridable
+    graph = helper.make_graph(nodes, "main", inputs, [out("y")], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("kind", ["If", "Loop"])
+def test_a_subgraph_chain_reading_an_overridable_weight_is_not_folded(kind):
+    from builders import run_model
+
+    from onnx_collapse import optimize
+
+    model = _overridable_weight_in(kind)
+    out, report = optimize(model, verify=False)
+    feed = {"x": RNG.standard_normal((3, 8)).astype(np.float32),
+            "w1": RNG.standard_normal((8, 16)).astype(np.float32)}
+    if kind == "If":
+        feed["cond"] = np.array(True)
+    np.testing.assert_allclose(run_model(out, **feed)[0], run_model(model, **feed)[0], rtol=1e-4, atol=1e-4)
+    assert not any(f.status == "folded" for f in report.folds)
+
+
+# 4. no vacuous comparison
+
+
+@pytest.mark.parametrize("where", ["--inputs", "held-out --calibrate rows"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_rows_with_nan_or_inf_are_refused_not_counted_as_agreement(tmp_path, where, value):
+    src = model_file(tmp_path, slope=0.6)
+    data = rows()
+    data["x"][:, 3] = value
+    path = tmp_path / "data.npz"
+    np.savez(path, **data)
+    args = ["--inputs", path] if where == "--inputs" else ["--calibrate", path]
+    result = cli("optimize", src, tmp_path / "o.onnx", "--slope-tol", "0.5", *args)
+    assert_one_line_error(result, 2, "'x'", "NaN or infinite")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def _with_output_stage(model: onnx.ModelProto, nodes: list, y: str, shape) -> onnx.ModelProto:
+    """``model`` whose output ``y`` (old output renamed ``core``) goes through ``nodes`` first."""
+    model = onnx.ModelProto()
+    model.CopyFrom(mlp(slope=0.6, kind="leaky"))
+    old = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = ["core" if n == old else n for n in node.output]
+    model.graph.node.extend(nodes)
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, shape))
+    return model
+
+
+def test_an_output_that_is_nan_everywhere_compares_nothing_and_is_an_error(tmp_path):
+    minus = numpy_helper.from_array(np.array(-1.0, np.float32), "minus")
+    model = _with_output_stage(None, [helper.make_node("Log", ["minus"], ["nan"]),
+                                      helper.make_node("Add", ["core", "nan"], ["y"])], "y", ["n", 4])
+    model.graph.initializer.append(minus)
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    result = cli("optimize", src, tmp_path / "o.onnx", "--slope-tol", "0.5")
+    assert_one_line_error(result, 2, "'y'", "compared no element")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("shape", ["scalar", "width 1"])
+def test_top1_needs_an_axis_with_two_classes(tmp_path, shape):
+    if shape == "scalar":
+        nodes = [helper.make_node("ReduceSum", ["core"], ["y"], keepdims=0)]
+    else:
+        nodes = [helper.make_node("ReduceSum", ["core", "axes"], ["y"], keepdims=1)]
+    model = _with_output_stage(None, nodes, "y", [] if shape == "scalar" else ["n", 1])
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    data = tmp_path / "rows.npz"
+    np.savez(data, **rows(64))
+    result = cli("optimize", src, tmp_path / "o.onnx", "--slope-tol", "0.5", "--metric", "top1", "--inputs", data)
+    assert_one_line_error(result, 2, "--metric top1", "'y'", "at least 2")
+    assert not (tmp_path / "o.onnx").exists()
