@@ -354,7 +354,8 @@ def _outer_reads(nodes: list[onnx.NodeProto]) -> set[str]:
 
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Static shapes of the main graph's tensors, from onnx shape inference where it succeeds.
+    """Static shapes of the main graph's tensors, from onnx shape inference where it succeeds (from the
+    inputs' shapes and the ops' semantics: value_info and declared output shapes are not trusted).
 
     Runs on a copy without weight data, so it costs no extra weight memory; unknown dims are None.
     """
@@ -377,7 +378,8 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 
 def _copy_without_weight_data(model: onnx.ModelProto, into: onnx.ModelProto) -> None:
-    """Copy ``model`` into ``into``, turning large initializers into graph inputs of the same type.
+    """Copy ``model`` into ``into``, turning large initializers into graph inputs of the same type; without
+    its value_info and output shapes, which may be stale (shapes come from the inputs and the ops alone).
 
     Small initializers (shapes for Reshape, axes) stay, since shape inference reads their values.
     """
@@ -389,8 +391,11 @@ def _copy_without_weight_data(model: onnx.ModelProto, into: onnx.ModelProto) -> 
     g.name = graph.name
     g.node.extend(graph.node)
     g.input.extend(graph.input)
-    g.output.extend(graph.output)
-    g.value_info.extend(graph.value_info)
+    for output in graph.output:  # declared output shapes and value_info may be stale: inference finds them
+        copy = g.output.add()
+        copy.CopyFrom(output)
+        if copy.type.HasField("tensor_type"):
+            copy.type.tensor_type.ClearField("shape")
     declared = {i.name for i in graph.input}
     for tensor in graph.initializer:
         if tensor.ByteSize() <= 4096:

@@ -233,3 +233,28 @@ def test_top1_needs_an_axis_with_two_classes(tmp_path, shape):
     result = cli("optimize", src, tmp_path / "o.onnx", "--slope-tol", "0.5", "--metric", "top1", "--inputs", data)
     assert_one_line_error(result, 2, "--metric top1", "'y'", "at least 2")
     assert not (tmp_path / "o.onnx").exists()
+
+
+# 5. shapes come from the model's semantics, never from stale value_info
+
+
+def test_a_reshape_link_does_not_trust_stale_value_info(tmp_path):
+    from builders import run_model
+
+    from onnx_collapse import optimize
+
+    w1 = numpy_helper.from_array(RNG.standard_normal((8, 4)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(RNG.standard_normal((4, 4)).astype(np.float32), "w2")
+    target = numpy_helper.from_array(np.array([6, 2, 4], np.int64), "target")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Reshape", ["h", "target"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4, 4])], [w1, w2, target],
+        value_info=[helper.make_tensor_value_info(n, TensorProto.FLOAT, [3, 4, 4]) for n in ("h", "r")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = RNG.standard_normal((3, 4, 8)).astype(np.float32)
+    out, _ = optimize(model, verify=False)
+    (expected,), (got,) = run_model(model, x=x), run_model(out, x=x)
+    assert expected.shape == (6, 2, 4) and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
