@@ -13,6 +13,7 @@ removal, cleanup and topological order. What it does not do is kept here:
 from __future__ import annotations
 
 import ast
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -191,7 +192,8 @@ class GraphView:
         while seen < 64:
             tensor = self.tensor(name)
             if isinstance(tensor, gs.Constant):
-                if name in self.overridable or not isinstance(tensor._values, gs.ir.tensor.LazyValues):
+                if name in self.overridable or not isinstance(tensor._values, gs.ir.tensor.LazyValues) \
+                        or isinstance(tensor._values, gs.ir.tensor.SparseValues):  # sparse weights stay as they are
                     return None
                 return tensor._values.tensor
             node = self.producer(name)
@@ -295,11 +297,29 @@ def add_nodes(graph: gs.Graph, nodes: list[onnx.NodeProto], initializers: list[o
 
 def export(imported: Imported) -> onnx.ModelProto:
     """The edited graph as a ModelProto that keeps everything of the original that onnx-graphsurgeon drops."""
-    graph_proto = gs.export_onnx(imported.graph, do_type_check=False).graph
+    with _untyped_odd_values(imported.graph):
+        graph_proto = gs.export_onnx(imported.graph, do_type_check=False).graph
     out = onnx.ModelProto()
     copy_fields(imported.model, out, skip={"graph"})
     out.graph.CopyFrom(_restore_graph(imported, imported.graph, graph_proto))
     return out
+
+
+@contextlib.contextmanager
+def _untyped_odd_values(graph: gs.Graph) -> Iterator[None]:
+    """Graph inputs and outputs of types onnx-graphsurgeon cannot write (optionals, maps) without a dtype
+    while it exports (their declarations are restored from the original afterwards)."""
+    known = ("tensor_type", "sequence_type", "sparse_tensor_type")
+    odd = [t for _, _, g in walk_graphs(graph) for t in [*g.inputs, *g.outputs]
+           if not isinstance(t, gs.Constant) and t.dtype is not None and getattr(t, "type", "tensor_type") not in known]
+    saved = [(t, t.dtype) for t in odd]
+    for t in odd:
+        t.dtype = None
+    try:
+        yield
+    finally:
+        for t, dtype in saved:
+            t.dtype = dtype
 
 
 def _restore_graph(imported: Imported, graph: gs.Graph, exported: onnx.GraphProto) -> onnx.GraphProto:

@@ -20,6 +20,7 @@ from .graph import infer_shapes
 from .io import (
     PROTOBUF_LIMIT,
     ModelSource,
+    TensorStore,
     open_model,
     pause_point,
     read_npz,
@@ -47,6 +48,7 @@ def default_tolerance(dtype: np.dtype) -> tuple[float, float]:
     return TOLERANCES.get(np.dtype(dtype), (0.0, 0.0))
 
 
+MAX_DIM = 2**63 - 1  # ONNX dims are int64
 _SHAPE_TEXT = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
 
 
@@ -55,7 +57,10 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     match = _SHAPE_TEXT.match(text.strip())
     if not match:
         raise CollapseError(f"bad --input-shape {text!r}: expected NAME:DxDx... such as x:1x128x768")
-    return match["name"], tuple(int(d) for d in match["dims"].split("x"))
+    dims = tuple(int(d) for d in match["dims"].split("x"))
+    if any(d > MAX_DIM for d in dims):
+        raise CollapseError(f"bad --input-shape {text!r}: a dim is over {MAX_DIM} (the largest int64)")
+    return match["name"], dims
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -338,25 +343,61 @@ def compare_outputs(
     ``metric="top1"``: float outputs pass when their argmax over the last axis agrees on at least
     ``min_agreement`` of the rows (error statistics are still reported); other outputs use allclose.
     """
-    stats = []
+    stats, compared = [], 0
     for name in expected[0]:
         if name not in actual[0]:
-            stats.append(ErrorStats(name, float("inf"), float("inf"), float("inf"), float("inf"),
-                                    atol or 0.0, rtol or 0.0, False))
+            stats.append(_mismatch(name, atol, rtol))
             continue
         exp, act = [e[name] for e in expected], [a[name] for a in actual]
+        tensors = all(isinstance(v, np.ndarray) for v in [*exp, *act])
+        if not tensors:  # a sequence (or an optional) output: compared item by item
+            exp, act = _items(exp), _items(act)
+            if exp is None or act is None or [len(e) for e in exp] != [len(a) for a in act]:
+                stats.append(_mismatch(name, atol, rtol))
+                continue
+            exp, act = [v for e in exp for v in e], [v for a in act for v in a]
+            if not exp:  # empty sequences or optionals on both sides: nothing to compare, nothing differs
+                stats.append(ErrorStats(name, 0.0, 0.0, 0.0, 0.0, atol or 0.0, rtol or 0.0, True))
+                continue
         stat = compare(name, exp, act, atol, rtol)
-        if stat.passed and not compared_elements(exp, act):
+        count = compared_elements(exp, act)
+        if stat.passed and not count and sum(np.size(e) for e in exp):
             raise CollapseError(f"output {name!r} compared no element: the original model's values are all "
-                                "NaN or infinite (or there are none), so verification would prove nothing; give "
-                                "inputs on which it is finite (--inputs)")
-        if metric == "top1" and np.asarray(exp[0]).dtype.kind == "f":
+                                "NaN or infinite, so verification would prove nothing; give inputs on which it "
+                                "is finite (--inputs)")
+        compared += count
+        if metric == "top1" and tensors and np.asarray(exp[0]).dtype.kind == "f":
             stat.agreement = top1_agreement(exp, act, name)
             stat.passed = stat.agreement >= min_agreement
         stats.append(stat)
+    if stats and all(s.passed for s in stats) and not compared:
+        raise CollapseError("verification compared no element: every output of the original model is empty, "
+                            "so it would prove nothing; give inputs that make them non-empty")
     if metric == "top1":
         source += f", metric top-1 agreement >= {100 * min_agreement:g}%"
     return Verification(all(s.passed for s in stats), len(expected), source, stats)
+
+
+def _mismatch(name: str, atol: float | None, rtol: float | None) -> ErrorStats:
+    """The statistics of an output that differs in kind (missing, or a sequence of another length)."""
+    inf = float("inf")
+    return ErrorStats(name, inf, inf, inf, inf, atol or 0.0, rtol or 0.0, False)
+
+
+def _items(values: Sequence) -> list[list[np.ndarray]] | None:
+    """Each input set's value of a sequence or optional output as a list of arrays (an empty optional: no
+    item); None if a value is of another kind."""
+    out = []
+    for value in values:
+        if value is None:
+            out.append([])
+        elif isinstance(value, np.ndarray):
+            out.append([value])
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, np.ndarray) for v in value):
+            out.append(list(value))
+        else:
+            return None
+    return out
 
 
 def make_feeds(
@@ -542,8 +583,12 @@ def capture(
     """Run the original model once, returning its outputs and the intermediate tensors ``names``."""
     probed = ModelSource(probe_model(source.model, names, elem_types), source.base_dir, None)
     captured = run(probed, feeds, "original model")
+    stored = {t.name: t for t in source.model.graph.initializer}
     for feed, out in zip(feeds, captured):
         out.update({n: feed[n] for n in names if n in feed})
+        for name in names:  # an initializer that is also an input, not fed: its stored value is used
+            if name not in out and name in stored:
+                out[name] = TensorStore(source.base_dir).read(stored[name])
     return captured
 
 

@@ -258,3 +258,98 @@ def test_a_reshape_link_does_not_trust_stale_value_info(tmp_path):
     (expected,), (got,) = run_model(model, x=x), run_model(out, x=x)
     assert expected.shape == (6, 2, 4) and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+# 6. input the user can give: a one-line error or a working run, never an internal error
+
+
+def _two_matmuls(inputs, inits, sparse=()) -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]),
+                               helper.make_node("MatMul", ["h", "w2"], ["y"])], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits,
+                              sparse_initializer=list(sparse))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _weights():
+    return (numpy_helper.from_array(RNG.standard_normal((8, 16)).astype(np.float32), "w1"),
+            numpy_helper.from_array(RNG.standard_normal((16, 4)).astype(np.float32), "w2"))
+
+
+def test_a_chain_whose_input_is_an_overridable_initializer_folds_and_stays_overridable(tmp_path):
+    from builders import run_model
+
+    w1, w2 = _weights()
+    x = numpy_helper.from_array(RNG.standard_normal((3, 8)).astype(np.float32), "x")
+    model = _two_matmuls([helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])], [w1, w2, x])
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(model, str(src))
+    result = cli("optimize", src, out)
+    assert result.returncode == 0, result.stderr
+    folded = onnx.load(str(out))
+    other = RNG.standard_normal((3, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_model(folded, x=other)[0], run_model(model, x=other)[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_model(folded)[0], run_model(model)[0], rtol=1e-4, atol=1e-4)
+
+
+def _with_extra_output(kind: str) -> onnx.ModelProto:
+    model = mlp()
+    y = model.graph.output[0].name
+    if kind == "sequence":
+        model.graph.node.append(helper.make_node("SequenceConstruct", [y, "x"], ["extra"]))  # 4 and 8 wide
+        model.graph.output.append(helper.make_tensor_sequence_value_info("extra", TensorProto.FLOAT, None))
+    else:
+        model.graph.node.append(helper.make_node("Optional", [y], ["extra"]))
+        model.graph.output.append(helper.make_value_info("extra", helper.make_optional_type_proto(
+            helper.make_tensor_type_proto(TensorProto.FLOAT, None))))
+        model.opset_import[0].version = 18
+    return model
+
+
+@pytest.mark.parametrize("kind", ["sequence", "optional"])
+def test_sequence_and_optional_outputs_are_optimized_analyzed_and_verified(tmp_path, kind):
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(_with_extra_output(kind), str(src))
+    result = cli("optimize", src, out)
+    assert result.returncode == 0 and "verification: PASSED" in result.stdout, result.stderr
+    onnx.checker.check_model(str(out))
+    assert cli("analyze", src).returncode == 0
+    assert cli("verify", src, out).returncode == 0
+
+
+def test_a_sequence_output_of_another_length_fails_verification(tmp_path):
+    a, b = _with_extra_output("sequence"), _with_extra_output("sequence")
+    b.graph.node[-1].input.append("x")
+    onnx.save(a, str(tmp_path / "a.onnx"))
+    onnx.save(b, str(tmp_path / "b.onnx"))
+    result = cli("verify", tmp_path / "a.onnx", tmp_path / "b.onnx")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_sparse_initializer_used_as_a_weight_is_left_alone(tmp_path):
+    from builders import run_model
+
+    w1, w2 = _weights()
+    dense = numpy_helper.to_array(w1).copy()
+    dense[dense < 0.5] = 0
+    idx = np.flatnonzero(dense)
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(dense.reshape(-1)[idx], "w1"),
+                                       numpy_helper.from_array(idx.astype(np.int64), "w1_idx"), [8, 16])
+    model = _two_matmuls([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])], [w2], [sparse])
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(model, str(src))
+    for args in (("optimize", src, out), ("analyze", src)):
+        result = cli(*args)
+        assert result.returncode == 0 and not result.stderr, result.stderr
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_model(onnx.load(str(out)), x=x)[0], run_model(model, x=x)[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["optimize", "verify"])
+@pytest.mark.parametrize("dim", [2**63, 10**23, 2**63 - 1])
+def test_an_input_shape_dim_beyond_int64_is_a_one_line_error(tmp_path, command, dim):
+    src = model_file(tmp_path)
+    args = [src, tmp_path / "o.onnx"] if command == "optimize" else [src, src]
+    result = cli(command, *args, "--input-shape", f"x:{dim}x8")
+    assert_one_line_error(result, 2, "x:" if dim > 2**63 - 1 else "memory")
+    assert not (tmp_path / "o.onnx").exists()
