@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import re
 import shutil
 import signal
@@ -25,7 +24,7 @@ from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RA
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
 from .progress import Progress, TerminalProgress
-from .report import SCHEMA_VERSION, render, render_analysis, render_spectra, render_verification
+from .report import SCHEMA_VERSION, dumps, render, render_analysis, render_spectra, render_verification
 from .verify import parse_input_shape, parse_size
 from .verify import verify as verify_models
 
@@ -171,8 +170,8 @@ def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool, dat
 
 def _emit(report_dict: dict, text: str, as_json: bool, report_file: str | None) -> None:
     if report_file:
-        io.write_text_atomic(Path(report_file), json.dumps(report_dict, indent=2) + "\n")
-    click.echo(json.dumps(report_dict, indent=2) if as_json else text)
+        io.write_text_atomic(Path(report_file), dumps(report_dict) + "\n")
+    click.echo(dumps(report_dict) if as_json else text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True,
@@ -288,7 +287,7 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, a
             payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
                                    "singular_values": s.singular_values.tolist()} for s in found.spectra]
             text += "\n\n" + render_spectra(found.spectra, found.tradeoff, _width())
-        click.echo(json.dumps(payload, indent=2) if as_json else text)
+        click.echo(dumps(payload) if as_json else text)
 
 
 def _check_plot_path(src: Path, picture: Path) -> None:
@@ -315,7 +314,7 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
                                check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
                                progress=_progress(quiet))
         payload = {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(result)
-        click.echo(json.dumps(payload, indent=2) if as_json else render_verification(result, _width()))
+        click.echo(dumps(payload) if as_json else render_verification(result, _width()))
     if not result.passed:
         sys.exit(1)
 

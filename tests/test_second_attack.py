@@ -1,6 +1,7 @@
 """Nothing lost, nothing wrongly accepted (second attack, issue 21): the run's data files protected and read
 safely, overridable weights in subgraphs, no vacuous comparison, clean refusals, strict JSON."""
 
+import json
 import os
 import struct
 import zipfile
@@ -353,3 +354,46 @@ def test_an_input_shape_dim_beyond_int64_is_a_one_line_error(tmp_path, command, 
     result = cli(command, *args, "--input-shape", f"x:{dim}x8")
     assert_one_line_error(result, 2, "x:" if dim > 2**63 - 1 else "memory")
     assert not (tmp_path / "o.onnx").exists()
+
+
+# 7. strict JSON (RFC 8259) everywhere
+
+
+def strict_json(text: str):
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _schema_validator():
+    from importlib import resources
+
+    import jsonschema
+
+    schema = json.loads((resources.files("onnx_collapse") / "schemas" / "report.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_json_reports_are_strict_and_say_which_numbers_are_undefined(tmp_path):
+    model = mlp(slope=0.6)
+    slope = next(t for t in model.graph.initializer if t.name == "s0")
+    slope.CopyFrom(numpy_helper.from_array(np.full(tuple(slope.dims), np.nan, np.float32), "s0"))
+    src = tmp_path / "nan.onnx"
+    onnx.save(model, str(src))
+    other = tmp_path / "other.onnx"
+    onnx.save(mlp(n_out=5), str(other))
+    validator = _schema_validator()
+    for args, code in [(("analyze", src, "--json"), 0),
+                       (("optimize", src, tmp_path / "o.onnx", "--json", "--report", tmp_path / "r.json"), 0),
+                       (("verify", model_file(tmp_path), other, "--json"), 1)]:
+        result = cli(*args)
+        assert result.returncode == code, result.stderr
+        report = strict_json(result.stdout)
+        assert report["undefined_numbers"], report
+        for entry in report["undefined_numbers"]:
+            target = report
+            for part in entry["path"].split("/")[1:]:
+                target = target[int(part) if isinstance(target, list) else part]
+            assert target is None and entry["value"] in ("NaN", "Infinity")
+        assert not list(validator.iter_errors(report))
+    assert strict_json((tmp_path / "r.json").read_text())["undefined_numbers"]
