@@ -2,12 +2,15 @@
 
 Exit codes: 0 success, 1 verification failed, 2 usage or bad input, 3 internal error (a bug: please report),
 130 interrupted (SIGINT), 143 terminated (SIGTERM); on both signals temporary files are removed first.
+141 (128 + SIGPIPE, what shell tools give) when stdout is closed by its reader, e.g. ``| head -0``: quietly,
+after the output file is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import shutil
 import signal
@@ -29,6 +32,7 @@ from .verify import parse_input_shape, parse_size
 from .verify import verify as verify_models
 
 DEFAULT_LOW_RANK = DEFAULTS.low_rank
+BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the status of a tool killed by SIGPIPE (Python's own is 120)
 
 
 class UserError(click.ClickException):
@@ -54,6 +58,8 @@ def one_line_errors() -> Iterator[None]:
         raise UserError(str(exc)) from None
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
+    except BrokenPipeError:
+        raise ClosedStdout from None  # past click, which would exit 1
     except MemoryError:
         raise InternalError("out of memory") from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
@@ -144,6 +150,10 @@ def check_notes(metric: str, inputs: str | None) -> list[tuple[bool, tuple[str, 
     """Rules for the options of :func:`check_options` (see :func:`note_idle_options`)."""
     return [(metric != "top1", ("min_agreement",), "without --metric top1"),
             (inputs is not None, ("seed", "check_n", "input_shape"), "with --inputs (no random inputs are made)")]
+
+
+class ClosedStdout(BaseException):
+    """stdout's reader went away (a BrokenPipeError while printing); main() exits quietly."""
 
 
 class Terminated(BaseException):
@@ -337,5 +347,20 @@ def main() -> None:
     except Terminated:
         click.echo("onnx-collapse: terminated", err=True)
         sys.exit(143)
+    except (BrokenPipeError, ClosedStdout):
+        _quiet_broken_pipe()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_broken_pipe() -> None:
+    """stdout was closed by its reader (``| head``): no message, exit 141 like a tool killed by SIGPIPE.
+    Any output file is complete by then (reports are printed after it is committed)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    sys.exit(BROKEN_PIPE)
 

@@ -397,3 +397,22 @@ def test_json_reports_are_strict_and_say_which_numbers_are_undefined(tmp_path):
             assert target is None and entry["value"] in ("NaN", "Infinity")
         assert not list(validator.iter_errors(report))
     assert strict_json((tmp_path / "r.json").read_text())["undefined_numbers"]
+
+
+# 8. a closed stdout (``| head -0``): the output is complete, then a quiet exit with SIGPIPE's status
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_closed_stdout_ends_quietly_with_the_broken_pipe_status_after_the_output(tmp_path, as_json):
+    import subprocess
+
+    src, out = model_file(tmp_path), tmp_path / "o.onnx"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first write fails with EPIPE
+    try:
+        result = subprocess.run([EXE, "optimize", src, out, *(["--json"] if as_json else [])], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
+    onnx.checker.check_model(str(out))
