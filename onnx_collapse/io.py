@@ -599,6 +599,24 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_
         f.write(to_write.SerializeToString(deterministic=True))
 
 
+def name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` accepts (255 where it does not say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def data_file_name(folder: Path, name: str, token: str) -> str:
+    """``<name>.<token>.data``, the name of an output's fresh data file; when that is longer than the file
+    system allows, ``name`` is cut (at a character boundary) so that it fits."""
+    full = f"{name}.{token}.data"
+    room = name_max(folder) - len(f".{token}.data".encode())
+    if len(full.encode()) <= name_max(folder) or room <= 0:
+        return full
+    return f"{name.encode()[:room].decode(errors='ignore')}.{token}.data"
+
+
 class StagedOutput:
     """An output written into a hidden folder beside its final path and committed in one rename (see the
     module docstring), so the output is complete or absent. No file of ``inputs`` (the input model, if any)
@@ -616,7 +634,7 @@ class StagedOutput:
         self.keep = set() if replaces_input else set(keep)  # the old output's files that must stay
         self.source_dir = None if source_dir is None else Path(source_dir)
         self.external_data = external_data
-        self.data_name = f"{self.path.name}.{secrets.token_hex(6)}.data"
+        self.data_name = data_file_name(self.folder, self.path.name, secrets.token_hex(6))
         with write_errors(self.path):
             self._tmp = scratch_dir(self.folder, STAGING_PREFIX)
         self.staged = Path(self._tmp.name) / self.path.name
@@ -662,7 +680,9 @@ class StagedOutput:
         not use and the input does not read."""
         if self.path.is_symlink() or not self.path.is_file():
             return []
-        pattern = re.compile(re.escape(self.path.name) + r"(\.[0-9a-f]+)?\.data")
+        short = data_file_name(self.folder, self.path.name, "0" * 12)[:-len(".000000000000.data")]
+        pattern = re.compile(re.escape(self.path.name) + r"(\.[0-9a-f]+)?\.data|" + re.escape(short)
+                             + r"\.[0-9a-f]{12}\.data")
         candidates = [p for p in self.folder.iterdir() if pattern.fullmatch(p.name) and p.name != self.data_name]
         used = model_files(self.path, "output") if candidates else {}
         return [p for p in candidates if any(same_file(p, u) for u in used)

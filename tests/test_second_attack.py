@@ -416,3 +416,25 @@ def test_a_closed_stdout_ends_quietly_with_the_broken_pipe_status_after_the_outp
         os.close(write_end)
     assert result.returncode == 141 and result.stderr == "", result.stderr
     onnx.checker.check_model(str(out))
+
+
+# 9. OUT names up to the file system's limit
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_an_out_name_at_the_file_systems_limit_works(tmp_path, external):
+    from test_safety import data_locations, outputs, same_outputs
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    src = tmp_path / "in.onnx"
+    onnx.save(mlp(64, 128, 32), str(src))
+    out = tmp_path / ("o" * (limit - 5) + ".onnx")
+    flags = ["--external-data"] if external else []
+    for _ in range(2):  # the second run replaces the first output and its data
+        result = cli("optimize", src, out, *flags)
+        assert result.returncode == 0, result.stderr
+    x = RNG.standard_normal((3, 64)).astype(np.float32)
+    assert same_outputs(outputs(out, x), outputs(src, x))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["in.onnx", out.name, *(data_locations(out) if external else [])])
+    assert all(len(n.encode()) <= limit for n in names)
