@@ -90,6 +90,9 @@ class FoldRecord:
     calibrated: bool = False
     plain_error: ErrorStats | None = None  # the plain fold W1 W2 ..., measured like ``error``
     calibration_rms: list[float] | None = None  # [plain, calibrated (cross-validated)] RMS error on calibration rows
+    # an exact factor pair: the largest singular value it left out (float64 round-off of the product; 0.0 if
+    # none): each output row is exact up to this times the input row's 2-norm. None for other forms.
+    exact_bound: float | None = None
 
 
 @dataclass

@@ -438,3 +438,40 @@ def test_an_out_name_at_the_file_systems_limit_works(tmp_path, external):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(["in.onnx", out.name, *(data_locations(out) if external else [])])
     assert all(len(n.encode()) <= limit for n in names)
+
+
+# 10. what "exact" means for a factor pair
+
+
+def _nearly_rank_deficient() -> tuple[onnx.ModelProto, np.ndarray]:
+    """16 -> 4 -> 16 whose product has singular values 1e10, 1, 1 and 1e-6: the last is below the float64
+    round-off of the first, so the exact factor pair leaves it out; returns the model and that direction."""
+    rng = np.random.default_rng(3)
+    u, _ = np.linalg.qr(rng.standard_normal((16, 4)))
+    v, _ = np.linalg.qr(rng.standard_normal((16, 4)))
+    w1 = (u * np.array([1e5, 1, 1, 1e-3])).astype(np.float32)
+    w2 = (np.diag([1e5, 1, 1, 1e-3]) @ v.T).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), u[:, 3]
+
+
+def test_an_exact_factor_pair_states_the_bound_it_holds_under(tmp_path):
+    from builders import run_model
+
+    model, direction = _nearly_rank_deficient()
+    src, out, report_path = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "r.json"
+    onnx.save(model, str(src))
+    result = cli("optimize", src, out, "--report", report_path)
+    assert result.returncode == 0, result.stderr
+    (fold,) = json.loads(report_path.read_text())["folds"]
+    assert fold["form"] == "factor" and fold["rank"] == 3
+    bound = fold["exact_bound"]
+    assert 1e-7 < bound < 1e-5  # the left-out singular value, 1e-6
+    assert "exact" in result.stdout and f"{bound:.3g}" in result.stdout  # the note says it too
+    folded = onnx.load(str(out))
+    x = (1e12 * direction[None, :]).astype(np.float32)  # a large input along the left-out direction
+    error = np.abs(run_model(folded, x=x)[0] - run_model(model, x=x)[0]).max()
+    assert error <= 1.01 * bound * np.linalg.norm(x) + 1e-3 * np.abs(run_model(model, x=x)[0]).max()
