@@ -475,3 +475,19 @@ def test_an_exact_factor_pair_states_the_bound_it_holds_under(tmp_path):
     x = (1e12 * direction[None, :]).astype(np.float32)  # a large input along the left-out direction
     error = np.abs(run_model(folded, x=x)[0] - run_model(model, x=x)[0]).max()
     assert error <= 1.01 * bound * np.linalg.norm(x) + 1e-3 * np.abs(run_model(model, x=x)[0]).max()
+
+
+# 11. the fuzz benchmark's data-file part, small
+
+
+def test_fuzzed_data_files_give_a_result_or_a_clean_error_and_stay_unchanged(tmp_path):
+    import sys
+    from collections import Counter
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fuzz
+
+    counts: Counter = Counter()
+    fuzz.hostile_data_files(tmp_path, counts, rounds=4, seed=11)
+    assert counts["crash"] == 0 and counts["input changed"] == 0, counts
+    assert counts["result"] >= 1 and counts["clean error"] >= 30, counts
