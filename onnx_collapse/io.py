@@ -369,7 +369,7 @@ def _read_members(archive: zipfile.ZipFile, label: str, limit: int | None, why: 
         if dtype.hasobject:
             raise CollapseError(f"{label}: array {name!r} holds Python objects, which are not read (no pickles)")
         nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes > member.file_size - start:
+        if any(d < 0 for d in shape) or nbytes > member.file_size - start:
             raise CollapseError(f"{label}: array {name!r} claims shape {shape} of {dtype}, more than the "
                                 f"{member.file_size - start} bytes it holds")
         declared += nbytes
