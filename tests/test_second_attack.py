@@ -4,6 +4,8 @@ safely, overridable weights in subgraphs, no vacuous comparison, clean refusals,
 import json
 import os
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -106,15 +108,37 @@ def zip_bomb(path: Path, name: str, shape: tuple[int, ...]) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, Path]:
+    """.npz files of about 500 KB whose array (named x, the model's input, or not_an_input) inflates to 512 MiB."""
+    folder = tmp_path_factory.mktemp("bombs")
+    return {name: zip_bomb(folder / f"{name}.npz", name, (2**24, 8)) for name in ("x", "not_an_input")}
+
+
 @pytest.mark.parametrize("flag", ["--inputs", "--calibrate"])
 @pytest.mark.parametrize("name", ["x", "not_an_input"])
-def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path, flag, name):
+def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path, bombs, flag, name):
     src = model_file(tmp_path)
-    bomb = zip_bomb(tmp_path / "bomb.npz", name, (2**25, 8))  # 1 GiB inflated, about 1 MB on disk
-    assert bomb.stat().st_size < 2**21
-    result = cli("optimize", src, tmp_path / "o.onnx", flag, bomb, "--max-verify-memory", "16M")
+    bomb = bombs[name]
+    assert bomb.stat().st_size < 2**20
+    result = subprocess.run([sys.executable, "-c", PEAK_DRIVER, "optimize", str(src), str(tmp_path / "o.onnx"), flag,
+                             str(bomb), "--max-verify-memory", "16M"], capture_output=True, text=True, timeout=120)
+    *lines, peak = result.stderr.strip().splitlines()
+    result.stderr = "\n".join(lines)
     assert_one_line_error(result, 2, flag, "--max-verify-memory")
+    assert int(peak.split()[1]) < 300 * 1024, peak  # KiB: the 512 MiB were not inflated
     assert not (tmp_path / "o.onnx").exists()
+
+
+PEAK_DRIVER = """
+import resource, sys
+from onnx_collapse import cli
+sys.argv = ["onnx-collapse", *sys.argv[1:]]
+try:
+    cli.main()
+finally:
+    sys.stderr.write(f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n")
+"""
 
 
 @pytest.mark.parametrize("flag", ["--inputs", "--calibrate"])
@@ -404,8 +428,6 @@ def test_json_reports_are_strict_and_say_which_numbers_are_undefined(tmp_path):
 
 @pytest.mark.parametrize("as_json", [False, True])
 def test_a_closed_stdout_ends_quietly_with_the_broken_pipe_status_after_the_output(tmp_path, as_json):
-    import subprocess
-
     src, out = model_file(tmp_path), tmp_path / "o.onnx"
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody reads: the first write fails with EPIPE
@@ -481,7 +503,6 @@ def test_an_exact_factor_pair_states_the_bound_it_holds_under(tmp_path):
 
 
 def test_fuzzed_data_files_give_a_result_or_a_clean_error_and_stay_unchanged(tmp_path):
-    import sys
     from collections import Counter
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
