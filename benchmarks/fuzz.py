@@ -116,9 +116,14 @@ def hostile_data_files(folder: Path, counts: Counter, rounds: int, seed: int) ->
     good = folder / "good.npz"
     np.savez(good, **{x.name: rng.standard_normal((40, width)).astype(np.float32)})
     cases: list[tuple[str, bytes | None]] = [("as saved", good.read_bytes())]
+    data = folder / "d.npz"
+    with zipfile.ZipFile(good) as archive:
+        member = archive.read(x.name + ".npy")
     for _ in range(rounds):
         cases.append(("mutated", mutate(good.read_bytes(), rng)))
-    data = folder / "d.npz"
+        with zipfile.ZipFile(data, "w") as archive:  # a mutated .npy in a well-formed archive (its CRC holds)
+            archive.writestr(x.name + ".npy", mutate(member[:256], rng) + member[256:])
+        cases.append(("mutated member", data.read_bytes()))
     for name in (x.name, "not_an_input"):
         _bomb(data, name, (2**24, 1))
         cases.append(("bomb", data.read_bytes()))

@@ -512,3 +512,16 @@ def test_fuzzed_data_files_give_a_result_or_a_clean_error_and_stay_unchanged(tmp
     fuzz.hostile_data_files(tmp_path, counts, rounds=4, seed=11)
     assert counts["crash"] == 0 and counts["input changed"] == 0, counts
     assert counts["result"] >= 1 and counts["clean error"] >= 30, counts
+
+
+@pytest.mark.parametrize("header", [b"{'descr': '<f4', 'fortran_order': False, 'shape': (4, 8), \x13",
+                                    b"{'descr': '<f4', 'fortran_order': False, 'shape': (4, -8), }",
+                                    b"{'descr': '|O', 'fortran_order': False, 'shape': (4, 8), }"])
+def test_a_malformed_npy_header_in_a_sound_archive_is_a_one_line_error(tmp_path, header):
+    src = model_file(tmp_path)
+    path = tmp_path / "bad.npz"
+    header += b" " * ((-(len(header) + 11)) % 64) + b"\n"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(128))
+    for flag in ("--inputs", "--calibrate"):
+        assert_one_line_error(cli("optimize", src, tmp_path / "o.onnx", flag, path), 2, flag, "bad.npz")
