@@ -7,13 +7,20 @@ Each round flips or deletes a few bytes of one models/*.onnx file. The only allo
 exit 3). Staging folders left beside the outputs at the end are counted.
 Then each shipped model, saved with external data, gets one external-data field (location, offset, length)
 set to a hostile value; the same outcomes are allowed, and the input's files must not change.
+Last, the data files a run reads (--inputs, --calibrate): mutated .npz files, zip bombs, headers claiming huge
+arrays, .npy and pickled arrays, non-regular files (a FIFO, a folder, /dev/zero), and outputs naming the data
+file; the same outcomes are allowed (a hang counts as a crash), and the data file must not change.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import struct
 import tempfile
 import traceback
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -71,6 +78,101 @@ def hostile_external_fields(folder: Path, counts: Counter) -> None:
                 counts["input changed"] += after != before
 
 
+class Hang(Exception):
+    """A call that did not return within HANG_AFTER seconds (a FIFO read would block forever)."""
+
+
+HANG_AFTER = 120
+
+
+def _on_alarm(signum, frame):
+    raise Hang(f"no answer after {HANG_AFTER} s")
+
+
+def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    text = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    text += b" " * ((-(len(text) + 11)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+
+
+def _bomb(path: Path, name: str, shape: tuple[int, ...]) -> None:
+    """An .npz member declaring ``shape`` float32 zeros, deflated (64 MiB are about 64 KB on disk)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open(name + ".npy", "w", force_zip64=True) as member:
+        member.write(_npy_header(shape))
+        left = int(np.prod(shape)) * 4
+        while left > 0:
+            member.write(bytes(min(left, 2**22)))
+            left -= 2**22
+
+
+def hostile_data_files(folder: Path, counts: Counter, rounds: int, seed: int) -> None:
+    """--inputs and --calibrate files: mutated, bombs, odd kinds of file; the data file must not change."""
+    model = next(m for m in MODELS if m.name == "mlp_prelu_channel.onnx")
+    loaded = onnx.load(str(model), load_external_data=False)
+    (x,) = [i for i in loaded.graph.input if i.name not in {t.name for t in loaded.graph.initializer}]
+    width = x.type.tensor_type.shape.dim[-1].dim_value
+    rng = np.random.default_rng(seed)
+    good = folder / "good.npz"
+    np.savez(good, **{x.name: rng.standard_normal((40, width)).astype(np.float32)})
+    cases: list[tuple[str, bytes | None]] = [("as saved", good.read_bytes())]
+    data = folder / "d.npz"
+    with zipfile.ZipFile(good) as archive:
+        member = archive.read(x.name + ".npy")
+    for _ in range(rounds):
+        cases.append(("mutated", mutate(good.read_bytes(), rng)))
+        with zipfile.ZipFile(data, "w") as archive:  # a mutated .npy in a well-formed archive (its CRC holds)
+            archive.writestr(x.name + ".npy", mutate(member[:256], rng) + member[256:])
+        cases.append(("mutated member", data.read_bytes()))
+    for name in (x.name, "not_an_input"):
+        _bomb(data, name, (2**24, 1))
+        cases.append(("bomb", data.read_bytes()))
+    for shape in ((2**40, width), (2**62, 2**62), (-1, width)):
+        with zipfile.ZipFile(data, "w") as archive:
+            archive.writestr(x.name + ".npy", _npy_header(shape) + bytes(64))
+        cases.append(("huge header", data.read_bytes()))
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr(x.name + ".npy", _npy_header((2, width), "|O") + bytes(64))
+    cases.append(("pickle", data.read_bytes()))
+    np.save(folder / "d.npy", np.zeros((4, width), np.float32))
+    cases += [("npy", (folder / "d.npy").read_bytes()), ("empty", b""), ("truncated", good.read_bytes()[:200])]
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        for _, content in cases:
+            data.write_bytes(content)
+            _data_calls(folder, model, data, counts)
+        for kind in ("fifo", "folder", "device"):
+            path = folder / f"odd-{kind}.npz"
+            if kind == "fifo":
+                os.mkfifo(path)
+            elif kind == "folder":
+                path.mkdir()
+            else:
+                path = Path("/dev/zero")
+            for flag in ("inputs", "calibrate"):
+                _count(counts, lambda: _limited(lambda: optimize(model, output=folder / "o.onnx",  # noqa: B023
+                                                                 **{flag: str(path)})))  # noqa: B023
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _limited(call):
+    signal.alarm(HANG_AFTER)
+    try:
+        return call()
+    finally:
+        signal.alarm(0)
+
+
+def _data_calls(folder: Path, model: Path, data: Path, counts: Counter) -> None:
+    before = data.read_bytes()
+    for kw in ({"inputs": str(data)}, {"calibrate": str(data)}, {"calibrate": str(data), "inputs": str(data)}):
+        _count(counts, lambda: _limited(lambda: optimize(model, output=folder / "o.onnx",  # noqa: B023
+                                                         max_verify_memory=16 * 2**20, **kw)))  # noqa: B023
+    _count(counts, lambda: _limited(lambda: optimize(model, output=data, inputs=str(data))))
+    counts["input changed"] += data.read_bytes() != before
+
+
 def run(rounds: int, seeds: list[int]) -> Counter:
     counts: Counter = Counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,6 +185,7 @@ def run(rounds: int, seeds: list[int]) -> Counter:
                 for call in (lambda: analyze(path), lambda: optimize(path, output=folder / "o.onnx")):  # noqa: B023
                     _count(counts, call)
         hostile_external_fields(folder, counts)
+        hostile_data_files(folder, counts, max(1, rounds // 4), seeds[0])
         counts["leftover"] = len([p for p in folder.iterdir() if p.name.startswith(".onnx-collapse")])
     return counts
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from . import convalg, linalg
 from .errors import CollapseError
-from .io import ModelSource
-from .verify import graph_inputs, probe_model, session
+from .io import ModelSource, read_npz
+from .verify import graph_inputs, memory_limit, probe_model, refuse_non_finite, session
 
 HELD_OUT = 0.2  # fraction of the calibration rows kept for verification when no --inputs is given
 BATCH_BYTES = 32 * 2**20  # captured activations per batch (the first batch measures the size of a row)
@@ -115,21 +115,15 @@ class Statistics:
 
 # --- data -----------------------------------------------------------------------------------------------------
 
-def load_arrays(model, data: str | os.PathLike | Mapping[str, np.ndarray], what: str = "--calibrate"
-                ) -> dict[str, np.ndarray]:
-    """The calibration arrays, one per model input, all with the same number of rows (axis 0);
-    CollapseError (one line) for anything else."""
+def load_arrays(model, data: str | os.PathLike | Mapping[str, np.ndarray], what: str = "--calibrate",
+                max_memory: int | None = None) -> dict[str, np.ndarray]:
+    """The calibration arrays, one per model input, all with the same number of rows (axis 0) and finite
+    values; CollapseError (one line) for anything else. A file is read as ``io.read_npz`` reads it, its
+    declared sizes checked against ``max_memory`` (default: half the available memory) first."""
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(v) for k, v in data.items()}
     else:
-        try:
-            with np.load(data, allow_pickle=False) as loaded:
-                if not hasattr(loaded, "files"):
-                    raise ValueError("not an .npz archive")
-                arrays = {k: loaded[k] for k in loaded.files}
-        except (OSError, ValueError, EOFError) as exc:
-            text = " ".join(str(exc).split())[:200]
-            raise CollapseError(f"{what} {str(data)!r}: cannot read as .npz ({text})") from None
+        arrays = read_npz(data, what, *memory_limit(max_memory))
     label = what if isinstance(data, Mapping) else f"{what} {str(data)!r}"
     names = [i.name for i in graph_inputs(model)]
     missing = [n for n in names if n not in arrays]
@@ -147,6 +141,7 @@ def load_arrays(model, data: str | os.PathLike | Mapping[str, np.ndarray], what:
                             f"({', '.join(f'{n}: {r}' for n, r in rows.items())})")
     if names and next(iter(rows.values())) == 0:
         raise CollapseError(f"{label} has no rows")
+    refuse_non_finite(arrays, label)
     return {n: arrays[n] for n in names}
 
 

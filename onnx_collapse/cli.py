@@ -2,13 +2,15 @@
 
 Exit codes: 0 success, 1 verification failed, 2 usage or bad input, 3 internal error (a bug: please report),
 130 interrupted (SIGINT), 143 terminated (SIGTERM); on both signals temporary files are removed first.
+141 (128 + SIGPIPE, what shell tools give) when stdout is closed by its reader, e.g. ``| head -0``: quietly,
+after the output file is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import os
 import re
 import shutil
 import signal
@@ -25,11 +27,12 @@ from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RA
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
 from .progress import Progress, TerminalProgress
-from .report import SCHEMA_VERSION, render, render_analysis, render_spectra, render_verification
+from .report import SCHEMA_VERSION, dumps, render, render_analysis, render_spectra, render_verification
 from .verify import parse_input_shape, parse_size
 from .verify import verify as verify_models
 
 DEFAULT_LOW_RANK = DEFAULTS.low_rank
+BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the status of a tool killed by SIGPIPE (Python's own is 120)
 
 
 class UserError(click.ClickException):
@@ -55,6 +58,8 @@ def one_line_errors() -> Iterator[None]:
         raise UserError(str(exc)) from None
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
+    except BrokenPipeError:
+        raise ClosedStdout from None  # past click, which would exit 1
     except MemoryError:
         raise InternalError("out of memory") from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
@@ -164,6 +169,10 @@ def check_notes(metric: str, inputs: str | None) -> list[tuple[bool, tuple[str, 
             (inputs is not None, ("seed", "check_n", "input_shape"), "with --inputs (no random inputs are made)")]
 
 
+class ClosedStdout(BaseException):
+    """stdout's reader went away (a BrokenPipeError while printing); main() exits quietly."""
+
+
 class Terminated(BaseException):
     """Raised by the SIGTERM handler, so that every with-block cleans up on the way out (exit 143)."""
 
@@ -173,10 +182,11 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated
 
 
-def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool) -> None:
+def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool, data: dict[Path, str]) -> None:
     """Before any work: refuse an output or report that is (or leads to) the input or one of its data
-    files, the other one, or a file the current output uses, or that cannot be written."""
-    inputs = io.model_files(src, "input")
+    files, a file of ``data`` (--inputs, --calibrate), the other one, or a file the current output uses, or
+    that cannot be written."""
+    inputs = io.model_files(src, "input") | data
     if io.same_file(dst, src) and not overwrite:
         raise CollapseError(f"{str(dst)!r} is the input file; pass --overwrite to replace it")
     io.check_destination(dst, {p: d for p, d in inputs.items() if not (overwrite and p == src)}, "output")
@@ -187,8 +197,8 @@ def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool) -> 
 
 def _emit(report_dict: dict, text: str, as_json: bool, report_file: str | None) -> None:
     if report_file:
-        io.write_text_atomic(Path(report_file), json.dumps(report_dict, indent=2) + "\n")
-    click.echo(json.dumps(report_dict, indent=2) if as_json else text)
+        io.write_text_atomic(Path(report_file), dumps(report_dict) + "\n")
+    click.echo(dumps(report_dict) if as_json else text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True,
@@ -247,7 +257,8 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with one_line_errors():
         src, dst = Path(input_path), Path(output_path)
-        _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite)
+        _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
+                     io.data_files(inputs, calibrate))
         if rank_budget is not None and max_error is not None:
             raise CollapseError("--rank-budget and --max-error exclude each other; give one")
         no_budget = rank_budget is None and max_error is None
@@ -310,7 +321,7 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, i
             payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
                                    "singular_values": s.singular_values.tolist()} for s in found.spectra]
             text += "\n\n" + render_spectra(found.spectra, found.tradeoff, _width())
-        click.echo(json.dumps(payload, indent=2) if as_json else text)
+        click.echo(dumps(payload) if as_json else text)
 
 
 def _check_plot_path(src: Path, picture: Path) -> None:
@@ -337,7 +348,7 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
                                check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
                                progress=_progress(quiet))
         payload = {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(result)
-        click.echo(json.dumps(payload, indent=2) if as_json else render_verification(result, _width()))
+        click.echo(dumps(payload) if as_json else render_verification(result, _width()))
     if not result.passed:
         sys.exit(1)
 
@@ -360,5 +371,20 @@ def main() -> None:
     except Terminated:
         click.echo("onnx-collapse: terminated", err=True)
         sys.exit(143)
+    except (BrokenPipeError, ClosedStdout):
+        _quiet_broken_pipe()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_broken_pipe() -> None:
+    """stdout was closed by its reader (``| head``): no message, exit 141 like a tool killed by SIGPIPE.
+    Any output file is complete by then (reports are printed after it is committed)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    sys.exit(BROKEN_PIPE)
 

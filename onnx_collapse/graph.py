@@ -13,6 +13,7 @@ removal, cleanup and topological order. What it does not do is kept here:
 from __future__ import annotations
 
 import ast
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -196,7 +197,8 @@ class GraphView:
         while seen < 64:
             tensor = self.tensor(name)
             if isinstance(tensor, gs.Constant):
-                if name in self.overridable or not isinstance(tensor._values, gs.ir.tensor.LazyValues):
+                if name in self.overridable or not isinstance(tensor._values, gs.ir.tensor.LazyValues) \
+                        or isinstance(tensor._values, gs.ir.tensor.SparseValues):  # sparse weights stay as they are
                     return None
                 return tensor._values.tensor
             node = self.producer(name)
@@ -324,11 +326,29 @@ def add_nodes(graph: gs.Graph, nodes: list[onnx.NodeProto], initializers: list[o
 
 def export(imported: Imported) -> onnx.ModelProto:
     """The edited graph as a ModelProto that keeps everything of the original that onnx-graphsurgeon drops."""
-    graph_proto = gs.export_onnx(imported.graph, do_type_check=False).graph
+    with _untyped_odd_values(imported.graph):
+        graph_proto = gs.export_onnx(imported.graph, do_type_check=False).graph
     out = onnx.ModelProto()
     copy_fields(imported.model, out, skip={"graph"})
     out.graph.CopyFrom(_restore_graph(imported, imported.graph, graph_proto))
     return out
+
+
+@contextlib.contextmanager
+def _untyped_odd_values(graph: gs.Graph) -> Iterator[None]:
+    """Graph inputs and outputs of types onnx-graphsurgeon cannot write (optionals, maps) without a dtype
+    while it exports (their declarations are restored from the original afterwards)."""
+    known = ("tensor_type", "sequence_type", "sparse_tensor_type")
+    odd = [t for _, _, g in walk_graphs(graph) for t in [*g.inputs, *g.outputs]
+           if not isinstance(t, gs.Constant) and t.dtype is not None and getattr(t, "type", "tensor_type") not in known]
+    saved = [(t, t.dtype) for t in odd]
+    for t in odd:
+        t.dtype = None
+    try:
+        yield
+    finally:
+        for t, dtype in saved:
+            t.dtype = dtype
 
 
 def _restore_graph(imported: Imported, graph: gs.Graph, exported: onnx.GraphProto) -> onnx.GraphProto:
@@ -383,7 +403,8 @@ def _outer_reads(nodes: list[onnx.NodeProto]) -> set[str]:
 
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Static shapes of the main graph's tensors, from onnx shape inference where it succeeds.
+    """Static shapes of the main graph's tensors, from onnx shape inference where it succeeds (from the
+    inputs' shapes and the ops' semantics: value_info and declared output shapes are not trusted).
 
     Runs on a copy without weight data, so it costs no extra weight memory; unknown dims are None.
     """
@@ -406,7 +427,8 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 
 def _copy_without_weight_data(model: onnx.ModelProto, into: onnx.ModelProto) -> None:
-    """Copy ``model`` into ``into``, turning large initializers into graph inputs of the same type.
+    """Copy ``model`` into ``into``, turning large initializers into graph inputs of the same type; without
+    its value_info and output shapes, which may be stale (shapes come from the inputs and the ops alone).
 
     Small initializers (shapes for Reshape, axes) stay, since shape inference reads their values.
     """
@@ -418,8 +440,11 @@ def _copy_without_weight_data(model: onnx.ModelProto, into: onnx.ModelProto) -> 
     g.name = graph.name
     g.node.extend(graph.node)
     g.input.extend(graph.input)
-    g.output.extend(graph.output)
-    g.value_info.extend(graph.value_info)
+    for output in graph.output:  # declared output shapes and value_info may be stale: inference finds them
+        copy = g.output.add()
+        copy.CopyFrom(output)
+        if copy.type.HasField("tensor_type"):
+            copy.type.tensor_type.ClearField("shape")
     declared = {i.name for i in graph.input}
     for tensor in graph.initializer:
         if tensor.ByteSize() <= 4096:

@@ -17,6 +17,7 @@ a killed run left behind is removed by the next run in that folder once it is a 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import secrets
@@ -25,6 +26,7 @@ import socket
 import stat
 import tempfile
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, MutableSequence, Sequence
 from dataclasses import dataclass
@@ -307,6 +309,85 @@ def check_destination(path: Path, keep: dict[Path, str], what: str) -> None:
             raise CollapseError(f"{what} {str(path)!r} is {description} {str(kept)!r}; refusing to replace it")
 
 
+def data_files(inputs, calibrate) -> dict[Path, str]:
+    """The ``--inputs`` and ``--calibrate`` files of a run (those given as paths), each with a description."""
+    named = {}
+    for flag, value in (("--inputs", inputs), ("--calibrate", calibrate)):
+        if isinstance(value, (str, os.PathLike)):
+            named[Path(value)] = f"the {flag} file"
+    return named
+
+
+def read_npz(path: str | os.PathLike, what: str, limit: int | None, why: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, read safely: a regular file only (a FIFO would block), no pickles, and
+    every member's declared size (the zip's and the .npy header's) checked against ``limit`` bytes (``why``
+    names that limit) and against what the member holds, before anything is inflated. CollapseError
+    (naming ``what`` and the file) for anything else."""
+    label = f"{what} {str(path)!r}"
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:
+        raise CollapseError(f"{label}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CollapseError(f"{label} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":
+                raise CollapseError(f"{label} is a .npy file (one unnamed array); save one array per model "
+                                    "input by name in an .npz, e.g. np.savez(path, x=...)")
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                return _read_members(archive, label, limit, why)
+    except CollapseError:
+        raise
+    except MemoryError:
+        raise CollapseError(f"{label}: out of memory reading it") from None
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many types (tokenize, ast, zlib...)
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CollapseError(f"{label}: cannot read as .npz ({text})") from None
+
+
+
+def _read_members(archive: zipfile.ZipFile, label: str, limit: int | None, why: str) -> dict[str, np.ndarray]:
+    members = archive.infolist()
+
+    def refuse_size(total: int, whose: str) -> None:
+        if limit is not None and total > limit:
+            raise CollapseError(f"{label}: {whose} {total / 2**20:.1f} MiB, over the limit of "
+                                f"{limit / 2**20:.1f} MiB ({why}); raise --max-verify-memory or give less data")
+
+    refuse_size(sum(m.file_size for m in members), "its arrays declare")
+    headers, declared = [], 0
+    for member in members:
+        name = member.filename[:-4] if member.filename.endswith(".npy") else member.filename
+        with archive.open(member) as stream:
+            version = np.lib.format.read_magic(stream)
+            shape, _, dtype = _read_header(stream, version)
+            start = stream.tell()
+        if dtype.hasobject:
+            raise CollapseError(f"{label}: array {name!r} holds Python objects, which are not read (no pickles)")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if any(d < 0 for d in shape) or nbytes > member.file_size - start:
+            raise CollapseError(f"{label}: array {name!r} claims shape {shape} of {dtype}, more than the "
+                                f"{member.file_size - start} bytes it holds")
+        declared += nbytes
+        refuse_size(declared, "its arrays' headers declare")
+        headers.append((name, member))
+    arrays = {}
+    for name, member in headers:
+        with archive.open(member) as stream:
+            arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
+    return arrays
+
+
+def _read_header(stream, version: tuple[int, int]):
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+
+
 def _mode(path: Path) -> int | None:
     """Permission bits of an existing regular file (a link's target), else None."""
     try:
@@ -516,24 +597,42 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_
         f.write(to_write.SerializeToString(deterministic=True))
 
 
+def name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` accepts (255 where it does not say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def data_file_name(folder: Path, name: str, token: str) -> str:
+    """``<name>.<token>.data``, the name of an output's fresh data file; when that is longer than the file
+    system allows, ``name`` is cut (at a character boundary) so that it fits."""
+    full = f"{name}.{token}.data"
+    room = name_max(folder) - len(f".{token}.data".encode())
+    if len(full.encode()) <= name_max(folder) or room <= 0:
+        return full
+    return f"{name.encode()[:room].decode(errors='ignore')}.{token}.data"
+
+
 class StagedOutput:
     """An output written into a hidden folder beside its final path and committed in one rename (see the
     module docstring), so the output is complete or absent. No file of ``inputs`` (the input model, if any)
-    is replaced or removed, except the input model and its data when the output is that model itself.
-    Use as a context manager."""
+    is replaced or removed, except the input model and its data when the output is that model itself; nor
+    is a file of ``data`` (the run's other input files, by description). Use as a context manager."""
 
     def __init__(self, path: str | os.PathLike, external_data: bool | None, source_dir: str | os.PathLike | None,
-                 inputs: ModelSource | None = None):
+                 inputs: ModelSource | None = None, data: dict[Path, str] | None = None):
         self.path = Path(path)
         self.folder = self.path.parent
         keep = input_files(inputs)
-        check_destination(self.path, {p: d for p, d in keep.items() if p != getattr(inputs, "path", None)},
-                          "output")
+        check_destination(self.path, {p: d for p, d in keep.items() if p != getattr(inputs, "path", None)}
+                          | (data or {}), "output")
         replaces_input = inputs is not None and inputs.path is not None and same_file(self.path, inputs.path)
         self.keep = set() if replaces_input else set(keep)  # the old output's files that must stay
         self.source_dir = None if source_dir is None else Path(source_dir)
         self.external_data = external_data
-        self.data_name = f"{self.path.name}.{secrets.token_hex(6)}.data"
+        self.data_name = data_file_name(self.folder, self.path.name, secrets.token_hex(6))
         with write_errors(self.path):
             self._tmp = scratch_dir(self.folder, STAGING_PREFIX)
         self.staged = Path(self._tmp.name) / self.path.name
@@ -579,7 +678,9 @@ class StagedOutput:
         not use and the input does not read."""
         if self.path.is_symlink() or not self.path.is_file():
             return []
-        pattern = re.compile(re.escape(self.path.name) + r"(\.[0-9a-f]+)?\.data")
+        short = data_file_name(self.folder, self.path.name, "0" * 12)[:-len(".000000000000.data")]
+        pattern = re.compile(re.escape(self.path.name) + r"(\.[0-9a-f]+)?\.data|" + re.escape(short)
+                             + r"\.[0-9a-f]{12}\.data")
         candidates = [p for p in self.folder.iterdir() if pattern.fullmatch(p.name) and p.name != self.data_name]
         used = model_files(self.path, "output") if candidates else {}
         return [p for p in candidates if any(same_file(p, u) for u in used)

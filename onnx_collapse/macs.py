@@ -187,22 +187,22 @@ def count(graph: onnx.GraphProto, static: Mapping[str, Sequence[int | None]],
 
 
 def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[str, tuple[int, ...]],
-              seed: int = 0) -> ShapeProbe | None:
+              seed: int = 0, max_memory: int | None = None) -> ShapeProbe | None:
     """One input set to measure shapes on: the first calibration row, the first verification input set, or
     seeded values at ``input_shapes`` when they fix every dynamic dim past axis 0 (axis 0 defaults to 1);
-    None when the user gave none of these."""
+    None when the user gave none of these. Files are read within ``max_memory`` as verification reads them."""
     from . import calibrate as calibration
-    from .verify import fixed_dim, graph_inputs, make_feeds, random_feeds
+    from .verify import fixed_dim, graph_inputs, make_feeds
 
     def described(feed: Mapping[str, np.ndarray], where: str, origin: str) -> ShapeProbe:
         dims = ", ".join(f"{n}[{','.join(map(str, np.shape(v)))}]" for n, v in feed.items())
         return ShapeProbe(dict(feed), f"{dims} ({where})", origin)
 
     if calibrate is not None:
-        arrays = calibration.load_arrays(model, calibrate)
+        arrays = calibration.load_arrays(model, calibrate, max_memory=max_memory)
         return described({n: a[:1] for n, a in arrays.items()}, "the first calibration row", "the calibration data")
     if inputs is not None:
-        feeds, _ = make_feeds(model, inputs, {}, seed, 1)
+        feeds, _ = make_feeds(model, inputs, {}, seed, 1, max_memory)
         return described(feeds[0], "the first verification input set", "the verification inputs")
     declared = graph_inputs(model)
     shapes = dict(input_shapes)
@@ -216,5 +216,5 @@ def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[s
             shapes[info.name] = (1, *(d.dim_value for d in dims[1:]))
     if not input_shapes:
         return None
-    feed = random_feeds(model, shapes, seed, 1)[0]
+    feed = make_feeds(model, None, shapes, seed, 1, max_memory)[0][0]  # within the memory limit
     return described(feed, "seeded random values at --input-shape", "the given input shapes")

@@ -29,10 +29,12 @@ from .io import (
     StagedOutput,
     TensorStore,
     data_backed,
+    data_files,
     dense_bytes,
     embed_external_data,
     file_size,
     open_model,
+    same_file,
     scratch_dir,
     uses_external,
     write_errors,
@@ -71,14 +73,20 @@ def views_for(source: ModelSource, probe: macs.ShapeProbe | None = None) -> list
             with stage("measuring layer sizes"):
                 measured, batch = macs.measure(source, unknown, probe), probe.batch
     store = TensorStore(source.base_dir)
-    return [(path, GraphView(graph, imported.proto_of(graph), store, shapes if not path else {}, prefix,
-                             measured if not path else None, batch))
-            for path, prefix, graph in walk_graphs(imported.graph)]
+    views = [(path, GraphView(graph, imported.proto_of(graph), store, shapes if not path else {}, prefix,
+                              measured if not path else None, batch))
+             for path, prefix, graph in walk_graphs(imported.graph)]
+    by_path = dict(views)
+    for path, view in views:  # parents come first: a subgraph reads its outer scopes' overridable weights too
+        if path:
+            view.overridable |= by_path[path[:-1]].overridable
+    return views
 
 
 def shape_probe(model: onnx.ModelProto, options: Options) -> macs.ShapeProbe | None:
     """The input set that layer sizes are measured on (see ``macs.probe_for``)."""
-    return macs.probe_for(model, options.calibrate, options.inputs, options.input_shapes, options.seed)
+    return macs.probe_for(model, options.calibrate, options.inputs, options.input_shapes, options.seed,
+                          options.max_verify_memory)
 
 
 def contexts_for(source: ModelSource, options: Options, probe: macs.ShapeProbe | None = None) -> list[Context]:
@@ -354,12 +362,13 @@ def optimize(
     model = source.model
     if external_data is None and uses_external(model):
         external_data = True
+    named = data_files(options.inputs, options.calibrate)  # files the output must not replace
     options, held_out = calibration_split(model, options)
     probe = shape_probe(model, options)
     contexts = run_passes(source, options, probe=probe)
     return_free_memory()  # the passes' float64 work, before the output is built
     plans = [p for ctx in contexts for p in ctx.plans]
-    staging = StagedOutput(output, external_data, source.base_dir, source) if output is not None else nullcontext()
+    staging = StagedOutput(output, external_data, source.base_dir, source, named) if output is not None else nullcontext()
     held = sum(dense_bytes(t) for p in plans for t in p.initializers)  # the plans' new tensors in memory
     with staging as staged:
         if not plans:
@@ -435,11 +444,11 @@ def calibration_split(model: onnx.ModelProto, options: Options) -> tuple[Options
         return options, None
     if options.inputs is not None:
         if not isinstance(data, Mapping) and not isinstance(options.inputs, Mapping) and \
-                os.path.abspath(data) == os.path.abspath(options.inputs):
-            raise CollapseError("--inputs and --calibrate name the same file; verification needs data the "
+                same_file(Path(data), Path(options.inputs)):
+            raise CollapseError("--inputs and --calibrate name the same file (by path or link); verification needs data the "
                                 "calibration did not see (leave out --inputs to hold out rows automatically)")
         return options, None
-    arrays = calibrate.load_arrays(model, data)
+    arrays = calibrate.load_arrays(model, data, max_memory=options.max_verify_memory)
     kept, held = calibrate.split_rows(arrays, options.seed)
     n_held, n = calibrate.row_count(held), calibrate.row_count(arrays)
     phrase = (f"{n_held} of {n} rows of {calibrate.describe(data)} held out (seed {options.seed}); the other "

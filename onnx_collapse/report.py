@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,34 @@ from . import linalg
 
 # Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
 # the minor number grows when fields are added, the major one when a field changes or goes.
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.1"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
+
+
+def strict(payload: dict) -> dict:
+    """``payload`` as strict JSON (RFC 8259) can hold it: each NaN or infinity becomes null, and the
+    report's ``undefined_numbers`` lists where each was and what it was (see the schema)."""
+    found: list[dict] = []
+
+    def clean(value, path: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append({"path": path, "value": "NaN" if math.isnan(value) else
+                          ("Infinity" if value > 0 else "-Infinity")})
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}/{str(k).replace('~', '~0').replace('/', '~1')}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}/{k}") for k, v in enumerate(value)]
+        return value
+
+    out = clean(payload, "")
+    if found:
+        out["undefined_numbers"] = found
+    return out
+
+
+def dumps(payload: dict) -> str:
+    """The report as strict JSON text (no NaN or Infinity tokens; see ``strict``)."""
+    return json.dumps(strict(payload), indent=2, allow_nan=False)
 
 
 @dataclass
@@ -62,6 +90,9 @@ class FoldRecord:
     calibrated: bool = False
     plain_error: ErrorStats | None = None  # the plain fold W1 W2 ..., measured like ``error``
     calibration_rms: list[float] | None = None  # [plain, calibrated (cross-validated)] RMS error on calibration rows
+    # an exact factor pair: the largest singular value it left out (float64 round-off of the product; 0.0 if
+    # none): each output row is exact up to this times the input row's 2-norm. None for other forms.
+    exact_bound: float | None = None
 
 
 @dataclass
@@ -100,7 +131,7 @@ class Report:
         return {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return dumps(self.to_dict())
 
 
 def _bytes(n: int | None) -> str:

@@ -20,8 +20,10 @@ from .graph import infer_shapes
 from .io import (
     PROTOBUF_LIMIT,
     ModelSource,
+    TensorStore,
     open_model,
     pause_point,
+    read_npz,
     scratch_dir,
     uses_external,
     write_errors,
@@ -46,6 +48,7 @@ def default_tolerance(dtype: np.dtype) -> tuple[float, float]:
     return TOLERANCES.get(np.dtype(dtype), (0.0, 0.0))
 
 
+MAX_DIM = 2**63 - 1  # ONNX dims are int64
 _SHAPE_TEXT = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
 
 
@@ -54,7 +57,10 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     match = _SHAPE_TEXT.match(text.strip())
     if not match:
         raise CollapseError(f"bad --input-shape {text!r}: expected NAME:DxDx... such as x:1x128x768")
-    return match["name"], tuple(int(d) for d in match["dims"].split("x"))
+    dims = tuple(int(d) for d in match["dims"].split("x"))
+    if any(d > MAX_DIM for d in dims):
+        raise CollapseError(f"bad --input-shape {text!r}: a dim is over {MAX_DIM} (the largest int64)")
+    return match["name"], dims
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -134,15 +140,25 @@ def random_feeds(
     return feeds
 
 
-def file_feeds(model: onnx.ModelProto, path: str | os.PathLike) -> tuple[list[dict[str, np.ndarray]], list[str]]:
-    """One input set from an .npz file with an array per model input, and notes on the casts made."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise CollapseError(f"--inputs {str(path)!r}: cannot read as .npz ({_one_line(exc)})") from None
+def file_feeds(model: onnx.ModelProto, path: str | os.PathLike, max_memory: int | None = None
+               ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """One input set from an .npz file with an array per model input, and notes on the casts made. The
+    file is read as ``io.read_npz`` reads it, its declared sizes checked against ``max_memory`` first."""
+    arrays = read_npz(path, "--inputs", *memory_limit(max_memory))
     feed, notes = _checked_feed(model, arrays, f"--inputs {str(path)!r}")
     return [feed], notes
+
+
+def refuse_non_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
+    """CollapseError for a float array holding NaN or infinity: NaN compared with NaN proves nothing, and
+    such rows would count as agreement (remove them, or replace them with the values the model meets)."""
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if array.dtype.kind in "fc":
+            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+            if bad:
+                raise CollapseError(f"{what}: array {name!r} holds {bad} NaN or infinite value(s); comparisons "
+                                    "on them prove nothing, so they are refused: remove those rows")
 
 
 def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray],
@@ -159,6 +175,7 @@ def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray],
     extra = sorted(set(arrays) - names)
     if extra:
         raise CollapseError(f"{what} has array {extra[0]!r}, which is not a model input")
+    refuse_non_finite(arrays, what)
     feed, notes = dict(arrays), []
     for info in inputs:
         elem = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
@@ -281,17 +298,43 @@ def compare(
     return ErrorStats(name, max_abs, max_rel, mean, required, atol, rtol, required <= atol)
 
 
-def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
-    """Fraction of rows (all axes but the last) whose argmax over the last axis matches."""
+def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> int:
+    """How many elements a comparison of ``actual`` with ``expected`` really tests: those whose reference
+    value is finite, or that differ from it (NaN matching NaN, or an inf matching itself, proves nothing)."""
+    count = 0
+    for e, a in zip(expected, actual):
+        e, a = np.asarray(e), np.asarray(a)
+        if e.shape != a.shape:
+            return max(count, 1)  # a mismatch of shapes is a real difference
+        if e.dtype.kind not in "fc":
+            count += e.size
+            continue
+        with np.errstate(invalid="ignore"):
+            same = (e == a) | (np.isnan(e) & np.isnan(a))
+        count += int(np.count_nonzero(np.isfinite(e) | ~same))
+    return count
+
+
+def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "") -> float:
+    """Fraction of rows (all axes but the last) whose argmax over the last axis matches; rows whose
+    reference holds NaN or infinity do not count. CollapseError for an output without an axis of at least
+    two classes (its argmax would always agree) or with no row to compare."""
     same = total = 0
     for e, a in zip(expected, actual):
         e, a = np.asarray(e), np.asarray(a)
-        if e.ndim == 0 or e.shape != a.shape or e.size == 0:
+        if e.ndim == 0 or e.shape[-1] < 2:
+            raise CollapseError(f"--metric top1: output {name!r} has shape {_dims(e.shape)}, so its argmax "
+                                "compares nothing; top1 needs a last axis of at least 2 classes (use "
+                                "--metric allclose)")
+        if e.shape != a.shape or e.size == 0:
             continue
-        hits = np.argmax(e, axis=-1) == np.argmax(a, axis=-1)
+        finite = np.isfinite(e).all(axis=-1)
+        hits = (np.argmax(e, axis=-1) == np.argmax(a, axis=-1)) & finite
         same += int(hits.sum())
-        total += hits.size
-    return same / total if total else 1.0
+        total += int(finite.sum())
+    if not total:
+        raise CollapseError(f"--metric top1: output {name!r} has no row with finite values to compare")
+    return same / total
 
 
 def compare_outputs(
@@ -303,21 +346,61 @@ def compare_outputs(
     ``metric="top1"``: float outputs pass when their argmax over the last axis agrees on at least
     ``min_agreement`` of the rows (error statistics are still reported); other outputs use allclose.
     """
-    stats = []
+    stats, compared = [], 0
     for name in expected[0]:
         if name not in actual[0]:
-            stats.append(ErrorStats(name, float("inf"), float("inf"), float("inf"), float("inf"),
-                                    atol or 0.0, rtol or 0.0, False))
+            stats.append(_mismatch(name, atol, rtol))
             continue
         exp, act = [e[name] for e in expected], [a[name] for a in actual]
+        tensors = all(isinstance(v, np.ndarray) for v in [*exp, *act])
+        if not tensors:  # a sequence (or an optional) output: compared item by item
+            exp, act = _items(exp), _items(act)
+            if exp is None or act is None or [len(e) for e in exp] != [len(a) for a in act]:
+                stats.append(_mismatch(name, atol, rtol))
+                continue
+            exp, act = [v for e in exp for v in e], [v for a in act for v in a]
+            if not exp:  # empty sequences or optionals on both sides: nothing to compare, nothing differs
+                stats.append(ErrorStats(name, 0.0, 0.0, 0.0, 0.0, atol or 0.0, rtol or 0.0, True))
+                continue
         stat = compare(name, exp, act, atol, rtol)
-        if metric == "top1" and np.asarray(exp[0]).dtype.kind == "f":
-            stat.agreement = top1_agreement(exp, act)
+        count = compared_elements(exp, act)
+        if stat.passed and not count and sum(np.size(e) for e in exp):
+            raise CollapseError(f"output {name!r} compared no element: the original model's values are all "
+                                "NaN or infinite, so verification would prove nothing; give inputs on which it "
+                                "is finite (--inputs)")
+        compared += count
+        if metric == "top1" and tensors and np.asarray(exp[0]).dtype.kind == "f":
+            stat.agreement = top1_agreement(exp, act, name)
             stat.passed = stat.agreement >= min_agreement
         stats.append(stat)
+    if stats and all(s.passed for s in stats) and not compared:
+        raise CollapseError("verification compared no element: every output of the original model is empty, "
+                            "so it would prove nothing; give inputs that make them non-empty")
     if metric == "top1":
         source += f", metric top-1 agreement >= {100 * min_agreement:g}%"
     return Verification(all(s.passed for s in stats), len(expected), source, stats)
+
+
+def _mismatch(name: str, atol: float | None, rtol: float | None) -> ErrorStats:
+    """The statistics of an output that differs in kind (missing, or a sequence of another length)."""
+    inf = float("inf")
+    return ErrorStats(name, inf, inf, inf, inf, atol or 0.0, rtol or 0.0, False)
+
+
+def _items(values: Sequence) -> list[list[np.ndarray]] | None:
+    """Each input set's value of a sequence or optional output as a list of arrays (an empty optional: no
+    item); None if a value is of another kind."""
+    out = []
+    for value in values:
+        if value is None:
+            out.append([])
+        elif isinstance(value, np.ndarray):
+            out.append([value])
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, np.ndarray) for v in value):
+            out.append(list(value))
+        else:
+            return None
+    return out
 
 
 def make_feeds(
@@ -342,7 +425,7 @@ def make_feeds(
         feed, notes = _checked_feed(model, dict(inputs), "inputs")
         feeds, where = [feed], "the given inputs"
     else:
-        feeds, notes = file_feeds(model, inputs)
+        feeds, notes = file_feeds(model, inputs, max_memory)
         where = f"inputs from {Path(inputs).name}"
     _refuse_empty((name, np.shape(value)) for name, value in feeds[0].items())
     check_memory(model, [(n, np.asarray(v).dtype, np.shape(v)) for n, v in feeds[0].items()], 1, max_memory)
@@ -396,6 +479,15 @@ def available_memory() -> int | None:
         return None
 
 
+def memory_limit(limit: int | None) -> tuple[int | None, str]:
+    """The memory limit in bytes (``limit``, else half the available memory; None if that is unknown) and
+    the phrase naming where it comes from."""
+    if limit is not None:
+        return limit, "--max-verify-memory"
+    available = available_memory()
+    return (None, "") if available is None else (available // 2, "half the available memory")
+
+
 def _nbytes(shape: Sequence[int], itemsize: int) -> int:
     return math.prod(int(d) for d in shape) * itemsize
 
@@ -440,12 +532,9 @@ def check_memory(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, 
                  limit: int | None = None) -> None:
     """CollapseError, naming the largest input, if verification would need more than ``limit`` bytes
     (default: half the available memory; no check when that is unknown)."""
-    why = "--max-verify-memory"
+    limit, why = memory_limit(limit)
     if limit is None:
-        available = available_memory()
-        if available is None:
-            return
-        limit, why = available // 2, "half the available memory"
+        return
     need = verification_bytes(model, planned, count)
     if need <= limit:
         return
@@ -497,8 +586,12 @@ def capture(
     """Run the original model once, returning its outputs and the intermediate tensors ``names``."""
     probed = ModelSource(probe_model(source.model, names, elem_types), source.base_dir, None)
     captured = run(probed, feeds, "original model")
+    stored = {t.name: t for t in source.model.graph.initializer}
     for feed, out in zip(feeds, captured):
         out.update({n: feed[n] for n in names if n in feed})
+        for name in names:  # an initializer that is also an input, not fed: its stored value is used
+            if name not in out and name in stored:
+                out[name] = TensorStore(source.base_dir).read(stored[name])
     return captured
 
 

@@ -97,7 +97,7 @@ class CollectStatistics:
         wanted = requests(ctx)
         if not wanted:
             return
-        arrays = calibrate.load_arrays(ctx.model, data)
+        arrays = calibrate.load_arrays(ctx.model, data, max_memory=ctx.options.max_verify_memory)
         source = ModelSource(ctx.model, ctx.view.store.base_dir)
         stats = calibrate.collect(source, wanted, _elem_types(ctx), arrays, calibrate.FOLDS, ctx.options.seed)
         ctx.calibration = stats

@@ -27,6 +27,7 @@ class Form:
     rank: int | None
     params: int
     macs: int
+    dropped: float | None = None  # a factor pair: the largest singular value it leaves out (0.0 if none)
 
 
 def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
@@ -50,7 +51,8 @@ def cheapest_form(layers: list[linalg.Affine]) -> tuple[Form, linalg.Factored]:
     rank = max(1, linalg.numerical_rank(s, (n_in, n_out)))
     has_bias = split.bias is not None
     form = Form("factor", linalg.factor_pair(u, s, vt, rank), rank,
-                linalg.factor_params(n_in, n_out, rank, has_bias), linalg.factor_macs(n_in, n_out, rank))
+                linalg.factor_params(n_in, n_out, rank, has_bias), linalg.factor_macs(n_in, n_out, rank),
+                float(s[rank]) if rank < s.size else 0.0)
     return form, linalg.Factored(form.matrices, split.bias, s[:rank])
 
 
@@ -105,9 +107,22 @@ class PlanFolds:
         if not takes_form(record, form):
             return None
         plan = emit_plan(ctx, seg, record, form, exact, emission_for)
+        if plan is not None and form.dropped is not None:
+            record.exact_bound = form.dropped
+            if form.dropped > 0:
+                ctx.notes.append(exact_note(record, form.dropped))
         if plan is not None and not ctx.keep_exact:
             plan.exact = None  # its float64 matrices can be as large as the weights it replaces
         return plan
+
+
+def exact_note(record: FoldRecord, dropped: float) -> str:
+    """What "exact" means for a factor pair that leaves out directions: the directions whose singular values
+    are below the float64 round-off of the largest one cannot be told from zero and are left out, so the fold
+    is exact up to ``dropped`` times the norm of each input row (inputs far larger along them differ more)."""
+    return (f"{record.layers[0]}: the exact factor pair (rank {record.rank}) leaves out directions with singular "
+            f"values up to {dropped:.3g} (float64 round-off of the product); each output row may differ by up "
+            f"to {dropped:.3g} x the input row's norm")
 
 
 def takes_form(record: FoldRecord, form: Form) -> bool:

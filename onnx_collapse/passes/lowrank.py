@@ -268,7 +268,8 @@ def _verdict_text(verdict) -> str:
 
 
 def _rows(ctx: Context) -> int:
-    return calibrate.row_count(calibrate.load_arrays(ctx.model, ctx.options.calibrate))
+    return calibrate.row_count(calibrate.load_arrays(ctx.model, ctx.options.calibrate,
+                                                     max_memory=ctx.options.max_verify_memory))
 
 
 def output_changes(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
@@ -281,7 +282,7 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
     model, base_dir = main.model, main.view.store.base_dir
     from ..verify import capture, run  # the onnxruntime runner
 
-    arrays = calibrate.load_arrays(model, main.options.calibrate)
+    arrays = calibrate.load_arrays(model, main.options.calibrate, max_memory=main.options.max_verify_memory)
     feeds = sensitivity.calibration_feeds(arrays, batch=fixed_batch(model.graph) or sensitivity.BATCH)
     measured = [(ctx, t) for ctx, t in zip(owners, targets) if not ctx.path]
     elems = {t.input: onnx.helper.np_dtype_to_tensor_dtype(t.dtype) for _, t in measured}
