@@ -22,6 +22,7 @@ from click.core import ParameterSource
 from . import io
 from .errors import CollapseError
 from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RANK_TARGETS, METRICS, Options
+from .passes.explain import verdict
 from .pipeline import analyze as analyze_model
 from .pipeline import optimize as optimize_model
 from .progress import Progress, TerminalProgress
@@ -280,8 +281,10 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, a
             from .plot import plot_tradeoff
 
             plot_tradeoff(found.spectra, found.tradeoff, plot_file, rank_budget, progress=progress)
-        payload = found.report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in found.remarks]}
-        text = render_analysis(found.report, _width())
+        said = verdict(found.report, slope_tol)
+        payload = found.report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in found.remarks],
+                                            "verdict": said}
+        text = render_analysis(found.report, _width(), said)
         if spectrum:
             payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
                                    "singular_values": s.singular_values.tolist()} for s in found.spectra]

@@ -43,7 +43,7 @@ from .passes.context import Context, GlobalPass, Pass, all_names, reads_exact
 from .passes.layers import find_layers
 from .plans import FoldPlan
 from .progress import reported, stage
-from .report import ModelStats, Report, Verification
+from .report import ModelStats, Report, Verification, truncation_outcome
 from .rewrite import STUB_BYTES, PlanApplier, apply_plans
 from .verify import (
     capture,
@@ -216,13 +216,18 @@ class _Trials:
 
 
 def _record_revert(revert: Revert, owners: dict[tuple, Context]) -> None:
-    """Mark a reverted plan in the report; its exact fallback, if kept, gets its record beside it."""
+    """Mark a reverted plan in the report; an exact fallback that is kept takes its place (one row per
+    chain: its final form), the undone form listed among the fallback's attempts."""
     plan, record = revert.plan, revert.plan.record
     record.status, record.reason = "reverted", revert.reason
     if revert.replacement is not None:
-        record.reason += "; kept the exact fold instead"
+        kept = revert.replacement.record
+        kept.attempts = [*record.attempts, record.as_attempt()]
+        form = f"{record.form} to rank {record.rank}" if record.rank is not None else record.form
+        kept.reason = "; ".join(filter(None, [kept.reason, f"{form} undone: {revert.reason}; kept the exact "
+                                                          "fold instead"]))
         records = owners[plan.graph].records
-        records.insert(next(i for i, r in enumerate(records) if r is record) + 1, revert.replacement.record)
+        records[next(i for i, r in enumerate(records) if r is record)] = kept
 
 
 def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Options,
@@ -362,6 +367,10 @@ def optimize(
             before = stats_of([ctx.view for ctx in contexts])
             after = replace(before) if out is model else model_stats(out)
             report = Report(before, after, records, verification, notes, unfolded)
+        if options.rank_budget is not None or options.max_error is not None:
+            goal = (f"--rank-budget {options.rank_budget:g}" if options.rank_budget is not None
+                    else f"--max-error {options.max_error:g}")
+            report.truncation = truncation_outcome(goal, records, verification, options.inputs is not None)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
         if staged is not None and (verification is None or verification.passed):
             with stage("writing the output"):

@@ -21,7 +21,7 @@ def _with_relu():
 def test_layers_without_a_fold_name_the_op_that_ended_their_chain():
     found = analyze(_with_relu())
     reasons = {u.layer: u.reason for u in found.report.unfolded}
-    assert reasons == {"fc0": "next op 'relu0' (Relu) is not a link kind", "fc1": "'l1' is a graph output"}
+    assert reasons == {"fc0": "next op 'relu0' (Relu) is not an op a fold can pass through", "fc1": "its output 'l1' is a model output (no layer follows)"}
 
 
 def test_a_skipped_chain_gives_its_own_reason_to_its_layers():
@@ -40,7 +40,7 @@ def test_cli_prints_and_reports_the_reasons(tmp_path):
     onnx.save(_with_relu(), str(path))
     exe = shutil.which("onnx-collapse")
     text = subprocess.run([exe, "analyze", str(path)], capture_output=True, text=True, timeout=120).stdout
-    assert "layers not folded" in text and "next op 'relu0' (Relu) is not a link kind" in text
+    assert "layers not folded" in text and "next op 'relu0' (Relu) is not an op a fold can pass through" in text
     payload = json.loads(subprocess.run([exe, "analyze", str(path), "--json"], capture_output=True, text=True,
                                         timeout=120).stdout)
-    assert {"layer": "fc0", "reason": "next op 'relu0' (Relu) is not a link kind"} in payload["unfolded"]
+    assert {"layer": "fc0", "reason": "next op 'relu0' (Relu) is not an op a fold can pass through"} in payload["unfolded"]
