@@ -39,7 +39,7 @@ from .io import (
 )
 from .options import Options
 from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
-from .passes.context import Context, GlobalPass, Pass, all_names, reads_exact
+from .passes.context import Context, GlobalPass, Pass, all_names, pass_stage, reads_exact
 from .passes.layers import find_layers
 from .plans import FoldPlan
 from .progress import reported, stage
@@ -78,17 +78,17 @@ def contexts_for(source: ModelSource, options: Options) -> list[Context]:
 def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = DEFAULT_PASSES,
                global_passes: Sequence[GlobalPass] = GLOBAL_PASSES) -> list[Context]:
     """Analyse every graph: each pass in order over each graph, then the passes that see all graphs."""
-    with stage("reading the graphs"):
+    with stage("reading the graph"):
         contexts = contexts_for(source, options)
     keep = reads_exact([*passes, *global_passes], options)
     for ctx in contexts:
         ctx.keep_exact = keep
     for ctx in contexts:
         for p in passes:
-            with stage(p.name):
+            with pass_stage(p, options, [ctx]):
                 p.run(ctx)
     for p in global_passes:
-        with stage(p.name):
+        with pass_stage(p, options, contexts):
             p.run_all(contexts)
     return contexts
 
@@ -363,7 +363,7 @@ def optimize(
             notes.append(f"{len(model.functions)} model-local function(s) left as they are: "
                          + ", ".join(f.name for f in model.functions))
         unfolded = [u for ctx in contexts for u in ctx.unfolded]
-        with stage("counting"):
+        with stage("counting parameters and MACs"):
             before = stats_of([ctx.view for ctx in contexts])
             after = replace(before) if out is model else model_stats(out)
             report = Report(before, after, records, verification, notes, unfolded)
@@ -456,7 +456,7 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
         if record.status == "folded":
             record.status = "foldable"
     plans = [p for ctx in contexts for p in ctx.plans]
-    with stage("counting"):
+    with stage("counting parameters and MACs"):
         before = stats_of([ctx.view for ctx in contexts])
         after = model_stats(apply_plans(source.model, plans)) if plans else before  # shared tensors counted once
     spectra = [s for ctx in contexts for s in ctx.spectra]

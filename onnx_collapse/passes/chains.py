@@ -188,6 +188,10 @@ class FindChains:
 
     name = "chains"
 
+    @staticmethod
+    def stage(options, contexts):
+        return "finding chains of layers", None, None
+
     def run(self, ctx: Context) -> None:
         view = ctx.view
         starts = {layer.input: layer for layer in ctx.layers}

@@ -36,6 +36,10 @@ class ExplainUnfolded:
 
     name = "explain"
 
+    @staticmethod
+    def stage(options, contexts):
+        return None  # instant
+
     def run_all(self, contexts: list[Context]) -> None:
         for ctx in contexts:
             planned = {i for plan in ctx.plans for i in plan.removed}
