@@ -38,6 +38,7 @@ class Verification:
     n_input_sets: int
     inputs: str  # where the inputs came from: "random (seed 0)" or a file name
     outputs: list[ErrorStats] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # outputs that cannot be compared: missing, shape, dtype
 
 
 @dataclass
@@ -340,7 +341,8 @@ def render_verification(v: Verification | None, width: int | None = None) -> str
         agree = "-" if o.agreement is None else f"{100 * o.agreement:.2f}%"
         rows.append([o.name, f"{o.max_abs:.3e}", f"{o.max_rel:.3e}", f"{o.mean_abs:.3e}",
                      f"{o.required_atol:.3e}", f"{o.atol:.0e}", f"{o.rtol:.0e}", agree, "ok" if o.passed else "FAIL"])
-    return _wrap(head, width) + "\n" + _table(columns, rows, width)
+    why = [_wrap(f"why: {p}", width) for p in v.problems]
+    return "\n".join([_wrap(head, width), _table(columns, rows, width), *why])
 
 
 def _notes(notes: list[str], width: int | None) -> list[str]:

@@ -79,6 +79,7 @@ def test_the_curve_agrees_with_the_analysis_where_both_have_points():
     assert 0.42 in [p[0] for p in points] and len(points) >= 19
 
 
+@pytest.mark.slow
 def test_plot_refuses_the_input_model(tmp_path):
     model = tmp_path / "m.onnx"
     shutil.copy(MODEL, model)
@@ -98,6 +99,7 @@ def test_plot_without_targets_is_a_clean_error(tmp_path):
     assert not (tmp_path / "p.png").exists()
 
 
+@pytest.mark.slow
 def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path):
     blocked = ("import sys; sys.modules['matplotlib'] = None; sys.modules['matplotlib.figure'] = None; "
                "sys.argv = ['onnx-collapse'] + sys.argv[1:]; from onnx_collapse.cli import main; main()")

@@ -134,6 +134,7 @@ def test_cli_shows_progress_on_a_terminal_and_keeps_stdout_clean(tmp_path):
     assert "verification: PASSED" in stdout and "\x1b" not in stdout
 
 
+@pytest.mark.slow
 @needs_exe
 def test_the_terminal_shows_something_within_the_first_second(tmp_path):
     """The display starts before onnx and onnxruntime are imported (they take seconds on a busy machine)."""
@@ -159,6 +160,7 @@ def test_the_terminal_shows_something_within_the_first_second(tmp_path):
     assert shown_after is not None and shown_after < 1.5, (shown_after, seen[:200])
 
 
+@pytest.mark.slow
 @needs_exe
 def test_quiet_silences_the_terminal(tmp_path):
     code, terminal, stdout = run_on_terminal("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--quiet")
@@ -172,6 +174,7 @@ def test_quiet_silences_the_terminal(tmp_path):
     ["analyze", MODELS / "three_layer.onnx", "--spectrum"],
     ["verify", MODELS / "leaky_1.onnx", MODELS / "leaky_1.onnx"],
 ])
+@pytest.mark.slow
 def test_stderr_stays_empty_when_it_is_not_a_terminal(tmp_path, args):
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
     result = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120)
