@@ -18,6 +18,7 @@ test-min:           ## the core suite with exactly the lowest declared dependenc
 
 models:             ## regenerate models/*.onnx with torch (byte-identical with the same torch version)
 	$(PYTHON) models/export.py
+	cp models/three_layer.onnx onnx_collapse/examples/three_layer.onnx  # the example `onnx-collapse demo` runs
 
 lint:
 	$(PYTHON) -m ruff check onnx_collapse tests models benchmarks
@@ -25,12 +26,12 @@ lint:
 bench:              ## speed and memory benchmarks (not part of the tests; pip install -e '.[bench]' for the peers)
 	$(PYTHON) benchmarks/run_all.py
 
-studies:            ## the accuracy studies behind the README tables (digits; needs the torch extra)
+studies:            ## the accuracy studies behind the tables of docs/results.md (digits; needs the torch extra)
 	$(PYTHON) benchmarks/layercollapse_digits.py
 	$(PYTHON) benchmarks/alds_budget.py
 	$(MAKE) readme-tables
 
-readme-tables:      ## copy benchmarks/results/*.md into the README between their markers
+readme-tables:      ## copy benchmarks/results/*.md into docs/results.md between their markers
 	$(PYTHON) benchmarks/readme_tables.py
 
 corpus:             ## the optimizer over onnx's shipped backend test cases, then mutated models
