@@ -329,10 +329,11 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, a
 
             plot_tradeoff(found.spectra, found.tradeoff, plot_file, rank_budget)
     with one_line_errors():
-        click.echo(analysis_text(found, slope_tol, spectrum, as_json) if as_json else
-                   analysis_text(found, slope_tol, spectrum, as_json) + "\n\n" + elapsed(done["seconds"]))
-    if plot_file is not None and not quiet:
-        click.echo(f"onnx-collapse: wrote the trade-off plot to {plot_file}", err=True)
+        text = analysis_text(found, slope_tol, spectrum, as_json)
+        if not as_json:
+            wrote = "" if plot_file is None else f"wrote the trade-off plot to {plot_file}\n"
+            text += f"\n\n{wrote}{elapsed(done['seconds'])}"
+        click.echo(text)
 
 
 def analysis_text(found, slope_tol: float, spectrum: bool, as_json: bool) -> str:

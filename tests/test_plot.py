@@ -40,6 +40,7 @@ def test_plot_writes_a_png_and_leaves_nothing_else(tmp_path, args):
     result = cli("analyze", MODEL, "--spectrum", "--low-rank", "all", "--plot", picture, *args)
     assert result.returncode == 0, result.stderr
     assert "max layer error (ALDS)" in result.stdout and result.stderr == ""
+    assert f"wrote the trade-off plot to {picture}\ndone in " in result.stdout
     height, width, _ = read_png(picture).shape
     assert width >= 800 and height >= 300
     assert [p.name for p in tmp_path.iterdir()] == ["tradeoff.png"]
@@ -107,3 +108,18 @@ def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert_one_line_error(result, "--plot needs matplotlib", "pip install")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_text_report_says_where_the_picture_went(tmp_path, monkeypatch):
+    """Without matplotlib too: the drawing replaced by a stand-in that writes the file, the command as a user runs it."""
+    from click.testing import CliRunner
+
+    from onnx_collapse import cli as cli_module
+    from onnx_collapse import plot
+
+    monkeypatch.setattr(plot, "picture_format", lambda path: "png")
+    monkeypatch.setattr(plot, "plot_tradeoff", lambda spectra, tradeoff, path, budget=None: open(path, "wb").close())
+    picture = tmp_path / "p.png"
+    result = CliRunner().invoke(cli_module.cli, ["analyze", str(MODEL), "--plot", str(picture)])
+    assert result.exit_code == 0, result.output
+    assert picture.exists() and f"wrote the trade-off plot to {picture}" in result.stdout
