@@ -83,8 +83,8 @@ def verdict(report: Report, slope_tol: float) -> list[str]:
         slopes = sorted({v for f in near for pair in f.slopes for v in pair if v != 1.0})
         lines.append(f"folds approximately: {_count(len(near), 'chain')} with slopes near 1 ({slopes[0]:.3g}"
                      + (f"..{slopes[-1]:.3g}" if len(slopes) > 1 else "") + "); folding changes the outputs a "
-                     "little, so optimize keeps them only if they pass the tolerance: verify on your data "
-                     "(--inputs val.npz --metric top1), or fit them to it (--calibrate calib.npz).")
+                     "little, so optimize keeps a fold only if it passes the tolerance: verify on your data "
+                     "(--inputs val.npz --metric top1), or fit the fold to it (--calibrate calib.npz).")
     if report.before.params != report.after.params:
         lines.append(f"predicted: parameters {report.before.params:,} -> {report.after.params:,}, linear "
                      f"MACs/row {report.before.linear_macs:,} -> {report.after.linear_macs:,}.")
