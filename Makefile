@@ -1,7 +1,7 @@
 PYTHON ?= python
 OUT ?= build
 
-.PHONY: install demo test test-min models lint bench studies readme-tables corpus
+.PHONY: install demo test test-quick test-min models lint bench studies readme-tables corpus
 
 install:            ## the package and the test tools (add the torch extra as the README says)
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -12,6 +12,9 @@ demo:               ## optimize a shipped model and print the report
 
 test:               ## the whole test suite (what .ci/run runs)
 	$(PYTHON) -m pytest
+
+test-quick:         ## the quick subset: every test not marked slow (about a minute on two cores)
+	$(PYTHON) -m pytest -m "not slow"
 
 test-min:           ## the core suite with exactly the lowest declared dependency versions, on Python 3.11
 	.ci/min-versions
