@@ -232,6 +232,40 @@ def _largest_fitting(pick, limit: float, by: str, steps: int = 60) -> list[Optio
 
 ALLOCATORS = {"alds": allocate_budget, "uniform": allocate_uniform, "energy": allocate_energy}
 
+DP_UNITS = 4000  # cost resolution of ``allocate_min_total``: the budget in this many units (exact below it)
+
+
+def allocate_min_total(layers: Sequence[LayerSpectrum], changes: Sequence[Sequence[float]], budget: float,
+                       by: str = "params") -> list[Option]:
+    """Options minimising the summed predicted output change (``changes[k][j]`` for option j of layer k) with
+    total cost <= ``budget`` x the dense cost: a multiple-choice knapsack solved by dynamic programming over
+    the cost, in at most DP_UNITS units (costs rounded up, so the choice always fits; exact when the budget
+    is at most DP_UNITS). Where even the cheapest options do not fit, the cheapest ones."""
+    dense = sum(_cost(layer.dense, by) for layer in layers)
+    limit = budget * dense
+    cheapest = [min(layer.options, key=lambda o: _cost(o, by)) for layer in layers]
+    if total_cost(cheapest, by) > limit:
+        return cheapest
+    unit = max(1.0, limit / DP_UNITS)
+    capacity = int(np.floor(limit / unit + 1e-9))
+    best = np.zeros(capacity + 1)  # best[c]: least summed change of the layers so far within cost c units
+    picks = []
+    for layer, change in zip(layers, changes):
+        costs = [int(np.ceil(_cost(o, by) / unit - 1e-9)) for o in layer.options]
+        table = np.full((len(costs), capacity + 1), np.inf)
+        for j, (c, d) in enumerate(zip(costs, change)):
+            if c <= capacity:
+                table[j, c:] = best[:capacity + 1 - c] + d
+        pick = np.argmin(table, axis=0)
+        best = table[pick, np.arange(capacity + 1)]
+        picks.append((pick, costs))
+    chosen, c = [], capacity
+    for layer, (pick, costs) in zip(reversed(layers), reversed(picks)):
+        j = int(pick[c])
+        chosen.append(layer.options[j])
+        c -= costs[j]
+    return chosen[::-1]
+
 
 def total_cost(options: Sequence[Option], by: str = "params") -> int:
     return sum(_cost(o, by) for o in options)

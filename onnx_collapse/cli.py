@@ -245,7 +245,9 @@ def cli(ctx: click.Context) -> None:
 @click.option("--max-groups", type=click.IntRange(1), default=DEFAULTS.max_groups, show_default=True,
               help="Allow ALDS grouped factors with up to this many input-feature groups.")
 @click.option("--allocator", type=click.Choice(ALLOCATORS), default=DEFAULTS.allocator, show_default=True,
-              help="How --rank-budget is shared among layers (uniform and energy are baselines).")
+              help="How --rank-budget is shared: alds minimises the largest layer error; output (needs "
+                   "--calibrate) the predicted change of the model's output, each layer measured truncated alone; "
+                   "uniform and energy are baselines.")
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Refuse to verify when inputs and computed tensors would need more (e.g. 8G; default: half "
                    "the available memory).")
@@ -273,7 +275,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
             raise CollapseError("--rank-budget and --max-error exclude each other; give one")
         no_budget = rank_budget is None and max_error is None
         note_idle_options(quiet, [
-            (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "input_shape", "metric", "min_agreement",
+            (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "metric", "min_agreement",
                          "max_verify_memory"),
              "with --no-verify"),
             *check_notes(metric, inputs),
@@ -309,9 +311,11 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                    "at --rank-budget (default 50%) into this picture (needs matplotlib: the plot extra).")
 @click.option("--rank-budget", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="With --plot: the weight budget to mark and show the ranks at.")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:DxD...",
+              help="Count MACs at this shape for an input with dynamic dims, e.g. x:1x3x48x320 (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
 @quiet_option
-def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, as_json, quiet) -> None:
+def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, input_shape, as_json, quiet) -> None:
     """List every chain of IN.onnx: shapes, slopes, predicted savings, why each would or would not fold,
     and a verdict: what onnx-collapse can do for this model."""
     with one_line_errors():
@@ -322,7 +326,8 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, a
 
         if plot_file is not None:
             _check_plot_path(Path(input_path), Path(plot_file))
-        found = analyze_model(input_path, cli_options(slope_tol=slope_tol, verify=False, low_rank=low_rank),
+        found = analyze_model(input_path, cli_options(slope_tol=slope_tol, verify=False, low_rank=low_rank,
+                                                      input_shapes=_shapes(input_shape)),
                               spectrum=spectrum or plot_file is not None)
         if plot_file is not None:
             from .plot import plot_tradeoff

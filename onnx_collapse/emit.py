@@ -33,8 +33,8 @@ class Emission(ABC):
 
     @property
     def positions(self) -> int:
-        """Output positions per row the written map runs at (a convolution's output pixels, where known):
-        its multiply-accumulates per row are its matrices' MACs times this."""
+        """Output positions per sample the written map runs at (a convolution's output pixels, a 3-D input's
+        tokens, where known): its multiply-accumulates per sample are its matrices' MACs times this."""
         return 1
 
     @property
@@ -85,7 +85,20 @@ def _chain(emission: Emission, fresh, x: str, y: str, matrices, node_for) -> lis
     return nodes
 
 
-class MatMulEmission(Emission):
+@dataclass(frozen=True)
+class FeatureRowsEmission(Emission):
+    """A fully connected map (features on the last axis) that runs at ``output_positions`` rows per sample
+    (a 3-D input's tokens; 1 for 2-D inputs)."""
+
+    output_positions: int = 1
+
+    @property
+    def positions(self) -> int:
+        return self.output_positions
+
+
+@dataclass(frozen=True)
+class MatMulEmission(FeatureRowsEmission):
     """MatMul nodes, then an Add whose bias has rank ``bias_rank`` (leading dims 1), so inputs of any
     rank keep their shape (transformer exports are 3-D)."""
 
@@ -105,7 +118,8 @@ class MatMulEmission(Emission):
         return nodes, inits
 
 
-class GemmEmission(Emission):
+@dataclass(frozen=True)
+class GemmEmission(FeatureRowsEmission):
     """Gemm nodes for 2-D inputs, weights stored transposed (``transB=1``, the layout torch exports and
     onnxruntime prepacks); the bias goes to the last Gemm."""
 

@@ -136,15 +136,20 @@ class GraphView:
     """One onnx-graphsurgeon graph as the passes see it: nodes by position, constants read lazily.
 
     ``overridable`` are initializers that are also graph inputs: a caller may feed them, so they are
-    not constants. ``shapes`` are static shapes by tensor name (main graph only).
+    not constants. ``shapes`` are static shapes by tensor name (main graph only); ``measured`` shapes of
+    one run on ``batch`` samples (``macs.measure``), read only to count costs, never to decide a fold.
     """
 
     def __init__(self, graph: gs.Graph, proto: onnx.GraphProto, store: TensorStore | None = None,
-                 shapes: dict[str, list[int | None]] | None = None, prefix: str = ""):
+                 shapes: dict[str, list[int | None]] | None = None, prefix: str = "",
+                 measured: dict[str, tuple[int, ...]] | None = None, batch: int = 1):
         self.graph = graph
         self.proto = proto
         self.store = store or TensorStore(None)
         self.shapes = shapes or {}
+        self.measured = measured or {}
+        self.batch = batch
+        self.static_batch = fixed_batch(proto)
         self.prefix = prefix  # where this graph sits, e.g. "If_0/then_branch/" ("" for the main graph)
         self.nodes: list[gs.Node] = list(graph.nodes)
         self.position = {id(node): i for i, node in enumerate(self.nodes)}
@@ -265,6 +270,30 @@ class GraphView:
     def rank(self, name: str) -> int | None:
         shape = self.shapes.get(name)
         return None if shape is None else len(shape)
+
+    def positions(self, name: str, axis: int) -> int | None:
+        """Positions per sample of tensor ``name`` with its features on ``axis``: its elements per sample
+        over its features. From the static shape where every dim is known, else the measured one, else the
+        static one read with axis 0 as the batch; None where none knows it."""
+        static, measured = self.shapes.get(name), self.measured.get(name)
+        for shape, batch in ((static, self.static_batch), (measured, self.batch), (static, None)):
+            if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]) or not shape[axis]:
+                continue
+            if batch is None:
+                return int(np.prod(shape[1:], dtype=np.int64)) // shape[axis]
+            if shape[0] is None:
+                continue
+            return max(1, int(np.prod(shape, dtype=np.int64)) // (shape[axis] * batch))
+        return None
+
+
+
+def fixed_batch(graph: onnx.GraphProto) -> int | None:
+    """Axis 0 of the graph's first input that a caller feeds, where the graph fixes it."""
+    stored = {t.name for t in graph.initializer}
+    info = next((i for i in graph.input if i.name not in stored), None)
+    dims = info.type.tensor_type.shape.dim if info is not None else []
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
 
 def attribute(node: gs.Node, name: str, default=None):

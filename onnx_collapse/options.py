@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import CollapseError
 
-ALLOCATORS = ("alds", "uniform", "energy")
+ALLOCATORS = ("alds", "output", "uniform", "energy")
 METRICS = ("allclose", "top1")
 LOW_RANK_TARGETS = ("collapsed", "all")
 BUDGET_METRICS = ("params", "macs")
@@ -32,11 +32,14 @@ class Options:
         weights, with ranks that minimise the largest relative layer error (ALDS). None: exact folds only.
     max_error: instead of a budget, the smallest model whose every targeted layer stays within this error.
     low_rank: "collapsed" (only folded chains) or "all" (every linear layer) as truncation targets.
-    budget_metric: "params" or "macs" (per input row; the same count for linear layers' weights).
+    budget_metric: "params" or "macs" (per sample, at the shapes the model has for the given data or
+        ``input_shapes``: a convolution counts its output pixels, a 3-D input its tokens).
     error_metric: "spectral" (sigma_{r+1} / sigma_1, as ALDS) or "frobenius".
     max_groups: allow ALDS's grouped factors with up to this many input-feature groups (1: none).
-    allocator: how ``rank_budget`` is shared: "alds" (minimise the largest layer error), or the baselines
-        "uniform" (same rank ratio everywhere) and "energy" (same kept spectral energy everywhere).
+    allocator: how ``rank_budget`` is shared: "alds" (minimise the largest layer error, data-free or
+        whitened), "output" (with ``calibrate``: minimise the summed output change, each layer's measured
+        truncated alone on calibration rows), or the baselines "uniform" (same rank ratio everywhere) and
+        "energy" (same kept spectral energy everywhere).
     metric: "allclose" (every element within atol + rtol |b|) or "top1" (argmax over the last axis agrees
         on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``).
     max_verify_memory: refuse to verify (CollapseError) when the inputs and the tensors computed from them
@@ -88,6 +91,8 @@ class Options:
             if getattr(self, name) not in allowed:
                 raise CollapseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
 
+        if self.allocator == "output" and self.rank_budget is not None and self.calibrate is None:
+            raise CollapseError("allocator 'output' measures each layer's effect on calibration rows: give calibrate")
         if self.calibrate is not None and not isinstance(self.calibrate, (str, os.PathLike, Mapping)):
             raise CollapseError(f"calibrate must be an .npz path or a dict of arrays, not {type(self.calibrate).__name__}")
 

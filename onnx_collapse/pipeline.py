@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from . import allocate, calibrate
+from . import allocate, calibrate, macs
 from .acceptance import Revert, accept, without_local_failures
 from .allocate import LayerSpectrum
 from .errors import CollapseError
@@ -40,7 +40,6 @@ from .io import (
 from .options import Options
 from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
 from .passes.context import Context, GlobalPass, Pass, all_names, pass_stage, reads_exact
-from .passes.layers import find_layers
 from .plans import FoldPlan
 from .progress import reported, stage
 from .report import ModelStats, Report, Verification, truncation_outcome
@@ -57,29 +56,46 @@ from .verify import (
 )
 
 
-def views_for(source: ModelSource) -> list[tuple[tuple, GraphView]]:
-    """A view of every graph of the model (main graph with inferred shapes, then subgraphs), by path."""
+def views_for(source: ModelSource, probe: macs.ShapeProbe | None = None) -> list[tuple[tuple, GraphView]]:
+    """A view of every graph of the model (main graph with inferred shapes, then subgraphs), by path.
+
+    With ``probe``, the main graph's layer shapes that inference leaves unknown are measured in one
+    onnxruntime run on it (``macs.measure``), to count costs."""
     model = source.model
     imported = import_model(model)
     shapes = infer_shapes(model)
+    measured, batch = {}, 1
+    if probe is not None:
+        unknown = macs.unknown_tensors(model.graph, shapes)
+        if unknown:
+            with stage("measuring layer sizes"):
+                measured, batch = macs.measure(source, unknown, probe), probe.batch
     store = TensorStore(source.base_dir)
-    return [(path, GraphView(graph, imported.proto_of(graph), store, shapes if not path else {}, prefix))
+    return [(path, GraphView(graph, imported.proto_of(graph), store, shapes if not path else {}, prefix,
+                             measured if not path else None, batch))
             for path, prefix, graph in walk_graphs(imported.graph)]
 
 
-def contexts_for(source: ModelSource, options: Options) -> list[Context]:
-    """One analysis context per graph: the main graph and every subgraph."""
+def shape_probe(model: onnx.ModelProto, options: Options) -> macs.ShapeProbe | None:
+    """The input set that layer sizes are measured on (see ``macs.probe_for``)."""
+    return macs.probe_for(model, options.calibrate, options.inputs, options.input_shapes, options.seed)
+
+
+def contexts_for(source: ModelSource, options: Options, probe: macs.ShapeProbe | None = None) -> list[Context]:
+    """One analysis context per graph: the main graph and every subgraph (layer sizes measured on ``probe``)."""
     model = source.model
     names = all_names(model.graph)
     opset = default_opset(model)
-    return [Context(model, view, options, opset, path, names) for path, view in views_for(source)]
+    return [Context(model, view, options, opset, path, names) for path, view in views_for(source, probe)]
 
 
 def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = DEFAULT_PASSES,
-               global_passes: Sequence[GlobalPass] = GLOBAL_PASSES) -> list[Context]:
-    """Analyse every graph: each pass in order over each graph, then the passes that see all graphs."""
+               global_passes: Sequence[GlobalPass] = GLOBAL_PASSES, probe: macs.ShapeProbe | None = None
+               ) -> list[Context]:
+    """Analyse every graph: each pass in order over each graph, then the passes that see all graphs.
+    Layer sizes that shape inference leaves unknown are measured on ``probe``."""
     with stage("reading the graph"):
-        contexts = contexts_for(source, options)
+        contexts = contexts_for(source, options, probe)
     keep = reads_exact([*passes, *global_passes], options)
     for ctx in contexts:
         ctx.keep_exact = keep
@@ -93,27 +109,35 @@ def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = D
     return contexts
 
 
-def model_stats(model: onnx.ModelProto) -> ModelStats:
-    """Op counts and stored parameters (floating-point tensors; subgraphs included) and MACs per row of
-    recognised linear layers.
+def model_stats(model: onnx.ModelProto | ModelSource, probe: macs.ShapeProbe | None = None) -> ModelStats:
+    """Op counts and stored parameters (floating-point tensors; subgraphs included) and MACs per sample of
+    every Conv, Gemm and MatMul, counted from the shapes the model has for ``probe``'s inputs where
+    inference does not know them (one onnxruntime run).
 
-    Reads shapes only, never weight values.
+    Reads shapes only, never weight values (the probe run reads them where it is needed).
     """
-    return stats_of([view for _, view in views_for(ModelSource(model))])
+    source = model if isinstance(model, ModelSource) else ModelSource(model)
+    return stats_of([view for _, view in views_for(source, probe)], probe)
 
 
-def stats_of(views: Sequence[GraphView]) -> ModelStats:
+def stats_of(views: Sequence[GraphView], probe: macs.ShapeProbe | None = None) -> ModelStats:
     """``model_stats`` over views already made of every graph of a model (the analysis contexts' views)."""
-    params = macs = 0
+    params = 0
     counts: Counter = Counter()
+    count = macs.MacCount()
     for view in views:
         proto = view.proto
         counts.update(node.op_type for node in proto.node)
         stored = [*proto.initializer, *(a.t for n in proto.node if n.op_type == "Constant"
                                          for a in n.attribute if a.name == "value")]
         params += sum(weight_count(t) for t in stored)
-        macs += sum(layer.macs for layer in find_layers(view)[0])
-    return ModelStats(dict(sorted(counts.items())), params, macs)
+        found = macs.count(proto, view.shapes, view.measured, view.batch, view.label)
+        count.total += found.total
+        count.per_node.update(found.per_node)
+        count.uncounted += found.uncounted
+    basis = probe.basis if probe is not None and any(v.measured for v in views) else "static shapes"
+    return ModelStats(dict(sorted(counts.items())), params, count.total, macs_basis=basis,
+                      macs_uncounted=count.uncounted, layer_macs=count.per_node)
 
 
 def _elem(plan: FoldPlan) -> int:
@@ -336,7 +360,8 @@ def optimize(
     if external_data is None and uses_external(model):
         external_data = True
     options, held_out = calibration_split(model, options)
-    contexts = run_passes(source, options)
+    probe = shape_probe(model, options)
+    contexts = run_passes(source, options, probe=probe)
     return_free_memory()  # the passes' float64 work, before the output is built
     plans = [p for ctx in contexts for p in ctx.plans]
     staging = StagedOutput(output, external_data, source.base_dir, source) if output is not None else nullcontext()
@@ -364,22 +389,50 @@ def optimize(
                          + ", ".join(f.name for f in model.functions))
         unfolded = [u for ctx in contexts for u in ctx.unfolded]
         with stage("counting parameters and MACs"):
-            before = stats_of([ctx.view for ctx in contexts])
-            after = replace(before) if out is model else model_stats(out)
-            report = Report(before, after, records, verification, notes, unfolded)
+            before = stats_of([ctx.view for ctx in contexts], probe)
+        report = Report(before, replace(before), records, verification, notes, unfolded)
         if options.rank_budget is not None or options.max_error is not None:
             goal = (f"--rank-budget {options.rank_budget:g}" if options.rank_budget is not None
                     else f"--max-error {options.max_error:g}")
             report.truncation = truncation_outcome(goal, records, verification, options.inputs is not None)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
+        written = None
         if staged is not None and (verification is None or verification.passed):
             with stage("writing the output"):
                 _write_output(staged, source, out, unchanged=not plans)
-            report.after.file_bytes = file_size(output)
             out = onnx.load(str(output), load_external_data=False)
+            written = ModelSource(out, Path(output).parent, Path(output))
         elif staged is None and uses_external(out):
             embed_external_data(out, source.base_dir)
+        if out is not model:
+            with stage("counting parameters and MACs"):
+                report.after = _after_stats(written or ModelSource(out, source.base_dir), probe, report.notes)
+        if written is not None:
+            report.after.file_bytes = file_size(output)
+        _note_uncounted(report)
         return out, report
+
+
+def _after_stats(source: ModelSource, probe: macs.ShapeProbe | None, notes: list[str]) -> ModelStats:
+    """The optimized model's counts; its MACs uncounted (with a note) where onnxruntime cannot measure them."""
+    try:
+        return model_stats(source, probe)
+    except CollapseError as exc:
+        notes.append(f"MACs of the optimized model not measured: {exc}")
+        stats = model_stats(source)
+        stats.macs_uncounted = stats.macs_uncounted or ["(not measured)"]
+        return stats
+
+
+def _note_uncounted(report: Report) -> None:
+    """Say which layers' MACs are not counted, and how to count them."""
+    missing = report.before.macs_uncounted
+    if missing:
+        report.notes.append(f"MACs: {len(missing)} layer(s) not counted, their size depends on the input "
+                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); give --input-shape, "
+                            "--inputs or --calibrate to measure them")
+    elif report.before.macs_basis != "static shapes":
+        report.notes.append(f"MACs counted at {report.before.macs_basis}")
 
 
 def calibration_split(model: onnx.ModelProto, options: Options) -> tuple[Options, str | None]:
@@ -450,17 +503,20 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
     options = (options or Options()).with_overrides(rank_budget=None, max_error=None, **overrides)
     with stage("loading the model"):
         source = open_model(model_or_path)
-    contexts = run_passes(source, options, SPECTRUM_PASSES if spectrum else DEFAULT_PASSES)
+    probe = shape_probe(source.model, options)
+    contexts = run_passes(source, options, SPECTRUM_PASSES if spectrum else DEFAULT_PASSES, probe=probe)
     records = [r for ctx in contexts for r in ctx.records]
     for record in records:
         if record.status == "folded":
             record.status = "foldable"
     plans = [p for ctx in contexts for p in ctx.plans]
     with stage("counting parameters and MACs"):
-        before = stats_of([ctx.view for ctx in contexts])
-        after = model_stats(apply_plans(source.model, plans)) if plans else before  # shared tensors counted once
+        before = stats_of([ctx.view for ctx in contexts], probe)
+    notes = [n for c in contexts for n in c.notes]
+    after = _after_stats(ModelSource(apply_plans(source.model, plans), source.base_dir), probe, notes) \
+        if plans else before  # shared tensors counted once
     spectra = [s for ctx in contexts for s in ctx.spectra]
-    report = Report(before, after, records, None, [n for c in contexts for n in c.notes],
-                    [u for c in contexts for u in c.unfolded])
+    report = Report(before, after, records, None, notes, [u for c in contexts for u in c.unfolded])
+    _note_uncounted(report)
     return Analysis(report,
                     [r for c in contexts for r in c.remarks], spectra, allocate.tradeoff(spectra, TRADEOFF_BUDGETS))

@@ -120,8 +120,11 @@ class Truncation:
 class ModelStats:
     op_counts: dict[str, int]
     params: int
-    linear_macs: int  # multiply-accumulates of recognised linear layers, per input row
+    linear_macs: int  # multiply-accumulates of every Conv, Gemm and MatMul per sample (see macs.py)
     file_bytes: int | None = None
+    macs_basis: str = "static shapes"  # the input shapes the MACs were counted at
+    macs_uncounted: list[str] = field(default_factory=list)  # counted nodes whose size is unknown (not counted)
+    layer_macs: dict[str, int] = field(default_factory=dict)  # MACs per sample of each counted node, by label
 
 
 @dataclass

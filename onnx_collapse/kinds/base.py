@@ -47,7 +47,7 @@ class Layer:
     beta: float = 1.0
     kernel: tuple[int, ...] = ()  # a convolution's kernel shape (n_in, n_out are then its channels)
     geometry: tuple = ()  # kind-specific layout (a convolution's strides, pads, dilations)
-    positions: int = 1  # output positions per row (a convolution's output pixels where known)
+    positions: int = 1  # output positions per sample (a convolution's pixels, a 3-D input's tokens) where known
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -55,8 +55,8 @@ class Layer:
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates per row: a convolution's per output position times its output positions
-        (its output size where the shape is known, else per position)."""
+        """Multiply-accumulates per sample: per output position times the output positions (a convolution's
+        pixels, a 3-D input's tokens: measured or static where known, else one position)."""
         return self.n_in * self.n_out * int(np.prod(self.kernel, dtype=np.int64)) * self.positions
 
     def affine(self, view: GraphView) -> Affine:

@@ -11,10 +11,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import allocate, calibrate, linalg
+from .. import allocate, calibrate, linalg, sensitivity
 from ..emit import RangeError, cast_checked
+from ..graph import fixed_batch
+from ..io import ModelSource
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
+from ..progress import advance, stage
+from ..rewrite import apply_plans
 from .chains import chain_record
 from .context import Context
 
@@ -156,13 +160,22 @@ class LowRank:
             main.notes.append("no low-rank target: no " + ("linear layer" if opts.low_rank == "all" else
                                                           "folded chain") + " to truncate")
             return
-        if opts.rank_budget is not None:
+        if opts.rank_budget is not None and opts.allocator == "output":
+            changes = output_changes(contexts, owners, targets, spectra)
+            chosen = allocate.allocate_min_total(spectra, changes, opts.rank_budget, opts.budget_metric)
+            predicted = sum(c[s.options.index(o)] for c, s, o in zip(changes, spectra, chosen))
+            main.notes.append(f"output-aware allocation: predicted relative output change {predicted:.3g} "
+                              f"(each layer truncated alone on {min(sensitivity.ROWS, _rows(main))} calibration "
+                              "rows at a ladder of ranks)")
+        elif opts.rank_budget is not None:
             chosen = allocate.ALLOCATORS[opts.allocator](spectra, opts.rank_budget, opts.budget_metric)
-            dense = sum(s.dense.params for s in spectra)
+        if opts.rank_budget is not None:
+            unit = "weights" if opts.budget_metric == "params" else "MACs"
+            dense = allocate.total_cost([s.dense for s in spectra], opts.budget_metric)
             limit = opts.rank_budget * dense
             used = allocate.total_cost(chosen, opts.budget_metric)
             main.notes.append(f"rank budget {opts.rank_budget:g} ({opts.allocator}): {used:,} of {limit:,.0f} allowed "
-                              f"weights ({dense:,} dense) in {len(targets)} layer(s); max predicted "
+                              f"{unit} ({dense:,} dense) in {len(targets)} layer(s); max predicted "
                               f"{opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
             if used > limit:
                 main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
@@ -180,6 +193,46 @@ class LowRank:
             else:
                 ctx.plans.append(plan)
                 ctx.records.append(plan.record)
+
+
+def _rows(ctx: Context) -> int:
+    return calibrate.row_count(calibrate.load_arrays(ctx.model, ctx.options.calibrate))
+
+
+def output_changes(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
+                   spectra: list[allocate.LayerSpectrum]) -> list[list[float]]:
+    """Per target, the predicted relative output change of each of its options: each main-graph target is
+    truncated alone at a ladder of ranks and the model run on calibration rows (``sensitivity``); a target
+    in a subgraph (whose effect cannot be run alone here) is taken to be as sensitive as the most
+    sensitive measured one."""
+    main = contexts[0]
+    model, base_dir = main.model, main.view.store.base_dir
+    from ..verify import run  # the onnxruntime runner
+
+    arrays = calibrate.load_arrays(model, main.options.calibrate)
+    feeds = sensitivity.calibration_feeds(arrays, batch=fixed_batch(model.graph) or sensitivity.BATCH)
+    expected = run(ModelSource(model, base_dir), feeds, "original model")
+    ladders: list[sensitivity.Ladder | None] = []
+    with stage("measuring how each layer's truncation changes the output", total=len(targets)):
+        for ctx, target, spectrum in zip(owners, targets, spectra):
+            if ctx.path:
+                ladders.append(None)
+                advance()
+                continue
+            errors, changes = [], []
+            for option in sensitivity.ladder_options(spectrum):
+                plan = truncated_plan(ctx, target, option, option.error)
+                if plan is None:
+                    continue
+                actual = run(ModelSource(apply_plans(model, [plan]), base_dir), feeds,
+                             f"model with {' > '.join(target.record.layers)} truncated")
+                errors.append(option.error)
+                changes.append(sensitivity.output_change(expected, actual))
+            ladders.append(sensitivity.Ladder(tuple(errors), tuple(changes)))
+            advance()
+    ratios = [c / (e * e) for ladder in ladders if ladder for e, c in zip(ladder.errors, ladder.changes) if e > 0]
+    worst = sensitivity.Ladder((1.0,), (max(ratios, default=1.0),))
+    return [[(ladder or worst).predict(o.error) for o in s.options] for ladder, s in zip(ladders, spectra)]
 
 
 class Spectra:

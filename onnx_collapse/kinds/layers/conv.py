@@ -51,7 +51,7 @@ class ConvEmission(Emission):
     strides: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()
     dilations: tuple[int, ...] = ()
-    output_positions: int = 1  # output pixels per image where the shape is known, else 1
+    output_positions: int = 1  # output pixels per sample where the shape is known, else 1
 
     def _conv(self, fresh, inits, x, y, weight, bias, dtype, k: int, group: int = 1, first: bool = True):
         spatial = len(self.kernel)
@@ -134,12 +134,10 @@ class Conv(LayerKind):
             b_meta = view.constant_meta(bias)
             if b_meta is None or b_meta[1] != dtype or int(np.prod(b_meta[0], dtype=np.int64)) != c_out:
                 return "Conv bias is not a constant of the output channels"
-        out_shape = view.shapes.get(node.outputs[0].name)
-        known = out_shape is not None and len(out_shape) == 2 + spatial and all(out_shape[2:])
         return Layer(self, (i,), x, node.outputs[0].name, c_in, c_out, dtype, weight, bias,
                      bias_rank=1 if bias else 0, input_rank=2 + spatial, kernel=kernel,
                      geometry=(strides, pads, dilations),
-                     positions=int(np.prod(out_shape[2:], dtype=np.int64)) if known else 1)
+                     positions=view.positions(node.outputs[0].name, 1) or 1)
 
     def conv_map(self, layer: Layer, view: GraphView) -> convalg.ConvMap:
         """The layer as a float64 ConvMap (reads the weight)."""

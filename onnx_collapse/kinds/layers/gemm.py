@@ -41,11 +41,12 @@ class Gemm(LayerKind):
                 return f"Gemm bias C of shape {list(c_shape)} does not broadcast over the output features"
         return Layer(self, (i,), x, node.outputs[0].name, n_in, n_out, dtype, weight, bias,
                      bias_rank=0 if bias is None else 2, input_rank=2, transposed=transposed,
+                     positions=view.positions(node.outputs[0].name, -1) or 1,
                      alpha=float(attribute(node, "alpha", 1.0)), beta=float(attribute(node, "beta", 1.0)))
 
     def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,
                  n_matrices: int) -> Emission:
         """Gemm while every bias keeps the output 2-D (a Gemm without C needs opset 11); else MatMul."""
         if bias_rank <= 2 and (opset >= GEMM_WITHOUT_C or (n_matrices == 1 and has_bias)):
-            return GemmEmission(prefix, bias_rank, 2)
-        return MatMulEmission(prefix, bias_rank, 2)
+            return GemmEmission(prefix, bias_rank, 2, layer.positions)
+        return MatMulEmission(prefix, bias_rank, 2, layer.positions)

@@ -34,8 +34,8 @@ class MatMul(LayerKind):
                 nodes, output, bias = (i, add_i), add.outputs[0].name, other
                 bias_rank = max(len(b_meta[0]), 1)
         return Layer(self, nodes, x, output, n_in, n_out, dtype, weight, bias, bias_rank=bias_rank,
-                     input_rank=view.rank(x))
+                     input_rank=view.rank(x), positions=view.positions(node.outputs[0].name, -1) or 1)
 
     def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,
                  n_matrices: int) -> Emission:
-        return MatMulEmission(prefix, bias_rank, layer.input_rank)
+        return MatMulEmission(prefix, bias_rank, layer.input_rank, layer.positions)

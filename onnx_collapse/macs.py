@@ -1,0 +1,217 @@
+"""Multiply-accumulates of a model's Conv, Gemm and MatMul nodes, counted from the shapes it really has.
+
+Shape inference leaves dims that depend on the input unknown (an OCR model's line width, a detector's image
+size), and a convolution's cost is its output size. Where a node's size is unknown, one onnxruntime run on
+one input set the user gave (the first calibration row, the first ``inputs`` set, or seeded values at the
+given ``input_shapes``) measures the shapes it needs. Counts are per sample: MACs of one run divided by its
+batch size (axis 0 of the first input). Nothing is guessed: a node whose size stays unknown is listed as
+uncounted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .errors import CollapseError
+from .io import ModelSource
+
+COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+Shape = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class ShapeProbe:
+    """The input set shapes are measured on, and how the report names it (``x[1,3,48,320]``)."""
+
+    feed: Mapping[str, np.ndarray]
+    basis: str
+
+    @property
+    def batch(self) -> int:
+        first = next(iter(self.feed.values()), None)
+        return int(first.shape[0]) if first is not None and np.ndim(first) and first.shape[0] else 1
+
+
+@dataclass
+class MacCount:
+    """MACs per sample of the counted nodes, by node label; ``uncounted``: nodes whose size is unknown."""
+
+    total: int = 0
+    per_node: dict[str, int] = field(default_factory=dict)
+    uncounted: list[str] = field(default_factory=list)
+    basis: str = "static shapes"
+
+
+def _prod(dims: Sequence[int]) -> int:
+    return int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
+
+
+def node_macs(node: onnx.NodeProto, shape_of: Callable[[str], Shape | None],
+              per_sample: Callable[[str], float | None]) -> int | None:
+    """Multiply-accumulates of ``node`` per sample; None when a size it needs is unknown.
+
+    ``shape_of``: a tensor's shape with every dim past axis 0 known (else None); ``per_sample``: its
+    elements per sample. Conv: output elements x (input channels per group x kernel); ConvTranspose:
+    input elements x (output channels per group x kernel); Gemm and MatMul: output elements x the
+    contracted length.
+    """
+    op = node.op_type
+    weight = shape_of(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if op in ("Conv", "ConvTranspose"):
+        data = node.output[0] if op == "Conv" else node.input[0]
+        elements = per_sample(data)
+        if elements is None or weight is None or len(weight) < 3 or None in weight:
+            return None
+        return round(elements * _prod(weight[1:]))
+    elements = per_sample(node.output[0])
+    if elements is None:
+        return None
+    if op == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        if weight is None or len(weight) != 2 or None in weight:
+            return None
+        return round(elements * weight[1 if trans_b else 0])
+    if op == "MatMul":
+        a = shape_of(node.input[0])
+        if weight is not None and len(weight) >= 1 and weight[-2 if len(weight) >= 2 else 0] is not None:
+            k = weight[-2] if len(weight) >= 2 else weight[0]
+        elif a is not None and a[-1] is not None:
+            k = a[-1]
+        else:
+            return None
+        return round(elements * k)
+    return None
+
+
+def _needed(node: onnx.NodeProto) -> list[str]:
+    names = list(node.output[:1])
+    if node.op_type in ("ConvTranspose", "Gemm", "MatMul"):
+        names.append(node.input[0])
+    if node.op_type == "MatMul" and len(node.input) > 1:
+        names.append(node.input[1])
+    return [n for n in names if n]
+
+
+def unknown_tensors(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int | None]]) -> list[str]:
+    """Tensors the counted nodes of ``graph`` read or write whose static shape is not fully known."""
+    wanted = []
+    for node in graph.node:
+        if node.op_type in COUNTED_OPS and node.domain in ("", "ai.onnx"):
+            for name in _needed(node):
+                shape = shapes.get(name)
+                if shape is None or None in list(shape):
+                    wanted.append(name)
+    return list(dict.fromkeys(wanted))
+
+
+def measure(source: ModelSource, names: Sequence[str], probe: ShapeProbe) -> dict[str, tuple[int, ...]]:
+    """Shapes of tensors ``names`` of the main graph in one onnxruntime run on ``probe``'s input set.
+
+    The model is run with those tensors as extra outputs (only their shapes are kept). CollapseError,
+    naming the input set, when onnxruntime cannot run it.
+    """
+    from .verify import run  # the onnxruntime runner; imported here as verify imports the passes' modules
+
+    model = source.model
+    outputs = {o.name for o in model.graph.output}
+    feeds = {name for name in probe.feed}
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    for name in names:
+        if name not in outputs and name not in feeds:
+            probed.graph.output.append(onnx.ValueInfoProto(name=name))
+    try:
+        values = run(ModelSource(probed, source.base_dir), [probe.feed], "model to measure its shapes")[0]
+    except CollapseError as exc:
+        raise CollapseError(f"{exc} (on {probe.basis})") from None
+    shapes = {name: tuple(np.shape(v)) for name, v in values.items()}
+    shapes.update({name: tuple(np.shape(v)) for name, v in probe.feed.items()})
+    return {name: shapes[name] for name in names if name in shapes}
+
+
+def count(graph: onnx.GraphProto, static: Mapping[str, Sequence[int | None]],
+          measured: Mapping[str, Sequence[int]] | None = None, batch: int = 1,
+          label: Callable[[int], str] | None = None, basis: str = "static shapes") -> MacCount:
+    """MACs per sample of ``graph``'s counted nodes: from ``static`` shapes where every dim is known (axis
+    0 read against the graph's fixed batch, else as the batch), else from ``measured`` shapes of one run
+    on ``batch`` samples."""
+    from .graph import fixed_batch
+
+    measured = measured or {}
+    static_batch = fixed_batch(graph)
+    stored = {t.name: tuple(t.dims) for t in graph.initializer}
+
+    def sized(name: str) -> tuple[Shape, int | None] | None:
+        if name in stored:
+            return stored[name], 1
+        shape = static.get(name)
+        if shape is not None and None not in shape and static_batch is not None:
+            return tuple(shape), static_batch
+        if name in measured:
+            return tuple(measured[name]), batch
+        if shape is not None and shape and None not in list(shape)[1:]:
+            return tuple(shape), None  # axis 0 read as the batch
+        return None
+
+    def shape_of(name: str) -> Shape | None:
+        found = sized(name)
+        return None if found is None else found[0]
+
+    def per_sample(name: str) -> float | None:
+        found = sized(name)
+        if found is None or not found[0]:
+            return None
+        shape, n = found
+        return _prod(shape[1:]) if n is None or shape[0] is None else _prod(shape) / n
+
+    result = MacCount(basis=basis)
+    for i, node in enumerate(graph.node):
+        if node.op_type not in COUNTED_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        name = label(i) if label is not None else (node.name or f"{node.op_type}_{i}")
+        macs = node_macs(node, shape_of, per_sample)
+        if macs is None:
+            result.uncounted.append(name)
+        else:
+            result.per_node[name] = result.per_node.get(name, 0) + macs
+            result.total += macs
+    return result
+
+
+def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[str, tuple[int, ...]],
+              seed: int = 0) -> ShapeProbe | None:
+    """One input set to measure shapes on: the first calibration row, the first verification input set, or
+    seeded values at ``input_shapes`` when they fix every dynamic dim past axis 0 (axis 0 defaults to 1);
+    None when the user gave none of these."""
+    from . import calibrate as calibration
+    from .verify import fixed_dim, graph_inputs, make_feeds, random_feeds
+
+    def described(feed: Mapping[str, np.ndarray], where: str) -> ShapeProbe:
+        dims = ", ".join(f"{n}[{','.join(map(str, np.shape(v)))}]" for n, v in feed.items())
+        return ShapeProbe(dict(feed), f"{dims} ({where})")
+
+    if calibrate is not None:
+        arrays = calibration.load_arrays(model, calibrate)
+        return described({n: a[:1] for n, a in arrays.items()}, "the first calibration row")
+    if inputs is not None:
+        feeds, _ = make_feeds(model, inputs, {}, seed, 1)
+        return described(feeds[0], "the first verification input set")
+    declared = graph_inputs(model)
+    shapes = dict(input_shapes)
+    for info in declared:
+        dims = info.type.tensor_type.shape.dim
+        if info.name in shapes or not info.type.tensor_type.HasField("shape"):
+            continue
+        if any(fixed_dim(d) is None for d in dims[1:]):
+            return None
+        if dims and fixed_dim(dims[0]) is None:
+            shapes[info.name] = (1, *(d.dim_value for d in dims[1:]))
+    if not input_shapes:
+        return None
+    feed = random_feeds(model, shapes, seed, 1)[0]
+    return described(feed, "seeded random values at --input-shape")
