@@ -93,6 +93,23 @@ def elapsed(seconds: float) -> str:
     return f"done in {seconds:.1f} s" if seconds < 60 else f"done in {int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
+class BudgetType(click.ParamType):
+    """A fraction in (0, 1), or 'auto'."""
+
+    name = "budget"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a fraction in (0, 1) nor 'auto'", param, ctx)
+        if not 0 < number < 1:
+            self.fail(f"{value!r} is not a fraction in (0, 1)", param, ctx)
+        return number
+
+
 def check_options(f):
     """Options shared by commands that run onnxruntime."""
     decorators = [
@@ -231,15 +248,17 @@ def cli(ctx: click.Context) -> None:
               help="Fold activations whose slopes are all within this distance of 1.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check (equivalence is then NOT checked).")
 @check_options
-@click.option("--rank-budget", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Truncate targeted layers to factor pairs keeping at most this fraction of their weights; "
-                   "ranks minimise the largest layer error (ALDS).")
+@click.option("--rank-budget", type=BudgetType(), default=None, metavar="FRACTION|auto",
+              help="Truncate targeted layers to factor pairs keeping at most this fraction of their weights "
+                   "(or MACs, --budget-metric); 'auto': the smallest fraction whose model passes verification "
+                   "(e.g. with --calibrate and --metric top1 --min-agreement 0.99).")
 @click.option("--max-error", type=click.FloatRange(0), default=None,
               help="Instead of a budget: the smallest model whose every targeted layer error is below this.")
 @click.option("--low-rank", type=click.Choice(LOW_RANK_TARGETS), default=DEFAULT_LOW_RANK, show_default=True,
               help="Truncation targets: collapsed products only, or every linear layer.")
 @click.option("--budget-metric", type=click.Choice(BUDGET_METRICS), default=DEFAULTS.budget_metric, show_default=True,
-              help="What --rank-budget counts: stored weights, or multiply-accumulates per input row.")
+              help="What --rank-budget counts: stored weights, or multiply-accumulates per sample (measured at "
+                   "the data's or --input-shape's shapes).")
 @click.option("--error-metric", type=click.Choice(ERROR_METRICS), default=DEFAULTS.error_metric, show_default=True,
               help="Layer error: sigma_(r+1)/sigma_1 (ALDS) or the relative Frobenius norm of what is cut.")
 @click.option("--max-groups", type=click.IntRange(1), default=DEFAULTS.max_groups, show_default=True,

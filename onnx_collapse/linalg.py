@@ -547,6 +547,22 @@ def truncate(exact: Factored, rank: int, metric: Whitening | None = None
     return a, b, _kept_mean(exact, metric.mean, a, b)
 
 
+def nested_truncations(exact: Factored, max_rank: int, metric: Whitening | None = None):
+    """``rank -> truncate(exact, rank, metric)`` for every rank up to ``max_rank``, from one factorization:
+    the best rank-``max_rank`` factors are ordered by singular value, so each lower rank is their leading
+    slice (Eckart-Young, in the whitened metric where given)."""
+    a, b = top_factors(exact if metric is None else whitened(exact, metric), max_rank)
+
+    def at(rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        first, second = a[:, :rank], b[:rank]
+        if metric is None:
+            return first, second, exact.bias
+        first = unwhiten(first, metric)
+        return first, second, _kept_mean(exact, metric.mean, first, second)
+
+    return at
+
+
 def truncate_grouped(weight: np.ndarray, groups: int, rank: int, bias: np.ndarray | None,
                      metric: Whitening | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """ALDS's grouped factors of ``weight``: input features in ``groups`` blocks, each of ``rank``; the

@@ -30,6 +30,7 @@ class ShapeProbe:
 
     feed: Mapping[str, np.ndarray]
     basis: str
+    origin: str = "the given inputs"  # where the input set comes from, for messages
 
     @property
     def batch(self) -> int:
@@ -98,13 +99,14 @@ def _needed(node: onnx.NodeProto) -> list[str]:
 
 
 def unknown_tensors(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int | None]]) -> list[str]:
-    """Tensors the counted nodes of ``graph`` read or write whose static shape is not fully known."""
+    """Tensors the counted nodes of ``graph`` read or write whose static shape is unknown past axis 0 (the
+    batch, which the counts divide out)."""
     wanted = []
     for node in graph.node:
         if node.op_type in COUNTED_OPS and node.domain in ("", "ai.onnx"):
             for name in _needed(node):
                 shape = shapes.get(name)
-                if shape is None or None in list(shape):
+                if shape is None or None in list(shape)[1:]:
                     wanted.append(name)
     return list(dict.fromkeys(wanted))
 
@@ -128,7 +130,8 @@ def measure(source: ModelSource, names: Sequence[str], probe: ShapeProbe) -> dic
     try:
         values = run(ModelSource(probed, source.base_dir), [probe.feed], "model to measure its shapes")[0]
     except CollapseError as exc:
-        raise CollapseError(f"{exc} (on {probe.basis})") from None
+        raise CollapseError(f"cannot measure layer sizes on {probe.origin} ({probe.basis}): "
+                            f"{str(exc).split(': ', 1)[-1]}") from None
     shapes = {name: tuple(np.shape(v)) for name, v in values.items()}
     shapes.update({name: tuple(np.shape(v)) for name, v in probe.feed.items()})
     return {name: shapes[name] for name in names if name in shapes}
@@ -191,16 +194,16 @@ def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[s
     from . import calibrate as calibration
     from .verify import fixed_dim, graph_inputs, make_feeds, random_feeds
 
-    def described(feed: Mapping[str, np.ndarray], where: str) -> ShapeProbe:
+    def described(feed: Mapping[str, np.ndarray], where: str, origin: str) -> ShapeProbe:
         dims = ", ".join(f"{n}[{','.join(map(str, np.shape(v)))}]" for n, v in feed.items())
-        return ShapeProbe(dict(feed), f"{dims} ({where})")
+        return ShapeProbe(dict(feed), f"{dims} ({where})", origin)
 
     if calibrate is not None:
         arrays = calibration.load_arrays(model, calibrate)
-        return described({n: a[:1] for n, a in arrays.items()}, "the first calibration row")
+        return described({n: a[:1] for n, a in arrays.items()}, "the first calibration row", "the calibration data")
     if inputs is not None:
         feeds, _ = make_feeds(model, inputs, {}, seed, 1)
-        return described(feeds[0], "the first verification input set")
+        return described(feeds[0], "the first verification input set", "the verification inputs")
     declared = graph_inputs(model)
     shapes = dict(input_shapes)
     for info in declared:
@@ -214,4 +217,4 @@ def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[s
     if not input_shapes:
         return None
     feed = random_feeds(model, shapes, seed, 1)[0]
-    return described(feed, "seeded random values at --input-shape")
+    return described(feed, "seeded random values at --input-shape", "the given input shapes")

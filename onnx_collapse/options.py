@@ -30,6 +30,8 @@ class Options:
     input_shapes: concrete shapes for inputs with dynamic dims, e.g. {"x": (1, 128, 768)}.
     rank_budget: truncate to factor pairs keeping at most this fraction of the targeted layers' dense
         weights, with ranks that minimise the largest relative layer error (ALDS). None: exact folds only.
+        "auto": the smallest budget whose model passes verification (``metric``, ``min_agreement`` or the
+        tolerances, on the verification rows), found by bisection.
     max_error: instead of a budget, the smallest model whose every targeted layer stays within this error.
     low_rank: "collapsed" (only folded chains) or "all" (every linear layer) as truncation targets.
     budget_metric: "params" or "macs" (per sample, at the shapes the model has for the given data or
@@ -58,7 +60,7 @@ class Options:
     check_n: int = 3
     inputs: str | Mapping[str, np.ndarray] | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    rank_budget: float | None = None
+    rank_budget: float | str | None = None
     max_error: float | None = None
     low_rank: str = "collapsed"
     budget_metric: str = "params"
@@ -76,8 +78,12 @@ class Options:
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise CollapseError(f"{name} must be a finite number >= 0, not {value!r}")
-        if self.rank_budget is not None and not (_is_number(self.rank_budget) and 0 < self.rank_budget < 1):
-            raise CollapseError(f"rank_budget must be a fraction in (0, 1), not {self.rank_budget!r}")
+        if self.rank_budget is not None and self.rank_budget != "auto" and \
+                not (_is_number(self.rank_budget) and 0 < self.rank_budget < 1):
+            raise CollapseError(f"rank_budget must be a fraction in (0, 1) or 'auto', not {self.rank_budget!r}")
+        if self.rank_budget == "auto" and not self.verify:
+            raise CollapseError("rank_budget 'auto' searches for the smallest model that passes verification: "
+                                "it needs verification on")
         if self.rank_budget is not None and self.max_error is not None:
             raise CollapseError("rank_budget and max_error exclude each other; give one")
         if not (_is_number(self.min_agreement) and 0 <= self.min_agreement <= 1):

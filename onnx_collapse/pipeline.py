@@ -392,8 +392,9 @@ def optimize(
             before = stats_of([ctx.view for ctx in contexts], probe)
         report = Report(before, replace(before), records, verification, notes, unfolded)
         if options.rank_budget is not None or options.max_error is not None:
-            goal = (f"--rank-budget {options.rank_budget:g}" if options.rank_budget is not None
-                    else f"--max-error {options.max_error:g}")
+            budget = options.rank_budget
+            goal = (f"--max-error {options.max_error:g}" if budget is None else
+                    f"--rank-budget {budget if isinstance(budget, str) else format(budget, 'g')}")
             report.truncation = truncation_outcome(goal, records, verification, options.inputs is not None)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
         written = None

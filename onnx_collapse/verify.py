@@ -183,14 +183,16 @@ def _cast_input(name: str, array: np.ndarray, dtype: np.dtype, what: str) -> np.
     return cast
 
 
-def session(source: ModelSource, what: str) -> ort.InferenceSession:
-    """A CPU session with graph optimizations off, so we compare the graphs as written.
+def session(source: ModelSource, what: str, optimized: bool = False) -> ort.InferenceSession:
+    """A CPU session with graph optimizations off, so we compare the graphs as written (``optimized``: on,
+    for runs that only measure, such as the output-aware allocation's).
 
     A model held in a file loads from it; a small in-memory one from bytes; one with external data
     or over 2 GB is first written to a temporary folder (its weights copied there in chunks).
     """
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else
+                                        ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 4  # fatal only: failures become one CollapseError line, not onnxruntime logs
     # weights in a data file stay mapped from it; prepacking would copy every MatMul/Gemm weight into memory
     # (a few verification rows do not need its speed)
@@ -213,9 +215,10 @@ def session(source: ModelSource, what: str) -> ort.InferenceSession:
         raise CollapseError(f"onnxruntime cannot load the {what}: {_one_line(exc)}") from None
 
 
-def run(source: ModelSource, feeds: Sequence[Mapping[str, np.ndarray]], what: str) -> list[dict[str, np.ndarray]]:
-    """Outputs of the model for each input set, by output name."""
-    sess = session(source, what)
+def run(source: ModelSource, feeds: Sequence[Mapping[str, np.ndarray]], what: str, optimized: bool = False
+        ) -> list[dict[str, np.ndarray]]:
+    """Outputs of the model for each input set, by output name (``optimized``: see ``session``)."""
+    sess = session(source, what, optimized)
     names = [o.name for o in sess.get_outputs()]
     results = []
     for feed in feeds:

@@ -41,6 +41,7 @@ class Context:
     counted: set = field(default_factory=set)  # stored tensors already counted in a planned fold's record
     calibration: Statistics | None = None  # streamed statistics of the calibration data (main graph only)
     keep_exact: bool = True  # plans keep their float64 exact maps (False when no pass will read them)
+    whitenings: dict = field(default_factory=dict)  # low-rank targets' calibrated metrics, by what they read
 
     def fresh_name(self, base: str) -> str:
         """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""

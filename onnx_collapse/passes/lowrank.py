@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import onnx
 
 from .. import allocate, calibrate, linalg, sensitivity
 from ..emit import RangeError, cast_checked
@@ -45,9 +46,11 @@ def count_targets(contexts: list[Context]) -> int:
 
 
 def target_whitening(ctx: Context, target: FoldPlan) -> linalg.Whitening | None:
-    """The target's output-error metric on the calibration data (None: data-free)."""
-    return calibrate.input_whitening(ctx.calibration, target.input, target.exact.bias is not None,
-                                     target.emit.patches)
+    """The target's output-error metric on the calibration data (None: data-free), computed once per target."""
+    key = (target.input, target.exact.bias is not None, target.emit.patches)
+    if key not in ctx.whitenings:
+        ctx.whitenings[key] = calibrate.input_whitening(ctx.calibration, *key)
+    return ctx.whitenings[key]
 
 
 def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpectrum]]:
@@ -94,12 +97,14 @@ def _current_params(plan: FoldPlan) -> int:
     return plan.record.params_after - (0 if plan.exact.bias is None else plan.exact.bias.size)
 
 
-def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error: float) -> FoldPlan | None:
-    """A plan storing ``exact.exact`` with ``option``'s (grouped) rank; None if it does not fit the dtype."""
+def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error: float,
+                   factors=None) -> FoldPlan | None:
+    """A plan storing ``exact.exact`` with ``option``'s (grouped) rank; None if it does not fit the dtype.
+    ``factors``: ``linalg.nested_truncations`` of the target, to slice instead of factorizing again."""
     whiten = target_whitening(ctx, exact)
     try:
         if option.groups == 1:
-            a, b, bias = linalg.truncate(exact.exact, option.rank, whiten)
+            a, b, bias = (factors or (lambda r: linalg.truncate(exact.exact, r, whiten)))(option.rank)
             a = cast_checked(a, exact.dtype)  # each float64 factor gives way to its stored form (memory)
             b = cast_checked(b, exact.dtype)
             nodes, inits = exact.emit.linear(ctx.fresh_name, exact.input, exact.output, (a, b), bias,
@@ -160,39 +165,122 @@ class LowRank:
             main.notes.append("no low-rank target: no " + ("linear layer" if opts.low_rank == "all" else
                                                           "folded chain") + " to truncate")
             return
-        if opts.rank_budget is not None and opts.allocator == "output":
-            changes = output_changes(contexts, owners, targets, spectra)
-            chosen = allocate.allocate_min_total(spectra, changes, opts.rank_budget, opts.budget_metric)
-            predicted = sum(c[s.options.index(o)] for c, s, o in zip(changes, spectra, chosen))
-            main.notes.append(f"output-aware allocation: predicted relative output change {predicted:.3g} "
-                              f"(each layer truncated alone on {min(sensitivity.ROWS, _rows(main))} calibration "
-                              "rows at a ladder of ranks)")
-        elif opts.rank_budget is not None:
-            chosen = allocate.ALLOCATORS[opts.allocator](spectra, opts.rank_budget, opts.budget_metric)
-        if opts.rank_budget is not None:
+        if opts.rank_budget is None:
+            chosen = allocate.allocate_max_error(spectra, opts.max_error, opts.budget_metric)
+        else:
+            allocate_at = self.allocator(contexts, owners, targets, spectra)
+            if opts.rank_budget == "auto":
+                budget, chosen = search_budget(contexts, owners, targets, spectra, allocate_at)
+            else:
+                budget, chosen = opts.rank_budget, allocate_at(opts.rank_budget)
+            if getattr(allocate_at, "note", None):
+                main.notes.append(allocate_at.note(budget))
             unit = "weights" if opts.budget_metric == "params" else "MACs"
             dense = allocate.total_cost([s.dense for s in spectra], opts.budget_metric)
-            limit = opts.rank_budget * dense
+            limit = budget * dense
             used = allocate.total_cost(chosen, opts.budget_metric)
-            main.notes.append(f"rank budget {opts.rank_budget:g} ({opts.allocator}): {used:,} of {limit:,.0f} allowed "
+            main.notes.append(f"rank budget {budget:g} ({opts.allocator}): {used:,} of {limit:,.0f} allowed "
                               f"{unit} ({dense:,} dense) in {len(targets)} layer(s); max predicted "
                               f"{opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
             if used > limit:
                 main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
-        else:
-            chosen = allocate.allocate_max_error(spectra, opts.max_error, opts.budget_metric)
-        for ctx, target, option in zip(owners, targets, chosen):
-            if option.rank is None or option.params >= _current_params(target):
-                continue
-            plan = truncated_plan(ctx, target, option, option.error)
-            if plan is None:
-                continue
+        for ctx, target, plan in chosen_plans(owners, targets, chosen):
             if target.nodes:  # an exact plan: replace it and its record
                 ctx.plans[_position(ctx.plans, target)] = plan
                 ctx.records[_position(ctx.records, target.record)] = plan.record
             else:
                 ctx.plans.append(plan)
                 ctx.records.append(plan.record)
+
+    @staticmethod
+    def allocator(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
+                  spectra: list[allocate.LayerSpectrum]):
+        """budget -> the options chosen for ``targets`` under it, by the allocator the options name (the
+        output-aware one measures the layers' effects once, here)."""
+        main, opts = contexts[0], contexts[0].options
+        if opts.allocator != "output":
+            return lambda budget: allocate.ALLOCATORS[opts.allocator](spectra, budget, opts.budget_metric)
+        changes = output_changes(contexts, owners, targets, spectra)
+
+        def allocate_at(budget: float) -> list[allocate.Option]:
+            return allocate.allocate_min_total(spectra, changes, budget, opts.budget_metric)
+
+        def note(budget: float) -> str:
+            chosen = allocate_at(budget)
+            predicted = sum(c[s.options.index(o)] for c, s, o in zip(changes, spectra, chosen))
+            return (f"output-aware allocation: predicted relative output change {predicted:.3g} (each layer "
+                    f"truncated alone on {min(sensitivity.ROWS, _rows(main))} calibration rows at a ladder of ranks)")
+
+        allocate_at.note = note
+        return allocate_at
+
+
+def chosen_plans(owners: list[Context], targets: list[FoldPlan], chosen: list[allocate.Option],
+                 cache: dict | None = None) -> list[tuple[Context, FoldPlan, FoldPlan]]:
+    """(context, target, truncated plan) for each target whose chosen option is a smaller factor form;
+    ``cache`` keeps plans made before, by (target, rank, groups)."""
+    out = []
+    for k, (ctx, target, option) in enumerate(zip(owners, targets, chosen)):
+        if option.rank is None or option.params >= _current_params(target):
+            continue
+        key = (k, option.rank, option.groups)
+        plan = cache.get(key) if cache is not None and key in cache else truncated_plan(ctx, target, option,
+                                                                                          option.error)
+        if cache is not None:
+            cache[key] = plan
+        if plan is not None:
+            out.append((ctx, target, plan))
+    return out
+
+
+SEARCH_STEPS = 6  # budgets tried by ``search_budget``: 1/2, then bisection to 1/64
+
+
+def search_budget(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
+                  spectra: list[allocate.LayerSpectrum], allocate_at) -> tuple[float, list[allocate.Option]]:
+    """The smallest budget whose model passes the verification the options ask for (metric and tolerance,
+    on the verification rows: ``inputs``, rows held out of the calibration data, or random inputs), found
+    by bisection; each budget tried is applied to the whole model with the exact folds and run. The
+    frontier goes to the notes. Without a passing budget, every layer stays dense."""
+    from ..verify import compare_outputs, make_feeds, run
+
+    main, opts = contexts[0], contexts[0].options
+    model, base_dir = main.model, main.view.store.base_dir
+    feeds, where = make_feeds(model, opts.inputs, opts.input_shapes, opts.seed, opts.check_n,
+                              opts.max_verify_memory)
+    expected = run(ModelSource(model, base_dir), feeds, "original model")
+    exact = [p for ctx in contexts for p in ctx.plans]
+    cache: dict = {}
+    lo, hi, best = 0.0, 1.0, None
+    frontier = []
+    with stage("searching the smallest budget that passes verification", total=SEARCH_STEPS):
+        for _ in range(SEARCH_STEPS):
+            budget = (lo + hi) / 2
+            chosen = allocate_at(budget)
+            truncated = chosen_plans(owners, targets, chosen, cache)
+            replaced = {id(t) for _, t, _ in truncated}
+            plans = [p for p in exact if id(p) not in replaced] + [plan for _, _, plan in truncated]
+            actual = run(ModelSource(apply_plans(model, plans), base_dir), feeds, f"model at budget {budget:g}")
+            verdict = compare_outputs(expected, actual, opts.atol, opts.rtol, where, opts.metric, opts.min_agreement)
+            frontier.append(f"{budget:.3g}: " + _verdict_text(verdict))
+            if verdict.passed:
+                hi, best = budget, (budget, chosen)
+            else:
+                lo = budget
+            advance()
+    main.notes.append(f"budget search on {where}: " + "; ".join(frontier))
+    if best is None:
+        main.notes.append("no budget tried passed verification: every layer stays dense (the exact folds stay)")
+        return 1.0, [s.dense for s in spectra]
+    return best
+
+
+def _verdict_text(verdict) -> str:
+    worst = min(verdict.outputs, key=lambda s: (s.passed, -(s.agreement or 0.0)), default=None)
+    if worst is None:
+        return "passed" if verdict.passed else "failed"
+    shown = f"top-1 {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"
+    return f"{shown} {'passed' if verdict.passed else 'failed'}"
 
 
 def _rows(ctx: Context) -> int:
@@ -207,11 +295,15 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
     sensitive measured one."""
     main = contexts[0]
     model, base_dir = main.model, main.view.store.base_dir
-    from ..verify import run  # the onnxruntime runner
+    from ..verify import capture, run  # the onnxruntime runner
 
     arrays = calibrate.load_arrays(model, main.options.calibrate)
     feeds = sensitivity.calibration_feeds(arrays, batch=fixed_batch(model.graph) or sensitivity.BATCH)
-    expected = run(ModelSource(model, base_dir), feeds, "original model")
+    measured = [(ctx, t) for ctx, t in zip(owners, targets) if not ctx.path]
+    elems = {t.input: onnx.helper.np_dtype_to_tensor_dtype(t.dtype) for _, t in measured}
+    captured = capture(ModelSource(model, base_dir), list(elems), elems, feeds)
+    outputs = [o.name for o in model.graph.output]
+    expected = [{n: c[n] for n in outputs} for c in captured]
     ladders: list[sensitivity.Ladder | None] = []
     with stage("measuring how each layer's truncation changes the output", total=len(targets)):
         for ctx, target, spectrum in zip(owners, targets, spectra):
@@ -219,13 +311,21 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
                 ladders.append(None)
                 advance()
                 continue
+            cut = sensitivity.downstream(model, target.input, elems[target.input])
+            part, where = cut if cut is not None else (model, None)
+            part_feeds = [{**feed, target.input: c[target.input]} for feed, c in zip(feeds, captured)]
             errors, changes = [], []
-            for option in sensitivity.ladder_options(spectrum):
-                plan = truncated_plan(ctx, target, option, option.error)
+            ladder = sensitivity.ladder_options(spectrum)
+            factors = linalg.nested_truncations(target.exact, max((o.rank for o in ladder), default=1),
+                                                target_whitening(ctx, target))
+            for option in ladder:
+                plan = truncated_plan(ctx, target, option, option.error, factors)
                 if plan is None:
                     continue
-                actual = run(ModelSource(apply_plans(model, [plan]), base_dir), feeds,
-                             f"model with {' > '.join(target.record.layers)} truncated")
+                if where is not None:
+                    plan = replace(plan, removed=tuple(where[i] for i in plan.removed))
+                actual = run(ModelSource(apply_plans(part, [plan]), base_dir), part_feeds,
+                             f"model with {' > '.join(target.record.layers)} truncated", optimized=True)
                 errors.append(option.error)
                 changes.append(sensitivity.output_change(expected, actual))
             ladders.append(sensitivity.Ladder(tuple(errors), tuple(changes)))
