@@ -149,6 +149,7 @@ def test_a_met_budget_says_so_and_no_budget_says_nothing():
     _, report = optimize(model, rank_budget=0.4, atol=10.0, rtol=10.0)
     assert report.truncation.met and report.truncation.summary.startswith("--rank-budget 0.4 met: all 1 planned")
     assert optimize(model)[1].truncation is None
+    assert optimize(model, rank_budget="auto")[1].truncation.goal == "--rank-budget auto"
 
 
 def test_low_rank_all_touches_single_layers_and_grouping_runs():
