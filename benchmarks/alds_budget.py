@@ -8,7 +8,7 @@ residual GELU MLP blocks d=32 -> 128 -> 32, mean over tokens, classifier; 3-D Ma
 linear layer is a target (``--low-rank all``). For each budget (fraction of the targeted weights kept,
 as counted by onnx-collapse) and allocator: the largest predicted per-layer spectral error, the output
 error on the test set in onnxruntime (||y' - y|| / ||y||), and test accuracy. The table is printed and
-kept in benchmarks/results/alds_budget.md (spliced into the README by ``make readme-tables``).
+kept in benchmarks/results/alds_budget.md (spliced into docs/results.md by ``make readme-tables``).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def write_table(name: str, lines: list[str]) -> None:
-    """Print a markdown table and keep it as results/NAME.md, the file the README's table is spliced from."""
+    """Print a markdown table and keep it as results/NAME.md, the file docs/results.md's table is spliced from."""
     text = "\n".join(lines) + "\n"
     print(text, end="")
     RESULTS.mkdir(exist_ok=True)

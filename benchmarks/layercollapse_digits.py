@@ -8,7 +8,7 @@ activations, the first stays a free PReLU), export it to ONNX with torch's defau
 element-wise float32 tolerance), and measure test accuracy of the exported and the collapsed model in
 onnxruntime. "snapped" rows set slopes within 0.05 of 1 to exactly 1 and fine-tune a few epochs before
 export, so the fold is exact.
-Prints a table, keeps it in benchmarks/results/layercollapse_digits.md (spliced into the README by
+Prints a table, keeps it in benchmarks/results/layercollapse_digits.md (spliced into docs/results.md by
 ``make readme-tables``) and writes accuracy-vs-parameters to OUT/layercollapse_digits.png (with matplotlib).
 """
 

@@ -1,13 +1,54 @@
-"""onnx-collapse: fold near-linear Gemm/MatMul chains of exported ONNX models, verified in onnxruntime."""
+"""onnx-collapse: fold near-linear Gemm/MatMul chains of exported ONNX models, verified in onnxruntime.
+
+The API (``optimize``, ``analyze``, ``verify``, the report classes) is loaded on first use, so that the
+command line can show its progress display before onnx and onnxruntime are imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 from .errors import CollapseError
-from .options import Options
-from .pipeline import analyze, optimize
-from .report import ErrorStats, FoldRecord, ModelStats, Report, Verification
-from .verify import verify
+
+_API = {"Options": "options", "analyze": "pipeline", "optimize": "pipeline", "ErrorStats": "report",
+        "FoldRecord": "report", "ModelStats": "report", "Report": "report", "Verification": "report"}
 
 __all__ = [
     "CollapseError", "ErrorStats", "FoldRecord", "ModelStats", "Options", "Report", "Verification",
     "analyze", "optimize", "verify",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule, e.g. onnx_collapse.report
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API, "verify"])
+
+
+class _Package(types.ModuleType):
+    """``onnx_collapse.verify`` stays the function when the submodule of that name is imported (the import
+    system sets the submodule as the package's attribute; the eager ``from .verify import verify`` of old
+    rebound it to the function)."""
+
+    @property
+    def verify(self):
+        return importlib.import_module(".verify", __name__).verify
+
+    @verify.setter
+    def verify(self, value) -> None:  # the import system recording the submodule: it stays in sys.modules
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

@@ -20,7 +20,15 @@ import numpy as np
 from . import convalg, linalg
 from .errors import CollapseError
 from .io import ModelSource, read_npz
-from .verify import graph_inputs, memory_limit, probe_model, refuse_non_finite, session
+from .verify import (
+    check_shapes,
+    expected_inputs,
+    graph_inputs,
+    memory_limit,
+    probe_model,
+    refuse_non_finite,
+    session,
+)
 
 HELD_OUT = 0.2  # fraction of the calibration rows kept for verification when no --inputs is given
 BATCH_BYTES = 32 * 2**20  # captured activations per batch (the first batch measures the size of a row)
@@ -128,10 +136,13 @@ def load_arrays(model, data: str | os.PathLike | Mapping[str, np.ndarray], what:
     names = [i.name for i in graph_inputs(model)]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise CollapseError(f"{label} has no array for input {missing[0]!r}")
+        raise CollapseError(f"{label} has no array for input {missing[0]!r} (it has "
+                            f"{', '.join(sorted(arrays)) or 'none'}; {expected_inputs(model)}); save one array per "
+                            f"input by name, e.g. np.savez(path, {missing[0]}=...)")
     extra = sorted(set(arrays) - set(names))
     if extra:
-        raise CollapseError(f"{label} has array {extra[0]!r}, which is not a model input")
+        raise CollapseError(f"{label} has array {extra[0]!r}, which is not a model input ({expected_inputs(model)})")
+    check_shapes(model, arrays, label, rows=True)
     rows = {n: arrays[n].shape[0] if arrays[n].ndim else None for n in names}
     if any(r is None for r in rows.values()):
         bad = next(n for n, r in rows.items() if r is None)

@@ -10,27 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 import re
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from . import io
 from .errors import CollapseError
 from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RANK_TARGETS, METRICS, Options
-from .pipeline import analyze as analyze_model
-from .pipeline import optimize as optimize_model
-from .progress import Progress, TerminalProgress
-from .report import SCHEMA_VERSION, dumps, render, render_analysis, render_spectra, render_verification
-from .verify import parse_input_shape, parse_size
-from .verify import verify as verify_models
+from .progress import Progress, TerminalProgress, reporting, stage
 
+# onnx, onnxruntime and the pipeline are imported inside the commands, once the progress display shows
+# "starting": they take a few seconds to load on a busy machine, and a blank terminal looks hung.
+STARTING = "starting: loading onnx and onnxruntime"
 DEFAULT_LOW_RANK = DEFAULTS.low_rank
 BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the status of a tool killed by SIGPIPE (Python's own is 120)
 
@@ -76,7 +75,27 @@ def cli_options(**values) -> Options:
 
 
 def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    from .verify import parse_input_shape
+
     return dict(parse_input_shape(v) for v in values)
+
+
+@contextlib.contextmanager
+def running(quiet: bool, as_json: bool = False) -> Iterator[dict]:
+    """The work of one command: one-line errors, the progress display started at once (on a terminal,
+    without --quiet), and the elapsed time in the yielded dict (``"seconds"``) once the work is done."""
+    done: dict = {}
+    start = time.monotonic()
+    with one_line_errors(), reporting(_progress(quiet)):
+        with stage(STARTING):
+            importlib.import_module(".pipeline", __package__)  # the slow imports, while the display says so
+        yield done
+    done["seconds"] = time.monotonic() - start
+
+
+def elapsed(seconds: float) -> str:
+    """The closing line of a text report: how long the run took."""
+    return f"done in {seconds:.1f} s" if seconds < 60 else f"done in {int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
 class BudgetType(click.ParamType):
@@ -186,6 +205,8 @@ def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool, dat
     """Before any work: refuse an output or report that is (or leads to) the input or one of its data
     files, a file of ``data`` (--inputs, --calibrate), the other one, or a file the current output uses, or
     that cannot be written."""
+    from . import io
+
     inputs = io.model_files(src, "input") | data
     if io.same_file(dst, src) and not overwrite:
         raise CollapseError(f"{str(dst)!r} is the input file; pass --overwrite to replace it")
@@ -195,18 +216,43 @@ def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool, dat
         io.check_destination(report, inputs | used, "--report")
 
 
+def dumps(payload: dict) -> str:
+    """The payload as strict JSON (``report.dumps``; imported on use, as it loads numpy)."""
+    from .report import dumps as strict_dumps
+
+    return strict_dumps(payload)
+
+
 def _emit(report_dict: dict, text: str, as_json: bool, report_file: str | None) -> None:
+    from . import io
+
     if report_file:
         io.write_text_atomic(Path(report_file), dumps(report_dict) + "\n")
     click.echo(dumps(report_dict) if as_json else text)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True,
+class Commands(click.Group):
+    """The command group; a model path where a command belongs (onnxsim's ``onnxsim IN OUT`` habit) gets
+    the command it was meant for, spelled out."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands and (args[0].endswith(".onnx") or Path(args[0]).is_file()):
+            meant = "optimize" if len(args) > 1 else "analyze"
+            shown = " ".join(args[:2] if meant == "optimize" else args[:1])
+            raise click.UsageError(f"no command {args[0]!r}; did you mean: onnx-collapse {meant} {shown}")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True,
              no_args_is_help=False)
 @click.version_option(package_name="onnx-collapse")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
-    """Collapse near-linear Gemm/MatMul chains of ONNX models and prove the result in onnxruntime."""
+    """Collapse near-linear Gemm/MatMul/Conv chains of ONNX models and prove the result in onnxruntime.
+
+    Start with `onnx-collapse analyze MY.onnx`: it says what would fold and what else could help.
+    `onnx-collapse demo` runs both commands on a small example model shipped with the package.
+    """
     if ctx.invoked_subcommand is None:  # bare ``onnx-collapse``: the help on stderr, exit 2 like any usage error
         click.echo(ctx.get_help(), err=True)
         ctx.exit(2)
@@ -255,7 +301,11 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
              metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
              allocator, max_verify_memory, calibrate, external_data, overwrite, as_json, report_file, quiet) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
-    with one_line_errors():
+    with running(quiet) as done:
+        from . import io
+        from .pipeline import optimize as optimize_model
+        from .verify import parse_size
+
         src, dst = Path(input_path), Path(output_path)
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
                      io.data_files(inputs, calibrate))
@@ -277,11 +327,14 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
                           max_groups=max_groups, allocator=allocator, calibrate=calibrate,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
-        _, report = optimize_model(src, options, output=dst, external_data=external_data, progress=_progress(quiet))
-        _emit(report.to_dict(), render(report, _width()), as_json, report_file)
-        if report.verification is not None and not report.verification.passed:
-            click.echo("onnx-collapse: verification failed; no output written", err=True)
-            sys.exit(1)
+        _, report = optimize_model(src, options, output=dst, external_data=external_data)
+    with one_line_errors():
+        from .report import render
+
+        _emit(report.to_dict(), render(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json, report_file)
+    if report.verification is not None and not report.verification.passed:
+        click.echo("onnx-collapse: verification failed; no output written", err=True)
+        sys.exit(1)
 
 
 @cli.command()
@@ -301,32 +354,55 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
 @quiet_option
 def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, input_shape, as_json, quiet) -> None:
-    """List every chain of IN.onnx: shapes, slopes, predicted savings, and why it would or would not fold."""
+    """List every chain of IN.onnx: shapes, slopes, predicted savings, why each would or would not fold,
+    and a verdict: what onnx-collapse can do for this model."""
     with one_line_errors():
-        if plot_file is not None:
-            _check_plot_path(Path(input_path), Path(plot_file))
         note_idle_options(quiet, [(not spectrum and plot_file is None, ("low_rank",), "without --spectrum or --plot"),
                                   (plot_file is None, ("rank_budget",), "without --plot")])
-        progress = _progress(quiet)
+    with running(quiet) as done:
+        from .pipeline import analyze as analyze_model
+
+        if plot_file is not None:
+            _check_plot_path(Path(input_path), Path(plot_file))
         found = analyze_model(input_path, cli_options(slope_tol=slope_tol, verify=False, low_rank=low_rank,
                                                       input_shapes=_shapes(input_shape)),
-                              spectrum=spectrum or plot_file is not None, progress=progress)
+                              spectrum=spectrum or plot_file is not None)
         if plot_file is not None:
             from .plot import plot_tradeoff
 
-            plot_tradeoff(found.spectra, found.tradeoff, plot_file, rank_budget, progress=progress)
-        payload = found.report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in found.remarks]}
-        text = render_analysis(found.report, _width())
+            plot_tradeoff(found.spectra, found.tradeoff, plot_file, rank_budget)
+    with one_line_errors():
+        text = analysis_text(found, slope_tol, spectrum, as_json)
+        if not as_json:
+            wrote = "" if plot_file is None else f"wrote the trade-off plot to {plot_file}\n"
+            text += f"\n\n{wrote}{elapsed(done['seconds'])}"
+        click.echo(text)
+
+
+def analysis_text(found, slope_tol: float, spectrum: bool, as_json: bool) -> str:
+    """What ``analyze`` prints: the JSON payload, or the tables and the verdict."""
+    from .passes.explain import verdict
+    from .report import render_analysis, render_spectra
+
+    said = verdict(found.report, slope_tol)
+    if as_json:
+        payload = found.report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in found.remarks],
+                                            "verdict": said}
         if spectrum:
             payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
                                    "singular_values": s.singular_values.tolist()} for s in found.spectra]
-            text += "\n\n" + render_spectra(found.spectra, found.tradeoff, _width())
-        click.echo(dumps(payload) if as_json else text)
+        return dumps(payload)
+    text = render_analysis(found.report, _width(), said)
+    if spectrum:
+        text += "\n\n" + render_spectra(found.spectra, found.tradeoff, _width())
+    return text
 
 
 def _check_plot_path(src: Path, picture: Path) -> None:
     """Before any work: refuse a picture path that is the input model (or one of its files) or cannot be
     written, and a format matplotlib cannot write (or a missing matplotlib)."""
+    from . import io
+
     io.check_destination(picture, io.model_files(src, "input"), "--plot")
     from .plot import picture_format
 
@@ -344,13 +420,49 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
     """Compare B.onnx with A.onnx in onnxruntime; exit 1 if any output differs beyond tolerance."""
     with one_line_errors():
         note_idle_options(quiet, check_notes(metric, inputs))
+    with running(quiet) as done:
+        from .verify import verify as verify_models
+
         result = verify_models(reference, candidate, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
-                               check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
-                               progress=_progress(quiet))
+                               check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
+    with one_line_errors():
+        from .report import SCHEMA_VERSION, render_verification
+
         payload = {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(result)
-        click.echo(dumps(payload) if as_json else render_verification(result, _width()))
+        click.echo(dumps(payload) if as_json else
+                   render_verification(result, _width()) + "\n\n" + elapsed(done["seconds"]))
     if not result.passed:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("output_path", metavar="[OUT.onnx]", type=click.Path(dir_okay=False), required=False)
+@quiet_option
+def demo(output_path, quiet) -> None:
+    """Try onnx-collapse on an example model shipped with the package: analyze it, then optimize it
+    (into OUT.onnx if given, else into a temporary folder that is removed)."""
+    import tempfile
+    from importlib import resources
+
+    with one_line_errors(), resources.as_file(resources.files("onnx_collapse") / "examples" / EXAMPLE) as model:
+        click.echo(f"The example: {model}\n{EXAMPLE_ABOUT}\n")
+        with tempfile.TemporaryDirectory(prefix="onnx-collapse-demo-") as folder:
+            out = Path(output_path) if output_path else Path(folder) / EXAMPLE.replace(".onnx", ".collapsed.onnx")
+            for args in (["analyze", str(model)], ["optimize", str(model), str(out)]):
+                click.echo(f"$ onnx-collapse {' '.join(args)}")
+                ctx = click.get_current_context()
+                command = cli.commands[args[0]]
+                with command.make_context(args[0], args[1:] + (["--quiet"] if quiet else []), parent=ctx) as sub:
+                    command.invoke(sub)
+                click.echo()
+            click.echo(f"The folded model: {out}" if output_path else
+                       "The folded model was written to a temporary folder and removed (give OUT.onnx to keep "
+                       "it). Next: onnx-collapse analyze YOUR.onnx")
+
+
+EXAMPLE = "three_layer.onnx"
+EXAMPLE_ABOUT = ("A 64-128-128-32 MLP (Linear-PReLU-Linear-PReLU-Linear) whose PReLU slopes are 1, as "
+                 "LayerCollapse training leaves them: its three layers fold into one.")
 
 
 def main() -> None:

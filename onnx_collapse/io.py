@@ -332,9 +332,13 @@ def read_npz(path: str | os.PathLike, what: str, limit: int | None, why: str) ->
         raise CollapseError(f"{label} is not a regular file")
     try:
         with open(path, "rb") as f:
-            if f.read(6) == b"\x93NUMPY":
+            magic = f.read(6)
+            if magic == b"\x93NUMPY":
                 raise CollapseError(f"{label} is a .npy file (one unnamed array); save one array per model "
                                     "input by name in an .npz, e.g. np.savez(path, x=...)")
+            if magic[:2] != b"PK":  # an .npz is a zip archive; a text file is not
+                raise CollapseError(f"{label} is not an .npz archive; save one array per model input by name "
+                                    "with numpy, e.g. np.savez(path, x=array)")
             f.seek(0)
             with zipfile.ZipFile(f) as archive:
                 return _read_members(archive, label, limit, why)

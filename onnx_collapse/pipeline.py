@@ -41,10 +41,10 @@ from .io import (
 )
 from .options import Options
 from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
-from .passes.context import Context, GlobalPass, Pass, all_names, reads_exact
+from .passes.context import Context, GlobalPass, Pass, all_names, pass_stage, reads_exact
 from .plans import FoldPlan
 from .progress import reported, stage
-from .report import ModelStats, Report, Verification
+from .report import ModelStats, Report, Verification, truncation_outcome
 from .rewrite import STUB_BYTES, PlanApplier, apply_plans
 from .verify import (
     capture,
@@ -102,17 +102,17 @@ def run_passes(source: ModelSource, options: Options, passes: Sequence[Pass] = D
                ) -> list[Context]:
     """Analyse every graph: each pass in order over each graph, then the passes that see all graphs.
     Layer sizes that shape inference leaves unknown are measured on ``probe``."""
-    with stage("reading the graphs"):
+    with stage("reading the graph"):
         contexts = contexts_for(source, options, probe)
     keep = reads_exact([*passes, *global_passes], options)
     for ctx in contexts:
         ctx.keep_exact = keep
     for ctx in contexts:
         for p in passes:
-            with stage(p.name):
+            with pass_stage(p, options, [ctx]):
                 p.run(ctx)
     for p in global_passes:
-        with stage(p.name):
+        with pass_stage(p, options, contexts):
             p.run_all(contexts)
     return contexts
 
@@ -248,13 +248,18 @@ class _Trials:
 
 
 def _record_revert(revert: Revert, owners: dict[tuple, Context]) -> None:
-    """Mark a reverted plan in the report; its exact fallback, if kept, gets its record beside it."""
+    """Mark a reverted plan in the report; an exact fallback that is kept takes its place (one row per
+    chain: its final form), the undone form listed among the fallback's attempts."""
     plan, record = revert.plan, revert.plan.record
     record.status, record.reason = "reverted", revert.reason
     if revert.replacement is not None:
-        record.reason += "; kept the exact fold instead"
+        kept = revert.replacement.record
+        kept.attempts = [*record.attempts, record.as_attempt()]
+        form = f"{record.form} to rank {record.rank}" if record.rank is not None else record.form
+        kept.reason = "; ".join(filter(None, [kept.reason, f"{form} undone: {revert.reason}; kept the exact "
+                                                          "fold instead"]))
         records = owners[plan.graph].records
-        records.insert(next(i for i, r in enumerate(records) if r is record) + 1, revert.replacement.record)
+        records[next(i for i, r in enumerate(records) if r is record)] = kept
 
 
 def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Options,
@@ -392,9 +397,14 @@ def optimize(
             notes.append(f"{len(model.functions)} model-local function(s) left as they are: "
                          + ", ".join(f.name for f in model.functions))
         unfolded = [u for ctx in contexts for u in ctx.unfolded]
-        with stage("counting"):
+        with stage("counting parameters and MACs"):
             before = stats_of([ctx.view for ctx in contexts], probe)
         report = Report(before, replace(before), records, verification, notes, unfolded)
+        if options.rank_budget is not None or options.max_error is not None:
+            budget = options.rank_budget
+            goal = (f"--max-error {options.max_error:g}" if budget is None else
+                    f"--rank-budget {budget if isinstance(budget, str) else format(budget, 'g')}")
+            report.truncation = truncation_outcome(goal, records, verification, options.inputs is not None)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
         written = None
         if staged is not None and (verification is None or verification.passed):
@@ -405,7 +415,7 @@ def optimize(
         elif staged is None and uses_external(out):
             embed_external_data(out, source.base_dir)
         if out is not model:
-            with stage("counting"):
+            with stage("counting parameters and MACs"):
                 report.after = _after_stats(written or ModelSource(out, source.base_dir), probe, report.notes)
         if written is not None:
             report.after.file_bytes = file_size(output)
@@ -510,7 +520,7 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
         if record.status == "folded":
             record.status = "foldable"
     plans = [p for ctx in contexts for p in ctx.plans]
-    with stage("counting"):
+    with stage("counting parameters and MACs"):
         before = stats_of([ctx.view for ctx in contexts], probe)
     notes = [n for c in contexts for n in c.notes]
     after = _after_stats(ModelSource(apply_plans(source.model, plans), source.base_dir), probe, notes) \

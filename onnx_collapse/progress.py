@@ -25,8 +25,8 @@ class Progress:
     def stop(self) -> None:
         """Called once after it, also when it fails."""
 
-    def begin(self, label: str, total: int | None) -> None:
-        """A stage starts (stages nest); ``total`` steps if known."""
+    def begin(self, label: str, total: int | None, unit: str | None = None) -> None:
+        """A stage starts (stages nest); ``total`` steps if known, each a ``unit`` ("layer") if named."""
 
     def end(self) -> None:
         """The innermost stage ends."""
@@ -36,9 +36,11 @@ class Progress:
 
 
 class TerminalProgress(Progress):
-    """Open stages as transient lines on a terminal (stderr by default): spinner, label, steps, elapsed time.
+    """Open stages as transient lines on a terminal (stderr by default): spinner, label, the step being
+    worked on with its total ("layer 6 of 24"), elapsed time.
 
-    Uses rich, imported only here; the lines are erased when the work ends.
+    Uses rich, imported only here; the lines are erased when the work ends. Starting it twice (the CLI
+    starts it before the slow imports, the API call again) shows one display.
     """
 
     def __init__(self, file: TextIO | None = None) -> None:
@@ -50,16 +52,23 @@ class TerminalProgress(Progress):
         self._lines = Lines(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[done]}"),
                             TimeElapsedColumn(), console=console, transient=True, redirect_stdout=False,
                             redirect_stderr=False)
-        self._open: list[list] = []  # [task id, steps done, total] per open stage, innermost last
+        self._open: list[list] = []  # [task id, steps done, total, unit] per open stage, innermost last
+        self._starts = 0
 
     def start(self) -> None:
-        self._lines.start()
+        self._starts += 1
+        if self._starts == 1:
+            self._lines.start()
 
     def stop(self) -> None:
-        self._lines.stop()
+        self._starts -= 1
+        if self._starts == 0:
+            self._lines.stop()
 
-    def begin(self, label: str, total: int | None) -> None:
-        self._open.append([self._lines.add_task(label, total=total, done=""), 0, total])
+    def begin(self, label: str, total: int | None, unit: str | None = None) -> None:
+        task = [None, 0, total, unit]
+        task[0] = self._lines.add_task(label, total=total, done=_count(task))
+        self._open.append(task)
 
     def end(self) -> None:
         self._lines.remove_task(self._open.pop()[0])
@@ -69,7 +78,17 @@ class TerminalProgress(Progress):
             return
         task = self._open[-1]
         task[1] += count
-        self._lines.update(task[0], done=f"{task[1]}/{task[2]}" if task[2] else str(task[1]))
+        self._lines.update(task[0], done=_count(task))
+
+
+def _count(task: list) -> str:
+    """The step being worked on, in words: "layer 6 of 24" (the sixth, once five are done), "6 of 24", or
+    "5 done" without a total; nothing before the first step of a stage without a total."""
+    _, done, total, unit = task
+    words = f"{unit} " if unit else ""
+    if total:
+        return f"{words}{min(done + 1, total)} of {total}"
+    return f"{done} {unit + 's ' if unit else ''}done" if done else ""
 
 
 SILENT = Progress()
@@ -92,10 +111,13 @@ def reporting(progress: Progress | None) -> Iterator[None]:
 
 
 @contextmanager
-def stage(label: str, total: int | None = None) -> Iterator[None]:
-    """Mark the enclosed work as a stage of the active progress (``total`` steps, if known)."""
+def stage(label: str, total: int | None = None, unit: str | None = None) -> Iterator[None]:
+    """Mark the enclosed work as a stage of the active progress (``total`` steps of ``unit``, if known)."""
     progress = _active.get()
-    progress.begin(label, total)
+    if unit is None:
+        progress.begin(label, total)  # Progress subclasses written before units keep working
+    else:
+        progress.begin(label, total, unit)
     try:
         yield
     finally:

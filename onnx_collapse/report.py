@@ -66,6 +66,20 @@ class Verification:
     n_input_sets: int
     inputs: str  # where the inputs came from: "random (seed 0)" or a file name
     outputs: list[ErrorStats] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # outputs that cannot be compared: missing, shape, dtype
+
+
+@dataclass
+class Attempt:
+    """An earlier form of a chain that verification undid (a truncation whose own error failed, say)."""
+
+    form: str | None
+    rank: int | None
+    params_after: int
+    macs_after: int
+    predicted_error: float | None
+    error: ErrorStats | None
+    reason: str  # why it was undone
 
 
 @dataclass
@@ -93,6 +107,12 @@ class FoldRecord:
     # an exact factor pair: the largest singular value it left out (float64 round-off of the product; 0.0 if
     # none): each output row is exact up to this times the input row's 2-norm. None for other forms.
     exact_bound: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)  # earlier forms of this chain that were undone
+
+    def as_attempt(self) -> Attempt:
+        """This record's form, as an attempt a later form of the chain replaced."""
+        return Attempt(self.form, self.rank, self.params_after, self.macs_after, self.predicted_error, self.error,
+                       self.reason)
 
 
 @dataclass
@@ -101,6 +121,30 @@ class Unfolded:
 
     layer: str
     reason: str
+    ended_by: str | None = None  # op type of the node that ended the layer's chain, where one did
+
+
+@dataclass
+class Need:
+    """What one undone truncation would have needed to pass: its own error's smallest atol at the rtol."""
+
+    layers: list[str]
+    rank: int | None
+    required_atol: float
+    rtol: float
+
+
+@dataclass
+class Truncation:
+    """The outcome of --rank-budget / --max-error, in plain words and in numbers."""
+
+    goal: str  # "--rank-budget 0.5" or "--max-error 0.1"
+    planned: int  # layers (or chains) the allocation truncated
+    kept: int  # truncations in the output
+    undone: int  # truncations verification undid (their layers keep their exact form)
+    met: bool  # every planned truncation is in the output
+    summary: str  # what happened and, when not met, what it would take
+    needs: list[Need] = field(default_factory=list)
 
 
 @dataclass
@@ -122,6 +166,7 @@ class Report:
     verification: Verification | None = None
     notes: list[str] = field(default_factory=list)
     unfolded: list[Unfolded] = field(default_factory=list)
+    truncation: Truncation | None = None  # with --rank-budget or --max-error
 
     @property
     def folded(self) -> list[FoldRecord]:
@@ -189,8 +234,13 @@ class Column:
     title: str
     left: bool = False
     cut: Callable[[str, int], str] | None = None  # None: never cut
-    least: int = 0  # a cut column keeps at least this width
+    least: int = 0  # a cut (or wrapped) column keeps at least this width
     drop: int = 0  # when cutting is not enough, columns go in this order (1 first); 0: kept
+    wrap: bool = False  # narrowed by wrapping its cells onto more lines, never by cutting them
+
+    @property
+    def narrows(self) -> bool:
+        return self.cut is not None or self.wrap
 
 
 def _fit(columns: list[Column], rows: list[list[str]], width: int | None) -> tuple[list[int], list[int]]:
@@ -206,7 +256,7 @@ def _fit(columns: list[Column], rows: list[list[str]], width: int | None) -> tup
     def cut(floor: Callable[[Column], int]) -> list[int]:
         widths = list(natural)
         for i in reversed(kept):
-            if columns[i].cut is not None and excess(widths) > 0:
+            if columns[i].narrows and excess(widths) > 0:
                 widths[i] = min(natural[i], max(floor(columns[i]), natural[i] - excess(widths)))
         return widths
 
@@ -227,12 +277,19 @@ def _table(columns: list[Column], rows: list[list[str]], width: int | None = Non
     kept, widths = _fit(columns, rows, width)
     lines = []
     for k, row in enumerate([[c.title for c in columns], *rows]):
-        cells = []
+        stacked = []  # per kept column, the cell's lines (more than one where a wrapped cell needs them)
         for i in kept:
             column, cell = columns[i], row[i]
-            cell = column.cut(cell, widths[i]) if column.cut is not None else cell
-            cells.append(cell.ljust(widths[i]) if column.left else cell.rjust(widths[i]))
-        lines.append(SEP.join(cells).rstrip())
+            if column.wrap and len(cell) > widths[i]:
+                stacked.append(textwrap.wrap(cell, widths[i], break_on_hyphens=False) or [""])
+            else:
+                stacked.append([column.cut(cell, widths[i]) if column.cut is not None else cell])
+        for n in range(max(map(len, stacked))):
+            cells = []
+            for i, parts in zip(kept, stacked):
+                cell = parts[n] if n < len(parts) else ""
+                cells.append(cell.ljust(widths[i]) if columns[i].left else cell.rjust(widths[i]))
+            lines.append(SEP.join(cells).rstrip())
         if k == 0:
             lines.append(SEP.join("-" * widths[i] for i in kept))
     return "\n".join(line if width is None else cut_end(line, width) for line in lines)
@@ -267,7 +324,7 @@ def render_stats(before: ModelStats, after: ModelStats, width: int | None = None
 FOLD_COLUMNS = [
     Column("#", left=True), Column("layers", cut=cut_chain, least=14), Column("dims", drop=3),
     Column("slopes", drop=2), Column("status"), Column("form", drop=5), Column("params"),
-    Column("MACs/row", drop=1), Column("max abs err", drop=4), Column("reason", left=True, cut=cut_end, least=30),
+    Column("MACs/row", drop=1), Column("max abs err", drop=4), Column("reason", left=True, wrap=True, least=30),
 ]
 
 
@@ -298,7 +355,7 @@ def render_unfolded(unfolded: list[Unfolded], width: int | None = None) -> str:
     """The layers in no fold, each with why."""
     if not unfolded:
         return ""
-    columns = [Column("layer", left=True, cut=cut_middle, least=14), Column("why", left=True, cut=cut_end, least=16)]
+    columns = [Column("layer", left=True, cut=cut_middle, least=14), Column("why", left=True, wrap=True, least=24)]
     return "layers not folded:\n" + _table(columns, [[u.layer, u.reason] for u in unfolded], width)
 
 
@@ -318,7 +375,8 @@ def render_verification(v: Verification | None, width: int | None = None) -> str
         agree = "-" if o.agreement is None else f"{100 * o.agreement:.2f}%"
         rows.append([o.name, f"{o.max_abs:.3e}", f"{o.max_rel:.3e}", f"{o.mean_abs:.3e}",
                      f"{o.required_atol:.3e}", f"{o.atol:.0e}", f"{o.rtol:.0e}", agree, "ok" if o.passed else "FAIL"])
-    return _wrap(head, width) + "\n" + _table(columns, rows, width)
+    why = [_wrap(f"why: {p}", width) for p in v.problems]
+    return "\n".join([_wrap(head, width), _table(columns, rows, width), *why])
 
 
 def _notes(notes: list[str], width: int | None) -> list[str]:
@@ -334,6 +392,8 @@ def render(report: Report, width: int | None = None) -> str:
     if report.notes:
         parts += ["", *_notes(report.notes, width)]
     parts += ["", render_verification(report.verification, width)]
+    if report.truncation is not None:  # last, where it is read: what became of the budget
+        parts += ["", _wrap(report.truncation.summary, width)]
     return "\n".join(parts)
 
 
@@ -358,13 +418,55 @@ def render_spectra(spectra, tradeoff, width: int | None = None) -> str:
     return _table(columns, rows, width) + "\n\n" + _table(curve_columns, curve, width)
 
 
-def render_analysis(report: Report, width: int | None = None) -> str:
-    """What ``analyze`` prints before any spectra: chains, unfolded layers, predicted savings."""
+def render_analysis(report: Report, width: int | None = None, verdict: list[str] | None = None) -> str:
+    """What ``analyze`` prints before any spectra: chains, unfolded layers, then the verdict (what
+    onnx-collapse can do for the model, one paragraph each)."""
     lines = [render_folds(report.folds, width)]
     if report.unfolded:
         lines += ["", render_unfolded(report.unfolded, width)]
-    foldable = [f for f in report.folds if f.status == "foldable"]
-    lines += ["", _wrap(f"{len(foldable)} foldable chain(s): parameters {report.before.params:,} -> "
-                        f"{report.after.params:,}; linear MACs/row {report.before.linear_macs:,} -> "
-                        f"{report.after.linear_macs:,} (predicted; run optimize to verify)", width)]
+    if report.notes:
+        lines += ["", *_notes(report.notes, width)]
+    lines += ["", "verdict:"]
+    lines += [_wrap(f"- {v}", width) for v in verdict or []]
     return "\n".join(lines)
+
+
+TRUNCATED_FORMS = ("truncated", "grouped")
+
+
+def truncation_outcome(goal: str, folds: list[FoldRecord], verification: Verification | None,
+                       real_inputs: bool) -> Truncation:
+    """What became of the truncations ``goal`` (``--rank-budget 0.5``) planned, once verification decided:
+    how many are in the output, how many were undone, and what it would take to keep them."""
+    kept = [f for f in folds if f.form in TRUNCATED_FORMS and f.status == "folded"]
+    undone = [(f, f) for f in folds if f.form in TRUNCATED_FORMS and f.status == "reverted"]
+    undone += [(f, a) for f in folds for a in f.attempts if a.form in TRUNCATED_FORMS]
+    needs = [Need(list(f.layers), a.rank, a.error.required_atol, a.error.rtol)
+             for f, a in undone if a.error is not None]
+    planned = len(kept) + len(undone)
+    met = planned > 0 and not undone
+    if planned == 0:
+        summary = f"{goal}: no layer was truncated (see the notes)"
+    elif verification is None:
+        summary = (f"{goal}: {planned} layer(s) truncated and NOT verified (--no-verify); truncation changes "
+                   "the function, so check the output on your data (onnx-collapse verify IN OUT --inputs data.npz)")
+    elif not undone:
+        summary = f"{goal} met: all {planned} planned truncation(s) are in the output, verified on {verification.inputs}"
+    else:
+        data = "your data (--inputs)" if real_inputs else "random inputs"
+        summary = (f"{goal} NOT met: {len(undone)} of {planned} planned truncation(s) were undone because "
+                   f"their error on {data} exceeds the tolerance, so those layers keep their exact form and "
+                   "the output is larger than the budget allows.")
+        if needs:
+            worst = max(needs, key=lambda n: n.required_atol)
+            each = "" if len(needs) == 1 else " (each layer's need is in the JSON report: truncation.needs)"
+            allow = (f"accept that error: {' > '.join(worst.layers)} needs --atol {worst.required_atol:.2g} "
+                     f"at --rtol {worst.rtol:.0e}{each}")
+        else:
+            allow = "accept more error (--atol, --rtol)"
+        if real_inputs:
+            summary += f" To keep them: {allow}, or give a larger --rank-budget."
+        else:
+            summary += (" Random inputs are a strict test; to keep them, verify on real data with a task metric "
+                        f"(--inputs data.npz --metric top1 for a classifier), or {allow}.")
+    return Truncation(goal, planned, len(kept), len(undone), met, summary, needs)

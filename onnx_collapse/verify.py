@@ -170,11 +170,11 @@ def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray],
     missing = sorted(names - set(arrays))
     if missing:
         raise CollapseError(f"{what} has no array for input {missing[0]!r} (it has {', '.join(sorted(arrays)) or 'none'}"
-                            f"; the model expects {', '.join(sorted(names))}); save one array per input by name, "
+                            f"; {expected_inputs(model)}); save one array per input by name, "
                             f"e.g. np.savez(path, {missing[0]}=...)")
     extra = sorted(set(arrays) - names)
     if extra:
-        raise CollapseError(f"{what} has array {extra[0]!r}, which is not a model input")
+        raise CollapseError(f"{what} has array {extra[0]!r}, which is not a model input ({expected_inputs(model)})")
     refuse_non_finite(arrays, what)
     feed, notes = dict(arrays), []
     for info in inputs:
@@ -428,6 +428,7 @@ def make_feeds(
         feeds, notes = file_feeds(model, inputs, max_memory)
         where = f"inputs from {Path(inputs).name}"
     _refuse_empty((name, np.shape(value)) for name, value in feeds[0].items())
+    check_shapes(model, feeds[0], "inputs" if isinstance(inputs, Mapping) else f"--inputs {str(inputs)!r}")
     check_memory(model, [(n, np.asarray(v).dtype, np.shape(v)) for n, v in feeds[0].items()], 1, max_memory)
     return feeds, where + (f" ({'; '.join(notes)})" if notes else "")
 
@@ -560,12 +561,16 @@ def verify(
             max_verify_memory=max_memory)
     with stage("loading the models"):
         ref, cand = open_model(reference), open_model(candidate)
+    names = tuple(repr(Path(m).name) if isinstance(m, (str, os.PathLike)) else what
+                  for m, what in ((reference, "the reference model"), (candidate, "the candidate model")))
     feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n, max_memory)
     with stage("running the original model"):
-        expected = run(ref, feeds, "original model")
+        expected = run(ref, feeds, names[0])
     with stage("running the optimized model"):
-        actual = run(cand, feeds, "optimized model")
-    return compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement)
+        actual = run(cand, feeds, names[1])
+    result = compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement)
+    result.problems = output_mismatches(expected[0], actual[0], names)
+    return result
 
 
 def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mapping[str, int]) -> onnx.ModelProto:
@@ -641,3 +646,65 @@ def local_errors(
     got = run(ModelSource(model, workdir, path), feeds, "folded chains")
     return [compare(y, [c[y] for c in captured], [g[f"onnx_collapse_fold_out_{j}"] for g in got], atol, rtol)
             for j, (_, y, *_) in enumerate(folds)]
+
+
+def describe_input(info: onnx.ValueInfoProto) -> str:
+    """A model input as a user would write it: ``x: float32 [batch, 64]``."""
+    if not info.type.HasField("tensor_type"):
+        return f"{info.name}: not a tensor"
+    tensor = info.type.tensor_type
+    try:
+        dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+    except (KeyError, TypeError, ValueError):
+        dtype = f"element type {tensor.elem_type}"
+    if not tensor.HasField("shape"):
+        return f"{info.name}: {dtype}, any shape"
+    dims = [str(d.dim_value) if fixed_dim(d) is not None else (d.dim_param or "?") for d in tensor.shape.dim]
+    return f"{info.name}: {dtype} [{', '.join(dims)}]"
+
+
+def expected_inputs(model: onnx.ModelProto) -> str:
+    """What the model expects, for an error message: ``the model expects x: float32 [batch, 64]``."""
+    inputs = graph_inputs(model)
+    return "the model expects " + ("; ".join(describe_input(i) for i in inputs) if inputs else "no inputs")
+
+
+def check_shapes(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], what: str, rows: bool = False) -> None:
+    """CollapseError naming ``what`` (the option) when an array's rank or a fixed dim differs from its
+    input's (``rows``: axis 0 holds rows, batched by the caller, so it is not checked)."""
+    for info in graph_inputs(model):
+        array = arrays.get(info.name)
+        tensor = info.type.tensor_type
+        if array is None or not info.type.HasField("tensor_type") or not tensor.HasField("shape"):
+            continue
+        shape, dims = np.shape(array), list(tensor.shape.dim)
+        wrong = None
+        if len(shape) != len(dims):
+            wrong = f"rank {len(shape)}, the input has rank {len(dims)}"
+        else:
+            for k, (n, d) in enumerate(zip(shape, dims)):
+                if not (rows and k == 0) and fixed_dim(d) is not None and n != d.dim_value:
+                    wrong = f"dim {k} is {n}, the input's is {d.dim_value}"
+                    break
+        if wrong:
+            raise CollapseError(f"{what}: array {info.name!r} has shape {_dims(shape)} ({wrong}); "
+                                f"{expected_inputs(model)}")
+
+
+def output_mismatches(expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray],
+                      names: tuple[str, str] = ("the reference", "the candidate")) -> list[str]:
+    """Why outputs cannot be compared element by element: missing in one model, or another shape or dtype."""
+    problems = []
+    for name, e in expected.items():
+        if name not in actual:
+            problems.append(f"output {name!r} of {names[0]} is not an output of {names[1]}")
+            continue
+        if isinstance(e, (list, tuple)) or isinstance(actual[name], (list, tuple)):  # sequences: compared item by item
+            continue
+        e, a = np.asarray(e), np.asarray(actual[name])
+        if e.shape != a.shape:
+            problems.append(f"output {name!r} has shape {_dims(e.shape)} in {names[0]} but {_dims(a.shape)} in "
+                            f"{names[1]}")
+        elif e.dtype != a.dtype:
+            problems.append(f"output {name!r} is {e.dtype} in {names[0]} but {a.dtype} in {names[1]}")
+    return problems

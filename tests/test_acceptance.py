@@ -118,6 +118,7 @@ def _count_model_runs(monkeypatch) -> list[str]:
     return calls
 
 
+@pytest.mark.slow
 def test_whole_model_runs_grow_logarithmically_with_the_number_of_folds(monkeypatch):
     runs = {}
     for n in (8, 64):

@@ -1,6 +1,7 @@
 """The installed ``onnx-collapse`` console script: exit codes, one-line errors, untouched input, no partial output."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -151,8 +152,12 @@ def test_analyze_spectrum_shows_the_trade_off():
 
 def test_rank_budget_truncates_only_with_a_user_tolerance(tmp_path):
     strict = cli("optimize", MODELS / "three_layer.onnx", tmp_path / "a.onnx", "--rank-budget", "0.5", "--json")
-    folds = json.loads(strict.stdout)["folds"]
-    assert [(f["form"], f["status"]) for f in folds] == [("truncated", "reverted"), ("dense", "folded")]
+    payload = json.loads(strict.stdout)
+    (fold,) = payload["folds"]  # one row per chain; the undone truncation is among its attempts
+    assert (fold["form"], fold["status"]) == ("dense", "folded")
+    assert [a["form"] for a in fold["attempts"]] == ["truncated"]
+    assert payload["truncation"]["met"] is False and payload["truncation"]["undone"] == 1
+    assert payload["truncation"]["needs"][0]["required_atol"] > 0.1
     loose = cli("optimize", MODELS / "three_layer.onnx", tmp_path / "b.onnx", "--rank-budget", "0.5",
                 "--atol", "1", "--rtol", "1", "--json")
     (fold,) = json.loads(loose.stdout)["folds"]
@@ -184,3 +189,39 @@ def test_a_model_that_fails_in_onnxruntime_gives_one_line_without_onnxruntime_lo
     result = cli("optimize", path, tmp_path / "out.onnx")  # 2 x 4 outputs cannot be 3 rows
     assert_one_line_error(result, 2, "onnxruntime cannot run the original model")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_budget_that_is_not_met_says_so_and_what_it_would_take(tmp_path):
+    """The budget case of a new user: every truncation undone at the default tolerance."""
+    result = cli("optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--low-rank", "all",
+                 "--rank-budget", "0.5")
+    assert result.returncode == 0, result.stderr
+    words = " ".join(result.stdout.split())
+    assert "--rank-budget 0.5 NOT met: 1 of 1 planned truncation(s) were undone" in words
+    assert "--inputs data.npz --metric top1" in words and "needs --atol 0.32" in words
+    assert words.count("0 > 3 > 5") == 2  # one row in the fold table, once in the advice
+
+
+@pytest.mark.parametrize("args,meant", [
+    (["in.onnx", "out.onnx"], "did you mean: onnx-collapse optimize in.onnx out.onnx"),
+    (["in.onnx"], "did you mean: onnx-collapse analyze in.onnx"),
+])
+def test_the_onnxsim_habit_gets_the_command_it_meant(tmp_path, args, meant):
+    assert_one_line_error(cli(*args, cwd=tmp_path), 2, meant)
+
+
+def test_every_run_ends_with_its_elapsed_time(model_copy, tmp_path):
+    for args in (["optimize", model_copy, tmp_path / "o.onnx"], ["analyze", model_copy],
+                 ["verify", model_copy, tmp_path / "o.onnx"]):
+        last = cli(*args).stdout.strip().splitlines()[-1]
+        assert re.fullmatch(r"done in \d+\.\d s", last), last
+    json.loads(cli("analyze", model_copy, "--json").stdout)  # the JSON stays one object
+
+
+def test_demo_runs_on_the_example_shipped_in_the_package(tmp_path):
+    result = cli("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "$ onnx-collapse analyze" in result.stdout and "verdict:" in result.stdout
+    assert "verification: PASSED" in result.stdout and list(tmp_path.iterdir()) == []  # nothing left behind
+    kept = cli("demo", tmp_path / "demo.onnx", "--quiet")
+    assert kept.returncode == 0 and cli("verify", MODELS / "three_layer.onnx", tmp_path / "demo.onnx").returncode == 0

@@ -43,6 +43,7 @@ def test_analyze_and_verify_check_their_options_too():
         verify(MODELS / "three_layer.onnx", MODELS / "three_layer.onnx", check_n=0)
 
 
+@pytest.mark.slow
 def test_cli_names_the_flag_for_a_value_click_lets_through():
     exe = shutil.which("onnx-collapse")
     if exe is None:

@@ -19,6 +19,7 @@ from readme_tables import splice  # noqa: E402
 
 PACKAGE = ROOT / "onnx_collapse"
 README = (ROOT / "README.md").read_text()
+RESULTS_PAGE = (ROOT / "docs" / "results.md").read_text()  # where the studies' tables are (linked from the README)
 # the console script of the interpreter running the tests (a venv's), else the one on PATH
 EXE = shutil.which("onnx-collapse", path=str(Path(sys.executable).parent)) or shutil.which("onnx-collapse")
 
@@ -73,6 +74,8 @@ def test_wheel_ships_license_typing_marker_and_report_schema(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "onnx_collapse/py.typed" in names
+        example = zf.read("onnx_collapse/examples/three_layer.onnx")  # what `onnx-collapse demo` runs on
+        assert example == (MODELS / "three_layer.onnx").read_bytes()  # make models keeps the copy current
         schema = zf.read("onnx_collapse/schemas/report.schema.json")
         assert schema == (PACKAGE / "schemas" / "report.schema.json").read_bytes()
         (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
@@ -122,12 +125,13 @@ def test_readme_has_two_setup_commands_and_ci_runs_exactly_the_test_command():
     assert "torch" not in test_command  # an ordinary machine must not pull torch's CUDA build for the tests
 
 
-def test_readme_tables_are_the_studies_committed_output():
+def test_results_tables_are_the_studies_committed_output():
     results = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
     assert {p.stem for p in results} >= {"layercollapse_digits", "alds_budget"}
     for path in results:
-        assert path.read_text().startswith("| ") and path.read_text() in README
-    assert splice(README) == README, "README tables differ from benchmarks/results/: run make readme-tables"
+        assert path.read_text().startswith("| ") and path.read_text() in RESULTS_PAGE
+    assert splice(RESULTS_PAGE) == RESULTS_PAGE, "docs/results.md differs from benchmarks/results/: make readme-tables"
+    assert "](docs/results.md)" in README and "<!-- begin: benchmarks/results/" not in README
 
 
 def test_a_results_table_without_readme_markers_is_refused(tmp_path):

@@ -40,6 +40,7 @@ def test_plot_writes_a_png_and_leaves_nothing_else(tmp_path, args):
     result = cli("analyze", MODEL, "--spectrum", "--low-rank", "all", "--plot", picture, *args)
     assert result.returncode == 0, result.stderr
     assert "max layer error (ALDS)" in result.stdout and result.stderr == ""
+    assert f"wrote the trade-off plot to {picture}\ndone in " in result.stdout
     height, width, _ = read_png(picture).shape
     assert width >= 800 and height >= 300
     assert [p.name for p in tmp_path.iterdir()] == ["tradeoff.png"]
@@ -79,6 +80,7 @@ def test_the_curve_agrees_with_the_analysis_where_both_have_points():
     assert 0.42 in [p[0] for p in points] and len(points) >= 19
 
 
+@pytest.mark.slow
 def test_plot_refuses_the_input_model(tmp_path):
     model = tmp_path / "m.onnx"
     shutil.copy(MODEL, model)
@@ -98,6 +100,7 @@ def test_plot_without_targets_is_a_clean_error(tmp_path):
     assert not (tmp_path / "p.png").exists()
 
 
+@pytest.mark.slow
 def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path):
     blocked = ("import sys; sys.modules['matplotlib'] = None; sys.modules['matplotlib.figure'] = None; "
                "sys.argv = ['onnx-collapse'] + sys.argv[1:]; from onnx_collapse.cli import main; main()")
@@ -105,3 +108,18 @@ def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert_one_line_error(result, "--plot needs matplotlib", "pip install")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_text_report_says_where_the_picture_went(tmp_path, monkeypatch):
+    """Without matplotlib too: the drawing replaced by a stand-in that writes the file, the command as a user runs it."""
+    from click.testing import CliRunner
+
+    from onnx_collapse import cli as cli_module
+    from onnx_collapse import plot
+
+    monkeypatch.setattr(plot, "picture_format", lambda path: "png")
+    monkeypatch.setattr(plot, "plot_tradeoff", lambda spectra, tradeoff, path, budget=None: open(path, "wb").close())
+    picture = tmp_path / "p.png"
+    result = CliRunner().invoke(cli_module.cli, ["analyze", str(MODEL), "--plot", str(picture)])
+    assert result.exit_code == 0, result.output
+    assert picture.exists() and f"wrote the trade-off plot to {picture}" in result.stdout

@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from builders import ActSpec, ChainSpec, LayerSpec, build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,6 +35,7 @@ def chains(draw):
     return ChainSpec(dims[0], layers, acts, input_rank=input_rank)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=chains(), seed=st.integers(0, 2**16))
 def test_optimized_chain_matches_and_never_grows(spec, seed):

@@ -55,6 +55,8 @@ def reports(tmp_path_factory) -> dict[str, dict]:
                                        "0.3", "--low-rank", "all", "--max-groups", "2", "--atol", "100",
                                        "--rtol", "100", "--json"),
         "optimize, reverted": command("optimize", MODELS / "leaky_099.onnx", tmp / "d.onnx", "--json"),
+        "optimize, budget not met": command("optimize", MODELS / "three_layer.onnx", tmp / "g.onnx", "--low-rank",
+                                            "all", "--rank-budget", "0.5", "--json"),
         "optimize, top1": command("optimize", MODELS / "mlp_prelu_channel.onnx", tmp / "e.onnx", "--inputs",
                                   tmp / "val.npz", "--metric", "top1", "--json"),
         "analyze": command("analyze", MODELS / "no_fold_shared.onnx", "--json"),
@@ -71,7 +73,7 @@ def reports(tmp_path_factory) -> dict[str, dict]:
 
 KINDS = ["optimize", "optimize --report FILE", "optimize, not verified", "optimize, nothing to fold",
          "optimize, truncated",
-         "optimize, reverted", "optimize, top1", "analyze", "analyze, remarks", "analyze, spectrum", "verify",
+         "optimize, reverted", "optimize, budget not met", "optimize, top1", "analyze", "analyze, remarks", "analyze, spectrum", "verify",
          "verify, failed"]
 
 
@@ -95,6 +97,11 @@ def test_the_reports_cover_the_optional_parts(reports):
     assert reports["optimize, nothing to fold"]["verification"]["n_input_sets"] == 0
     assert reports["analyze, remarks"]["remarks"] and reports["analyze, spectrum"]["spectra"]
     assert not reports["verify, failed"]["passed"]
+    assert [a["form"] for f in folds for a in f["attempts"]] == ["truncated"]
+    assert {r["truncation"]["met"] for r in reports.values() if r.get("truncation")} == {True, False}
+    assert all(r["truncation"] is None for k, r in reports.items() if "optimize" in k and "budget" not in k
+               and "truncated" not in k) and reports["analyze"]["verdict"]
+    assert {u["ended_by"] is None for r in reports.values() for u in r.get("unfolded", [])} == {True, False}
 
 
 @pytest.mark.parametrize("kind", ["optimize", "analyze", "verify"])

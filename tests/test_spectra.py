@@ -56,6 +56,7 @@ def test_analyze_computes_spectra_only_when_asked(monkeypatch):
     assert len(values) == len(found.spectra) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(300, 420), (420, 300)])
 def test_gram_spectra_and_factors_match_the_svd(shape):
     rng = np.random.default_rng(0)
@@ -71,6 +72,7 @@ def test_gram_spectra_and_factors_match_the_svd(shape):
         assert np.linalg.norm(w - a @ b, 2) == pytest.approx(exact[rank], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_gram_spectra_report_values_under_their_floor_as_zero():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((300, 5)) @ rng.standard_normal((5, 400))  # rank 5
@@ -92,6 +94,7 @@ def _symmetric(n: int, values: np.ndarray, seed: int = 0) -> np.ndarray:
     return (q * values) @ q.T
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full", [True, False])  # the full decomposition (small n) and the subset solver
 def test_top_eigenvectors_are_the_leading_eigenvectors_largest_first(monkeypatch, full):
     monkeypatch.setattr(linalg, "FULL_EIGEN_WORKSPACE", 2**40 if full else 0)
@@ -106,6 +109,7 @@ def test_top_eigenvectors_are_the_leading_eigenvectors_largest_first(monkeypatch
     assert linalg.top_eigenvectors(g.copy(), 0).shape == (n, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full", [True, False])
 def test_top_eigenvectors_of_a_repeated_eigenvalue_span_its_space(monkeypatch, full):
     """A cluster across the cut: any orthonormal basis of the top space keeps the same energy."""
@@ -118,6 +122,7 @@ def test_top_eigenvectors_of_a_repeated_eigenvalue_span_its_space(monkeypatch, f
     np.testing.assert_allclose(np.trace(vec.T @ g @ vec), 5.0 * count, rtol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
 @pytest.mark.parametrize("layout", ["array", "file", "file transposed"])
 @pytest.mark.parametrize("chunk", [2**16, 2**24])  # many slices (strided ones for a transposed file), or one
@@ -138,6 +143,7 @@ def test_gram_is_the_float64_product_on_the_narrower_side(tmp_path, shape, layou
     np.testing.assert_array_equal(g, g.T)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [24, 300])  # a small layer's SVD, a wide layer's Gram matrix
 def test_a_layer_with_non_finite_weights_is_no_low_rank_target_and_the_others_still_are(width):
     from onnx import numpy_helper
@@ -152,6 +158,7 @@ def test_a_layer_with_non_finite_weights_is_no_low_rank_target_and_the_others_st
     assert [f.form for f in report.folds if f.form == "truncated"] == ["truncated"]
 
 
+@pytest.mark.slow
 def test_a_subset_eigensolver_that_falls_short_is_replaced_by_the_full_one(monkeypatch):
     """scipy returns what LAPACK's syevr found without an error; fewer vectors must not mean a lower rank."""
     import scipy.linalg

@@ -53,14 +53,22 @@ def test_every_command_fits_the_width(tmp_path, model, width, optimized):
 
 
 @pytest.mark.parametrize("width", [80, 60])
-def test_a_long_reason_is_cut_in_the_table_and_whole_in_the_json(tmp_path, width):
+def test_a_long_reason_wraps_in_the_table_and_is_never_cut(tmp_path, width):
     args = ["optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5"]
     text = run(width, *args)
-    assert widest(text) <= width and "reverted" in text and "..." in text
-    assert LONG_REASON not in text
+    assert widest(text) <= width and "undone" in text and "..." not in text
+    words = " ".join(text.split())
+    assert "truncated to rank 10 undone: its own max abs error is" in words and LONG_REASON in words
+    assert "--rank-budget 0.5 NOT met" in words and "needs --atol 0.32 at --rtol 1e-03" in words
     assert LONG_REASON in run(width, *args, "--json", "--report", tmp_path / "r.json")
     folds = json.loads((tmp_path / "r.json").read_text())["folds"]
     assert folds[0]["reason"].endswith(LONG_REASON)
+
+
+def test_a_wrapped_column_keeps_the_row_together():
+    columns = [Column("#", left=True), Column("why", left=True, wrap=True, least=10)]
+    lines = _table(columns, [["1", "one two three four five six"], ["2", "short"]], 14).splitlines()
+    assert lines == ["#  why", "-  -----------", "1  one two", "   three four", "   five six", "2  short"]
 
 
 def test_without_a_terminal_nothing_is_cut(tmp_path):

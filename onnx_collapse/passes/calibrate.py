@@ -85,6 +85,10 @@ class CollectStatistics:
 
     name = "collect-statistics"
 
+    @staticmethod
+    def stage(options, contexts):
+        return ("reading the calibration data in onnxruntime", None, None) if options.calibrate is not None else None
+
     def run(self, ctx: Context) -> None:
         data = ctx.options.calibrate
         if data is None:
@@ -124,6 +128,10 @@ class CalibrateFolds:
     outputs (ridge toward the plain fold); the plain fold stays as its fallback."""
 
     name = "calibrate-folds"
+
+    @staticmethod
+    def stage(options, contexts):
+        return ("fitting the chains to the calibration data", None, None) if options.calibrate is not None else None
 
     @staticmethod
     def reads_exact(options) -> bool:

@@ -47,7 +47,7 @@ def why_not_read_by_one(view: GraphView, tensor: str) -> str:
     """Why ``tensor`` does not lead on to exactly one node of this graph."""
     readers = view.readers(tensor)
     if tensor in view.output_names:
-        return f"{tensor!r} is a graph output"
+        return f"its output {tensor!r} is a model output (no layer follows)"
     if not readers:
         return f"{tensor!r} is not read"
     if len(readers) > 1:
@@ -73,7 +73,7 @@ def follow(view: GraphView, layer: Layer, starts: dict[str, Layer]) -> tuple[tup
         node = view.nodes[nxt]
         kind = link_kind_for(node)
         if kind is None:
-            what = "a layer that is not foldable" if layer_kind_for(node) else "not a link kind"
+            what = "a layer that is not foldable" if layer_kind_for(node) else "not an op a fold can pass through"
             return f"next op {_describe(view, node)} is {what}"
         found = kind.match(view, nxt, site)
         if isinstance(found, str):
@@ -187,6 +187,10 @@ class FindChains:
     runs it must leave alone, and why each layer's chain ended (``ctx.stops``)."""
 
     name = "chains"
+
+    @staticmethod
+    def stage(options, contexts):
+        return "finding chains of layers", None, None
 
     def run(self, ctx: Context) -> None:
         view = ctx.view

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -71,6 +72,16 @@ def reads_exact(passes, options: Options) -> bool:
     """Whether any of ``passes`` reads plans' exact maps under ``options`` (a pass says so with a
     ``reads_exact(options)`` method); if none does, plans drop them, which can be as large as the weights."""
     return any(p.reads_exact(options) for p in passes if hasattr(p, "reads_exact"))
+
+
+def pass_stage(p, options: Options, contexts: list[Context]):
+    """The progress stage a pass shows while it runs: its ``stage(options, contexts)`` -> (label in a user's
+    words, total steps or None, unit or None), or none at all when that is None (a pass that does nothing
+    under these options shows nothing); a pass without the method shows its name."""
+    from ..progress import stage
+
+    shown = p.stage(options, contexts) if hasattr(p, "stage") else (p.name, None, None)
+    return nullcontext() if shown is None else stage(*shown)
 
 
 class Pass(Protocol):

@@ -11,6 +11,7 @@ from .. import linalg
 from ..emit import RangeError
 from ..kinds.base import EmissionFor
 from ..plans import FoldPlan, Segment
+from ..progress import advance
 from ..report import FoldRecord
 from .chains import chain_record
 from .context import Context
@@ -83,11 +84,17 @@ class PlanFolds:
 
     name = "plan-folds"
 
+    @staticmethod
+    def stage(options, contexts):
+        n = sum(len(ctx.segments) for ctx in contexts)
+        return ("folding the chains", n, "chain") if n else None
+
     def run(self, ctx: Context) -> None:
         for segment in ctx.segments:
             plan = self.plan(ctx, segment)
             if plan is not None:
                 ctx.plans.append(plan)
+            advance()
 
     def plan(self, ctx: Context, seg: Segment) -> FoldPlan | None:
         view = ctx.view

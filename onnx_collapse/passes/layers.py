@@ -26,6 +26,10 @@ class FindLayers:
 
     name = "layers"
 
+    @staticmethod
+    def stage(options, contexts):
+        return "finding the linear layers", None, None
+
     def run(self, ctx: Context) -> None:
         ctx.layers, remarks = find_layers(ctx.view)
         ctx.remarks += remarks

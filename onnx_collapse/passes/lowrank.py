@@ -35,6 +35,16 @@ def _targets(ctx: Context) -> list[FoldPlan]:
     return targets
 
 
+def count_targets(contexts: list[Context]) -> int:
+    """How many targets ``_targets`` gives over ``contexts`` (the progress display's total), building none."""
+    n = 0
+    for ctx in contexts:
+        taken = {i for seg in ctx.segments for layer in seg.layers for i in layer.nodes}
+        n += len(ctx.plans) + (sum(layer.nodes[0] not in taken for layer in ctx.layers)
+                               if ctx.options.low_rank == "all" else 0)
+    return n
+
+
 def target_whitening(ctx: Context, target: FoldPlan) -> linalg.Whitening | None:
     """The target's output-error metric on the calibration data (None: data-free), computed once per target."""
     key = (target.input, target.exact.bias is not None, target.emit.patches)
@@ -127,6 +137,12 @@ class LowRank:
     """Replaces exact plans (and, on request, single layers) by truncated factor pairs under a global budget."""
 
     name = "low-rank"
+
+    @staticmethod
+    def stage(options, contexts):
+        if options.rank_budget is None and options.max_error is None:
+            return None
+        return "low-rank truncation: each layer's spectrum, then the factors", count_targets(contexts), "layer"
 
     @staticmethod
     def reads_exact(options) -> bool:
@@ -324,6 +340,10 @@ class Spectra:
     """Fills ``ctx.spectra`` with the truncation targets' spectra (for ``analyze --spectrum``)."""
 
     name = "spectra"
+
+    @staticmethod
+    def stage(options, contexts):
+        return "each layer's spectrum", count_targets(contexts), "layer"
 
     @staticmethod
     def reads_exact(options) -> bool:

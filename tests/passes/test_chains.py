@@ -19,7 +19,7 @@ def test_tensor_with_two_readers_ends_the_chain():
     model = mlp()
     model.graph.output.append(onnx.helper.make_tensor_value_info("l0", 1, None))
     ctx = analysed(model)
-    assert ctx.segments == [] and any("is a graph output" in n for n in ctx.stops.values())
+    assert ctx.segments == [] and any("is a model output" in n for n in ctx.stops.values())
 
 
 def test_two_activations_in_a_row_both_near_identity_fold():

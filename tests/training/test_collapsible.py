@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import TORCH_SKIP
 
-torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install 'onnx-collapse[torch]')")
+torch = pytest.importorskip("torch", reason=TORCH_SKIP)
 from torch import nn  # noqa: E402
 
 from onnx_collapse import optimize  # noqa: E402

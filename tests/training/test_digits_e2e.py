@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TORCH_SKIP
 
-torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install 'onnx-collapse[torch]')")
+torch = pytest.importorskip("torch", reason=TORCH_SKIP)
 pytest.importorskip("sklearn", reason="scikit-learn (in the torch extra) is not installed")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
