@@ -268,7 +268,7 @@ def render_page(rng: np.random.Generator, abc: dict[str, str], size: int) -> tup
     band = size // n
     boxes = []
     for k in range(n):
-        fsize = int(rng.integers(14, min(30, band // 2) + 1))
+        fsize = int(rng.integers(14, max(15, min(30, band // 2) + 1)))
         font = load_font(fsize)
         text = random_line(rng, abc, max_chars=int(rng.integers(6, 26)))
         left, top, right, bottom = text_bbox(text, font, WORD_GAP)
