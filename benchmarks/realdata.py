@@ -259,7 +259,8 @@ def rec_scores(pred: list[str], truth: list[str], reference: list[str] | None = 
 # ---------------------------------------------------------------- detector pages
 
 def render_page(rng: np.random.Generator, abc: dict[str, str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A size x size BGR page with 2-5 text lines in separate bands; their ink boxes (x0, y0, x1, y1)."""
+    """A size x size BGR page with 2-5 text lines in separate bands; their boxes (x0, y0, x1, y1): the ink
+    horizontally, cap height to descender vertically."""
     Image, ImageDraw, _, _ = pillow()
     bg = int(rng.integers(205, 256))
     img = Image.new("RGB", (size, size), (bg, bg - int(rng.integers(0, 10)), bg - int(rng.integers(0, 10))))
@@ -280,7 +281,10 @@ def render_page(rng: np.random.Generator, abc: dict[str, str], size: int) -> tup
         y = k * band + int(rng.integers(2, max(3, band - th - 2)))
         fg = int(rng.integers(0, 80))
         draw_text(draw, (x - left, y - top), text, font, (fg, fg, fg), WORD_GAP)
-        boxes.append((x, y, x + tw, y + th))
+        # the true box spans the ink horizontally and the line (cap height to descender) vertically, as an
+        # annotator draws it: "ace" and "Hg" on one line get boxes of the same height
+        _, line_top, _, line_bottom = font.getbbox("Hg")
+        boxes.append((x, min(y, y - top + line_top), x + tw, max(y + th, y - top + line_bottom)))
     return np.asarray(img)[:, :, ::-1].copy(), np.array(boxes, np.float64)
 
 
