@@ -1,0 +1,118 @@
+"""The pure parts of benchmarks/real_models.py: CTC decoding, scores, box matching, the measured-MAC counter
+on a model with dynamic spatial dims (against a hand count), deterministic rendering, the method table."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import real_models  # noqa: E402
+import realdata as rd  # noqa: E402
+
+LABELS = ["<blank>", "a", "b", "c", " "]
+
+
+def one_hot(seq):
+    return np.eye(len(LABELS), dtype=np.float32)[seq][None]
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+    assert rd.ctc_greedy(one_hot([1, 1, 0, 1, 2, 2, 0, 0, 3, 4, 3]), LABELS) == ["aabc c"]
+    assert rd.ctc_greedy(one_hot([0, 0, 0]), LABELS) == [""]
+    two = np.concatenate([one_hot([2, 0, 2]), one_hot([3, 3, 3])])
+    assert rd.ctc_greedy(two, LABELS) == ["bb", "c"]
+
+
+def test_rec_scores_strip_and_count_characters():
+    assert rd.edit_distance("kitten", "sitting") == 3
+    assert rd.edit_distance("", "abc") == 3
+    s = rd.rec_scores([" abc ", "abd"], ["abc", "abc"], reference=["abc", "abc"])
+    assert s == {"exact": 0.5, "cer": 1 / 6, "same_decode": 0.5}
+
+
+def test_box_matching_is_one_to_one_at_iou_half():
+    truth = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
+    pred = np.array([[0, 0, 10, 9], [1, 0, 10, 10], [20, 0, 24, 10]], float)
+    assert rd.box_iou(pred, truth)[0, 0] == pytest.approx(0.9)
+    assert rd.match_count(pred, truth) == 1  # two candidates for the first box, the third is IoU 0.4
+
+
+def test_map_boxes_expand_components_like_db():
+    prob = np.zeros((40, 60), np.float32)
+    prob[10:14, 5:45] = 0.9   # a shrunk text kernel 40 x 4
+    prob[30, 50] = 0.9        # a speck below min_side
+    boxes = rd.map_boxes(prob)
+    d = 40 * 4 * 1.5 / (2 * 44)
+    np.testing.assert_allclose(boxes, [[5 - d, 10 - d, 45 + d, 14 + d]])
+    s = rd.det_scores(prob[None, None], [boxes], reference=prob[None, None])
+    assert s["box_f1"] == 1.0 and s["map_iou"] == 1.0
+
+
+def dynamic_model() -> onnx.ModelProto:
+    """x [N,3,H,W] -> Conv 3->8 k3 pad1 stride2 -> depthwise Conv k3 group 8 -> ConvTranspose 8->4 k2 s2
+    -> mean over H -> Transpose -> MatMul by a 4x5 weight -> mean over W -> Gemm 5->6 (transB)."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "w2")
+    w3 = numpy_helper.from_array(rng.standard_normal((8, 4, 2, 2)).astype(np.float32), "w3")
+    w4 = numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "w4")
+    w5 = numpy_helper.from_array(rng.standard_normal((6, 5)).astype(np.float32), "w5")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], name="c2", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("ConvTranspose", ["c2", "w3"], ["c3"], name="c3", strides=[2, 2]),
+        helper.make_node("ReduceMean", ["c3"], ["r"], axes=[2], keepdims=0),        # N,4,W
+        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),                 # N,W,4
+        helper.make_node("MatMul", ["t", "w4"], ["m"], name="m"),                    # N,W,5
+        helper.make_node("ReduceMean", ["m"], ["p"], axes=[1], keepdims=0),          # N,5
+        helper.make_node("Gemm", ["p", "w5"], ["y"], name="g", transB=1),            # N,6
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2, w3, w4, w5])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_measured_macs_equal_a_hand_count_with_dynamic_spatial_dims():
+    model = dynamic_model()
+    x = np.zeros((2, 3, 10, 16), np.float32)
+    got = rd.measured_macs(model, {"x": x})
+    by = {lay["name"]: lay["macs"] for lay in got["layers"]}
+    # c1: out 2x8x5x8, each 3*3*3; c2: out 2x8x5x8, each 1*3*3; c3: in 2x8x5x8, each 4*2*2 (out 2x4x10x16)
+    # m: out 2x16x5, K=4; g: out 2x6, K=5
+    hand = {"c1": 2 * 8 * 5 * 8 * 27, "c2": 2 * 8 * 5 * 8 * 9, "c3": 2 * 8 * 5 * 8 * 16, "m": 2 * 16 * 5 * 4,
+            "g": 2 * 6 * 5}
+    assert by == hand and got["total"] == sum(hand.values())
+    assert rd.count_weights(model) == 8 * 27 + 8 * 9 + 8 * 16 + 20 + 30
+    kinds = real_models.macs_by_kind(got["layers"])
+    assert kinds["kxk conv (k>1)"] == hand["c1"] and kinds["depthwise/grouped conv"] == hand["c2"]
+
+
+def test_rendering_is_deterministic():
+    pytest.importorskip("PIL")
+    labels = ["<blank>", *"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;-/()%#@", " "]
+    a, ta = rd.rec_dataset(labels, 4, seed=7)
+    b, tb = rd.rec_dataset(labels, 4, seed=7)
+    assert ta == tb and np.array_equal(a, b) and a.shape == (4, 3, 48, 320) and a.dtype == np.float32
+    assert a.min() >= -1 and a.max() <= 1 and not any(set(t) & set(rd.HOMOGLYPHS) for t in ta)
+    p, bp = rd.det_dataset(labels, 2, seed=7, size=160)
+    q, bq = rd.det_dataset(labels, 2, seed=7, size=160)
+    assert np.array_equal(p, q) and all(np.array_equal(x, y) for x, y in zip(bp, bq)) and p.shape == (2, 3, 160, 160)
+
+
+def test_method_rows_and_unknown_flags():
+    methods = {"a": {"flags": []}, "b": {"flags": [], "budgets": [0.7], "metrics": ["macs"]},
+               "c": {"flags": [], "budget": False}}
+    assert real_models.rows_for(methods, [0.8, 0.5], ["params"]) == [
+        ("a", 0.8, "params"), ("a", 0.5, "params"), ("b", 0.7, "macs"), ("c", None, None)]
+    err = "onnx-collapse: error: No such option '--allocation'. Did you mean '--allocator'? (see 'onnx-collapse " \
+          "optimize --help')\n"
+    assert real_models.unknown_option(err) == "--allocation"
+    assert real_models.unknown_option("Error: No such option: --x-y\n") == "--x-y"
+    bad = "onnx-collapse: error: Invalid value for '--budget-metric': 'time' is not one of 'params', 'macs'. " \
+          "(see 'onnx-collapse optimize --help')"
+    assert real_models.unknown_option(bad) == "--budget-metric: 'time' is not one of 'params', 'macs'."
+    assert real_models.unknown_option("Error: something else") is None
