@@ -65,11 +65,21 @@ class RangeError(ValueError):
 
 
 def cast_checked(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``value`` (float64) cast to ``dtype``; RangeError if it overflows to inf or is not finite."""
+    """``value`` (float64) cast to ``dtype``; RangeError if it overflows to inf or is not finite.
+
+    Subnormal results become 0: they are below the dtype's precision relative to any normal weight, and
+    CPUs compute with them up to 100x slower (a 1x1 Conv of a truncated OCR model ran 20x slower than its
+    neighbour on 2,769 of them)."""
     with np.errstate(over="ignore", invalid="ignore"):  # checked just below
         out = np.asarray(value, dtype=dtype, order="C")  # one cast, even from a transposed view
     if not np.all(np.isfinite(out)):
         raise RangeError(f"folded values exceed the range of {np.dtype(dtype).name}")
+    if out.dtype.kind == "f" and out.size:
+        tiny = np.finfo(out.dtype).tiny
+        subnormal = (out != 0) & (np.abs(out) < tiny)
+        if subnormal.any():
+            out = out.copy() if not out.flags.writeable or out is value else out
+            out[subnormal] = 0
     return out
 
 

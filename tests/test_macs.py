@@ -116,3 +116,4 @@ def test_count_reads_fixed_batches(batch):
     shapes = {v.name: [d.dim_value or None for d in v.type.tensor_type.shape.dim]
               for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     assert count(model.graph, shapes).total == HAND_COUNT
+
