@@ -55,6 +55,15 @@ METHODS: dict[str, dict] = {
                         "note": "the same with the tool's default verification (allclose, default tolerances) on "
                                 "8 verification rows (with all 32 recogniser lines the tool refuses: its estimate "
                                 "is 11.7 GB)"},
+    "output": {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--allocator", "output", "--no-verify"],
+               "note": "calibrated, output-aware allocation (each layer's measured effect on the output), "
+                       "verification off"},
+    "auto": {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--inputs", "{verify8}", "--allocator",
+                       "output", "--budget-metric", "macs", "--rank-budget", "auto", "--metric", "top1",
+                       "--min-agreement", "0.98"],
+             "budget": False,
+             "note": "accuracy target: the smallest MAC budget whose top-1 agreement with the original on 8 "
+                     "held-out rows is at least 98 % (output-aware allocation)"},
 }
 BUDGETS = [0.8, 0.7, 0.6, 0.5]
 METRICS = ["params", "macs"]

@@ -312,7 +312,7 @@ def render_stats(before: ModelStats, after: ModelStats, width: int | None = None
         rows.append([op, str(b), str(a), "" if a == b else f"{a - b:+d}"])
     rows.append(["parameters", f"{before.params:,}", f"{after.params:,}", _change(before.params, after.params)])
     rows.append(
-        ["linear MACs/row", f"{before.linear_macs:,}", f"{after.linear_macs:,}",
+        ["MACs/sample", f"{before.linear_macs:,}", f"{after.linear_macs:,}",
          _change(before.linear_macs, after.linear_macs)]
     )
     if before.file_bytes is not None or after.file_bytes is not None:
@@ -324,7 +324,7 @@ def render_stats(before: ModelStats, after: ModelStats, width: int | None = None
 FOLD_COLUMNS = [
     Column("#", left=True), Column("layers", cut=cut_chain, least=14), Column("dims", drop=3),
     Column("slopes", drop=2), Column("status"), Column("form", drop=5), Column("params"),
-    Column("MACs/row", drop=1), Column("max abs err", drop=4), Column("reason", left=True, wrap=True, least=30),
+    Column("MACs/sample", drop=1), Column("max abs err", drop=4), Column("reason", left=True, wrap=True, least=30),
 ]
 
 

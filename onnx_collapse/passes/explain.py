@@ -86,8 +86,8 @@ def verdict(report: Report, slope_tol: float) -> list[str]:
                      "little, so optimize keeps a fold only if it passes the tolerance: verify on your data "
                      "(--inputs val.npz --metric top1), or fit the fold to it (--calibrate calib.npz).")
     if report.before.params != report.after.params:
-        lines.append(f"predicted: parameters {report.before.params:,} -> {report.after.params:,}, linear "
-                     f"MACs/row {report.before.linear_macs:,} -> {report.after.linear_macs:,}.")
+        lines.append(f"predicted: parameters {report.before.params:,} -> {report.after.params:,}, "
+                     f"MACs per sample {report.before.linear_macs:,} -> {report.after.linear_macs:,}.")
     if far or at_act:
         what = []
         if at_act:

@@ -67,7 +67,7 @@ def test_the_verdict_of_a_plain_relu_mlp_points_to_layercollapse_training_and_tr
 def test_the_verdict_of_trained_and_conv_bn_models():
     near = _verdict(MODELS / "leaky_099.onnx")
     assert near[0].startswith("folds approximately: 1 chain with slopes near 1 (0.99)") and "--calibrate" in near[0]
-    assert near[1] == "predicted: parameters 7,210 -> 650, linear MACs/row 7,104 -> 640."
+    assert near[1] == "predicted: parameters 7,210 -> 650, MACs per sample 7,104 -> 640."
     exact = _verdict(MODELS / "cnn_bn_dynamo.onnx")
     assert exact[0].startswith("folds as it is: 1 chain (1 > 3)") and "BatchNorm" in exact[0]
     far = _verdict(MODELS / "no_fold_slope_05.onnx")
