@@ -117,3 +117,34 @@ def test_output_allocation_keeps_the_sensitive_layer():
 def test_output_allocation_needs_calibration_data():
     with pytest.raises(CollapseError, match="calibrate"):
         optimize(_two_layer_model(), low_rank="all", rank_budget=0.5, allocator="output", verify=False)
+
+
+def _classifier():
+    model = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        clf (float[N, 32] x) => (float[N, 10] y) {
+            h = MatMul (x, w1)
+            r = Relu (h)
+            y = MatMul (r, w2)
+        }""")
+    rng = np.random.default_rng(4)
+    u, _, v = np.linalg.svd(rng.standard_normal((32, 64)), full_matrices=False)
+    w1 = (u * np.geomspace(1.0, 0.01, 32)) @ v  # a decaying spectrum: truncation costs little at first
+    model.graph.initializer.extend([numpy_helper.from_array(w1.astype(np.float32), "w1"),
+                                    numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "w2")])
+    return model
+
+
+@pytest.mark.parametrize("allocator", ["alds", "output"])
+def test_rank_budget_auto_meets_the_target_on_the_held_out_rows(allocator):
+    rng = np.random.default_rng(5)
+    calib, held = (rng.standard_normal((n, 32)).astype(np.float32) for n in (200, 100))
+    out, report = optimize(_classifier(), low_rank="all", rank_budget="auto", allocator=allocator,
+                           calibrate={"x": calib}, inputs={"x": held}, metric="top1", min_agreement=0.95)
+    assert report.verification.passed
+    assert report.verification.outputs[0].agreement >= 0.95
+    assert report.after.params < report.before.params  # something was truncated
+    search = next(n for n in report.notes if n.startswith("budget search"))
+    assert search.count(":") >= 6 and "passed" in search
+    truncated = [f for f in report.folds if f.status == "folded" and f.form in ("truncated", "grouped")]
+    assert truncated
