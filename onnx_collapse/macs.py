@@ -24,13 +24,26 @@ COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 Shape = tuple[int | None, ...]
 
 
-@dataclass(frozen=True)
 class ShapeProbe:
-    """The input set shapes are measured on, and how the report names it (``x[1,3,48,320]``)."""
+    """The input set shapes are measured on, made on first use (a model whose sizes are all known never
+    reads it), and how the report names it (``x[1,3,48,320] (the first calibration row)``). ``problem``
+    says why it could not be made or run, if so."""
 
-    feed: Mapping[str, np.ndarray]
-    basis: str
-    origin: str = "the given inputs"  # where the input set comes from, for messages
+    def __init__(self, make: Callable[[], Mapping[str, np.ndarray]], where: str, origin: str):
+        self._make, self.where, self.origin = make, where, origin
+        self._feed: dict[str, np.ndarray] | None = None
+        self.problem: str | None = None
+
+    @property
+    def feed(self) -> dict[str, np.ndarray]:
+        if self._feed is None:
+            self._feed = dict(self._make())
+        return self._feed
+
+    @property
+    def basis(self) -> str:
+        dims = ", ".join(f"{n}[{','.join(map(str, np.shape(v)))}]" for n, v in self.feed.items())
+        return f"{dims} ({self.where})"
 
     @property
     def batch(self) -> int:
@@ -121,7 +134,7 @@ def measure(source: ModelSource, names: Sequence[str], probe: ShapeProbe) -> dic
 
     model = source.model
     outputs = {o.name for o in model.graph.output}
-    feeds = {name for name in probe.feed}
+    feeds = set(probe.feed)
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
     for name in names:
@@ -194,16 +207,14 @@ def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[s
     from . import calibrate as calibration
     from .verify import fixed_dim, graph_inputs, make_feeds
 
-    def described(feed: Mapping[str, np.ndarray], where: str, origin: str) -> ShapeProbe:
-        dims = ", ".join(f"{n}[{','.join(map(str, np.shape(v)))}]" for n, v in feed.items())
-        return ShapeProbe(dict(feed), f"{dims} ({where})", origin)
-
     if calibrate is not None:
-        arrays = calibration.load_arrays(model, calibrate, max_memory=max_memory)
-        return described({n: a[:1] for n, a in arrays.items()}, "the first calibration row", "the calibration data")
+        def first_row() -> dict[str, np.ndarray]:
+            arrays = calibration.load_arrays(model, calibrate, max_memory=max_memory)
+            return {n: a[:1] for n, a in arrays.items()}
+        return ShapeProbe(first_row, "the first calibration row", "the calibration data")
     if inputs is not None:
-        feeds, _ = make_feeds(model, inputs, {}, seed, 1, max_memory)
-        return described(feeds[0], "the first verification input set", "the verification inputs")
+        return ShapeProbe(lambda: make_feeds(model, inputs, {}, seed, 1, max_memory)[0][0],
+                          "the first verification input set", "the verification inputs")
     declared = graph_inputs(model)
     shapes = dict(input_shapes)
     for info in declared:
@@ -216,5 +227,5 @@ def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[s
             shapes[info.name] = (1, *(d.dim_value for d in dims[1:]))
     if not input_shapes:
         return None
-    feed = make_feeds(model, None, shapes, seed, 1, max_memory)[0][0]  # within the memory limit
-    return described(feed, "seeded random values at --input-shape", "the given input shapes")
+    return ShapeProbe(lambda: make_feeds(model, None, shapes, seed, 1, max_memory)[0][0],  # within the memory limit
+                      "seeded random values at --input-shape", "the given input shapes")

@@ -71,7 +71,10 @@ def views_for(source: ModelSource, probe: macs.ShapeProbe | None = None) -> list
         unknown = macs.unknown_tensors(model.graph, shapes)
         if unknown:
             with stage("measuring layer sizes"):
-                measured, batch = macs.measure(source, unknown, probe), probe.batch
+                try:
+                    measured, batch = macs.measure(source, unknown, probe), probe.batch
+                except CollapseError as exc:  # counting is never a reason to fail: the note says what happened
+                    probe.problem = str(exc)
     store = TensorStore(source.base_dir)
     views = [(path, GraphView(graph, imported.proto_of(graph), store, shapes if not path else {}, prefix,
                               measured if not path else None, batch))
@@ -419,7 +422,7 @@ def optimize(
                 report.after = _after_stats(written or ModelSource(out, source.base_dir), probe, report.notes)
         if written is not None:
             report.after.file_bytes = file_size(output)
-        _note_uncounted(report)
+        _note_uncounted(report, probe)
         return out, report
 
 
@@ -434,13 +437,14 @@ def _after_stats(source: ModelSource, probe: macs.ShapeProbe | None, notes: list
         return stats
 
 
-def _note_uncounted(report: Report) -> None:
+def _note_uncounted(report: Report, probe: macs.ShapeProbe | None) -> None:
     """Say which layers' MACs are not counted, and how to count them."""
     missing = report.before.macs_uncounted
     if missing:
         report.notes.append(f"MACs: {len(missing)} layer(s) not counted, their size depends on the input "
-                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); give --input-shape, "
-                            "--inputs or --calibrate to measure them")
+                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                            + (f"measuring them failed: {probe.problem}" if probe is not None and probe.problem else
+                               "give --input-shape, --inputs or --calibrate to measure them"))
     elif report.before.macs_basis != "static shapes":
         report.notes.append(f"MACs counted at {report.before.macs_basis}")
 
@@ -527,6 +531,6 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
         if plans else before  # shared tensors counted once
     spectra = [s for ctx in contexts for s in ctx.spectra]
     report = Report(before, after, records, None, notes, [u for c in contexts for u in c.unfolded])
-    _note_uncounted(report)
+    _note_uncounted(report, probe)
     return Analysis(report,
                     [r for c in contexts for r in c.remarks], spectra, allocate.tradeoff(spectra, TRADEOFF_BUDGETS))
