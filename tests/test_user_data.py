@@ -50,8 +50,8 @@ def data_file(tmp_path, kind: str):
     ("wrong rank", ["array 'x' has shape 3x8x8", "rank 3, the input has rank 2", EXPECTS]),
     ("wrong name", ["has no array for input 'x' (it has y", EXPECTS, "np.savez(path, x=...)"]),
     ("text", ["is not an .npz archive", "np.savez(path, x=array)"]),
-    ("npy", ["is a single .npy array", "np.savez(path, x=array)"]),
-    ("objects", ["cannot read as .npz (it holds an object array)"]),
+    ("npy", ["is a .npy file (one unnamed array)", "np.savez(path, x=...)"]),
+    ("objects", ["holds Python objects, which are not read (no pickles)"]),
 ])
 def test_a_bad_data_file_names_the_option_and_what_the_model_expects(tmp_path, option, kind, words):
     path = data_file(tmp_path, kind)
