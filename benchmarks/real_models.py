@@ -434,8 +434,10 @@ def markdown(meta: dict, results: dict, methods: dict) -> str:
         claims = [r["tool"]["linear_macs"][0] for r in res["rows"] if (r.get("tool") or {}).get("linear_macs")]
         if claims and claims[0]:
             o = res["original"]["macs"]
-            parts += [f"The tool's report counts {claims[0]:,} linear MACs for the original; onnxruntime's real "
-                      f"shapes give {o:,} ({o / claims[0]:,.0f}x): dynamic spatial dims count one position.", ""]
+            why = ("the same count" if claims[0] == o else
+                   "dynamic spatial dims counted as one position" if claims[0] < o else "the tool counts more")
+            parts += [f"The tool's report counts {claims[0]:,} MACs for the original; onnxruntime's real "
+                      f"shapes give {o:,} ({o / claims[0]:,.2f}x): {why}.", ""]
         parts += ["Where the original's measured MACs are:", "", kind_table(res)]
         bl = budget_lines(res)
         if bl:
