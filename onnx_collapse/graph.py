@@ -275,19 +275,32 @@ class GraphView:
 
     def positions(self, name: str, axis: int) -> int | None:
         """Positions per sample of tensor ``name`` with its features on ``axis``: its elements per sample
-        over its features. From the static shape where every dim is known, else the measured one, else the
-        static one read with axis 0 as the batch; None where none knows it."""
-        static, measured = self.shapes.get(name), self.measured.get(name)
-        for shape, batch in ((static, self.static_batch), (measured, self.batch), (static, None)):
-            if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]) or not shape[axis]:
-                continue
-            if batch is None:
-                return int(np.prod(shape[1:], dtype=np.int64)) // shape[axis]
-            if shape[0] is None:
-                continue
-            return max(1, int(np.prod(shape, dtype=np.int64)) // (shape[axis] * batch))
-        return None
+        over its features (see ``sized``); None where its size is unknown."""
+        found = sized(self.shapes.get(name), self.measured.get(name), self.static_batch, self.batch)
+        if found is None or len(found[0]) < 2 or not found[0][axis]:
+            return None
+        return max(1, int(elements_per_sample(*found)) // found[0][axis])
 
+
+
+def sized(static, measured, static_batch: int | None, batch: int) -> tuple[tuple, int | None] | None:
+    """A tensor's shape for counting costs, and how many samples it holds (None: its axis 0 is the batch):
+    the static shape where every dim and the graph's batch (``static_batch``) are fixed, else the shape
+    ``measured`` in a run on ``batch`` samples, else the static shape if known past axis 0."""
+    if static is not None and None not in static and static_batch is not None:
+        return tuple(static), static_batch
+    if measured is not None:
+        return tuple(measured), batch
+    if static is not None and len(static) and None not in list(static)[1:]:
+        return tuple(static), None
+    return None
+
+
+def elements_per_sample(shape: tuple, samples: int | None) -> float:
+    """Elements of a tensor of ``shape`` holding ``samples`` samples (None: axis 0 is the batch), per sample."""
+    if samples is None or shape[0] is None:
+        return float(np.prod(shape[1:], dtype=np.int64))
+    return float(np.prod(shape, dtype=np.int64)) / samples
 
 
 def fixed_batch(graph: onnx.GraphProto) -> int | None:

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from . import calibrate as calibration
 from .errors import CollapseError
+from .graph import elements_per_sample, fixed_batch, sized
 from .io import ModelSource
+from .verify import capture, fixed_dim, graph_inputs, make_feeds
 
 COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -130,24 +133,12 @@ def measure(source: ModelSource, names: Sequence[str], probe: ShapeProbe) -> dic
     The model is run with those tensors as extra outputs (only their shapes are kept). CollapseError,
     naming the input set, when onnxruntime cannot run it.
     """
-    from .verify import run  # the onnxruntime runner; imported here as verify imports the passes' modules
-
-    model = source.model
-    outputs = {o.name for o in model.graph.output}
-    feeds = set(probe.feed)
-    probed = onnx.ModelProto()
-    probed.CopyFrom(model)
-    for name in names:
-        if name not in outputs and name not in feeds:
-            probed.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        values = run(ModelSource(probed, source.base_dir), [probe.feed], "model to measure its shapes")[0]
+        values = capture(source, names, {}, [probe.feed])[0]
     except CollapseError as exc:
         raise CollapseError(f"cannot measure layer sizes on {probe.origin} ({probe.basis}): "
                             f"{str(exc).split(': ', 1)[-1]}") from None
-    shapes = {name: tuple(np.shape(v)) for name, v in values.items()}
-    shapes.update({name: tuple(np.shape(v)) for name, v in probe.feed.items()})
-    return {name: shapes[name] for name in names if name in shapes}
+    return {name: tuple(np.shape(values[name])) for name in names if name in values}
 
 
 def count(graph: onnx.GraphProto, static: Mapping[str, Sequence[int | None]],
@@ -156,34 +147,22 @@ def count(graph: onnx.GraphProto, static: Mapping[str, Sequence[int | None]],
     """MACs per sample of ``graph``'s counted nodes: from ``static`` shapes where every dim is known (axis
     0 read against the graph's fixed batch, else as the batch), else from ``measured`` shapes of one run
     on ``batch`` samples."""
-    from .graph import fixed_batch
-
     measured = measured or {}
     static_batch = fixed_batch(graph)
     stored = {t.name: tuple(t.dims) for t in graph.initializer}
 
-    def sized(name: str) -> tuple[Shape, int | None] | None:
+    def found(name: str) -> tuple[Shape, int | None] | None:
         if name in stored:
             return stored[name], 1
-        shape = static.get(name)
-        if shape is not None and None not in shape and static_batch is not None:
-            return tuple(shape), static_batch
-        if name in measured:
-            return tuple(measured[name]), batch
-        if shape is not None and shape and None not in list(shape)[1:]:
-            return tuple(shape), None  # axis 0 read as the batch
-        return None
+        return sized(static.get(name), measured.get(name), static_batch, batch)
 
     def shape_of(name: str) -> Shape | None:
-        found = sized(name)
-        return None if found is None else found[0]
+        size = found(name)
+        return None if size is None else size[0]
 
     def per_sample(name: str) -> float | None:
-        found = sized(name)
-        if found is None or not found[0]:
-            return None
-        shape, n = found
-        return _prod(shape[1:]) if n is None or shape[0] is None else _prod(shape) / n
+        size = found(name)
+        return None if size is None or not size[0] else elements_per_sample(*size)
 
     result = MacCount(basis=basis)
     for i, node in enumerate(graph.node):
@@ -204,9 +183,6 @@ def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[s
     """One input set to measure shapes on: the first calibration row, the first verification input set, or
     seeded values at ``input_shapes`` when they fix every dynamic dim past axis 0 (axis 0 defaults to 1);
     None when the user gave none of these. Files are read within ``max_memory`` as verification reads them."""
-    from . import calibrate as calibration
-    from .verify import fixed_dim, graph_inputs, make_feeds
-
     if calibrate is not None:
         def first_row() -> dict[str, np.ndarray]:
             arrays = calibration.load_arrays(model, calibrate, max_memory=max_memory)

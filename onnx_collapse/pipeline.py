@@ -419,22 +419,11 @@ def optimize(
             embed_external_data(out, source.base_dir)
         if out is not model:
             with stage("counting parameters and MACs"):
-                report.after = _after_stats(written or ModelSource(out, source.base_dir), probe, report.notes)
+                report.after = model_stats(written or ModelSource(out, source.base_dir), probe)
         if written is not None:
             report.after.file_bytes = file_size(output)
         _note_uncounted(report, probe)
         return out, report
-
-
-def _after_stats(source: ModelSource, probe: macs.ShapeProbe | None, notes: list[str]) -> ModelStats:
-    """The optimized model's counts; its MACs uncounted (with a note) where onnxruntime cannot measure them."""
-    try:
-        return model_stats(source, probe)
-    except CollapseError as exc:
-        notes.append(f"MACs of the optimized model not measured: {exc}")
-        stats = model_stats(source)
-        stats.macs_uncounted = stats.macs_uncounted or ["(not measured)"]
-        return stats
 
 
 def _note_uncounted(report: Report, probe: macs.ShapeProbe | None) -> None:
@@ -445,6 +434,9 @@ def _note_uncounted(report: Report, probe: macs.ShapeProbe | None) -> None:
                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
                             + (f"measuring them failed: {probe.problem}" if probe is not None and probe.problem else
                                "give --input-shape, --inputs or --calibrate to measure them"))
+    elif report.after.macs_uncounted:  # measuring the optimized model failed where the original's worked
+        report.notes.append(f"MACs of the optimized model: {len(report.after.macs_uncounted)} layer(s) not counted"
+                            + (f" ({probe.problem})" if probe is not None and probe.problem else ""))
     elif report.before.macs_basis != "static shapes":
         report.notes.append(f"MACs counted at {report.before.macs_basis}")
 
@@ -527,7 +519,7 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
     with stage("counting parameters and MACs"):
         before = stats_of([ctx.view for ctx in contexts], probe)
     notes = [n for c in contexts for n in c.notes]
-    after = _after_stats(ModelSource(apply_plans(source.model, plans), source.base_dir), probe, notes) \
+    after = model_stats(ModelSource(apply_plans(source.model, plans), source.base_dir), probe) \
         if plans else before  # shared tensors counted once
     spectra = [s for ctx in contexts for s in ctx.spectra]
     report = Report(before, after, records, None, notes, [u for c in contexts for u in c.unfolded])

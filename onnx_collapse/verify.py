@@ -574,14 +574,16 @@ def verify(
 
 
 def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mapping[str, int]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the intermediate tensors ``names``."""
+    """A copy of ``model`` that also outputs the intermediate tensors ``names`` (typed by ``elem_types``
+    where given; onnxruntime accepts an untyped output too)."""
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
     present = {o.name for o in probed.graph.output} | {i.name for i in graph_inputs(model)}
     present |= {t.name for t in probed.graph.initializer}
     for name in dict.fromkeys(names):
         if name not in present:
-            probed.graph.output.append(helper.make_tensor_value_info(name, elem_types[name], None))
+            probed.graph.output.append(helper.make_tensor_value_info(name, elem_types[name], None)
+                                       if name in elem_types else onnx.ValueInfoProto(name=name))
     return probed
 
 

@@ -20,6 +20,7 @@ from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import apply_plans
+from ..verify import capture, compare_outputs, make_feeds, run
 from .chains import chain_record
 from .context import Context
 
@@ -168,13 +169,13 @@ class LowRank:
         if opts.rank_budget is None:
             chosen = allocate.allocate_max_error(spectra, opts.max_error, opts.budget_metric)
         else:
-            allocate_at = self.allocator(contexts, owners, targets, spectra)
+            allocate_at, describe = self.allocator(contexts, owners, targets, spectra)
             if opts.rank_budget == "auto":
                 budget, chosen = search_budget(contexts, owners, targets, spectra, allocate_at)
             else:
                 budget, chosen = opts.rank_budget, allocate_at(opts.rank_budget)
-            if getattr(allocate_at, "note", None):
-                main.notes.append(allocate_at.note(budget))
+            if describe is not None:
+                main.notes.append(describe(chosen))
             unit = "weights" if opts.budget_metric == "params" else "MACs"
             dense = allocate.total_cost([s.dense for s in spectra], opts.budget_metric)
             limit = budget * dense
@@ -195,24 +196,20 @@ class LowRank:
     @staticmethod
     def allocator(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
                   spectra: list[allocate.LayerSpectrum]):
-        """budget -> the options chosen for ``targets`` under it, by the allocator the options name (the
-        output-aware one measures the layers' effects once, here)."""
-        main, opts = contexts[0], contexts[0].options
+        """(budget -> the options chosen for ``targets`` under it, by the allocator the options name; a
+        sentence describing a choice, or None). The output-aware allocator measures the layers' effects
+        once, here."""
+        opts = contexts[0].options
         if opts.allocator != "output":
-            return lambda budget: allocate.ALLOCATORS[opts.allocator](spectra, budget, opts.budget_metric)
-        changes = output_changes(contexts, owners, targets, spectra)
+            return lambda budget: allocate.ALLOCATORS[opts.allocator](spectra, budget, opts.budget_metric), None
+        changes, rows = output_changes(contexts, owners, targets, spectra)
 
-        def allocate_at(budget: float) -> list[allocate.Option]:
-            return allocate.allocate_min_total(spectra, changes, budget, opts.budget_metric)
-
-        def note(budget: float) -> str:
-            chosen = allocate_at(budget)
+        def describe(chosen: list[allocate.Option]) -> str:
             predicted = sum(c[s.options.index(o)] for c, s, o in zip(changes, spectra, chosen))
             return (f"output-aware allocation: predicted relative output change {predicted:.3g} (each layer "
-                    f"truncated alone on {min(sensitivity.ROWS, _rows(main))} calibration rows at a ladder of ranks)")
+                    f"truncated alone on {rows} calibration rows at a ladder of ranks)")
 
-        allocate_at.note = note
-        return allocate_at
+        return lambda budget: allocate.allocate_min_total(spectra, changes, budget, opts.budget_metric), describe
 
 
 def chosen_plans(owners: list[Context], targets: list[FoldPlan], chosen: list[allocate.Option],
@@ -242,8 +239,6 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
     on the verification rows: ``inputs``, rows held out of the calibration data, or random inputs), found
     by bisection; each budget tried is applied to the whole model with the exact folds and run. The
     frontier goes to the notes. Without a passing budget, every layer stays dense."""
-    from ..verify import compare_outputs, make_feeds, run
-
     main, opts = contexts[0], contexts[0].options
     model, base_dir = main.model, main.view.store.base_dir
     feeds, where = make_feeds(model, opts.inputs, opts.input_shapes, opts.seed, opts.check_n,
@@ -283,21 +278,15 @@ def _verdict_text(verdict) -> str:
     return f"{shown} {'passed' if verdict.passed else 'failed'}"
 
 
-def _rows(ctx: Context) -> int:
-    return calibrate.row_count(calibrate.load_arrays(ctx.model, ctx.options.calibrate,
-                                                     max_memory=ctx.options.max_verify_memory))
-
-
 def output_changes(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
-                   spectra: list[allocate.LayerSpectrum]) -> list[list[float]]:
-    """Per target, the predicted relative output change of each of its options: each main-graph target is
+                   spectra: list[allocate.LayerSpectrum]) -> tuple[list[list[float]], int]:
+    """Per target, the predicted relative output change of each of its options, and the calibration rows
+    they were measured on: each main-graph target is
     truncated alone at a ladder of ranks and the model run on calibration rows (``sensitivity``); a target
     in a subgraph (whose effect cannot be run alone here) is taken to be as sensitive as the most
     sensitive measured one."""
     main = contexts[0]
     model, base_dir = main.model, main.view.store.base_dir
-    from ..verify import capture, run  # the onnxruntime runner
-
     arrays = calibrate.load_arrays(model, main.options.calibrate, max_memory=main.options.max_verify_memory)
     feeds = sensitivity.calibration_feeds(arrays, batch=fixed_batch(model.graph) or sensitivity.BATCH)
     measured = [(ctx, t) for ctx, t in zip(owners, targets) if not ctx.path]
@@ -333,7 +322,8 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
             advance()
     ratios = [c / (e * e) for ladder in ladders if ladder for e, c in zip(ladder.errors, ladder.changes) if e > 0]
     worst = sensitivity.Ladder((1.0,), (max(ratios, default=1.0),))
-    return [[(ladder or worst).predict(o.error) for o in s.options] for ladder, s in zip(ladders, spectra)]
+    rows = sum(calibrate.row_count(feed) for feed in feeds)
+    return [[(ladder or worst).predict(o.error) for o in s.options] for ladder, s in zip(ladders, spectra)], rows
 
 
 class Spectra:
