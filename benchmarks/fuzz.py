@@ -89,21 +89,25 @@ def _on_alarm(signum, frame):
     raise Hang(f"no answer after {HANG_AFTER} s")
 
 
-def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+def npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    """A .npy version-1 header declaring ``shape`` of dtype ``descr`` (the data may say otherwise)."""
     text = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
     text += b" " * ((-(len(text) + 11)) % 64) + b"\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
 
 
-def _bomb(path: Path, name: str, shape: tuple[int, ...]) -> None:
-    """An .npz member declaring ``shape`` float32 zeros, deflated (64 MiB are about 64 KB on disk)."""
+def zip_bomb(path: Path, name: str, shape: tuple[int, ...]) -> Path:
+    """An .npz whose member ``name`` declares ``shape`` float32 and holds that many zero bytes, deflated
+    (64 MiB are about 64 KB on disk)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, \
             archive.open(name + ".npy", "w", force_zip64=True) as member:
-        member.write(_npy_header(shape))
+        member.write(npy_header(shape))
+        chunk = bytes(2**22)
         left = int(np.prod(shape)) * 4
         while left > 0:
-            member.write(bytes(min(left, 2**22)))
-            left -= 2**22
+            member.write(chunk[:min(left, len(chunk))])
+            left -= len(chunk)
+    return path
 
 
 def hostile_data_files(folder: Path, counts: Counter, rounds: int, seed: int) -> None:
@@ -125,14 +129,14 @@ def hostile_data_files(folder: Path, counts: Counter, rounds: int, seed: int) ->
             archive.writestr(x.name + ".npy", mutate(member[:256], rng) + member[256:])
         cases.append(("mutated member", data.read_bytes()))
     for name in (x.name, "not_an_input"):
-        _bomb(data, name, (2**24, 1))
+        zip_bomb(data, name, (2**24, 1))
         cases.append(("bomb", data.read_bytes()))
     for shape in ((2**40, width), (2**62, 2**62), (-1, width)):
         with zipfile.ZipFile(data, "w") as archive:
-            archive.writestr(x.name + ".npy", _npy_header(shape) + bytes(64))
+            archive.writestr(x.name + ".npy", npy_header(shape) + bytes(64))
         cases.append(("huge header", data.read_bytes()))
     with zipfile.ZipFile(data, "w") as archive:
-        archive.writestr(x.name + ".npy", _npy_header((2, width), "|O") + bytes(64))
+        archive.writestr(x.name + ".npy", npy_header((2, width), "|O") + bytes(64))
     cases.append(("pickle", data.read_bytes()))
     np.save(folder / "d.npy", np.zeros((4, width), np.float32))
     cases += [("npy", (folder / "d.npy").read_bytes()), ("empty", b""), ("truncated", good.read_bytes()[:200])]

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from builders import mlp
+from fuzz import npy_header, zip_bomb  # noqa: E402 - the fuzz benchmark's hostile .npz builders
 from onnx import TensorProto, helper, numpy_helper
 from test_cli import EXE, assert_one_line_error, cli
 
@@ -89,25 +92,6 @@ def test_a_npy_file_as_a_data_file_is_a_one_line_error(tmp_path, flag):
     assert_one_line_error(result, 2, flag, ".npy", "np.savez")
 
 
-def _npy_header(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
-    text = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode()
-    text += b" " * ((-(len(text) + 11)) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
-
-
-def zip_bomb(path: Path, name: str, shape: tuple[int, ...]) -> Path:
-    """An .npz whose member ``name`` declares ``shape`` float32 and holds that many zero bytes, deflated."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, \
-            archive.open(name + ".npy", "w", force_zip64=True) as member:
-        member.write(_npy_header(shape))
-        chunk = bytes(2**22)
-        left = int(np.prod(shape)) * 4
-        while left > 0:
-            member.write(chunk[:min(left, len(chunk))])
-            left -= len(chunk)
-    return path
-
-
 @pytest.fixture(scope="module")
 def bombs(tmp_path_factory) -> dict[str, Path]:
     """.npz files of about 500 KB whose array (named x, the model's input, or not_an_input) inflates to 512 MiB."""
@@ -149,7 +133,7 @@ def test_a_header_claiming_a_huge_array_is_a_one_line_error(tmp_path, flag):
     src = model_file(tmp_path)
     path = tmp_path / "huge.npz"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("x.npy", _npy_header((2**40, 8)) + bytes(64))
+        archive.writestr("x.npy", npy_header((2**40, 8)) + bytes(64))
     assert path.stat().st_size < 400
     result = cli("optimize", src, tmp_path / "o.onnx", flag, path)
     assert_one_line_error(result, 2, flag, "'x'")
@@ -508,7 +492,6 @@ def test_an_exact_factor_pair_states_the_bound_it_holds_under(tmp_path):
 def test_fuzzed_data_files_give_a_result_or_a_clean_error_and_stay_unchanged(tmp_path):
     from collections import Counter
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import fuzz
 
     counts: Counter = Counter()
