@@ -28,13 +28,13 @@ class Revert:
 
 def badness(plan: FoldPlan) -> float:
     """How far the plan's own error is from its tolerance: required atol / allowed atol (0 if unmeasured)."""
-    err = plan.record.error
+    err = plan.outcome.error
     return 0.0 if err is None else err.required_atol / max(err.atol, np.finfo(np.float64).tiny)
 
 
 def own_error_passes(plan: FoldPlan) -> bool:
     """Whether the plan's own measured error is within the tolerance (an unmeasured plan counts as passing)."""
-    return plan.record.error is None or plan.record.error.passed
+    return plan.outcome.error is None or plan.outcome.error.passed
 
 
 def describe_error(err: ErrorStats) -> str:
@@ -56,7 +56,7 @@ def without_local_failures(plans: Sequence[FoldPlan], exempt_main_graph: bool = 
             kept.append(plan)
             continue
         fallback = plan.fallback if plan.fallback is not None and own_error_passes(plan.fallback) else None
-        reason = f"{describe_error(plan.record.error)}, which fails the tolerance"
+        reason = f"{describe_error(plan.outcome.error)}, which fails the tolerance"
         reverts.append(Revert(plan, fallback, reason))
         if fallback is not None:
             kept.append(fallback)
@@ -106,7 +106,7 @@ def accept(plans: Sequence[FoldPlan], passes: Callable[[list[FoldPlan]], bool]) 
         cut = len(ordered) if k is None else k
         why = (f"the model fails verification with the {cut} worst fold(s) kept and passes without them"
                if k is not None else "the model fails verification even with every fold reverted to its exact form")
-        reverts += [Revert(p, p.fallback, f"{why}; {describe_error(p.record.error)}" if p.record.error else why)
+        reverts += [Revert(p, p.fallback, f"{why}; {describe_error(p.outcome.error)}" if p.outcome.error else why)
                     for p in ordered[:cut]]
         accepted = reverted_prefix(ordered, cut)
         if k is not None:

@@ -20,8 +20,10 @@ from pathlib import Path
 import onnx
 
 from . import allocate, calibrate, macs
-from .acceptance import Revert, accept, without_local_failures
+from .acceptance import accept, without_local_failures
 from .allocate import LayerSpectrum
+from .candidates import applied
+from .candidates import records as candidate_records
 from .errors import CollapseError
 from .graph import GraphView, default_opset, import_model, infer_shapes, walk_graphs, weight_count
 from .io import (
@@ -170,9 +172,9 @@ def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feed
     probes = [(p.input, p.output, p.nodes, p.initializers, _elem(p)) for p in main]
     errors = local_errors(opsets, model.ir_version, probes, captured, options.atol, options.rtol, parked)
     for plan, err in zip(main, errors):
-        plan.record.error = err
+        plan.outcome.error = err
     for plan in (p for p in plans if p.graph):
-        plan.record.error = _subgraph_fold_error(source, views[plan.graph], plan, opsets, options, parked)
+        plan.outcome.error = _subgraph_fold_error(source, views[plan.graph], plan, opsets, options, parked)
     outputs = {o.name for o in model.graph.output}
     return [{k: v for k, v in c.items() if k in outputs} for c in captured]
 
@@ -250,21 +252,6 @@ class _Trials:
         return onnx.load(str(path), load_external_data=False)
 
 
-def _record_revert(revert: Revert, owners: dict[tuple, Context]) -> None:
-    """Mark a reverted plan in the report; an exact fallback that is kept takes its place (one row per
-    chain: its final form), the undone form listed among the fallback's attempts."""
-    plan, record = revert.plan, revert.plan.record
-    record.status, record.reason = "reverted", revert.reason
-    if revert.replacement is not None:
-        kept = revert.replacement.record
-        kept.attempts = [*record.attempts, record.as_attempt()]
-        form = f"{record.form} to rank {record.rank}" if record.rank is not None else record.form
-        kept.reason = "; ".join(filter(None, [kept.reason, f"{form} undone: {revert.reason}; kept the exact "
-                                                          "fold instead"]))
-        records = owners[plan.graph].records
-        records[next(i for i, r in enumerate(records) if r is record)] = kept
-
-
 def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Options,
                        staged: StagedOutput | None) -> tuple[onnx.ModelProto, Verification]:
     """Keep the plans whose own error passes and with which the whole model passes.
@@ -276,12 +263,11 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
     reads them from disk.
     """
     model = source.model
-    plans = [p for ctx in contexts for p in ctx.plans]
+    plans = [p for ctx in contexts for p in applied(ctx.candidates)]
     feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
                               options.max_verify_memory)
     every = [q for p in plans for q in (p, p.fallback) if q is not None]
-    owners = {ctx.path: ctx for ctx in contexts}
-    views = {path: ctx.view for path, ctx in owners.items()}
+    views = {ctx.path: ctx.view for ctx in contexts}
     with contextlib.ExitStack() as stack:
         if staged is not None:
             folder = staged.scratch
@@ -296,7 +282,7 @@ def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Op
             accepted, more = accept(accepted, trials.passes)
             reverts += more
         for revert in reverts:
-            _record_revert(revert, owners)
+            revert.plan.candidate.undo(revert.plan, revert.replacement, revert.reason)
         out, verification = trials.result(accepted)
         if staged is not None and not verification.passed:  # nothing is committed: the staged data goes away
             out = trials.applier.apply(accepted)
@@ -375,7 +361,8 @@ def optimize(
     probe = shape_probe(model, options)
     contexts = run_passes(source, options, probe=probe)
     return_free_memory()  # the passes' float64 work, before the output is built
-    plans = [p for ctx in contexts for p in ctx.plans]
+    candidates = [c for ctx in contexts for c in ctx.candidates]
+    plans = applied(candidates)
     staging = StagedOutput(output, external_data, source.base_dir, source, named) if output is not None else nullcontext()
     held = sum(dense_bytes(t) for p in plans for t in p.initializers)  # the plans' new tensors in memory
     with staging as staged:
@@ -386,15 +373,14 @@ def optimize(
                 out, verification = _verify_and_revert(source, contexts, options, staged)
         else:
             out, verification = apply_plans(model, plans, move=True), None
-        for plan in plans:  # ``out`` holds the new tensors now: keep one copy of them in memory, not two
-            plan.release()
+        for candidate in candidates:  # ``out`` holds the new tensors now: keep one copy of them in memory
+            candidate.release()
         if held > RELEASE_COLLECT_BYTES:
             gc.collect()  # the imported graphs that referenced them are cycles of nodes and tensors
             return_free_memory()
         if held_out is not None and verification is not None and verification.n_input_sets:
             verification.inputs = held_out
-        _plain_errors(plans)
-        records = [r for ctx in contexts for r in ctx.records]
+        records = candidate_records(candidates)
         notes = [n for ctx in contexts for n in ctx.notes]
         if model.functions:
             notes.append(f"{len(model.functions)} model-local function(s) left as they are: "
@@ -462,17 +448,6 @@ def calibration_split(model: onnx.ModelProto, options: Options) -> tuple[Options
     return options.with_overrides(calibrate=kept, inputs=held), phrase
 
 
-def _plain_errors(plans: list[FoldPlan]) -> None:
-    """Give each calibrated fold the measured error of the plain fold it replaced (its first uncalibrated
-    fallback), where verification measured it."""
-    for plan in plans:
-        plain = plan.fallback
-        while plain is not None and plain.record.calibrated:
-            plain = plain.fallback
-        if plan.record.calibrated and plain is not None:
-            plan.record.plain_error = plain.record.error
-
-
 def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProto, unchanged: bool) -> None:
     """Commit the staged output; an unchanged single-file model is copied byte for byte."""
     if unchanged and source.path is not None and not uses_external(source.model) and not staged.external_data:
@@ -511,11 +486,9 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
         source = open_model(model_or_path)
     probe = shape_probe(source.model, options)
     contexts = run_passes(source, options, SPECTRUM_PASSES if spectrum else DEFAULT_PASSES, probe=probe)
-    records = [r for ctx in contexts for r in ctx.records]
-    for record in records:
-        if record.status == "folded":
-            record.status = "foldable"
-    plans = [p for ctx in contexts for p in ctx.plans]
+    candidates = [c for ctx in contexts for c in ctx.candidates]
+    records = candidate_records(candidates, proposed=True)
+    plans = applied(candidates)
     with stage("counting parameters and MACs"):
         before = stats_of([ctx.view for ctx in contexts], probe)
     notes = [n for c in contexts for n in c.notes]

@@ -1,11 +1,13 @@
-"""Plain data that passes hand on: chains found, and the rewrites (plans) they decided on.
+"""Plain data that passes hand on: chains found (segments), and the rewrites (plans) written for them.
 
-Rewrite, verification and the report read these; none of them imports a pass.
+A plan is one form of a candidate (``candidates.Candidate``). Rewrite, verification and the report read
+these; none of them imports a pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -15,7 +17,9 @@ from .graph import GraphPath
 from .kinds import Layer, Link
 from .kinds.base import EmissionFor
 from .linalg import Factored
-from .report import FoldRecord
+
+if TYPE_CHECKING:
+    from .candidates import Candidate, Outcome
 
 
 @dataclass
@@ -46,11 +50,12 @@ class FoldPlan:
     """A rewrite of one graph: remove the nodes at positions ``removed``, insert ``nodes`` (with new
     ``initializers``) computing ``output`` from ``input``.
 
-    ``exact`` is the float64 map the removed nodes computed (kept factored); ``fallback`` is the exact
-    plan a truncating plan replaced, used if verification rejects the truncation.
+    ``exact`` is the float64 map the removed nodes computed (kept factored); ``outcome`` what the form
+    stores and measured. ``candidate`` and ``fallback`` (the candidate's form this one replaced, used if
+    verification rejects this one) are set when the candidate takes the plan (``Candidate.push``).
     """
 
-    record: FoldRecord
+    outcome: Outcome
     graph: GraphPath  # which (sub)graph the plan rewrites
     removed: tuple[int, ...]
     input: str
@@ -60,8 +65,9 @@ class FoldPlan:
     dtype: np.dtype
     exact: Factored | None  # None once no later pass needs it (no truncation, no calibration): memory
     emit: Emission
-    fallback: FoldPlan | None = None
     emission_for: EmissionFor | None = None  # writes the same map in another form (dense or pair)
+    fallback: FoldPlan | None = field(default=None, repr=False)
+    candidate: Candidate | None = field(default=None, repr=False, compare=False)
 
     def release(self) -> None:
         """Drop the new tensors and exact maps (its own and its fallback's) once the rewritten model holds what
@@ -73,4 +79,4 @@ class FoldPlan:
     @property
     def rows(self) -> int:
         """Rows of the written map as a matrix: its input features times the emission's rows per feature."""
-        return self.record.dims[0] * self.emit.group_unit
+        return self.candidate.chain.dims[0] * self.emit.group_unit

@@ -20,7 +20,7 @@ from revert_scaling import summed_chains  # noqa: E402
 
 def _plan(required: float, fallback=None, atol: float = 1.0, graph=()):
     err = ErrorStats("y", required, 0.0, 0.0, required, atol, 0.0, required <= atol)
-    return SimpleNamespace(record=SimpleNamespace(error=err), fallback=fallback, graph=graph)
+    return SimpleNamespace(outcome=SimpleNamespace(error=err), fallback=fallback, graph=graph)
 
 
 def _run(model, feed):
@@ -46,9 +46,9 @@ def test_smallest_passing_prefix_is_none_when_reverting_all_fails():
 
 def test_accept_reverts_the_worst_plans_and_keeps_the_rest():
     plans = [_plan(r) for r in (0.1, 0.9, 0.5, 0.3, 0.7)]  # each passes alone; the model needs sum <= 1
-    kept, reverts = acceptance.accept(plans, lambda chosen: sum(p.record.error.max_abs for p in chosen) <= 1.0)
-    assert sorted(p.record.error.max_abs for p in kept) == [0.1, 0.3, 0.5]
-    assert [r.plan.record.error.max_abs for r in reverts] == [0.9, 0.7]
+    kept, reverts = acceptance.accept(plans, lambda chosen: sum(p.outcome.error.max_abs for p in chosen) <= 1.0)
+    assert sorted(p.outcome.error.max_abs for p in kept) == [0.1, 0.3, 0.5]
+    assert [r.plan.outcome.error.max_abs for r in reverts] == [0.9, 0.7]
     assert all("fails verification with the 2 worst" in r.reason and "max abs error" in r.reason for r in reverts)
 
 

@@ -5,6 +5,7 @@ import onnx
 from builders import mlp, run_model
 
 from onnx_collapse import optimize
+from onnx_collapse.candidates import applied
 
 
 def _decorated_model() -> onnx.ModelProto:
@@ -82,7 +83,7 @@ def test_one_imported_model_serves_candidate_after_candidate():
     spec = ChainSpec(8, [LayerSpec(16), LayerSpec(16), LayerSpec(8), LayerSpec(8), LayerSpec(4)],
                      [ActSpec(), ActSpec(slope=0.5), ActSpec(), ActSpec()])
     model = build(spec)
-    plans = [p for ctx in run_passes(ModelSource(model), Options()) for p in ctx.plans]
+    plans = [p for ctx in run_passes(ModelSource(model), Options()) for p in applied(ctx.candidates)]
     assert len(plans) == 2
     applier = PlanApplier(model)
     for subset in (plans, plans[:1], [], plans[1:], plans):

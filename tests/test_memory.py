@@ -11,6 +11,7 @@ from builders import mlp, save_external
 
 import onnx_collapse as oc
 from onnx_collapse import linalg
+from onnx_collapse.candidates import applied
 from onnx_collapse.io import ModelSource, TensorStore
 from onnx_collapse.options import Options
 from onnx_collapse.pipeline import park, run_passes
@@ -79,7 +80,7 @@ def test_a_failed_verification_returns_a_model_whose_data_can_be_read(tmp_path, 
 def test_parked_plans_rewrite_to_the_same_model_as_plans_in_memory(tmp_path):
     model = _big_mlp()
     contexts = run_passes(ModelSource(model), Options())
-    plans = [p for ctx in contexts for p in ctx.plans]
+    plans = [p for ctx in contexts for p in applied(ctx.candidates)]
     assert any(len(t.raw_data) >= STUB_BYTES for p in plans for t in p.initializers)
     in_memory = apply_plans(model, plans)
     park(plans, tmp_path / "parked")
@@ -91,9 +92,9 @@ def test_parked_plans_rewrite_to_the_same_model_as_plans_in_memory(tmp_path):
 def test_plans_keep_exact_maps_only_where_a_pass_reads_them():
     model = _big_mlp()
     plain = run_passes(ModelSource(model), Options())
-    assert all(p.exact is None for ctx in plain for p in ctx.plans)
+    assert all(p.exact is None for ctx in plain for p in applied(ctx.candidates))
     truncating = run_passes(ModelSource(model), Options(rank_budget=0.5))
-    assert all(p.exact is not None for ctx in truncating for p in ctx.plans)
+    assert all(p.exact is not None for ctx in truncating for p in applied(ctx.candidates))
 
 
 def test_a_large_fold_written_with_external_data_runs_like_the_original(tmp_path):
@@ -230,7 +231,7 @@ def test_a_consumed_model_is_written_byte_for_byte_like_a_copied_one(tmp_path):
 def test_the_final_apply_moves_the_plans_tensors_into_the_model():
     model = _big_mlp()
     contexts = run_passes(ModelSource(model), Options())
-    plans = [p for ctx in contexts for p in ctx.plans]
+    plans = [p for ctx in contexts for p in applied(ctx.candidates)]
     copied = apply_plans(model, plans)
     assert all(p.initializers for p in plans)
     moved = apply_plans(model, plans, move=True)

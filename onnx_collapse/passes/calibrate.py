@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from .. import calibrate, linalg
+from ..candidates import Candidate
 from ..io import ModelSource
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
@@ -46,20 +47,13 @@ def layer_request(ctx: Context, layer: Layer) -> calibrate.Request | None:
     return calibrate.Request(layer.input, layer.n_in * emission.group_unit, patches=emission.patches)
 
 
-def plan_of(ctx: Context, seg: Segment) -> FoldPlan | None:
-    """The exact plan folding ``seg``, if one was made."""
-    positions = seg.node_positions()
-    return next((p for p in ctx.plans if p.removed == positions and p.input == seg.input), None)
-
-
 def requests(ctx: Context) -> list[calibrate.Request]:
     """What to measure: each planned fold's input (with the chain's output where the slopes are not exactly
     1) and, when truncating every layer, each layer outside the chains."""
-    wanted = [chain_request(seg, plan) for seg in ctx.segments if (plan := plan_of(ctx, seg)) is not None]
+    wanted = [chain_request(c.segment, c.applied) for c in ctx.candidates if c.applied is not None]
     opts = ctx.options
     if (opts.rank_budget is not None or opts.max_error is not None) and opts.low_rank == "all":
-        taken = {i for seg in ctx.segments for layer in seg.layers for i in layer.nodes}
-        wanted += [layer_request(ctx, layer) for layer in ctx.layers if layer.nodes[0] not in taken]
+        wanted += [layer_request(ctx, layer) for layer in ctx.unchained_layers()]
     seen, unique = set(), []
     for r in sorted(filter(None, wanted), key=lambda r: r.y is None):  # one with cross terms covers its input
         if (r.x, r.patches) not in seen or r.y is not None:
@@ -141,42 +135,40 @@ class CalibrateFolds:
         stats = ctx.calibration
         if stats is None:
             return
-        for seg in ctx.segments:
-            plan = plan_of(ctx, seg) if needs_fit(seg) else None
-            if plan is None:
+        for candidate in ctx.candidates:
+            plan, seg = candidate.applied, candidate.segment
+            if plan is None or not needs_fit(seg):
                 continue
             request = chain_request(seg, plan)
             parts = None if request is None else stats.parts.get(request)
             if parts is None:
-                plan.record.reason = "not calibrated (no statistics); plain fold"
+                plan.outcome.reason = "not calibrated (no statistics); plain fold"
                 continue
-            self.refit(ctx, seg, plan, parts)
+            self.refit(ctx, candidate, parts)
 
-    def refit(self, ctx: Context, seg: Segment, plan: FoldPlan, parts: list[calibrate.Moments]) -> None:
+    def refit(self, ctx: Context, candidate: Candidate, parts: list[calibrate.Moments]) -> None:
+        """Push the chain's calibrated fit as the candidate's form, or say in the plain fold why not."""
+        plan, seg, plain = candidate.applied, candidate.segment, candidate.applied.outcome
         prior = np.asarray(plan.exact.dense(), dtype=np.float64)
         fit = calibrate.fit_chain(parts, prior, plan.exact.bias)
         rms = [float(fit.plain_rms), float(fit.fitted_rms)]
         if fit.weight is None:
-            plan.record.calibration_rms = rms
-            plan.record.reason = (f"calibrated fit no better on held-out calibration rows (RMS {rms[1]:.2e} vs "
-                                  f"{rms[0]:.2e}); plain fold")
+            plain.calibration_rms = rms
+            plain.reason = (f"calibrated fit no better on held-out calibration rows (RMS {rms[1]:.2e} vs "
+                            f"{rms[0]:.2e}); plain fold")
             return
-        record = replace(plan.record, status="skipped", reason="", calibrated=True, calibration_rms=rms,
-                         error=None)
+        outcome = plain.derived(reason="", calibrated=True, calibration_rms=rms, error=None)
         whiten = calibrate.input_whitening(ctx.calibration, seg.input, plan.exact.bias is not None,
                                            plan.emit.patches)
-        plain_form = Form(plan.record.form or "dense", (), plan.record.rank, plan.record.params_after,
-                          plan.record.macs_after)
+        plain_form = Form(plain.form or "dense", (), plain.rank, plain.params_after, plain.macs_after)
         form, exact = calibrated_form(fit, plain_form, whiten, seg.layers[-1].positions)
-        if not takes_form(record, form):
-            plan.record.reason = f"calibrated fit not stored: {record.reason}; plain fold"
+        if not takes_form(outcome, form, candidate.chain):
+            plain.reason = f"calibrated fit not stored: {outcome.reason}; plain fold"
             return
-        calibrated = emit_plan(ctx, seg, record, form, exact, plan.emission_for)
+        calibrated = emit_plan(ctx, seg, outcome, form, exact, plan.emission_for)
         if calibrated is None:
             return
         rows = "windows" if plan.emit.patches else "rows"
-        record.reason = (f"least squares on {fit.rows} calibration {rows} (ridge {fit.alpha:g} toward the plain "
-                         f"fold): RMS {rms[0]:.2e} -> {rms[1]:.2e} (cross-validated)")
-        calibrated.fallback = plan
-        ctx.plans[next(i for i, p in enumerate(ctx.plans) if p is plan)] = calibrated
-        ctx.records[next(i for i, r in enumerate(ctx.records) if r is plan.record)] = record
+        outcome.reason = (f"least squares on {fit.rows} calibration {rows} (ridge {fit.alpha:g} toward the plain "
+                          f"fold): RMS {rms[0]:.2e} -> {rms[1]:.2e} (cross-validated)")
+        candidate.push(calibrated)

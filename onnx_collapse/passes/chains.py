@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..candidates import Candidate, Chain, Outcome
 from ..graph import GraphView
 from ..kinds import Layer, Link, Site, layer_kind_for, link_kind_for
 from ..plans import Segment
-from ..report import FoldRecord
 from .context import Context
 
 
@@ -145,20 +145,22 @@ def stored_params(view: GraphView, positions, counted: set | None = None) -> int
     return total
 
 
-def chain_record(view: GraphView, segment: Segment, status: str, reason: str,
-                 counted: set | None = None) -> FoldRecord:
-    """The report's record of a segment; parameters count stored tensors once (see ``stored_params``)."""
+def describe_chain(view: GraphView, segment: Segment, counted: set | None = None) -> Chain:
+    """What a segment is, for its candidate; parameters count stored tensors once (see ``stored_params``)."""
     acts = segment.activations()
-    return FoldRecord(
+    return Chain(
         layers=[view.label(layer.nodes[0]) for layer in segment.layers],
         activations=[view.label(a.node) for a in acts],
         dims=[segment.layers[0].n_in] + [layer.n_out for layer in segment.layers],
         slopes=[[float(a.slope.min()), float(a.slope.max())] for a in acts],
-        status=status,
-        reason=reason,
         params_before=stored_params(view, segment.node_positions(), counted),
         macs_before=sum(layer.macs for layer in segment.layers),
     )
+
+
+def candidate_for(ctx: Context, segment: Segment, reason: str = "", counted: set | None = None) -> Candidate:
+    """A new candidate of ``ctx``'s graph for ``segment``, with no form yet (``reason`` says why, if known)."""
+    return Candidate(describe_chain(ctx.view, segment, counted), ctx.path, segment, outcome=Outcome(reason=reason))
 
 
 def rows_kept(view: GraphView, segment: Segment) -> str:
@@ -223,8 +225,8 @@ class FindChains:
                 continue
             if gap is not None:
                 far = [link for link in gap if link.deviation > tol]
-                ctx.records.append(chain_record(
-                    ctx.view, Segment(layers[k:k + 2], [gap]), "skipped",
+                ctx.candidates.append(candidate_for(
+                    ctx, Segment(layers[k:k + 2], [gap]),
                     "; ".join(f"slope {_span(link.slope)} is not within {tol:g} of 1" for link in far),
                 ))
             self._add(ctx, Segment(layers[start:k + 1], links[start:k]), claimed)
@@ -239,6 +241,6 @@ class FindChains:
         claimed.update(link.node for link in segment.lead + segment.trail)
         why = rows_kept(view, segment)
         if why:
-            ctx.records.append(chain_record(view, segment, "skipped", why))
+            ctx.candidates.append(candidate_for(ctx, segment, why))
             return
         ctx.segments.append(segment)

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Protocol
 import onnx
 
 from ..allocate import LayerSpectrum
+from ..candidates import Candidate
 from ..graph import GraphPath, GraphView, proto_subgraphs
 from ..kinds import Layer
 from ..options import Options
-from ..plans import FoldPlan, Segment
-from ..report import FoldRecord, Unfolded
+from ..plans import Segment
+from ..report import Unfolded
 
 if TYPE_CHECKING:
     from ..calibrate import Statistics
@@ -31,17 +32,21 @@ class Context:
     names: set[str] | None = None
     layers: list[Layer] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
-    plans: list[FoldPlan] = field(default_factory=list)
-    records: list[FoldRecord] = field(default_factory=list)  # every candidate, folded or not
+    candidates: list[Candidate] = field(default_factory=list)  # every fold or truncation considered, in order
     notes: list[str] = field(default_factory=list)
     remarks: list[tuple[str, str]] = field(default_factory=list)  # (node, why it is not part of a fold)
     spectra: list[LayerSpectrum] = field(default_factory=list)  # low-rank targets' spectra, when computed
     stops: dict[int, str] = field(default_factory=dict)  # layer's first node -> why its chain ended after it
     unfolded: list[Unfolded] = field(default_factory=list)  # layers no plan folds, with why
-    counted: set = field(default_factory=set)  # stored tensors already counted in a planned fold's record
+    counted: set = field(default_factory=set)  # stored tensors already counted in a planned fold's candidate
     calibration: Statistics | None = None  # streamed statistics of the calibration data (main graph only)
-    keep_exact: bool = True  # plans keep their float64 exact maps (False when no pass will read them)
+    keep_exact: bool = True  # forms keep their float64 exact maps (False when no pass will read them)
     whitenings: dict = field(default_factory=dict)  # low-rank targets' calibrated metrics, by what they read
+
+    def unchained_layers(self) -> list[Layer]:
+        """The layers in no segment (single-layer truncation targets with ``low_rank="all"``)."""
+        taken = {i for seg in self.segments for layer in seg.layers for i in layer.nodes}
+        return [layer for layer in self.layers if layer.nodes[0] not in taken]
 
     def fresh_name(self, base: str) -> str:
         """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""

@@ -6,6 +6,7 @@ Also the verdict ``analyze`` ends with: what onnx-collapse can do for the model,
 
 from __future__ import annotations
 
+from ..candidates import applied
 from ..graph import GraphView
 from ..kinds import link_kind_for
 from ..report import Report, Unfolded
@@ -42,8 +43,9 @@ class ExplainUnfolded:
 
     def run_all(self, contexts: list[Context]) -> None:
         for ctx in contexts:
-            planned = {i for plan in ctx.plans for i in plan.removed}
-            reasons = {label: r.reason for r in ctx.records for label in r.layers if r.reason}
+            planned = {i for plan in applied(ctx.candidates) for i in plan.removed}
+            reasons = {label: c.shown.reason for c in ctx.candidates if c.reported
+                       for label in c.chain.layers if c.shown.reason}
             for layer in ctx.layers:
                 if layer.nodes[0] in planned:
                     continue

@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 
 from .. import linalg
+from ..candidates import Candidate, Chain, Outcome
 from ..emit import RangeError
 from ..kinds.base import EmissionFor
 from ..plans import FoldPlan, Segment
 from ..progress import advance
-from ..report import FoldRecord
-from .chains import chain_record
+from .chains import candidate_for
 from .context import Context
 
 MIN_OPSET = 7  # before 7, Gemm/Add broadcasting needed the `broadcast` attribute
@@ -80,7 +80,7 @@ def shape_nodes(ctx: Context, links, x: str, y: str) -> tuple[list[onnx.NodeProt
 
 
 class PlanFolds:
-    """Turns each segment into a FoldPlan, or a skipped record that says why not."""
+    """Makes each segment a candidate, with its fold as its first form when one is smaller than the chain."""
 
     name = "plan-folds"
 
@@ -91,65 +91,66 @@ class PlanFolds:
 
     def run(self, ctx: Context) -> None:
         for segment in ctx.segments:
-            plan = self.plan(ctx, segment)
+            candidate = candidate_for(ctx, segment, counted=ctx.counted)
+            ctx.candidates.append(candidate)
+            plan = self.plan(ctx, candidate)
             if plan is not None:
-                ctx.plans.append(plan)
+                candidate.push(plan)
             advance()
 
-    def plan(self, ctx: Context, seg: Segment) -> FoldPlan | None:
-        view = ctx.view
-        record = chain_record(view, seg, "skipped", "", ctx.counted)
-        ctx.records.append(record)
+    def plan(self, ctx: Context, candidate: Candidate) -> FoldPlan | None:
+        """The exact fold of ``candidate``'s segment, or None (its outcome says why not)."""
+        view, seg, outcome = ctx.view, candidate.segment, candidate.outcome
         if ctx.opset < MIN_OPSET:
-            record.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"
+            outcome.reason = f"opset {ctx.opset} is older than {MIN_OPSET}"
             return None
         head = seg.layers[0]
         maps = head.kind.fold_maps(view, seg, view.label(head.nodes[0]) + "/collapsed", ctx.opset)
         if isinstance(maps, str):
-            record.reason = maps
+            outcome.reason = maps
             return None
         affines, emission_for = maps
         form, exact = cheapest_form(affines)
         form = replace(form, macs=form.macs * seg.layers[-1].positions)  # per row, as the layers count them
-        if not takes_form(record, form):
+        if not takes_form(outcome, form, candidate.chain):
             return None
-        plan = emit_plan(ctx, seg, record, form, exact, emission_for)
+        plan = emit_plan(ctx, seg, outcome, form, exact, emission_for)
         if plan is not None and form.dropped is not None:
-            record.exact_bound = form.dropped
+            outcome.exact_bound = form.dropped
             if form.dropped > 0:
-                ctx.notes.append(exact_note(record, form.dropped))
+                ctx.notes.append(exact_note(candidate.chain, form.rank, form.dropped))
         if plan is not None and not ctx.keep_exact:
             plan.exact = None  # its float64 matrices can be as large as the weights it replaces
         return plan
 
 
-def exact_note(record: FoldRecord, dropped: float) -> str:
+def exact_note(chain: Chain, rank: int | None, dropped: float) -> str:
     """What "exact" means for a factor pair that leaves out directions: the directions whose singular values
     are below the float64 round-off of the largest one cannot be told from zero and are left out, so the fold
     is exact up to ``dropped`` times the norm of each input row (inputs far larger along them differ more)."""
-    return (f"{record.layers[0]}: the exact factor pair (rank {record.rank}) leaves out directions with singular "
+    return (f"{chain.layers[0]}: the exact factor pair (rank {rank}) leaves out directions with singular "
             f"values up to {dropped:.3g} (float64 round-off of the product); each output row may differ by up "
             f"to {dropped:.3g} x the input row's norm")
 
 
-def takes_form(record: FoldRecord, form: Form) -> bool:
-    """Record ``form`` as the chain's fold if it is smaller than the chain; else say why not (False)."""
-    record.form, record.rank = form.name, form.rank
-    record.params_after, record.macs_after = form.params, form.macs
-    if form.params >= record.params_before or form.macs > record.macs_before:
-        record.form = None
-        record.reason = (f"no smaller form: best is {form.name}"
-                         f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
-                         f"vs {record.params_before:,} in the chain")
+def takes_form(outcome: Outcome, form: Form, chain: Chain) -> bool:
+    """Record ``form`` in ``outcome`` if it is smaller than ``chain``; else say why not (False)."""
+    outcome.form, outcome.rank = form.name, form.rank
+    outcome.params_after, outcome.macs_after = form.params, form.macs
+    if form.params >= chain.params_before or form.macs > chain.macs_before:
+        outcome.form = None
+        outcome.reason = (f"no smaller form: best is {form.name}"
+                          f"{'' if form.rank is None else f' rank {form.rank}'} with {form.params:,} params "
+                          f"vs {chain.params_before:,} in the chain")
         return False
     return True
 
 
-def emit_plan(ctx: Context, seg: Segment, record: FoldRecord, form: Form, exact: linalg.Factored,
+def emit_plan(ctx: Context, seg: Segment, outcome: Outcome, form: Form, exact: linalg.Factored,
               emission_for: EmissionFor | None = None) -> FoldPlan | None:
     """The plan writing ``form`` (the map ``exact``) in place of the segment, shape ops before or after the
-    segment written again around it; None (reason recorded) if a weight does not fit the dtype.
-    ``emission_for`` defaults to the first layer's kind writing a fully connected map."""
+    segment written again around it, with ``outcome``; None (reason in ``outcome``) if a weight does not fit
+    the dtype. ``emission_for`` defaults to the first layer's kind writing a fully connected map."""
     head = seg.layers[0]
     if emission_for is None:
         prefix, bias_rank = ctx.view.label(head.nodes[0]) + "/collapsed", max(layer.bias_rank for layer in seg.layers)
@@ -164,8 +165,7 @@ def emit_plan(ctx: Context, seg: Segment, record: FoldRecord, form: Form, exact:
         before, before_inits = shape_nodes(ctx, prologue, seg.input, x)
         after, after_inits = shape_nodes(ctx, epilogue, y, seg.output)
     except RangeError as exc:
-        record.form, record.reason = None, str(exc)
+        outcome.form, outcome.reason = None, str(exc)
         return None
-    record.status = "folded"
-    return FoldPlan(record, ctx.path, seg.node_positions(), seg.input, seg.output, before + nodes + after,
+    return FoldPlan(outcome, ctx.path, seg.node_positions(), seg.input, seg.output, before + nodes + after,
                     before_inits + inits + after_inits, head.dtype, exact, emission, emission_for=emission_for)

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from .. import allocate, calibrate, linalg, sensitivity
+from ..candidates import Candidate, Outcome
 from ..emit import RangeError, cast_checked
 from ..graph import fixed_batch
 from ..io import ModelSource
@@ -21,54 +22,64 @@ from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import apply_plans
 from ..verify import capture, compare_outputs, make_feeds, run
-from .chains import chain_record
+from .chains import candidate_for
 from .context import Context
 
 
-def _targets(ctx: Context) -> list[FoldPlan]:
-    """Exact plans to consider, plus (with low_rank="all") identity 'plans' for single linear layers."""
-    targets = list(ctx.plans)
+def _targets(ctx: Context) -> list[Candidate]:
+    """Candidates with a fold in force, plus (with low_rank="all") a new candidate for each single linear
+    layer outside the chains (it joins ``ctx.candidates`` when a truncation is written for it)."""
+    targets = [c for c in ctx.candidates if c.applied is not None]
     if ctx.options.low_rank == "all":
-        taken = {i for seg in ctx.segments for layer in seg.layers for i in layer.nodes}
-        for layer in ctx.layers:
-            if layer.nodes[0] not in taken:
-                targets.append(_single(ctx, layer))
+        targets += [layer_target(ctx, layer) for layer in ctx.unchained_layers()]
     return targets
 
 
 def count_targets(contexts: list[Context]) -> int:
     """How many targets ``_targets`` gives over ``contexts`` (the progress display's total), building none."""
-    n = 0
-    for ctx in contexts:
-        taken = {i for seg in ctx.segments for layer in seg.layers for i in layer.nodes}
-        n += len(ctx.plans) + (sum(layer.nodes[0] not in taken for layer in ctx.layers)
-                               if ctx.options.low_rank == "all" else 0)
-    return n
+    return sum(sum(c.applied is not None for c in ctx.candidates)
+               + (len(ctx.unchained_layers()) if ctx.options.low_rank == "all" else 0) for ctx in contexts)
 
 
-def target_whitening(ctx: Context, target: FoldPlan) -> linalg.Whitening | None:
+def layer_target(ctx: Context, layer: Layer) -> Candidate:
+    """A candidate truncating one layer: its own map, stored dense until a truncation is written for it."""
+    candidate = candidate_for(ctx, Segment([layer], [], input=layer.input, output=layer.output))
+    candidate.status = "target"
+    chain = candidate.chain
+    candidate.outcome = Outcome(form="dense", params_after=chain.params_before, macs_after=chain.macs_before)
+    candidate.emit = layer.kind.emission(layer, ctx.view.label(layer.nodes[0]) + "/lowrank", ctx.opset,
+                                         layer.bias_rank, layer.bias is not None, 2)
+    affine = layer.affine(ctx.view)
+    if affine.scale != 1.0:  # otherwise the stored weight (possibly a file view) is read in slices when needed
+        affine = linalg.compose([affine])
+    candidate.exact = linalg.Factored((affine.weight,), affine.bias)
+    return candidate
+
+
+def target_whitening(ctx: Context, target: Candidate) -> linalg.Whitening | None:
     """The target's output-error metric on the calibration data (None: data-free), computed once per target."""
-    key = (target.input, target.exact.bias is not None, target.emit.patches)
+    key = (target.segment.input, target.target_map().bias is not None, target.target_emit().patches)
     if key not in ctx.whitenings:
         ctx.whitenings[key] = calibrate.input_whitening(ctx.calibration, *key)
     return ctx.whitenings[key]
 
 
-def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpectrum]]:
+def target_spectra(ctx: Context) -> tuple[list[Candidate], list[allocate.LayerSpectrum]]:
     """The truncation targets and their storage options (grouping only for inputs of known rank >= 2);
     spectra of the whitened weights where the target's inputs were calibrated (activation-aware ALDS)."""
     targets, spectra = [], []
     for t in _targets(ctx):
-        name = " > ".join(t.record.layers)
+        name = " > ".join(t.chain.layers)
+        emit = t.target_emit()
         try:
-            found = allocate.spectrum(name, t.exact, ctx.options.error_metric,
-                                      ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1,
-                                      t.emit.group_unit, target_whitening(ctx, t))
+            found = allocate.spectrum(name, t.target_map(), ctx.options.error_metric,
+                                      ctx.options.max_groups if (emit.input_rank or 0) >= 2 else 1,
+                                      emit.group_unit, target_whitening(ctx, t))
         except (linalg.NonFiniteError, np.linalg.LinAlgError) as exc:  # LAPACK refuses NaN and inf
             ctx.notes.append(f"{name}: no low-rank form: its weights have no spectrum ({exc})")
             continue
         targets.append(t)
-        spectra.append(at_positions(found, t.emit.positions))
+        spectra.append(at_positions(found, emit.positions))
     return targets, spectra
 
 
@@ -80,58 +91,43 @@ def at_positions(spectrum: allocate.LayerSpectrum, positions: int) -> allocate.L
     return replace(spectrum, options=tuple(replace(o, macs=o.macs * positions) for o in spectrum.options))
 
 
-def _single(ctx: Context, layer: Layer) -> FoldPlan:
-    """A placeholder plan for an unfolded layer (no nodes: it is never applied as is)."""
-    record = chain_record(ctx.view, Segment([layer], [], input=layer.input, output=layer.output), "skipped", "")
-    record.form, record.params_after, record.macs_after = "dense", record.params_before, record.macs_before
-    emission = layer.kind.emission(layer, ctx.view.label(layer.nodes[0]) + "/lowrank", ctx.opset, layer.bias_rank,
-                                   layer.bias is not None, 2)
-    affine = layer.affine(ctx.view)
-    if affine.scale != 1.0:  # otherwise the stored weight (possibly a file view) is read in slices when needed
-        affine = linalg.compose([affine])
-    exact = linalg.Factored((affine.weight,), affine.bias)
-    return FoldPlan(record, ctx.path, layer.nodes, layer.input, layer.output, [], [], layer.dtype, exact, emission)
+def _current_params(target: Candidate) -> int:
+    """Weights of the target's current form, its bias not counted (as the options count them)."""
+    bias = target.target_map().bias
+    return target.shown.params_after - (0 if bias is None else bias.size)
 
 
-def _current_params(plan: FoldPlan) -> int:
-    """Weights of the plan's current form, its bias not counted (as the options count them)."""
-    return plan.record.params_after - (0 if plan.exact.bias is None else plan.exact.bias.size)
-
-
-def truncated_plan(ctx: Context, exact: FoldPlan, option: allocate.Option, error: float,
+def truncated_plan(ctx: Context, target: Candidate, option: allocate.Option, error: float,
                    factors=None) -> FoldPlan | None:
-    """A plan storing ``exact.exact`` with ``option``'s (grouped) rank; None if it does not fit the dtype.
-    ``factors``: ``linalg.nested_truncations`` of the target, to slice instead of factorizing again."""
-    whiten = target_whitening(ctx, exact)
+    """A form of ``target`` storing its map with ``option``'s (grouped) rank, not yet pushed; None if it does
+    not fit the dtype. ``factors``: ``linalg.nested_truncations`` of the target, to slice instead of factorizing
+    again."""
+    whiten = target_whitening(ctx, target)
+    exact, emit, seg = target.target_map(), target.target_emit(), target.segment
+    dtype = seg.layers[0].dtype
     try:
         if option.groups == 1:
-            a, b, bias = (factors or (lambda r: linalg.truncate(exact.exact, r, whiten)))(option.rank)
-            a = cast_checked(a, exact.dtype)  # each float64 factor gives way to its stored form (memory)
-            b = cast_checked(b, exact.dtype)
-            nodes, inits = exact.emit.linear(ctx.fresh_name, exact.input, exact.output, (a, b), bias,
-                                             exact.dtype)
+            a, b, bias = (factors or (lambda r: linalg.truncate(exact, r, whiten)))(option.rank)
+            a = cast_checked(a, dtype)  # each float64 factor gives way to its stored form (memory)
+            b = cast_checked(b, dtype)
+            nodes, inits = emit.linear(ctx.fresh_name, seg.input, seg.output, (a, b), bias, dtype)
         else:
-            first, second, bias = linalg.truncate_grouped(exact.exact.dense(), option.groups, option.rank,
-                                                          exact.exact.bias, whiten)
-            nodes, inits = exact.emit.grouped(ctx.fresh_name, exact.input, exact.output, first, second, bias,
-                                              exact.dtype)
+            first, second, bias = linalg.truncate_grouped(exact.dense(), option.groups, option.rank,
+                                                          exact.bias, whiten)
+            nodes, inits = emit.grouped(ctx.fresh_name, seg.input, seg.output, first, second, bias, dtype)
     except RangeError as exc:
-        ctx.notes.append(f"{' > '.join(exact.record.layers)}: low-rank form skipped: {exc}")
+        ctx.notes.append(f"{' > '.join(target.chain.layers)}: low-rank form skipped: {exc}")
         return None
     bias_params = 0 if bias is None else bias.size
-    record = replace(exact.record, status="folded", reason="", form="grouped" if option.groups > 1 else "truncated",
-                     rank=option.rank, params_after=option.params + bias_params, macs_after=option.macs,
-                     predicted_error=error, error=None)
+    outcome = target.shown.derived(reason="", form="grouped" if option.groups > 1 else "truncated",
+                                   rank=option.rank, params_after=option.params + bias_params,
+                                   macs_after=option.macs, predicted_error=error, error=None)
     if option.groups > 1:
-        record.reason = f"{option.groups} groups"
+        outcome.reason = f"{option.groups} groups"
     if whiten is not None:
-        record.reason = ", ".join(filter(None, [record.reason, "activation-aware (calibrated)"]))
-    return FoldPlan(record, exact.graph, exact.removed, exact.input, exact.output, nodes, inits, exact.dtype, exact.exact,
-                    exact.emit, fallback=exact if exact.nodes else None)
-
-
-def _position(items: list, item) -> int:
-    return next(i for i, x in enumerate(items) if x is item)
+        outcome.reason = ", ".join(filter(None, [outcome.reason, "activation-aware (calibrated)"]))
+    return FoldPlan(outcome, target.graph, seg.node_positions(), seg.input, seg.output, nodes, inits, dtype, exact,
+                    emit, candidate=target)
 
 
 class LowRank:
@@ -186,15 +182,12 @@ class LowRank:
             if used > limit:
                 main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
         for ctx, target, plan in chosen_plans(owners, targets, chosen):
-            if target.nodes:  # an exact plan: replace it and its record
-                ctx.plans[_position(ctx.plans, target)] = plan
-                ctx.records[_position(ctx.records, target.record)] = plan.record
-            else:
-                ctx.plans.append(plan)
-                ctx.records.append(plan.record)
+            if target.status == "target":  # a single layer: a candidate of the report from now on
+                ctx.candidates.append(target)
+            target.push(plan)
 
     @staticmethod
-    def allocator(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
+    def allocator(contexts: list[Context], owners: list[Context], targets: list[Candidate],
                   spectra: list[allocate.LayerSpectrum]):
         """(budget -> the options chosen for ``targets`` under it, by the allocator the options name; a
         sentence describing a choice, or None). The output-aware allocator measures the layers' effects
@@ -212,8 +205,8 @@ class LowRank:
         return lambda budget: allocate.allocate_min_total(spectra, changes, budget, opts.budget_metric), describe
 
 
-def chosen_plans(owners: list[Context], targets: list[FoldPlan], chosen: list[allocate.Option],
-                 cache: dict | None = None) -> list[tuple[Context, FoldPlan, FoldPlan]]:
+def chosen_plans(owners: list[Context], targets: list[Candidate], chosen: list[allocate.Option],
+                 cache: dict | None = None) -> list[tuple[Context, Candidate, FoldPlan]]:
     """(context, target, truncated plan) for each target whose chosen option is a smaller factor form;
     ``cache`` keeps plans made before, by (target, rank, groups)."""
     out = []
@@ -233,7 +226,7 @@ def chosen_plans(owners: list[Context], targets: list[FoldPlan], chosen: list[al
 SEARCH_STEPS = 6  # budgets tried by ``search_budget``: 1/2, then bisection to 1/64
 
 
-def search_budget(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
+def search_budget(contexts: list[Context], owners: list[Context], targets: list[Candidate],
                   spectra: list[allocate.LayerSpectrum], allocate_at) -> tuple[float, list[allocate.Option]]:
     """The smallest budget whose model passes the verification the options ask for (metric and tolerance,
     on the verification rows: ``inputs``, rows held out of the calibration data, or random inputs), found
@@ -244,7 +237,7 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
     feeds, where = make_feeds(model, opts.inputs, opts.input_shapes, opts.seed, opts.check_n,
                               opts.max_verify_memory)
     expected = run(ModelSource(model, base_dir), feeds, "original model")
-    exact = [p for ctx in contexts for p in ctx.plans]
+    candidates = [c for ctx in contexts for c in ctx.candidates]
     cache: dict = {}
     lo, hi, best = 0.0, 1.0, None
     frontier = []
@@ -254,7 +247,8 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
             chosen = allocate_at(budget)
             truncated = chosen_plans(owners, targets, chosen, cache)
             replaced = {id(t) for _, t, _ in truncated}
-            plans = [p for p in exact if id(p) not in replaced] + [plan for _, _, plan in truncated]
+            plans = [c.applied for c in candidates if c.applied is not None and id(c) not in replaced]
+            plans += [plan for _, _, plan in truncated]
             actual = run(ModelSource(apply_plans(model, plans), base_dir), feeds, f"model at budget {budget:g}")
             verdict = compare_outputs(expected, actual, opts.atol, opts.rtol, where, opts.metric, opts.min_agreement)
             frontier.append(f"{budget:.3g}: " + _verdict_text(verdict))
@@ -278,7 +272,7 @@ def _verdict_text(verdict) -> str:
     return f"{shown} {'passed' if verdict.passed else 'failed'}"
 
 
-def output_changes(contexts: list[Context], owners: list[Context], targets: list[FoldPlan],
+def output_changes(contexts: list[Context], owners: list[Context], targets: list[Candidate],
                    spectra: list[allocate.LayerSpectrum]) -> tuple[list[list[float]], int]:
     """Per target, the predicted relative output change of each of its options, and the calibration rows
     they were measured on: each main-graph target is
@@ -290,7 +284,7 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
     arrays = calibrate.load_arrays(model, main.options.calibrate, max_memory=main.options.max_verify_memory)
     feeds = sensitivity.calibration_feeds(arrays, batch=fixed_batch(model.graph) or sensitivity.BATCH)
     measured = [(ctx, t) for ctx, t in zip(owners, targets) if not ctx.path]
-    elems = {t.input: onnx.helper.np_dtype_to_tensor_dtype(t.dtype) for _, t in measured}
+    elems = {t.segment.input: onnx.helper.np_dtype_to_tensor_dtype(t.segment.layers[0].dtype) for _, t in measured}
     captured = capture(ModelSource(model, base_dir), list(elems), elems, feeds)
     outputs = [o.name for o in model.graph.output]
     expected = [{n: c[n] for n in outputs} for c in captured]
@@ -301,12 +295,13 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
                 ladders.append(None)
                 advance()
                 continue
-            cut = sensitivity.downstream(model, target.input, elems[target.input])
+            x = target.segment.input
+            cut = sensitivity.downstream(model, x, elems[x])
             part, where = cut if cut is not None else (model, None)
-            part_feeds = [{**feed, target.input: c[target.input]} for feed, c in zip(feeds, captured)]
+            part_feeds = [{**feed, x: c[x]} for feed, c in zip(feeds, captured)]
             errors, changes = [], []
             ladder = sensitivity.ladder_options(spectrum)
-            factors = linalg.nested_truncations(target.exact, max((o.rank for o in ladder), default=1),
+            factors = linalg.nested_truncations(target.target_map(), max((o.rank for o in ladder), default=1),
                                                 target_whitening(ctx, target))
             for option in ladder:
                 plan = truncated_plan(ctx, target, option, option.error, factors)
@@ -315,7 +310,7 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
                 if where is not None:
                     plan = replace(plan, removed=tuple(where[i] for i in plan.removed))
                 actual = run(ModelSource(apply_plans(part, [plan]), base_dir), part_feeds,
-                             f"model with {' > '.join(target.record.layers)} truncated", optimized=True)
+                             f"model with {' > '.join(target.chain.layers)} truncated", optimized=True)
                 errors.append(option.error)
                 changes.append(sensitivity.output_change(expected, actual))
             ladders.append(sensitivity.Ladder(tuple(errors), tuple(changes)))

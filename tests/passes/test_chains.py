@@ -12,7 +12,7 @@ def test_slope_outside_tolerance_splits_the_chain_and_says_why():
                      [ActSpec(slope=1.0), ActSpec(slope=0.5), ActSpec(slope=0.98)])
     ctx = analysed(build(spec))
     assert [len(s.layers) for s in ctx.segments] == [2, 2]
-    assert any("0.5 is not within 0.05 of 1" in r.reason for r in ctx.records)
+    assert any("0.5 is not within 0.05 of 1" in c.shown.reason for c in ctx.candidates)
 
 
 def test_tensor_with_two_readers_ends_the_chain():
