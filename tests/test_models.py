@@ -148,3 +148,20 @@ def test_bottleneck_factor_pair_is_smaller_than_the_dense_fold_would_be():
     (record,) = report.folded
     assert record.rank == 24
     assert record.params_after < 256 * 256 and record.params_after < record.params_before
+
+
+@pytest.mark.parametrize("name", ["encoder_dynamo_onnxsim", "encoder_dynamo", "bn_around_torchscript"])
+def test_a_truncated_chain_keeps_the_shape_ops_at_its_edges(name, tmp_path):
+    """onnxsim's Reshape -> Gemm -> Reshape -> Mul: a truncation (written even without verification) computes
+    the same shapes as the model and stays close to it; it once dropped the trailing Reshape (a broken file)."""
+    out = tmp_path / "out.onnx"
+    _, report = optimize(MODELS / f"{name}.onnx", output=out, low_rank="all", rank_budget=0.5, verify=False)
+    assert any(f.form == "truncated" for f in report.folds)
+    model = onnx.load(str(MODELS / f"{name}.onnx"))
+    info = model.graph.input[0]
+    dims = [d.dim_value or 2 for d in info.type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+    want = ort.InferenceSession(str(MODELS / f"{name}.onnx")).run(None, {info.name: x})[0]
+    got = ort.InferenceSession(str(out)).run(None, {info.name: x})[0]
+    assert got.shape == want.shape
+    assert np.linalg.norm(got - want) < np.linalg.norm(want)  # half the weights: near, not equal

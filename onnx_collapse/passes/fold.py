@@ -156,16 +156,26 @@ def emit_plan(ctx: Context, seg: Segment, outcome: Outcome, form: Form, exact: l
         prefix, bias_rank = ctx.view.label(head.nodes[0]) + "/collapsed", max(layer.bias_rank for layer in seg.layers)
         emission_for = lambda has_bias, n: head.kind.emission(head, prefix, ctx.opset, bias_rank, has_bias, n)  # noqa: E731
     emission = emission_for(exact.bias is not None, len(form.matrices))
-    prologue = [link for link in seg.lead if link.reshapes_to is not None]
-    epilogue = [link for link in seg.trail if link.reshapes_to is not None]
-    x = ctx.fresh_name(f"{emission.prefix}.in") if prologue else seg.input
-    y = ctx.fresh_name(f"{emission.prefix}.out") if epilogue else seg.output
     try:
-        nodes, inits = emission.linear(ctx.fresh_name, x, y, form.matrices, exact.bias, head.dtype)
-        before, before_inits = shape_nodes(ctx, prologue, seg.input, x)
-        after, after_inits = shape_nodes(ctx, epilogue, y, seg.output)
+        nodes, inits = written_around(ctx, seg, emission.prefix, lambda x, y: emission.linear(
+            ctx.fresh_name, x, y, form.matrices, exact.bias, head.dtype))
     except RangeError as exc:
         outcome.form, outcome.reason = None, str(exc)
         return None
-    return FoldPlan(outcome, ctx.path, seg.node_positions(), seg.input, seg.output, before + nodes + after,
-                    before_inits + inits + after_inits, head.dtype, exact, emission, emission_for=emission_for)
+    return FoldPlan(outcome, ctx.path, seg.node_positions(), seg.input, seg.output, nodes, inits, head.dtype, exact,
+                    emission, emission_for=emission_for)
+
+
+def written_around(ctx: Context, seg: Segment, prefix: str, write) -> tuple[list[onnx.NodeProto],
+                                                                         list[onnx.TensorProto]]:
+    """The nodes (and new tensors) of ``write(x, y)``, which computes the segment's map per row from ``x`` to
+    ``y``, with the segment's shape ops before its first layer or after its last written again around it
+    (``x``/``y`` are then new names; else the segment's input and output). Raises what ``write`` raises."""
+    prologue = [link for link in seg.lead if link.reshapes_to is not None]
+    epilogue = [link for link in seg.trail if link.reshapes_to is not None]
+    x = ctx.fresh_name(f"{prefix}.in") if prologue else seg.input
+    y = ctx.fresh_name(f"{prefix}.out") if epilogue else seg.output
+    nodes, inits = write(x, y)
+    before, before_inits = shape_nodes(ctx, prologue, seg.input, x)
+    after, after_inits = shape_nodes(ctx, epilogue, y, seg.output)
+    return before + nodes + after, before_inits + inits + after_inits

@@ -24,6 +24,7 @@ from ..rewrite import apply_plans
 from ..verify import capture, compare_outputs, make_feeds, run
 from .chains import candidate_for
 from .context import Context
+from .fold import written_around
 
 
 def _targets(ctx: Context) -> list[Candidate]:
@@ -110,11 +111,12 @@ def truncated_plan(ctx: Context, target: Candidate, option: allocate.Option, err
             a, b, bias = (factors or (lambda r: linalg.truncate(exact, r, whiten)))(option.rank)
             a = cast_checked(a, dtype)  # each float64 factor gives way to its stored form (memory)
             b = cast_checked(b, dtype)
-            nodes, inits = emit.linear(ctx.fresh_name, seg.input, seg.output, (a, b), bias, dtype)
+            write = lambda x, y: emit.linear(ctx.fresh_name, x, y, (a, b), bias, dtype)  # noqa: E731
         else:
             first, second, bias = linalg.truncate_grouped(exact.dense(), option.groups, option.rank,
                                                           exact.bias, whiten)
-            nodes, inits = emit.grouped(ctx.fresh_name, seg.input, seg.output, first, second, bias, dtype)
+            write = lambda x, y: emit.grouped(ctx.fresh_name, x, y, first, second, bias, dtype)  # noqa: E731
+        nodes, inits = written_around(ctx, seg, emit.prefix, write)  # the shape ops at the chain's edges too
     except RangeError as exc:
         ctx.notes.append(f"{' > '.join(target.chain.layers)}: low-rank form skipped: {exc}")
         return None
