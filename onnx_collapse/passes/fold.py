@@ -9,6 +9,7 @@ import onnx
 
 from .. import linalg
 from ..emit import RangeError
+from ..kinds import Regroup
 from ..kinds.base import EmissionFor
 from ..plans import FoldPlan, Segment
 from ..progress import advance
@@ -155,8 +156,8 @@ def emit_plan(ctx: Context, seg: Segment, record: FoldRecord, form: Form, exact:
         prefix, bias_rank = ctx.view.label(head.nodes[0]) + "/collapsed", max(layer.bias_rank for layer in seg.layers)
         emission_for = lambda has_bias, n: head.kind.emission(head, prefix, ctx.opset, bias_rank, has_bias, n)  # noqa: E731
     emission = emission_for(exact.bias is not None, len(form.matrices))
-    prologue = [link for link in seg.lead if link.reshapes_to is not None]
-    epilogue = [link for link in seg.trail if link.reshapes_to is not None]
+    prologue = [link for link in seg.lead if isinstance(link.map, Regroup)]
+    epilogue = [link for link in seg.trail if isinstance(link.map, Regroup)]
     x = ctx.fresh_name(f"{emission.prefix}.in") if prologue else seg.input
     y = ctx.fresh_name(f"{emission.prefix}.out") if epilogue else seg.output
     try:
