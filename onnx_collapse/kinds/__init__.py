@@ -9,6 +9,7 @@ from .layers import matmul  # noqa: F401
 from .links import activation  # noqa: F401
 from .links import affine  # noqa: F401
 from .links import batchnorm  # noqa: F401
+from .links import cast  # noqa: F401
 from .links import reshape  # noqa: F401
 from .links import transparent  # noqa: F401
 
