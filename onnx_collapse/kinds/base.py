@@ -3,8 +3,9 @@
 A **layer kind** recognises a linear map in the graph (``y = x W + b`` along a feature axis), gives its
 weights as a float64 :class:`~onnx_collapse.linalg.Affine`, and says how a folded map is written back
 (an :class:`~onnx_collapse.emit.Emission`). A **link kind** recognises a node that may stand between two
-layers of a chain. Each kind is one file under ``kinds/layers`` or ``kinds/links`` that registers itself
-with ``@register_layer`` / ``@register_link``; ``kinds/__init__.py`` imports it in one line.
+layers of a chain, and says what it does along the features (a :class:`FeatureMap`) and where they are
+after it (a :class:`Site`). Each kind is one file under ``kinds/layers`` or ``kinds/links`` that registers
+itself with ``@register_layer`` / ``@register_link``; ``kinds/__init__.py`` imports it in one line.
 """
 
 from __future__ import annotations
