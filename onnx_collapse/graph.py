@@ -137,7 +137,8 @@ class GraphView:
     """One onnx-graphsurgeon graph as the passes see it: nodes by position, constants read lazily.
 
     ``overridable`` are initializers that are also graph inputs: a caller may feed them, so they are
-    not constants. ``shapes`` are static shapes by tensor name (main graph only); ``measured`` shapes of
+    not constants. ``shapes`` are static shapes by tensor name (main graph only; ``dtypes`` their element
+    types where ``shapes`` came from ``infer_shapes``, see ``dtype()``); ``measured`` shapes of
     one run on ``batch`` samples (``macs.measure``), read only to count costs, never to decide a fold.
     """
 
@@ -148,6 +149,7 @@ class GraphView:
         self.proto = proto
         self.store = store or TensorStore(None)
         self.shapes = shapes or {}
+        self.dtypes: dict[str, np.dtype] = getattr(shapes, "dtypes", None) or {}  # infer_shapes' element types
         self.measured = measured or {}
         self.batch = batch
         self.static_batch = fixed_batch(proto)
@@ -268,6 +270,26 @@ class GraphView:
         copy.CopyFrom(proto)
         copy.name = name
         return copy
+
+    def dtype(self, name: str) -> np.dtype | None:
+        """The element type of tensor ``name``: from shape inference, else as declared (value_info, the
+        graph's inputs and outputs, a constant's value); None where neither says."""
+        found = self.dtypes.get(name)
+        if found is not None:
+            return found
+        meta = self.constant_meta(name)
+        if meta is not None:
+            return meta[1]
+        tensor = self.tensor(name)
+        declared = None if tensor is None or isinstance(tensor, gs.Constant) else tensor.dtype
+        if declared is None:
+            return None
+        if isinstance(declared, int):
+            return np_dtype(declared)
+        try:
+            return np.dtype(declared)
+        except TypeError:
+            return None
 
     def rank(self, name: str) -> int | None:
         shape = self.shapes.get(name)
@@ -415,9 +437,19 @@ def _outer_reads(nodes: list[onnx.NodeProto]) -> set[str]:
     return names
 
 
-def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+class Inferred(dict):
+    """Static shapes by tensor name (a plain ``dict`` of lists, dims None where unknown) with the element
+    types inference found alongside: ``dtypes`` maps tensor names to numpy dtypes."""
+
+    def __init__(self, shapes=(), dtypes: dict[str, np.dtype] | None = None):
+        super().__init__(shapes)
+        self.dtypes: dict[str, np.dtype] = dict(dtypes or {})
+
+
+def infer_shapes(model: onnx.ModelProto) -> Inferred:
     """Static shapes of the main graph's tensors, from onnx shape inference where it succeeds (from the
-    inputs' shapes and the ops' semantics: value_info and declared output shapes are not trusted).
+    inputs' shapes and the ops' semantics: value_info and declared output shapes are not trusted), and
+    their element types (``.dtypes``; tensors whose type inference left open are not in it).
 
     Runs on a copy without weight data, so it costs no extra weight memory; unknown dims are None.
     """
@@ -427,15 +459,21 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
         inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
     except Exception:  # noqa: BLE001 - shape inference is best effort; callers treat missing shapes as unknown
         inferred = skeleton
-    shapes: dict[str, list[int | None]] = {}
+    shapes = Inferred()
     g = inferred.graph
     for info in list(g.input) + list(g.output) + list(g.value_info):
         tensor_type = info.type.tensor_type
         if tensor_type.HasField("shape"):
             shapes[info.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                                  for d in tensor_type.shape.dim]
+        dtype = np_dtype(tensor_type.elem_type) if tensor_type.elem_type else None
+        if dtype is not None:
+            shapes.dtypes[info.name] = dtype
     for tensor in model.graph.initializer:
         shapes[tensor.name] = list(tensor.dims)
+        dtype = np_dtype(tensor.data_type)
+        if dtype is not None:
+            shapes.dtypes[tensor.name] = dtype
     return shapes
 
 

@@ -14,7 +14,7 @@ import onnx
 
 from .emit import Emission
 from .graph import GraphPath
-from .kinds import Layer, Link
+from .kinds import Layer, Link, Slope
 from .kinds.base import EmissionFor
 from .linalg import Factored
 
@@ -38,7 +38,7 @@ class Segment:
         return [*self.lead, *(link for gap in self.links for link in gap), *self.trail]
 
     def activations(self) -> list[Link]:
-        return [link for link in self.all_links() if link.slope is not None]
+        return [link for link in self.all_links() if isinstance(link.map, Slope)]
 
     def node_positions(self) -> tuple[int, ...]:
         return tuple(sorted({i for layer in self.layers for i in layer.nodes}

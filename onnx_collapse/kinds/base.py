@@ -3,8 +3,9 @@
 A **layer kind** recognises a linear map in the graph (``y = x W + b`` along a feature axis), gives its
 weights as a float64 :class:`~onnx_collapse.linalg.Affine`, and says how a folded map is written back
 (an :class:`~onnx_collapse.emit.Emission`). A **link kind** recognises a node that may stand between two
-layers of a chain. Each kind is one file under ``kinds/layers`` or ``kinds/links`` that registers itself
-with ``@register_layer`` / ``@register_link``; ``kinds/__init__.py`` imports it in one line.
+layers of a chain, and says what it does along the features (a :class:`FeatureMap`) and where they are
+after it (a :class:`Site`). Each kind is one file under ``kinds/layers`` or ``kinds/links`` that registers
+itself with ``@register_layer`` / ``@register_link``; ``kinds/__init__.py`` imports it in one line.
 """
 
 from __future__ import annotations
@@ -94,9 +95,9 @@ class LayerKind(ABC):
         affines = []
         for gap, layer in zip([segment.lead, *segment.links], segment.layers):
             affine = layer.affine(view)
-            elementwise = linalg.combine_elementwise((link.scale, link.shift) for link in gap)
-            affines.append(affine if elementwise is None else linalg.elementwise_then(*elementwise, affine))
-        trailing = linalg.combine_elementwise((link.scale, link.shift) for link in segment.trail)
+            before = elementwise(gap)
+            affines.append(affine if before is None else linalg.elementwise_then(*before, affine))
+        trailing = elementwise(segment.trail)
         if trailing is not None:
             affines[-1] = linalg.then_elementwise(affines[-1], *trailing)
         head, bias_rank = segment.layers[0], max(layer.bias_rank for layer in segment.layers)
@@ -113,12 +114,26 @@ class LayerKind(ABC):
 @dataclass(frozen=True)
 class Site:
     """Where a link reads the features: tensor ``data`` with ``width`` features on ``axis`` (-1: the last,
-    1: channels) and static ``shape`` where known (None; dynamic dims None)."""
+    1: channels), static ``shape`` where known (None; dynamic dims None) and element type ``dtype`` where
+    known (a numpy dtype, None if unknown)."""
 
     data: str
     width: int
     shape: tuple[int | None, ...] | None = None
     axis: int = -1
+    dtype: np.dtype | None = None
+
+    @classmethod
+    def of(cls, view: GraphView, data: str, width: int, axis: int = -1, rank: int | None = None,
+           dtype: np.dtype | None = None) -> Site:
+        """The features in tensor ``data``: shape from inference, else ``rank`` dims with ``width`` on ``axis``
+        (None if the rank is unknown too); dtype from inference or the graph's declarations, else ``dtype``."""
+        shape = view.shapes.get(data)
+        if shape is None and rank is not None:
+            shape = [None] * rank
+            shape[axis] = width
+        found = view.dtype(data)
+        return cls(data, width, None if shape is None else tuple(shape), axis, dtype if found is None else found)
 
     @property
     def rank(self) -> int | None:
@@ -147,38 +162,106 @@ class Site:
         return 0 <= at < len(shape) and all(d == 1 for k, d in enumerate(shape) if k != at)
 
 
-@dataclass(frozen=True)
-class Link:
-    """A node between two layers that acts on each feature alone: transparent; an activation whose
-    ``slope`` (float64, as stored) makes it the identity when 1; or affine, ``x * scale + shift`` with
-    ``scale``/``shift`` float64 per feature (or scalars), which the fold multiplies into the next layer."""
+class FeatureMap:
+    """What a link does along the features: exactly one of :class:`Identity`, :class:`Elementwise`,
+    :class:`Slope` and :class:`Regroup`. The passes tell them apart by type and read only their fields."""
 
-    kind: LinkKind
-    node: int
-    slope: np.ndarray | None = None
+    def shape_after(self, shape: tuple[int | None, ...] | None) -> tuple[int | None, ...] | None:
+        """The data's shape after the map, given its shape before (None: unknown). Only Regroup changes it."""
+        return shape
+
+
+@dataclass(frozen=True)
+class Identity(FeatureMap):
+    """The features pass through unchanged (the fold drops the node)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Elementwise(FeatureMap):
+    """``x * scale + shift`` with ``scale``/``shift`` float64 per feature (or scalars; None: 1 and 0); the
+    fold multiplies it into the layer after it (into the one before it, after a segment's last layer)."""
+
     scale: np.ndarray | None = None
     shift: np.ndarray | None = None
-    reshapes_to: tuple[int | None, ...] | None = None  # a shape op: the data's shape after it (dims None if unknown)
 
-    @property
-    def is_affine(self) -> bool:
-        return self.scale is not None or self.shift is not None
+
+@dataclass(frozen=True, eq=False)
+class Slope(FeatureMap):
+    """An activation with ``slope`` (float64, as stored, per feature or a scalar) on negative inputs: the
+    identity when every slope is 1; a chain folds through it only within ``slope_tol`` of that."""
+
+    slope: np.ndarray
 
     @property
     def deviation(self) -> float:
-        """max |1 - slope|: how far the link is from the identity (0 for a transparent one)."""
-        return 0.0 if self.slope is None else float(np.max(np.abs(1.0 - self.slope)))
+        """max |1 - slope|: how far the activation is from the identity."""
+        return float(np.max(np.abs(1.0 - self.slope)))
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """The smallest and largest slope."""
+        return float(np.min(self.slope)), float(np.max(self.slope))
+
+
+@dataclass(frozen=True)
+class Regroup(FeatureMap):
+    """A shape op: the rows regrouped, each row of features kept as it is; ``shape`` is the data's shape
+    after it (dims None where unknown). Between layers the fold checks the rows come out as they went in;
+    before the first layer or after the last one the node is written again around the fold."""
+
+    shape: tuple[int | None, ...]
+
+    def shape_after(self, shape):
+        return self.shape
+
+
+IDENTITY = Identity()
+
+
+def elementwise(links) -> tuple[np.ndarray | float, np.ndarray | float] | None:
+    """``(scale, shift)`` applying the Elementwise maps among ``links`` in order (the others leave each
+    feature as it is, near enough to fold); None when there are none."""
+    return linalg.combine_elementwise((link.map.scale, link.map.shift) for link in links
+                                      if isinstance(link.map, Elementwise))
+
+
+@dataclass(frozen=True, eq=False)
+class Link:
+    """A node (position ``node``) between two layers that acts on each feature alone: ``map`` says what it
+    does to them, ``after`` is the features it leaves (what the next node reads)."""
+
+    kind: LinkKind
+    node: int
+    map: FeatureMap
+    after: Site
 
 
 class LinkKind(ABC):
-    """Recognises one kind of link; see the module docstring."""
+    """Recognises one kind of link; see the module docstring. A kind answers two questions: ``match``, what
+    a node does along the features (or why it is not a link), and ``next_site``, where the features are
+    after it. The passes call ``link``, which asks both."""
 
     name: str
     op_types: tuple[str, ...]
 
     @abstractmethod
-    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
-        """A Link for node ``i`` reading the features at ``site``, or why it is not one."""
+    def match(self, view: GraphView, i: int, site: Site) -> FeatureMap | str:
+        """What node ``i`` (whose op is one of ``op_types``) does to the features at ``site``, or why it is
+        not a link."""
+
+    def next_site(self, view: GraphView, i: int, site: Site, feature_map: FeatureMap) -> Site:
+        """The features after node ``i``: its first output, with the width, axis and dtype of ``site`` (a
+        link acts on each feature alone and keeps its type; the dtype from inference where ``site`` has
+        none); the shape from inference, else the one ``feature_map`` leaves. Override for more."""
+        data = view.nodes[i].outputs[0].name
+        shape = view.shapes.get(data)
+        shape = feature_map.shape_after(site.shape) if shape is None else tuple(shape)
+        return Site(data, site.width, shape, site.axis, site.dtype if site.dtype is not None else view.dtype(data))
+
+    def link(self, view: GraphView, i: int, site: Site) -> Link | str:
+        """Node ``i`` as a Link reading the features at ``site``, or why it is not one."""
+        found = self.match(view, i, site)
+        return found if isinstance(found, str) else Link(self, i, found, self.next_site(view, i, site, found))
 
 
 LAYER_KINDS: list[LayerKind] = []

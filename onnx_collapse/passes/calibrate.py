@@ -24,7 +24,7 @@ from .fold import Form, cheapest_form, emit_plan, takes_form
 
 def needs_fit(seg: Segment) -> bool:
     """A chain folds exactly when every activation's slope is exactly 1; otherwise it may be fitted."""
-    return any(link.deviation > 0 for link in seg.activations())
+    return any(link.map.deviation > 0 for link in seg.activations())
 
 
 def chain_request(seg: Segment, plan: FoldPlan) -> calibrate.Request | None:

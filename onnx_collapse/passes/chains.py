@@ -6,11 +6,9 @@ LayerScale ``Mul``) are absorbed into the segment too, so even a single layer fo
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..candidates import Candidate, Chain, Outcome
 from ..graph import GraphView
-from ..kinds import Layer, Link, Site, layer_kind_for, link_kind_for
+from ..kinds import Elementwise, Layer, Link, Regroup, Site, Slope, layer_kind_for, link_kind_for
 from ..plans import Segment
 from .context import Context
 
@@ -20,27 +18,15 @@ def _describe(view: GraphView, node) -> str:
     return f"{view.label(i) if i is not None else node.name!r} ({node.op})"
 
 
-def feature_site(view: GraphView, tensor: str, width: int, rank: int | None, axis: int) -> Site:
-    """The features in ``tensor``: static shape from inference, else its rank with ``width`` on ``axis``."""
-    shape = view.shapes.get(tensor)
-    if shape is None and rank is not None:
-        shape = [None] * rank
-        shape[axis] = width
-    return Site(tensor, width, None if shape is None else tuple(shape), axis)
+def input_site(view: GraphView, tensor: str, layer: Layer) -> Site:
+    """The features in ``tensor`` as ``layer`` reads them (its input, or what links before it read): its
+    input width on its axis, in its weights' dtype where the graph does not say."""
+    return Site.of(view, tensor, layer.n_in, layer.kind.axis, layer.input_rank, layer.dtype)
 
 
 def output_site(view: GraphView, layer: Layer) -> Site:
-    """The features a layer writes (a layer's output has the rank of its input)."""
-    return feature_site(view, layer.output, layer.n_out, layer.input_rank, layer.kind.axis)
-
-
-def next_site(view: GraphView, site: Site, link: Link) -> Site:
-    """The features after ``link``: same width, the shape the link leaves (from shape inference if known)."""
-    tensor = view.nodes[link.node].outputs[0].name
-    shape = view.shapes.get(tensor)
-    if shape is None:
-        shape = link.reshapes_to if link.reshapes_to is not None else site.shape
-    return Site(tensor, site.width, None if shape is None else tuple(shape), site.axis)
+    """The features a layer writes (a layer's output has the rank of its input and its weights' dtype)."""
+    return Site.of(view, layer.output, layer.n_out, layer.kind.axis, layer.input_rank, layer.dtype)
 
 
 def why_not_read_by_one(view: GraphView, tensor: str) -> str:
@@ -75,21 +61,19 @@ def follow(view: GraphView, layer: Layer, starts: dict[str, Layer]) -> tuple[tup
         if kind is None:
             what = "a layer that is not foldable" if layer_kind_for(node) else "not an op a fold can pass through"
             return f"next op {_describe(view, node)} is {what}"
-        found = kind.match(view, nxt, site)
+        found = kind.link(view, nxt, site)
         if isinstance(found, str):
             return f"next op {_describe(view, node)}: {found}"
         links.append(found)
-        site = next_site(view, site, found)
+        site = found.after
 
 
 def _edge_link(view: GraphView, i: int, site: Site) -> Link | None:
     """Node ``i`` as a link that may stand at a segment's edge (affine, or a shape op re-emitted around the
     fold), reading ``site``."""
     kind = link_kind_for(view.nodes[i])
-    found = None if kind is None else kind.match(view, i, site)
-    if not isinstance(found, Link) or found.slope is not None:
-        return None
-    return found if found.is_affine or found.reshapes_to is not None else None
+    found = None if kind is None else kind.link(view, i, site)
+    return found if isinstance(found, Link) and isinstance(found.map, (Elementwise, Regroup)) else None
 
 
 def leading_links(view: GraphView, head: Layer, claimed: set[int]) -> tuple[tuple[Link, ...], str]:
@@ -105,12 +89,12 @@ def leading_links(view: GraphView, head: Layer, claimed: set[int]) -> tuple[tupl
         data = [t.name for t in producer.inputs if t.name and not view.is_constant(t.name)]
         if len(data) != 1:
             break
-        link = _edge_link(view, i, feature_site(view, data[0], head.n_in, head.input_rank, head.kind.axis))
+        link = _edge_link(view, i, input_site(view, data[0], head))
         if link is None:
             break
         found.insert(0, (link, data[0]))
         tensor = data[0]
-    while found and not found[0][0].is_affine:
+    while found and not isinstance(found[0][0].map, Elementwise):
         found.pop(0)
     return tuple(link for link, _ in found), found[0][1] if found else head.input
 
@@ -124,9 +108,9 @@ def trailing_links(view: GraphView, tail: Layer, claimed: set[int]) -> tuple[tup
         link = _edge_link(view, i, site)
         if link is None:
             break
-        site = next_site(view, site, link)
+        site = link.after
         found.append((link, site.data))
-    while found and not found[-1][0].is_affine:
+    while found and not isinstance(found[-1][0].map, Elementwise):
         found.pop()
     return tuple(link for link, _ in found), found[-1][1] if found else tail.output
 
@@ -152,7 +136,7 @@ def describe_chain(view: GraphView, segment: Segment, counted: set | None = None
         layers=[view.label(layer.nodes[0]) for layer in segment.layers],
         activations=[view.label(a.node) for a in acts],
         dims=[segment.layers[0].n_in] + [layer.n_out for layer in segment.layers],
-        slopes=[[float(a.slope.min()), float(a.slope.max())] for a in acts],
+        slopes=[list(a.map.span) for a in acts],
         params_before=stored_params(view, segment.node_positions(), counted),
         macs_before=sum(layer.macs for layer in segment.layers),
     )
@@ -166,7 +150,7 @@ def candidate_for(ctx: Context, segment: Segment, reason: str = "", counted: set
 def rows_kept(view: GraphView, segment: Segment) -> str:
     """"" when the shape links between the segment's layers (if any) leave the rows as they were; else why
     not. (Shape links before the first or after the last layer are emitted again around the fold.)"""
-    if not any(link.reshapes_to is not None for gap in segment.links for link in gap):
+    if not any(isinstance(link.map, Regroup) for gap in segment.links for link in gap):
         return ""
     head, tail = segment.layers[0], segment.layers[-1]
     x, y = view.shapes.get(head.input), view.shapes.get(tail.output)
@@ -179,9 +163,14 @@ def rows_kept(view: GraphView, segment: Segment) -> str:
     return "shape ops between the layers may change the leading dims (rank or shape not provably kept)"
 
 
-def _span(values: np.ndarray) -> str:
-    lo, hi = float(values.min()), float(values.max())
+def _span(slope: Slope) -> str:
+    lo, hi = slope.span
     return f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}"
+
+
+def _deviation(link: Link) -> float:
+    """How far an activation is from the identity; 0 for the other links (a chain is cut at activations only)."""
+    return link.map.deviation if isinstance(link.map, Slope) else 0.0
 
 
 class FindChains:
@@ -221,13 +210,13 @@ class FindChains:
         with affine links around it."""
         start, tol = 0, ctx.options.slope_tol
         for k, gap in enumerate(links + [None]):
-            if gap is not None and all(link.deviation <= tol for link in gap):
+            if gap is not None and all(_deviation(link) <= tol for link in gap):
                 continue
             if gap is not None:
-                far = [link for link in gap if link.deviation > tol]
+                far = [link for link in gap if _deviation(link) > tol]
                 ctx.candidates.append(candidate_for(
                     ctx, Segment(layers[k:k + 2], [gap]),
-                    "; ".join(f"slope {_span(link.slope)} is not within {tol:g} of 1" for link in far),
+                    "; ".join(f"slope {_span(link.map)} is not within {tol:g} of 1" for link in far),
                 ))
             self._add(ctx, Segment(layers[start:k + 1], links[start:k]), claimed)
             start = k + 1

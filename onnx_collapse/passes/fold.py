@@ -10,6 +10,7 @@ import onnx
 from .. import linalg
 from ..candidates import Candidate, Chain, Outcome
 from ..emit import RangeError
+from ..kinds import Regroup
 from ..kinds.base import EmissionFor
 from ..plans import FoldPlan, Segment
 from ..progress import advance
@@ -171,8 +172,8 @@ def written_around(ctx: Context, seg: Segment, prefix: str, write) -> tuple[list
     """The nodes (and new tensors) of ``write(x, y)``, which computes the segment's map per row from ``x`` to
     ``y``, with the segment's shape ops before its first layer or after its last written again around it
     (``x``/``y`` are then new names; else the segment's input and output). Raises what ``write`` raises."""
-    prologue = [link for link in seg.lead if link.reshapes_to is not None]
-    epilogue = [link for link in seg.trail if link.reshapes_to is not None]
+    prologue = [link for link in seg.lead if isinstance(link.map, Regroup)]
+    epilogue = [link for link in seg.trail if isinstance(link.map, Regroup)]
     x = ctx.fresh_name(f"{prefix}.in") if prologue else seg.input
     y = ctx.fresh_name(f"{prefix}.out") if epilogue else seg.output
     nodes, inits = write(x, y)

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ... import convalg, linalg
+from ... import convalg
 from ...emit import Emission
 from ...graph import GraphView, attribute
 from ...linalg import Affine
-from ..base import EmissionFor, Layer, LayerKind, register_layer
+from ..base import EmissionFor, Layer, LayerKind, elementwise, register_layer
 
 FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
@@ -162,15 +162,15 @@ class Conv(LayerKind):
         current = None
         for gap, layer in zip([segment.lead, *segment.links], segment.layers):
             conv = self.conv_map(layer, view)
-            elementwise = linalg.combine_elementwise((link.scale, link.shift) for link in gap)
-            if elementwise is not None:
-                conv = convalg.scale_input(conv, *elementwise)
+            before = elementwise(gap)
+            if before is not None:
+                conv = convalg.scale_input(conv, *before)
                 if isinstance(conv, str):
                     return conv
             current = conv if current is None else convalg.compose(current, conv)
             if isinstance(current, str):
                 return current
-        trailing = linalg.combine_elementwise((link.scale, link.shift) for link in segment.trail)
+        trailing = elementwise(segment.trail)
         if trailing is not None:
             current = convalg.scale_output(current, *trailing)
         rank = segment.layers[0].input_rank

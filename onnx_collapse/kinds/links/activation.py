@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView, attribute
-from ..base import Link, LinkKind, Site, register_link
+from ..base import FeatureMap, LinkKind, Site, Slope, register_link
 
 
 @register_link
@@ -17,10 +17,10 @@ class NearIdentityActivation(LinkKind):
     name = "activation"
     op_types = ("PRelu", "LeakyRelu")
 
-    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> FeatureMap | str:
         node = view.nodes[i]
         if node.op == "LeakyRelu":
-            return Link(self, i, np.array(float(attribute(node, "alpha", 0.01)), dtype=np.float64))
+            return Slope(np.array(float(attribute(node, "alpha", 0.01)), dtype=np.float64))
         if node.inputs[0].name != site.data:
             return "PRelu reads the tensor as its slope"
         slope = view.constant(node.inputs[1].name)
@@ -28,4 +28,4 @@ class NearIdentityActivation(LinkKind):
             return "PRelu slope is not a constant"
         if not site.keeps_shape(slope.shape):
             return f"PRelu slope of shape {list(slope.shape)} may broadcast the data to a new shape"
-        return Link(self, i, slope.astype(np.float64))
+        return Slope(slope.astype(np.float64))

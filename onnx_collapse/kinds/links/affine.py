@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView
-from ..base import Link, LinkKind, Site, register_link
+from ..base import Elementwise, FeatureMap, LinkKind, Site, register_link
 
 
 @register_link
@@ -14,7 +14,7 @@ class ElementwiseAffine(LinkKind):
     name = "affine"
     op_types = ("Mul", "Div", "Add", "Sub")
 
-    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> FeatureMap | str:
         node = view.nodes[i]
         if len(node.inputs) != 2:
             return f"{node.op} does not have two inputs"
@@ -30,14 +30,13 @@ class ElementwiseAffine(LinkKind):
             return f"{node.op} by a constant of shape {list(value.shape)} that does not act per feature"
         c = value.astype(np.float64).reshape(-1)
         if node.op == "Mul":
-            return Link(self, i, scale=c)
+            return Elementwise(scale=c)
         if node.op == "Add":
-            return Link(self, i, shift=c)
+            return Elementwise(shift=c)
         if node.op == "Sub":
-            return Link(self, i, shift=-c) if data_first else \
-                Link(self, i, scale=-np.ones_like(c), shift=c)
+            return Elementwise(shift=-c) if data_first else Elementwise(scale=-np.ones_like(c), shift=c)
         if not data_first:
             return "Div of a constant by the features is not affine"
         if np.any(c == 0):
             return "Div by a constant holding zeros"
-        return Link(self, i, scale=1.0 / c)
+        return Elementwise(scale=1.0 / c)

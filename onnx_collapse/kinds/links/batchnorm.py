@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView, attribute
-from ..base import Link, LinkKind, Site, register_link
+from ..base import Elementwise, FeatureMap, LinkKind, Site, register_link
 
 
 @register_link
@@ -14,7 +14,7 @@ class BatchNorm(LinkKind):
     name = "batchnorm"
     op_types = ("BatchNormalization",)
 
-    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> FeatureMap | str:
         node = view.nodes[i]
         if attribute(node, "training_mode", 0) or len([t for t in node.outputs if t.name]) > 1:
             return "BatchNormalization in training mode"
@@ -29,4 +29,4 @@ class BatchNorm(LinkKind):
         scale = gamma / np.sqrt(var + float(attribute(node, "epsilon", 1e-5)))
         if not np.all(np.isfinite(scale)):
             return "BatchNormalization with a non-finite scale"
-        return Link(self, i, scale=scale, shift=beta - mean * scale)
+        return Elementwise(scale=scale, shift=beta - mean * scale)

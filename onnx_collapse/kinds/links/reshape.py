@@ -5,7 +5,7 @@ features). They only regroup the rows; the fold checks that the rows come out as
 from __future__ import annotations
 
 from ...graph import GraphView, attribute
-from ..base import Link, LinkKind, Site, register_link
+from ..base import FeatureMap, LinkKind, Regroup, Site, register_link
 
 
 def _axes(view: GraphView, node) -> list[int] | None:
@@ -39,7 +39,7 @@ class ShapeOp(LinkKind):
     name = "reshape"
     op_types = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
-    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> FeatureMap | str:
         node = view.nodes[i]
         if site.axis != -1:
             return f"{node.op} of channel-first features"
@@ -47,7 +47,7 @@ class ShapeOp(LinkKind):
             return f"{node.op} reads the features as its shape"
         if node.op == "Reshape":
             out = reshape_target(view, node, site)
-            return out if isinstance(out, str) else Link(self, i, reshapes_to=out)
+            return out if isinstance(out, str) else Regroup(out)
         if site.rank is None:
             return f"{node.op} on features of unknown rank"
         rank = site.rank
@@ -55,7 +55,7 @@ class ShapeOp(LinkKind):
             axis = int(attribute(node, "axis", 1)) % max(rank, 1)
             if axis != rank - 1:
                 return f"Flatten(axis={axis}) merges the feature axis with others"
-            return Link(self, i, reshapes_to=(None, site.width))
+            return Regroup((None, site.width))
         axes = _axes(view, node)
         if axes is None:
             return f"{node.op} axes are not constants"
@@ -63,4 +63,4 @@ class ShapeOp(LinkKind):
         axes_rank = out_rank if node.op == "Unsqueeze" else rank  # Unsqueeze's axes index its output
         if out_rank < 1 or any(a % axes_rank == axes_rank - 1 for a in axes):
             return f"{node.op} on the feature axis"
-        return Link(self, i, reshapes_to=tuple([None] * (out_rank - 1) + [site.width]))
+        return Regroup(tuple([None] * (out_rank - 1) + [site.width]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView
-from ..base import Link, LinkKind, Site, register_link
+from ..base import IDENTITY, FeatureMap, LinkKind, Site, register_link
 
 
 @register_link
@@ -14,7 +14,7 @@ class Transparent(LinkKind):
     name = "transparent"
     op_types = ("Identity", "Dropout")
 
-    def match(self, view: GraphView, i: int, site: Site) -> Link | str:
+    def match(self, view: GraphView, i: int, site: Site) -> FeatureMap | str:
         node = view.nodes[i]
         if node.op == "Dropout":
             if len(node.outputs) > 1 and node.outputs[1].name and (
@@ -24,4 +24,4 @@ class Transparent(LinkKind):
                 training = view.constant(node.inputs[2].name)
                 if training is None or bool(np.any(training)):
                     return "Dropout may run in training mode"
-        return Link(self, i)
+        return IDENTITY

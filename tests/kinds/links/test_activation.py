@@ -31,7 +31,7 @@ def test_per_feature_constants_follow_the_feature_axis(shape, axis, data, ok):
 def test_leaky_relu_slope_is_its_alpha():
     ctx = analysed(mlp(kind="leaky", slope=0.97))
     (link,) = ctx.segments[0].links[0]
-    assert np.isclose(link.deviation, 0.03)
+    assert np.isclose(link.map.deviation, 0.03)
 
 
 @pytest.mark.parametrize("shape", ["channel", "row", "scalar", "scalar2"])
