@@ -58,6 +58,12 @@ METHODS: dict[str, dict] = {
     "output": {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--allocator", "output", "--no-verify"],
                "note": "calibrated, output-aware allocation (each layer's measured effect on the output), "
                        "verification off"},
+    "sequential": {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--sequential", "--no-verify"],
+                   "note": "one-pass calibrated ALDS ranks, each truncation refitted in graph order to the original "
+                           "layer's outputs on the truncated model's inputs, verification off"},
+    "output+sequential": {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--allocator", "output",
+                                    "--sequential", "--no-verify"],
+                          "note": "output-aware allocation, then sequential refitting, verification off"},
     "auto": {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--inputs", "{verify8}", "--allocator",
                        "output", "--budget-metric", "macs", "--rank-budget", "auto", "--metric", "top1",
                        "--min-agreement", "0.98"],

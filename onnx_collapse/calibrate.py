@@ -187,7 +187,7 @@ def fold_rows(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(order[f::folds]) for f in range(min(folds, n))]
 
 
-def _rows(value: np.ndarray, width: int) -> np.ndarray | None:
+def rows_of(value: np.ndarray, width: int) -> np.ndarray | None:
     """The tensor as (rows, width) with features on the last axis, or None if it is not laid out so."""
     value = np.asarray(value)
     if value.ndim == 0 or value.shape[-1] != width:
@@ -274,8 +274,8 @@ def _pairs(request: Request, values: Mapping[str, np.ndarray]):
     y = None if request.y is None else np.asarray(values[request.y])
     if request.patches is not None:
         return _windows(request, x, y)
-    x_rows = _rows(x, request.n_in)
-    y_rows = None if y is None else _rows(y, request.n_out or 0)
+    x_rows = rows_of(x, request.n_in)
+    y_rows = None if y is None else rows_of(y, request.n_out or 0)
     if x_rows is None or (y is not None and (y_rows is None or y_rows.shape[0] != x_rows.shape[0])):
         return None
     return [(x_rows, y_rows)]

@@ -284,6 +284,9 @@ def cli(ctx: click.Context) -> None:
               help="How --rank-budget is shared: alds minimises the largest layer error; output (needs "
                    "--calibrate) the predicted change of the model's output, each layer measured truncated alone; "
                    "uniform and energy are baselines.")
+@click.option("--sequential", is_flag=True,
+              help="With --calibrate: refit each truncation in graph order to the original layer's outputs on the "
+                   "inputs the truncated model gives it (kept where it predicts them better on held-out rows).")
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Refuse to verify when inputs and computed tensors would need more (e.g. 8G; default: half "
                    "the available memory).")
@@ -299,7 +302,8 @@ def cli(ctx: click.Context) -> None:
 @quiet_option
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
              metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
-             allocator, max_verify_memory, calibrate, external_data, overwrite, as_json, report_file, quiet) -> None:
+             allocator, sequential, max_verify_memory, calibrate, external_data, overwrite, as_json, report_file,
+             quiet) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with running(quiet) as done:
         from . import io
@@ -317,7 +321,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                          "max_verify_memory"),
              "with --no-verify"),
             *check_notes(metric, inputs),
-            (no_budget, ("low_rank", "max_groups", "budget_metric", "error_metric"),
+            (no_budget, ("low_rank", "max_groups", "budget_metric", "error_metric", "sequential"),
              "without --rank-budget or --max-error"),
             (rank_budget is None, ("allocator",), "without --rank-budget"),
         ])
@@ -325,7 +329,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
                           min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
-                          max_groups=max_groups, allocator=allocator, calibrate=calibrate,
+                          max_groups=max_groups, allocator=allocator, sequential=sequential, calibrate=calibrate,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = optimize_model(src, options, output=dst, external_data=external_data)
     with one_line_errors():

@@ -42,6 +42,9 @@ class Options:
         whitened), "output" (with ``calibrate``: minimise the summed output change, each layer's measured
         truncated alone on calibration rows), or the baselines "uniform" (same rank ratio everywhere) and
         "energy" (same kept spectral energy everywhere).
+    sequential: with ``calibrate`` and a budget, refit each truncation in graph order to the original layer's
+        outputs on the inputs the truncated model gives it (ridge, cross-validated; kept only where it
+        predicts the outputs better than the one-pass truncation on held-out calibration rows).
     metric: "allclose" (every element within atol + rtol |b|) or "top1" (argmax over the last axis agrees
         on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``).
     max_verify_memory: refuse to verify (CollapseError) when the inputs and the tensors computed from them
@@ -67,6 +70,7 @@ class Options:
     error_metric: str = "spectral"
     max_groups: int = 1
     allocator: str = "alds"
+    sequential: bool = False
     metric: str = "allclose"
     min_agreement: float = 0.99
     max_verify_memory: int | None = None
@@ -99,6 +103,8 @@ class Options:
 
         if self.allocator == "output" and self.rank_budget is not None and self.calibrate is None:
             raise CollapseError("allocator 'output' measures each layer's effect on calibration rows: give calibrate")
+        if self.sequential and self.calibrate is None:
+            raise CollapseError("sequential refits truncations to calibration rows: give calibrate")
         if self.calibrate is not None and not isinstance(self.calibrate, (str, os.PathLike, Mapping)):
             raise CollapseError(f"calibrate must be an .npz path or a dict of arrays, not {type(self.calibrate).__name__}")
 

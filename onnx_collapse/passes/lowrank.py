@@ -7,16 +7,18 @@ plan records its predicted error, keeps the exact plan as a fallback, and verifi
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
 
-from .. import allocate, calibrate, linalg, sensitivity
+from .. import allocate, calibrate, linalg, sensitivity, sequential
 from ..candidates import Candidate, Outcome
 from ..emit import RangeError, cast_checked
 from ..graph import fixed_batch
-from ..io import ModelSource
+from ..io import ModelSource, scratch_dir
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
@@ -120,16 +122,94 @@ def truncated_plan(ctx: Context, target: Candidate, option: allocate.Option, err
     except RangeError as exc:
         ctx.notes.append(f"{' > '.join(target.chain.layers)}: low-rank form skipped: {exc}")
         return None
+    return _pair_plan(ctx, target, nodes, inits, option, bias, error, whiten is not None)
+
+
+def _pair_plan(ctx: Context, target: Candidate, nodes, inits, option, bias, error: float, calibrated: bool,
+               reason: str = "") -> FoldPlan:
+    """The form of ``target`` made of ``nodes`` storing ``option``'s factors (not yet pushed)."""
+    seg = target.segment
     bias_params = 0 if bias is None else bias.size
     outcome = target.shown.derived(reason="", form="grouped" if option.groups > 1 else "truncated",
                                    rank=option.rank, params_after=option.params + bias_params,
                                    macs_after=option.macs, predicted_error=error, error=None)
     if option.groups > 1:
         outcome.reason = f"{option.groups} groups"
-    if whiten is not None:
-        outcome.reason = ", ".join(filter(None, [outcome.reason, "activation-aware (calibrated)"]))
-    return FoldPlan(outcome, target.graph, seg.node_positions(), seg.input, seg.output, nodes, inits, dtype, exact,
-                    emit, candidate=target)
+    if calibrated:
+        outcome.reason = ", ".join(filter(None, [outcome.reason, "activation-aware (calibrated)", reason]))
+    return FoldPlan(outcome, target.graph, seg.node_positions(), seg.input, seg.output, nodes, inits,
+                    seg.layers[0].dtype, target.target_map(), target.target_emit(), candidate=target)
+
+
+def refitted_plan(ctx: Context, target: Candidate, option: allocate.Option, found: sequential.Refit,
+                  error: float) -> FoldPlan | None:
+    """The form of ``target`` storing a sequential refit's factors; None if they do not fit the dtype."""
+    emit, seg, dtype = target.target_emit(), target.segment, target.segment.layers[0].dtype
+    try:
+        a, b = cast_checked(found.a, dtype), cast_checked(found.b, dtype)
+        nodes, inits = written_around(ctx, seg, emit.prefix,
+                                      lambda x, y: emit.linear(ctx.fresh_name, x, y, (a, b), found.bias, dtype))
+    except RangeError as exc:
+        ctx.notes.append(f"{' > '.join(target.chain.layers)}: sequential refit skipped: {exc}")
+        return None
+    rows = "windows" if emit.patches else "rows"
+    reason = (f"sequential fit on {found.rows} calibration {rows} (ridge {found.alpha:g} toward the layer): "
+              f"held-out RMS {found.one_pass_rms:.2e} -> {found.refit_rms:.2e}")
+    return _pair_plan(ctx, target, nodes, inits, option, found.bias, error, True, reason)
+
+
+def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidate, FoldPlan]],
+                   options: list[allocate.Option]) -> list[tuple[Context, Candidate, FoldPlan]]:
+    """``picked`` with each main-graph truncation refitted in graph order to the original layer's outputs,
+    given the inputs the model truncated so far gives it (``sequential``), where that predicts the
+    original outputs better on held-out calibration rows; the one-pass truncation stays otherwise."""
+    main = contexts[0]
+    opts, model, base_dir = main.options, main.model, main.view.store.base_dir
+    order = sorted((k for k, (ctx, _, _) in enumerate(picked) if not ctx.path),
+                   key=lambda k: min(picked[k][1].segment.node_positions()))
+    arrays = calibrate.load_arrays(model, opts.calibrate, max_memory=opts.max_verify_memory)
+    batches = sensitivity.calibration_feeds(arrays, calibrate.row_count(arrays),
+                                            fixed_batch(model.graph) or sensitivity.BATCH)
+    if len(batches) < 2 or not order:
+        main.notes.append("sequential fitting: too few calibration rows to cross-validate; one-pass truncations")
+        return picked
+    elems = {picked[k][1].segment.input: onnx.helper.np_dtype_to_tensor_dtype(picked[k][1].segment.layers[0].dtype)
+             for k in order}
+    base = [c.applied for ctx in contexts for c in ctx.candidates if c.applied is not None]
+    out, fitted, kept = list(picked), {}, 0
+    with stage("refitting the truncations in graph order", total=len(order)), \
+            scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-sequential-") as tmp:
+        original = sequential.BatchCache(Path(tmp) / "o")
+        compressed = sequential.BatchCache(Path(tmp) / "c")
+        original.folder.mkdir()
+        compressed.folder.mkdir()
+        sequential.capture_batches(ModelSource(model, base_dir), list(elems), elems, batches, original)
+        for k in order:
+            ctx, target, plan = picked[k]
+            fitted[k] = plan
+            if plan.outcome.form == "truncated":
+                replaced = {id(picked[j][1]) for j in fitted}
+                current = apply_plans(model, [p for p in base if id(p.candidate) not in replaced] +
+                                      [fitted[j] for j in fitted if j != k])
+                exact, emit, x = target.target_map(), target.target_emit(), target.segment.input
+                weight = exact.dense()
+                values = sequential.compressed_inputs(current, base_dir, x, elems[x], batches, compressed, elems)
+                pairs = ((b, sequential.row_pairs(v, original.get(x, b), weight.shape[0], emit.patches))
+                         for b, v in values)
+                parts = sequential.statistics(pairs, weight, exact.bias)
+                one_pass = linalg.truncate(exact, options[k].rank, target_whitening(ctx, target))
+                found = sequential.refit(parts, weight, exact.bias, options[k].rank, one_pass)
+                better = None if found is None else refitted_plan(ctx, target, options[k], found,
+                                                                   plan.outcome.predicted_error)
+                if better is not None:
+                    fitted[k] = better
+                    out[k] = (ctx, target, better)
+                    kept += 1
+            advance()
+    main.notes.append(f"sequential fitting: {kept} of {len(order)} truncation(s) refitted to the original layers' "
+                      f"outputs on the truncated model's inputs ({calibrate.row_count(arrays)} calibration rows); "
+                      "the others kept their one-pass fit (it predicted the outputs as well on held-out rows)")
+    return out
 
 
 class LowRank:
@@ -183,7 +263,11 @@ class LowRank:
                               f"{opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
             if used > limit:
                 main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
-        for ctx, target, plan in chosen_plans(owners, targets, chosen):
+        picked = chosen_plans(owners, targets, chosen)
+        if opts.sequential:
+            options = [chosen[next(k for k, t in enumerate(targets) if t is target)] for _, target, _ in picked]
+            picked = refit_in_order(contexts, picked, options)
+        for ctx, target, plan in picked:
             if target.status == "target":  # a single layer: a candidate of the report from now on
                 ctx.candidates.append(target)
             target.push(plan)

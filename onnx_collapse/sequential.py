@@ -1,0 +1,226 @@
+"""Sequential fitting: truncations refitted in graph order to the original layers' outputs, given the inputs
+the compressed model really gives them (SVD-LLM's closed-form update, regularised and cross-validated).
+
+A one-pass truncation is fitted to the original model's activations; once the layers before it are truncated
+its inputs differ. Here targets are taken in graph order. For target k, ``X`` is its input in the original
+model and ``X~`` its input in the model whose targets before k are already refitted. The new factors minimise
+
+    ||X~ W' + b' - (X W + b)||^2 + lam ||W' - W||^2   over rank(W') <= r
+
+(ridge toward the original map ``W``, ``lam`` chosen by cross-validation over the calibration rows): the
+least-squares solution ``W_ls`` of the ridge problem, then its best rank-r factors in the metric of ``X~``
+(reduced-rank regression: the whitened truncation of ``W_ls``), the bias re-centred on the mean output. The
+refit replaces the one-pass truncation only when it predicts the original outputs better on rows it was not
+fitted to.
+
+Cost: one pass of the original model captures every target's input (cached on disk per batch, never all
+rows in memory); each target then runs only the part of the compressed model between the inputs already
+cached and its own input. Statistics are streamed sums (``calibrate.Moments``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import calibrate, convalg, linalg
+from .calibrate import Moments
+from .io import ModelSource
+from .verify import graph_inputs, probe_model, session
+
+FOLDS = 4  # cross-validation parts (whole batches dealt round-robin)
+
+
+# --- the algebra (pure numpy) ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Refit:
+    """Factors ``a`` (n_in, r), ``b`` (r, n_out) and ``bias`` of a refitted truncation, with its ridge strength
+    and the held-out RMS errors (per output element, against the original layer's outputs) of the one-pass
+    truncation and of the refit."""
+
+    a: np.ndarray
+    b: np.ndarray
+    bias: np.ndarray | None
+    alpha: float
+    one_pass_rms: float
+    refit_rms: float
+    rows: int
+
+
+def refit_factors(m: Moments, prior: np.ndarray, prior_bias: np.ndarray | None, rank: int, alpha: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The rank-``rank`` factors fitted on the sums ``m`` (x: compressed inputs, y: original outputs), ridge
+    ``alpha`` toward ``prior``: the ridge least-squares map, truncated in the inputs' own metric (damped by
+    the same ridge), bias re-centred on the mean output (kept absent when ``prior_bias`` is None)."""
+    intercept = prior_bias is not None
+    weight, bias = calibrate.fit_toward(m, prior, alpha, intercept)
+    metric = linalg.whitening(m.count, m.sum_x, m.gram, damping=alpha, centered=intercept)
+    if bias is None and intercept:
+        bias = np.zeros(prior.shape[1])
+    return linalg.truncate(linalg.Factored((weight,), bias), rank, metric)
+
+
+def _sse(m: Moments, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> float:
+    return calibrate.sse(m, linalg.matmul64(a, b), bias)
+
+
+def refit(parts: Sequence[Moments], prior: np.ndarray, prior_bias: np.ndarray | None, rank: int,
+          one_pass: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> Refit | None:
+    """The cross-validated refit of a truncation to rank ``rank`` (see the module docstring), or None when
+    it does not predict the original outputs better than the ``one_pass`` factors on held-out parts (or the
+    rows are too few to tell)."""
+    parts = [p for p in parts if p.count > 0]
+    if len(parts) < 2:
+        return None
+    whole = calibrate.total(parts)
+    intercept = prior_bias is not None
+    # the ridge strength from the full-rank fit's cross-validation (solves only, no factorization)
+    errors = {a: sum(calibrate.sse(p, *calibrate.fit_toward(whole - p, prior, a, intercept)) for p in parts)
+              for a in calibrate.ALPHAS}
+    alpha = min(calibrate.ALPHAS, key=lambda a: (errors[a], -a))
+    held = sum(_sse(p, *refit_factors(whole - p, prior, prior_bias, rank, alpha)) for p in parts)
+    baseline = sum(_sse(p, *one_pass) for p in parts)
+    scale = np.sqrt(max(whole.count, 1) * prior.shape[1])
+    if not np.isfinite(held) or held >= baseline:
+        return None
+    a, b, bias = refit_factors(whole, prior, prior_bias, rank, alpha)
+    return Refit(a, b, bias, alpha, np.sqrt(baseline) / scale, np.sqrt(held) / scale, whole.count)
+
+
+def row_pairs(x_compressed: np.ndarray, x_original: np.ndarray, n_in: int, patches=None):
+    """(compressed rows, original rows) of a layer's input in both models, as the layer reads them: features on
+    the last axis, or a convolution's windows (``patches``: kernel, strides, pads, dilations) in blocks.
+    Nothing when the tensors are not laid out so."""
+    if patches is None:
+        a, b = calibrate.rows_of(x_compressed, n_in), calibrate.rows_of(x_original, n_in)
+        if a is not None and b is not None and a.shape == b.shape:
+            yield a, b
+        return
+    kernel, strides, pads, dilations = patches
+    if x_compressed.shape != x_original.shape or x_original.ndim != 2 + len(kernel):
+        return
+    if x_original.shape[1] * int(np.prod(kernel, dtype=np.int64)) != n_in:
+        return
+    ours = convalg.window_blocks(x_compressed, kernel, strides, pads, dilations, calibrate.PATCH_BYTES)
+    theirs = convalg.window_blocks(x_original, kernel, strides, pads, dilations, calibrate.PATCH_BYTES)
+    for (_, _, a), (_, _, b) in zip(ours, theirs):
+        yield a, b
+
+
+# --- running parts of the model ------------------------------------------------------------------------------
+
+def upstream(model: onnx.ModelProto, wanted: Mapping[str, int], given: Mapping[str, int]) -> onnx.ModelProto:
+    """The part of ``model``'s main graph that computes the tensors ``wanted`` once the tensors in ``given``
+    are known (both name -> element type): its inputs are the given tensors and the graph inputs it needs."""
+    graph = model.graph
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    stored = {t.name for t in graph.initializer}
+    needed, stack, inputs = set(), list(wanted), set()
+    while stack:
+        name = stack.pop()
+        if not name or name in stored:
+            continue
+        if name in given or name not in producer:
+            inputs.add(name)
+            continue
+        if producer[name] in needed:
+            continue
+        needed.add(producer[name])
+        stack.extend(_reads(graph.node[producer[name]]))
+    kept = sorted(needed)
+    part = onnx.ModelProto()
+    part.ir_version = model.ir_version
+    part.opset_import.extend(model.opset_import)
+    part.functions.extend(model.functions)
+    part.graph.name = graph.name
+    part.graph.node.extend(graph.node[i] for i in kept)
+    used = {n for i in kept for n in _reads(graph.node[i])}
+    part.graph.initializer.extend(t for t in graph.initializer if t.name in used)
+    declared = {i.name: i for i in graph.input}
+    for name in sorted(inputs):
+        part.graph.input.append(declared[name] if name in declared and name not in given else
+                                onnx.helper.make_tensor_value_info(name, given.get(name, 1), None))
+    part.graph.output.extend(onnx.helper.make_tensor_value_info(n, elem, None) for n, elem in wanted.items())
+    return part
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors ``node`` reads, those its subgraphs read from outside included."""
+    names = list(node.input)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                    attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
+            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | \
+                {t.name for t in sub.initializer}
+            names += [n for inner_node in sub.node for n in _reads(inner_node) if n not in inner]
+    return names
+
+
+class BatchCache:
+    """Tensors of every calibration batch, in .npy files under ``folder``: ``put``/``get`` by name and batch."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.names: dict[str, str] = {}
+
+    def _path(self, name: str, batch: int) -> Path:
+        key = self.names.setdefault(name, f"t{len(self.names)}")
+        return self.folder / f"{key}.{batch}.npy"
+
+    def put(self, name: str, batch: int, value: np.ndarray) -> None:
+        np.save(self._path(name, batch), np.ascontiguousarray(value))
+
+    def get(self, name: str, batch: int) -> np.ndarray:
+        return np.load(self._path(name, batch))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+
+def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
+                    batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache) -> None:
+    """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk."""
+    inputs = {i.name for i in graph_inputs(source.model)}
+    wanted = [n for n in dict.fromkeys(names) if n not in inputs]
+    probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
+    sess = session(probed, "original model", optimized=True)
+    for b, feed in enumerate(batches):
+        values = dict(zip(wanted, sess.run(wanted, dict(feed)))) if wanted else {}
+        for name in names:
+            cache.put(name, b, values[name] if name in values else feed[name])
+
+
+def compressed_inputs(model: onnx.ModelProto, base_dir, x: str, elem: int, batches, cache: BatchCache,
+                      elem_types: Mapping[str, int]):
+    """``x`` in ``model`` (the compressed model so far) for each batch, computed from the tensors already in
+    ``cache`` (and the graph inputs), each cached too; yields (batch, value)."""
+    if x in cache:
+        for b in range(len(batches)):
+            yield b, cache.get(x, b)
+        return
+    given = {name: elem_types[name] for name in cache.names if name in elem_types}
+    part = upstream(model, {x: elem}, given)
+    feeds = [i.name for i in part.graph.input]
+    sess = session(ModelSource(part, base_dir), "compressed model", optimized=True)
+    for b, feed in enumerate(batches):
+        value = sess.run([x], {n: cache.get(n, b) if n in given else feed[n] for n in feeds})[0]
+        cache.put(x, b, value)
+        yield b, value
+
+
+def statistics(pairs_per_batch, weight: np.ndarray, bias: np.ndarray | None, folds: int = FOLDS
+               ) -> list[Moments]:
+    """Sums per fold (batches dealt round-robin) of (compressed input rows, original output rows): the original
+    layer's outputs are its map ``x @ weight + bias`` applied to its original input rows."""
+    n_in, n_out = weight.shape
+    parts = [calibrate.empty_moments(n_in, n_out) for _ in range(folds)]
+    for b, pairs in pairs_per_batch:
+        for ours, theirs in pairs:
+            y = linalg.matmul64(np.asarray(theirs, dtype=np.float64), weight)
+            parts[b % folds].add(ours, y if bias is None else y + bias)
+    return parts
