@@ -23,7 +23,7 @@ from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import apply_plans
-from ..verify import capture, compare_outputs, make_feeds, run
+from ..verify import compare_outputs, make_feeds, run
 from .chains import candidate_for
 from .context import Context
 from .fold import written_around
@@ -371,11 +371,13 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
     feeds = sensitivity.calibration_feeds(arrays, batch=fixed_batch(model.graph) or sensitivity.BATCH)
     measured = [(ctx, t) for ctx, t in zip(owners, targets) if not ctx.path]
     elems = {t.segment.input: onnx.helper.np_dtype_to_tensor_dtype(t.segment.layers[0].dtype) for _, t in measured}
-    captured = capture(ModelSource(model, base_dir), list(elems), elems, feeds)
     outputs = [o.name for o in model.graph.output]
-    expected = [{n: c[n] for n in outputs} for c in captured]
     ladders: list[sensitivity.Ladder | None] = []
-    with stage("measuring how each layer's truncation changes the output", total=len(targets)):
+    with stage("measuring how each layer's truncation changes the output", total=len(targets)), \
+            scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-sensitivity-") as tmp:
+        cache = sequential.BatchCache(Path(tmp))  # each target's inputs on disk: one target's in memory at a time
+        sequential.capture_batches(ModelSource(model, base_dir), [*elems, *outputs], elems, feeds, cache)
+        expected = [{n: cache.get(n, b) for n in outputs} for b in range(len(feeds))]
         for ctx, target, spectrum in zip(owners, targets, spectra):
             if ctx.path:
                 ladders.append(None)
@@ -384,7 +386,7 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
             x = target.segment.input
             cut = sensitivity.downstream(model, x, elems[x])
             part, where = cut if cut is not None else (model, None)
-            part_feeds = [{**feed, x: c[x]} for feed, c in zip(feeds, captured)]
+            part_feeds = [{**feed, x: cache.get(x, b)} for b, feed in enumerate(feeds)]
             errors, changes = [], []
             ladder = sensitivity.ladder_options(spectrum)
             factors = linalg.nested_truncations(target.target_map(), max((o.rank for o in ladder), default=1),
@@ -399,6 +401,7 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
                              f"model with {' > '.join(target.chain.layers)} truncated", optimized=True)
                 errors.append(option.error)
                 changes.append(sensitivity.output_change(expected, actual))
+            del part_feeds
             ladders.append(sensitivity.Ladder(tuple(errors), tuple(changes)))
             advance()
     ratios = [c / (e * e) for ladder in ladders if ladder for e, c in zip(ladder.errors, ladder.changes) if e > 0]
