@@ -50,10 +50,17 @@ def calibration_rows(model: onnx.ModelProto, n: int = 48, seed: int = 0) -> dict
     return rows
 
 
+SCHEMA_1_1 = "1.1"  # the report fields hashed: those of schema 1.1 (later minor versions only add fields)
+ADDED_SINCE_1_1 = ("seconds_before", "seconds_after")  # 1.2
+
+
 def _clean(payload):
-    """The report's JSON without what varies from run to run (timings, temporary paths)."""
+    """The report's JSON as schema 1.1 wrote it, without what varies from run to run (timings, paths)."""
     if isinstance(payload, dict):
-        return {k: _clean(v) for k, v in payload.items() if k not in ("seconds", "elapsed", "file_bytes")}
+        if "schema_version" in payload:
+            payload = {**payload, "schema_version": SCHEMA_1_1}
+        return {k: _clean(v) for k, v in payload.items()
+                if k not in ("seconds", "elapsed", "file_bytes", *ADDED_SINCE_1_1)}
     if isinstance(payload, list):
         return [_clean(v) for v in payload]
     if isinstance(payload, str) and tempfile.gettempdir() in payload:

@@ -26,6 +26,7 @@ class Option:
     params: int
     macs: int
     error: float
+    seconds: float | None = None  # measured/interpolated onnxruntime time per sample (``timing``), where known
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,10 @@ def spectrum(name: str, weight: np.ndarray | linalg.Factored, metric: str = "spe
     return LayerSpectrum(name, n_in, n_out, tuple(options), s)
 
 
-def _cost(option: Option, by: str) -> int:
+def _cost(option: Option, by: str) -> float:
+    """What ``option`` costs under budget metric ``by``: "params", "macs", or "time" (seconds per sample)."""
+    if by == "time":
+        return option.seconds if option.seconds is not None else float(option.macs)
     return option.params if by == "params" else option.macs
 
 
@@ -246,7 +250,10 @@ def allocate_min_total(layers: Sequence[LayerSpectrum], changes: Sequence[Sequen
     cheapest = [min(layer.options, key=lambda o: _cost(o, by)) for layer in layers]
     if total_cost(cheapest, by) > limit:
         return cheapest
-    unit = max(1.0, limit / DP_UNITS)
+    # whole-number costs are exact up to DP_UNITS units; seconds are always cut into DP_UNITS units
+    unit = limit / DP_UNITS if by == "time" else max(1.0, limit / DP_UNITS)
+    if unit <= 0:
+        return cheapest
     capacity = int(np.floor(limit / unit + 1e-9))
     best = np.zeros(capacity + 1)  # best[c]: least summed change of the layers so far within cost c units
     picks = []

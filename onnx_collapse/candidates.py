@@ -37,6 +37,8 @@ class Outcome:
     calibration_rms: list[float] | None = None
     exact_bound: float | None = None  # an exact factor pair's largest left-out singular value
     attempts: list[Attempt] = field(default_factory=list)  # forms below this one that verification undid
+    seconds_before: float | None = None  # --budget-metric time: the layer's form before truncation, per sample
+    seconds_after: float | None = None  # and this form's (measured or interpolated, ``timing``)
 
     def as_attempt(self) -> Attempt:
         return Attempt(self.form, self.rank, self.params_after, self.macs_after, self.predicted_error, self.error,
@@ -136,7 +138,8 @@ class Candidate:
             params_before=chain.params_before, params_after=out.params_after, macs_before=chain.macs_before,
             macs_after=out.macs_after, predicted_error=out.predicted_error, error=out.error,
             calibrated=out.calibrated, plain_error=self.plain_error(out), calibration_rms=out.calibration_rms,
-            exact_bound=out.exact_bound, attempts=list(out.attempts))
+            exact_bound=out.exact_bound, attempts=list(out.attempts), seconds_before=out.seconds_before,
+            seconds_after=out.seconds_after)
 
     def release(self) -> None:
         """Drop every form's new tensors and exact maps (see ``FoldPlan.release``) and the target's own map."""

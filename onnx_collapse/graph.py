@@ -271,6 +271,13 @@ class GraphView:
         copy.name = name
         return copy
 
+    def standalone(self, positions) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """The nodes at ``positions`` and the constants they read (as initializers), to run them as a model."""
+        nodes = [self.proto.node[i] for i in positions]
+        produced = {n for node in nodes for n in node.output}
+        consts = sorted({n for node in nodes for n in node.input if n and n not in produced and self.is_constant(n)})
+        return nodes, [self.as_initializer(n) for n in consts]
+
     def dtype(self, name: str) -> np.dtype | None:
         """The element type of tensor ``name``: from shape inference, else as declared (value_info, the
         graph's inputs and outputs, a constant's value); None where neither says."""

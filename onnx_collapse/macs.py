@@ -179,10 +179,11 @@ def count(graph: onnx.GraphProto, static: Mapping[str, Sequence[int | None]],
 
 
 def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[str, tuple[int, ...]],
-              seed: int = 0, max_memory: int | None = None) -> ShapeProbe | None:
+              seed: int = 0, max_memory: int | None = None, declared: bool = False) -> ShapeProbe | None:
     """One input set to measure shapes on: the first calibration row, the first verification input set, or
     seeded values at ``input_shapes`` when they fix every dynamic dim past axis 0 (axis 0 defaults to 1);
-    None when the user gave none of these. Files are read within ``max_memory`` as verification reads them."""
+    None when the user gave none of these (with ``declared``: seeded values at the model's own shapes when
+    they fix every dim past axis 0). Files are read within ``max_memory`` as verification reads them."""
     if calibrate is not None:
         def first_row() -> dict[str, np.ndarray]:
             arrays = calibration.load_arrays(model, calibrate, max_memory=max_memory)
@@ -191,9 +192,8 @@ def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[s
     if inputs is not None:
         return ShapeProbe(lambda: make_feeds(model, inputs, {}, seed, 1, max_memory)[0][0],
                           "the first verification input set", "the verification inputs")
-    declared = graph_inputs(model)
     shapes = dict(input_shapes)
-    for info in declared:
+    for info in graph_inputs(model):
         dims = info.type.tensor_type.shape.dim
         if info.name in shapes or not info.type.tensor_type.HasField("shape"):
             continue
@@ -202,6 +202,9 @@ def probe_for(model: onnx.ModelProto, calibrate, inputs, input_shapes: Mapping[s
         if dims and fixed_dim(dims[0]) is None:
             shapes[info.name] = (1, *(d.dim_value for d in dims[1:]))
     if not input_shapes:
-        return None
+        if not declared:
+            return None
+        return ShapeProbe(lambda: make_feeds(model, None, shapes, seed, 1, max_memory)[0][0],
+                          "seeded random values at the declared shapes", "the declared input shapes")
     return ShapeProbe(lambda: make_feeds(model, None, shapes, seed, 1, max_memory)[0][0],  # within the memory limit
                       "seeded random values at --input-shape", "the given input shapes")

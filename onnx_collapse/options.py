@@ -14,7 +14,7 @@ from .errors import CollapseError
 ALLOCATORS = ("alds", "output", "uniform", "energy")
 METRICS = ("allclose", "top1")
 LOW_RANK_TARGETS = ("collapsed", "all")
-BUDGET_METRICS = ("params", "macs")
+BUDGET_METRICS = ("params", "macs", "time")
 ERROR_METRICS = ("spectral", "frobenius")
 
 
@@ -34,8 +34,9 @@ class Options:
         tolerances, on the verification rows), found by bisection.
     max_error: instead of a budget, the smallest model whose every targeted layer stays within this error.
     low_rank: "collapsed" (only folded chains) or "all" (every linear layer) as truncation targets.
-    budget_metric: "params" or "macs" (per sample, at the shapes the model has for the given data or
-        ``input_shapes``: a convolution counts its output pixels, a 3-D input its tokens).
+    budget_metric: "params", "macs" (per sample, at the shapes the model has for the given data or
+        ``input_shapes``: a convolution counts its output pixels, a 3-D input its tokens), or "time" (each
+        layer's forms timed in onnxruntime on this machine at those shapes, see ``timing``).
     error_metric: "spectral" (sigma_{r+1} / sigma_1, as ALDS) or "frobenius".
     max_groups: allow ALDS's grouped factors with up to this many input-feature groups (1: none).
     allocator: how ``rank_budget`` is shared: "alds" (minimise the largest layer error, data-free or

@@ -19,13 +19,21 @@ from pathlib import Path
 
 import onnx
 
-from . import allocate, calibrate, macs
+from . import allocate, calibrate, macs, timing
 from .acceptance import accept, without_local_failures
 from .allocate import LayerSpectrum
 from .candidates import applied
 from .candidates import records as candidate_records
 from .errors import CollapseError
-from .graph import GraphView, default_opset, import_model, infer_shapes, walk_graphs, weight_count
+from .graph import (
+    GraphView,
+    default_opset,
+    fixed_batch,
+    import_model,
+    infer_shapes,
+    walk_graphs,
+    weight_count,
+)
 from .io import (
     ModelSource,
     StagedOutput,
@@ -91,7 +99,7 @@ def views_for(source: ModelSource, probe: macs.ShapeProbe | None = None) -> list
 def shape_probe(model: onnx.ModelProto, options: Options) -> macs.ShapeProbe | None:
     """The input set that layer sizes are measured on (see ``macs.probe_for``)."""
     return macs.probe_for(model, options.calibrate, options.inputs, options.input_shapes, options.seed,
-                          options.max_verify_memory)
+                          options.max_verify_memory, declared=options.budget_metric == "time")
 
 
 def contexts_for(source: ModelSource, options: Options, probe: macs.ShapeProbe | None = None) -> list[Context]:
@@ -408,6 +416,12 @@ def optimize(
                 report.after = model_stats(written or ModelSource(out, source.base_dir), probe)
         if written is not None:
             report.after.file_bytes = file_size(output)
+        if options.budget_metric == "time" and probe is not None and not probe.problem:
+            with stage("timing the model before and after"):
+                batch = fixed_batch(model.graph)
+                report.before.seconds = timing.model_seconds(source, probe, batch)
+                report.after.seconds = report.before.seconds if out is model else \
+                    timing.model_seconds(written or ModelSource(out, source.base_dir), probe, batch)
         _note_uncounted(report, probe)
         return out, report
 

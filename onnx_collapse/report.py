@@ -13,7 +13,8 @@ from . import linalg
 
 # Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
 # the minor number grows when fields are added, the major one when a field changes or goes.
-SCHEMA_VERSION = "1.1"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
+SCHEMA_VERSION = "1.2"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
+# 1.2: measured time (folds' seconds_before/seconds_after, stats' seconds) with --budget-metric time
 
 
 def strict(payload: dict) -> dict:
@@ -108,6 +109,10 @@ class FoldRecord:
     # none): each output row is exact up to this times the input row's 2-norm. None for other forms.
     exact_bound: float | None = None
     attempts: list[Attempt] = field(default_factory=list)  # earlier forms of this chain that were undone
+    # --budget-metric time: onnxruntime seconds per sample of the form the layer had and of this one, measured
+    # alone on this machine at the model's shapes (``timing``); None otherwise
+    seconds_before: float | None = None
+    seconds_after: float | None = None
 
     def as_attempt(self) -> Attempt:
         """This record's form, as an attempt a later form of the chain replaced."""
@@ -156,6 +161,7 @@ class ModelStats:
     macs_basis: str = "static shapes"  # the input shapes the MACs were counted at
     macs_uncounted: list[str] = field(default_factory=list)  # counted nodes whose size is unknown (not counted)
     layer_macs: dict[str, int] = field(default_factory=dict)  # MACs per sample of each counted node, by label
+    seconds: float | None = None  # --budget-metric time: onnxruntime seconds per sample on this machine (``timing``)
 
 
 @dataclass
@@ -315,6 +321,9 @@ def render_stats(before: ModelStats, after: ModelStats, width: int | None = None
         ["MACs/sample", f"{before.linear_macs:,}", f"{after.linear_macs:,}",
          _change(before.linear_macs, after.linear_macs)]
     )
+    if before.seconds is not None and after.seconds is not None:
+        rows.append(["ms/sample (measured)", f"{1e3 * before.seconds:.3g}", f"{1e3 * after.seconds:.3g}",
+                     f"{before.seconds / after.seconds:.2f}x" if after.seconds > 0 else ""])
     if before.file_bytes is not None or after.file_bytes is not None:
         rows.append(["file size", _bytes(before.file_bytes), _bytes(after.file_bytes),
                      _change(before.file_bytes or 0, after.file_bytes or 0) if before.file_bytes else ""])

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .. import allocate, calibrate, linalg, sensitivity, sequential
+from .. import allocate, calibrate, linalg, sensitivity, sequential, timing
 from ..candidates import Candidate, Outcome
 from ..emit import RangeError, cast_checked
-from ..graph import fixed_batch
+from ..graph import fixed_batch, sized
 from ..io import ModelSource, scratch_dir
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import apply_plans
-from ..verify import compare_outputs, make_feeds, run
+from ..verify import chain_model, compare_outputs, make_feeds, run
 from .chains import candidate_for
 from .context import Context
 from .fold import written_around
@@ -141,6 +141,65 @@ def _pair_plan(ctx: Context, target: Candidate, nodes, inits, option, bias, erro
                     seg.layers[0].dtype, target.target_map(), target.target_emit(), candidate=target)
 
 
+def _amount(value: float, metric: str) -> str:
+    """A budget amount: weights and MACs as whole numbers with thousands separators, seconds to 3 digits."""
+    return f"{value:.3g}" if metric == "time" else f"{value:,.0f}"
+
+
+def timed_spectra(owners: list[Context], targets: list[Candidate], spectra: list[allocate.LayerSpectrum]
+                  ) -> list[allocate.LayerSpectrum]:
+    """``spectra`` with each option's onnxruntime seconds per sample (``timing``): every main-graph target
+    timed alone at its real input shape, as stored and at a ladder of truncated ranks; a target whose shape
+    is unknown, or in a subgraph, at the measured targets' mean seconds per MAC."""
+    timed: list[allocate.LayerSpectrum | None] = []
+    with stage("timing each layer's forms in onnxruntime", total=len(targets)):
+        for ctx, target, spectrum in zip(owners, targets, spectra):
+            timed.append(None if ctx.path else _timed(ctx, target, spectrum))
+            advance()
+    rates = [s.dense.seconds / s.dense.macs for s in timed if s is not None and s.dense.macs]
+    rate = float(np.mean(rates)) if rates else 1e-9
+    return [t if t is not None else replace(s, options=tuple(replace(o, seconds=o.macs * rate) for o in s.options))
+            for t, s in zip(timed, spectra)]
+
+
+def _timed(ctx: Context, target: Candidate, spectrum: allocate.LayerSpectrum) -> allocate.LayerSpectrum | None:
+    seg, view = target.segment, ctx.view
+    found = sized(view.shapes.get(seg.input), view.measured.get(seg.input), view.static_batch, view.batch)
+    if found is None:
+        return None
+    shape, samples = found
+    if samples is None or view.static_batch is None:  # axis 0 is the batch: time BATCH samples
+        shape, samples = (timing.BATCH, *shape[1:]), timing.BATCH
+    dtype = seg.layers[0].dtype
+    feed = {seg.input: timing.random_input(shape, dtype, ctx.options.seed)}
+    elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    opsets = [o for o in ctx.model.opset_import if o.domain in ("", "ai.onnx")]
+
+    def seconds(nodes, inits) -> float:
+        model = chain_model(seg.input, seg.output, nodes, inits, elem, opsets, ctx.model.ir_version, list(shape))
+        return timing.seconds_per_sample(model, feed, samples)
+
+    try:
+        if target.applied is not None:
+            dense = seconds(target.applied.nodes, target.applied.initializers)
+        else:
+            dense = seconds(*view.standalone(seg.node_positions()))
+        ladder = sensitivity.ladder_options(spectrum)
+        factors = linalg.nested_truncations(target.target_map(), max((o.rank for o in ladder), default=1),
+                                            target_whitening(ctx, target))
+        measured = []
+        for option in ladder:
+            plan = truncated_plan(ctx, target, option, option.error, factors)
+            if plan is not None:
+                measured.append((option.macs, seconds(plan.nodes, plan.initializers)))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types; timing is never fatal
+        ctx.notes.append(f"{' > '.join(target.chain.layers)}: not timed ({' '.join(str(exc).split())[:160]}); "
+                         "its time is estimated from its MACs")
+        return None
+    times = timing.option_seconds(spectrum.options, dense, measured)
+    return replace(spectrum, options=tuple(replace(o, seconds=t) for o, t in zip(spectrum.options, times)))
+
+
 def refitted_plan(ctx: Context, target: Candidate, option: allocate.Option, found: sequential.Refit,
                   error: float) -> FoldPlan | None:
     """The form of ``target`` storing a sequential refit's factors; None if they do not fit the dtype."""
@@ -240,6 +299,8 @@ class LowRank:
             targets += found
             spectra += found_spectra
         main = contexts[0]
+        if targets and opts.budget_metric == "time":
+            spectra = timed_spectra(owners, targets, spectra)
         if not targets:
             main.notes.append("no low-rank target: no " + ("linear layer" if opts.low_rank == "all" else
                                                           "folded chain") + " to truncate")
@@ -254,12 +315,13 @@ class LowRank:
                 budget, chosen = opts.rank_budget, allocate_at(opts.rank_budget)
             if describe is not None:
                 main.notes.append(describe(chosen))
-            unit = "weights" if opts.budget_metric == "params" else "MACs"
+            m = opts.budget_metric
+            unit = {"params": "weights", "macs": "MACs", "time": "seconds per sample"}[m]
             dense = allocate.total_cost([s.dense for s in spectra], opts.budget_metric)
             limit = budget * dense
             used = allocate.total_cost(chosen, opts.budget_metric)
-            main.notes.append(f"rank budget {budget:g} ({opts.allocator}): {used:,} of {limit:,.0f} allowed "
-                              f"{unit} ({dense:,} dense) in {len(targets)} layer(s); max predicted "
+            main.notes.append(f"rank budget {budget:g} ({opts.allocator}): {_amount(used, m)} of {_amount(limit, m)} "
+                              f"allowed {unit} ({_amount(dense, m)} dense) in {len(targets)} layer(s); max predicted "
                               f"{opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
             if used > limit:
                 main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
@@ -267,7 +329,10 @@ class LowRank:
         if opts.sequential:
             options = [chosen[next(k for k, t in enumerate(targets) if t is target)] for _, target, _ in picked]
             picked = refit_in_order(contexts, picked, options)
-        for ctx, target, plan in picked:
+        for (ctx, target, plan), option in zip(picked, [chosen[targets.index(t)] for _, t, _ in picked]):
+            if option.seconds is not None:
+                plan.outcome.seconds_before = spectra[targets.index(target)].dense.seconds
+                plan.outcome.seconds_after = option.seconds
             if target.status == "target":  # a single layer: a candidate of the report from now on
                 ctx.candidates.append(target)
             target.push(plan)

@@ -1,0 +1,63 @@
+"""Time as a budget: forms timed alone at the model's shapes, interpolated between ranks, reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx.parser
+import pytest
+
+from onnx_collapse import optimize, timing
+from onnx_collapse.allocate import Option, allocate_min_total, total_cost
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def _option(rank, macs, seconds=None):
+    return Option(rank, 1, macs, macs, 0.0, seconds)
+
+
+def test_option_seconds_interpolates_in_macs_between_measured_factor_forms():
+    options = [_option(None, 1000), _option(1, 100), _option(2, 200), _option(4, 400), _option(8, 800)]
+    got = timing.option_seconds(options, 5.0, [(200, 2.0), (400, 3.0)])
+    assert got[0] == 5.0  # dense: as measured
+    assert got[2] == pytest.approx(2.0) and got[3] == pytest.approx(3.0)
+    assert got[1] == pytest.approx(1.5) and got[4] == pytest.approx(5.0)  # the line through the ends
+    assert timing.option_seconds([_option(1, 100)], 5.0, [(400, 8.0)]) == [pytest.approx(2.0)]  # one point
+    assert timing.option_seconds([_option(1, 10)], 5.0, [(200, 1.0), (400, 9.0)]) == [0.0]  # never negative
+
+
+def test_a_time_budget_counts_seconds():
+    """The knapsack spends seconds, not MACs: a layer whose factors are slow is kept dense."""
+    from onnx_collapse.allocate import LayerSpectrum
+
+    slow = LayerSpectrum("slow", 8, 8, (Option(None, 1, 64, 64, 0.0, 1.0), Option(1, 1, 16, 16, 0.5, 0.95)),
+                       np.ones(8))
+    fast = LayerSpectrum("fast", 8, 8, (Option(None, 1, 64, 64, 0.0, 1.0), Option(1, 1, 16, 16, 0.5, 0.2)),
+                       np.ones(8))
+    chosen = allocate_min_total([slow, fast], [[0.0, 1.0], [0.0, 1.0]], 0.65, "time")
+    assert [o.rank for o in chosen] == [None, 1]
+    assert total_cost(chosen, "time") == pytest.approx(1.2)
+
+
+def test_seconds_per_sample_of_a_small_model_is_positive():
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[8, 16] x) => (float[8, 16] y) { y = Relu(x) }""")
+    secs = timing.seconds_per_sample(model, {"x": np.ones((8, 16), np.float32)}, 8, runs=3)
+    assert 0 < secs < 1
+
+
+def test_optimize_with_a_time_budget_reports_measured_times(tmp_path):
+    report_file = tmp_path / "report.json"
+    _, report = optimize(str(MODELS / "encoder_dynamo.onnx"), output=str(tmp_path / "out.onnx"), low_rank="all",
+                         rank_budget=0.5, budget_metric="time", atol=10.0, rtol=10.0)
+    report_file.write_text(report.to_json())
+    truncated = [f for f in report.folds if f.form == "truncated"]
+    assert truncated and all(f.seconds_before > 0 and f.seconds_after > 0 for f in truncated)
+    assert report.before.seconds > 0 and report.after.seconds > 0
+    assert any("seconds per sample" in n for n in report.notes)
+    payload = json.loads(report_file.read_text())
+    assert payload["schema_version"] == "1.2" and payload["before"]["seconds"] == report.before.seconds
