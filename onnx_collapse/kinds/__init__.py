@@ -1,5 +1,8 @@
-"""Layer and link kinds, one file each; importing a kind's module registers it (one line per kind)."""
-# ruff: noqa: I001 - one registration line per kind, kept in this order
+"""Layer and link kinds, one file each; importing a kind's module registers it (one line per kind).
+
+The order of the lines does not matter: no two kinds may claim one op (``base.Registry`` refuses).
+"""
+# ruff: noqa: I001 - one registration line per kind
 
 from .base import LAYER_KINDS, LINK_KINDS, Layer, LayerKind, Link, LinkKind, Site, layer_kind_for, link_kind_for
 from .layers import conv  # noqa: F401

@@ -31,7 +31,7 @@ def feature_site(view: GraphView, tensor: str, width: int, rank: int | None, axi
 
 def output_site(view: GraphView, layer: Layer) -> Site:
     """The features a layer writes (a layer's output has the rank of its input)."""
-    return feature_site(view, layer.output, layer.n_out, layer.input_rank, layer.kind.axis)
+    return feature_site(view, layer.output, layer.n_out, layer.layout.input_rank, layer.layout.axis)
 
 
 def next_site(view: GraphView, site: Site, link: Link) -> Site:
@@ -67,7 +67,7 @@ def follow(view: GraphView, layer: Layer, starts: dict[str, Layer]) -> tuple[tup
         if following is not None and following.nodes[0] == nxt:
             if following.dtype != layer.dtype:
                 return f"{view.label(nxt)} ({view.nodes[nxt].op}) has another dtype"
-            if following.kind.axis != layer.kind.axis:
+            if following.layout.axis != layer.layout.axis:
                 return f"{view.label(nxt)} ({view.nodes[nxt].op}) reads its features on another axis"
             return tuple(links), following
         node = view.nodes[nxt]
@@ -105,7 +105,7 @@ def leading_links(view: GraphView, head: Layer, claimed: set[int]) -> tuple[tupl
         data = [t.name for t in producer.inputs if t.name and not view.is_constant(t.name)]
         if len(data) != 1:
             break
-        link = _edge_link(view, i, feature_site(view, data[0], head.n_in, head.input_rank, head.kind.axis))
+        link = _edge_link(view, i, feature_site(view, data[0], head.n_in, head.layout.input_rank, head.layout.axis))
         if link is None:
             break
         found.insert(0, (link, data[0]))
@@ -168,8 +168,8 @@ def rows_kept(view: GraphView, segment: Segment) -> str:
         return ""
     head, tail = segment.layers[0], segment.layers[-1]
     x, y = view.shapes.get(head.input), view.shapes.get(tail.output)
-    x_rank = len(x) if x is not None else head.input_rank
-    y_rank = len(y) if y is not None else (2 if tail.input_rank == 2 else None)
+    x_rank = len(x) if x is not None else head.layout.input_rank
+    y_rank = len(y) if y is not None else (2 if tail.layout.input_rank == 2 else None)
     if x_rank == 2 and y_rank == 2:
         return ""  # a 2-D tensor's rows are its elements divided by the width: shape ops keep them
     if x is not None and y is not None and None not in x[:-1] and list(x[:-1]) == list(y[:-1]):

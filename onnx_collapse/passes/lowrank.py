@@ -48,7 +48,7 @@ def count_targets(contexts: list[Context]) -> int:
 
 def target_whitening(ctx: Context, target: FoldPlan) -> linalg.Whitening | None:
     """The target's output-error metric on the calibration data (None: data-free), computed once per target."""
-    key = (target.input, target.exact.bias is not None, target.emit.patches)
+    key = (target.input, target.exact.bias is not None, target.emit.layout.rows)
     if key not in ctx.whitenings:
         ctx.whitenings[key] = calibrate.input_whitening(ctx.calibration, *key)
     return ctx.whitenings[key]
@@ -62,13 +62,13 @@ def target_spectra(ctx: Context) -> tuple[list[FoldPlan], list[allocate.LayerSpe
         name = " > ".join(t.record.layers)
         try:
             found = allocate.spectrum(name, t.exact, ctx.options.error_metric,
-                                      ctx.options.max_groups if (t.emit.input_rank or 0) >= 2 else 1,
-                                      t.emit.group_unit, target_whitening(ctx, t))
+                                      ctx.options.max_groups if (t.emit.layout.input_rank or 0) >= 2 else 1,
+                                      t.emit.layout.group_unit, target_whitening(ctx, t))
         except (linalg.NonFiniteError, np.linalg.LinAlgError) as exc:  # LAPACK refuses NaN and inf
             ctx.notes.append(f"{name}: no low-rank form: its weights have no spectrum ({exc})")
             continue
         targets.append(t)
-        spectra.append(at_positions(found, t.emit.positions))
+        spectra.append(at_positions(found, t.emit.layout.positions))
     return targets, spectra
 
 
