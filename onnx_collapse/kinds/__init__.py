@@ -6,6 +6,7 @@ The order of the lines does not matter: no two kinds may claim one op (``base.Re
 
 from .base import LAYER_KINDS, LINK_KINDS, Layer, LayerKind, Link, LinkKind, Site, layer_kind_for, link_kind_for
 from .layers import conv  # noqa: F401
+from .layers import einsum  # noqa: F401
 from .layers import gemm  # noqa: F401
 from .layers import matmul  # noqa: F401
 from .links import activation  # noqa: F401
