@@ -23,6 +23,7 @@ from inference_speed import latencies
 from onnx import TensorProto, helper
 
 from onnx_collapse.kinds.layers.conv import ConvEmission
+from onnx_collapse.layout import ConvLayout, Windows
 
 SIZES = ((64, 32), (128, 16), (256, 8))  # (channels, spatial size)
 
@@ -39,7 +40,7 @@ def forms(channels: int, size: int) -> dict[str, tuple[onnx.ModelProto, int]]:
     rng = np.random.default_rng(0)
     counter = itertools.count()
     fresh = lambda base: f"{base}_{next(counter)}"  # noqa: E731
-    emission = ConvEmission("c", 1, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    emission = ConvEmission("c", 1, ConvLayout(4, window=Windows((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))))
     rows, positions = channels * 9, size * size
     bias = rng.standard_normal(channels)
     out = {"dense": (_model(*emission.linear(fresh, "x", "y", [rng.standard_normal((rows, channels))], bias,

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from onnx_collapse.emit import MatMulEmission
+from onnx_collapse.layout import Features
 
 D, TOKENS = 768, 197
 
@@ -31,7 +32,7 @@ def forms() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     counter = itertools.count()
     fresh = lambda base: f"{base}_{next(counter)}"  # noqa: E731
-    emission = MatMulEmission("layer", 1, 3)
+    emission = MatMulEmission("layer", 1, Features(3))
     bias = rng.standard_normal(D)
     groups, j = 4, 76
     return {

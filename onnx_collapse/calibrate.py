@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import convalg, linalg
+from . import linalg
 from .errors import CollapseError
 from .io import ModelSource, read_npz
+from .layout import LAST_AXIS, Rows
 from .verify import (
     check_shapes,
     expected_inputs,
@@ -85,23 +86,19 @@ def total(parts: Sequence[Moments]) -> Moments:
     return out
 
 
-Geometry = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # kernel, strides, pads, dilations
-
-
 @dataclass(frozen=True)
 class Request:
-    """Statistics wanted for input tensor ``x`` of width ``n_in`` (and chain output ``y`` of width ``n_out``).
-
-    Without ``patches`` the features are the last axis, one row per position. With a convolution's
-    geometry, a row is one window the convolution reads (``convalg.patches``: ``n_in`` = channels x kernel
-    size), and ``y``'s channels (axis 1) are its features at the same output positions.
+    """Statistics wanted for input tensor ``x`` of width ``n_in`` (and chain output ``y`` of width ``n_out``),
+    its rows read as ``rows`` says (``layout.Rows``, the reading layer's ``layout.rows``): ``LastAxis``,
+    features on the last axis, one row per position; ``Windows``, one window a convolution reads per row
+    (``n_in`` = channels x kernel size), ``y``'s channels (axis 1) at the same output position its row.
     """
 
     x: str
     n_in: int
     y: str | None = None
     n_out: int | None = None
-    patches: Geometry | None = None
+    rows: Rows = LAST_AXIS
 
 
 @dataclass
@@ -113,10 +110,10 @@ class Statistics:
     parts: dict[Request, list[Moments]] = field(default_factory=dict)
     skipped: dict[Request, str] = field(default_factory=dict)  # why a request has no statistics
 
-    def inputs(self, x: str, patches: Geometry | None = None) -> Moments | None:
-        """The input sums of tensor ``x`` (read as ``patches``) over all rows, from any request that read it."""
+    def inputs(self, x: str, rows: Rows = LAST_AXIS) -> Moments | None:
+        """The input sums of tensor ``x`` (read as ``rows``) over all rows, from any request that read it."""
         for request, parts in self.parts.items():
-            if request.x == x and request.patches == patches:
+            if request.x == x and request.rows == rows:
                 return total(parts)
         return None
 
@@ -187,14 +184,6 @@ def fold_rows(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(order[f::folds]) for f in range(min(folds, n))]
 
 
-def rows_of(value: np.ndarray, width: int) -> np.ndarray | None:
-    """The tensor as (rows, width) with features on the last axis, or None if it is not laid out so."""
-    value = np.asarray(value)
-    if value.ndim == 0 or value.shape[-1] != width:
-        return None
-    return value.reshape(-1, width)
-
-
 def collect(source: ModelSource, requests: Sequence[Request], elem_types: Mapping[str, int],
             arrays: Mapping[str, np.ndarray], folds: int = 1, seed: int = 0) -> Statistics:
     """Run the model once over ``arrays`` in batches and accumulate every request's sums per fold.
@@ -248,37 +237,11 @@ def _run(sess, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.nd
 PATCH_BYTES = 32 * 2**20  # windows of a convolution's input unfolded at once (float64)
 
 
-def _windows(request: Request, x: np.ndarray, y: np.ndarray | None):
-    """(x rows, y rows) of a convolution request in blocks of windows within PATCH_BYTES
-    (``convalg.window_blocks``); None if the tensors are not the convolution's input and output."""
-    kernel, strides, pads, dilations = request.patches
-    spatial = len(kernel)
-    if x.ndim != 2 + spatial or x.shape[1] * int(np.prod(kernel, dtype=np.int64)) != request.n_in:
-        return None
-    out = convalg.output_size(x.shape[2:], kernel, strides, pads, dilations)
-    if min(out, default=1) < 1:
-        return None
-    if y is not None and (y.shape[:2] != (x.shape[0], request.n_out) or tuple(y.shape[2:]) != out):
-        return None
-
-    def blocks():
-        for images, rows, windows in convalg.window_blocks(x, kernel, strides, pads, dilations, PATCH_BYTES):
-            outs = None if y is None else np.moveaxis(y[images, :, rows], 1, -1).reshape(-1, request.n_out)
-            yield windows, outs
-    return blocks()
-
-
 def _pairs(request: Request, values: Mapping[str, np.ndarray]):
     """The request's (x rows, y rows) chunks from one batch, or None if its tensors do not line up."""
     x = np.asarray(values[request.x])
     y = None if request.y is None else np.asarray(values[request.y])
-    if request.patches is not None:
-        return _windows(request, x, y)
-    x_rows = rows_of(x, request.n_in)
-    y_rows = None if y is None else rows_of(y, request.n_out or 0)
-    if x_rows is None or (y is not None and (y_rows is None or y_rows.shape[0] != x_rows.shape[0])):
-        return None
-    return [(x_rows, y_rows)]
+    return request.rows.pairs(x, y, request.n_in, request.n_out, PATCH_BYTES)
 
 
 def _accumulate(stats: Statistics, fold: int, values: Mapping[str, np.ndarray]) -> None:
@@ -287,8 +250,7 @@ def _accumulate(stats: Statistics, fold: int, values: Mapping[str, np.ndarray]) 
             continue
         pairs = _pairs(request, values)
         if pairs is None:
-            stats.skipped[request] = ("its tensors are not the convolution's input and output" if request.patches
-                                      else "its tensors do not have the features on the last axis, row for row")
+            stats.skipped[request] = request.rows.mismatch
             continue
         for x, y in pairs:
             parts[fold if len(parts) > 1 else 0].add(x, y)
@@ -357,10 +319,10 @@ def fit_chain(parts: Sequence[Moments], prior: np.ndarray, prior_bias: np.ndarra
     return Fit(weight, bias, alpha, np.sqrt(plain) / scale, np.sqrt(fitted) / scale, whole.count)
 
 
-def input_whitening(stats: Statistics | None, x: str, centered: bool, patches: Geometry | None = None
+def input_whitening(stats: Statistics | None, x: str, centered: bool, rows: Rows = LAST_AXIS
                     ) -> linalg.Whitening | None:
-    """The output-error metric of the layer reading ``x`` (as ``patches``) on the calibration data, if measured."""
-    m = None if stats is None else stats.inputs(x, patches)
+    """The output-error metric of the layer reading ``x`` (as ``rows``) on the calibration data, if measured."""
+    m = None if stats is None else stats.inputs(x, rows)
     if m is None or m.count == 0:
         return None
     return linalg.whitening(m.count, m.sum_x, m.gram, centered=centered)

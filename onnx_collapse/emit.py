@@ -10,15 +10,18 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .layout import Layout
+
 
 @dataclass(frozen=True)
 class Emission(ABC):
     """How a folded map is written back: node-name ``prefix``, the rank of its bias (broadcast over the
-    leading axes), and the rank of its input where known. Subclasses choose the ops."""
+    leading axes), and the ``layout`` of the map it writes (its input's rank, output positions, how its
+    rows are read: ``layout.Layout``). Subclasses choose the ops."""
 
     prefix: str
     bias_rank: int
-    input_rank: int | None
+    layout: Layout
 
     @abstractmethod
     def linear(self, fresh: Callable[[str], str], x: str, y: str, matrices: Sequence[np.ndarray],
@@ -30,27 +33,6 @@ class Emission(ABC):
                 bias: np.ndarray | None, dtype: np.dtype) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         """Nodes for ALDS's grouped factors (see ``grouped_nodes``)."""
         return grouped_nodes(fresh, self, x, y, blocks, second, bias, dtype)
-
-    @property
-    def positions(self) -> int:
-        """Output positions per sample the written map runs at (a convolution's output pixels, a 3-D input's
-        tokens, where known): its multiply-accumulates per sample are its matrices' MACs times this."""
-        return 1
-
-    @property
-    def group_unit(self) -> int:
-        """Matrix rows per input feature: grouped factors split the rows in whole units."""
-        return 1
-
-    @property
-    def patches(self) -> tuple | None:
-        """How the map reads its input as rows: None for features on the last axis, else a convolution's
-        (kernel, strides, pads, dilations) (see ``calibrate.Request``)."""
-        return None
-
-    def sample_shape(self, rows: int) -> list[int]:
-        """A small input shape this emission accepts, for a map with ``rows`` matrix rows (its features)."""
-        return [4] * ((self.input_rank or 2) - 1) + [rows]
 
     def const(self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], value: np.ndarray, what: str,
               dtype: np.dtype) -> str:
@@ -96,19 +78,7 @@ def _chain(emission: Emission, fresh, x: str, y: str, matrices, node_for) -> lis
 
 
 @dataclass(frozen=True)
-class FeatureRowsEmission(Emission):
-    """A fully connected map (features on the last axis) that runs at ``output_positions`` rows per sample
-    (a 3-D input's tokens; 1 for 2-D inputs)."""
-
-    output_positions: int = 1
-
-    @property
-    def positions(self) -> int:
-        return self.output_positions
-
-
-@dataclass(frozen=True)
-class MatMulEmission(FeatureRowsEmission):
+class MatMulEmission(Emission):
     """MatMul nodes, then an Add whose bias has rank ``bias_rank`` (leading dims 1), so inputs of any
     rank keep their shape (transformer exports are 3-D)."""
 
@@ -129,7 +99,7 @@ class MatMulEmission(FeatureRowsEmission):
 
 
 @dataclass(frozen=True)
-class GemmEmission(FeatureRowsEmission):
+class GemmEmission(Emission):
     """Gemm nodes for 2-D inputs, weights stored transposed (``transB=1``, the layout torch exports and
     onnxruntime prepacks); the bias goes to the last Gemm."""
 
@@ -163,7 +133,7 @@ def grouped_nodes(
     result is moved back and flattened to (..., k*j) for the second factor. Needs an input rank >= 2.
     (Broadcasting over a (..., k, 1, n_in/k) layout instead ran 1.5x slower; benchmarks/grouped_speed.py.)
     """
-    rank = emission.input_rank
+    rank = emission.layout.input_rank
     if rank is None or rank < 2:
         raise RangeError("grouped factors need an input of known rank >= 2")
     k, width, j = blocks.shape

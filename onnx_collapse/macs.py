@@ -1,4 +1,5 @@
-"""Multiply-accumulates of a model's Conv, Gemm and MatMul nodes, counted from the shapes it really has.
+"""Multiply-accumulates of a model's layer-kind nodes (Conv, Gemm, MatMul ...: each kind counts its ops) and
+ConvTranspose nodes, counted from the shapes the model really has.
 
 Shape inference leaves dims that depend on the input unknown (an OCR model's line width, a detector's image
 size), and a convolution's cost is its output size. Where a node's size is unknown, one onnxruntime run on
@@ -20,9 +21,15 @@ from . import calibrate as calibration
 from .errors import CollapseError
 from .graph import elements_per_sample, fixed_batch, sized
 from .io import ModelSource
+from .kinds import LAYER_KINDS
 from .verify import capture, fixed_dim, graph_inputs, make_feeds
 
-COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+OTHER_OPS = ("ConvTranspose",)  # counted here; the layer kinds' ops are counted by their kinds (node_macs)
+
+
+def counted(op: str) -> bool:
+    """True for an op of the default domain whose MACs are counted: a layer kind's, or ConvTranspose."""
+    return op in OTHER_OPS or LAYER_KINDS.for_op(op) is not None
 
 Shape = tuple[int | None, ...]
 
@@ -73,44 +80,25 @@ def node_macs(node: onnx.NodeProto, shape_of: Callable[[str], Shape | None],
     """Multiply-accumulates of ``node`` per sample; None when a size it needs is unknown.
 
     ``shape_of``: a tensor's shape with every dim past axis 0 known (else None); ``per_sample``: its
-    elements per sample. Conv: output elements x (input channels per group x kernel); ConvTranspose:
-    input elements x (output channels per group x kernel); Gemm and MatMul: output elements x the
-    contracted length.
+    elements per sample. An op a layer kind handles is counted by that kind (``LayerKind.node_macs``:
+    Conv: output elements x (input channels per group x kernel); Gemm, MatMul: output elements x the
+    contracted length); ConvTranspose: input elements x (output channels per group x kernel).
     """
-    op = node.op_type
-    weight = shape_of(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-    if op in ("Conv", "ConvTranspose"):
-        data = node.output[0] if op == "Conv" else node.input[0]
-        elements = per_sample(data)
+    kind = LAYER_KINDS.for_op(node.op_type)
+    if kind is not None:
+        return kind.node_macs(node, shape_of, per_sample)
+    if node.op_type == "ConvTranspose":
+        elements = per_sample(node.input[0])
+        weight = shape_of(node.input[1]) if len(node.input) > 1 and node.input[1] else None
         if elements is None or weight is None or len(weight) < 3 or None in weight:
             return None
         return round(elements * _prod(weight[1:]))
-    elements = per_sample(node.output[0])
-    if elements is None:
-        return None
-    if op == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        if weight is None or len(weight) != 2 or None in weight:
-            return None
-        return round(elements * weight[1 if trans_b else 0])
-    if op == "MatMul":
-        a = shape_of(node.input[0])
-        if weight is not None and len(weight) >= 1 and weight[-2 if len(weight) >= 2 else 0] is not None:
-            k = weight[-2] if len(weight) >= 2 else weight[0]
-        elif a is not None and a[-1] is not None:
-            k = a[-1]
-        else:
-            return None
-        return round(elements * k)
     return None
 
 
 def _needed(node: onnx.NodeProto) -> list[str]:
-    names = list(node.output[:1])
-    if node.op_type in ("ConvTranspose", "Gemm", "MatMul"):
-        names.append(node.input[0])
-    if node.op_type == "MatMul" and len(node.input) > 1:
-        names.append(node.input[1])
+    kind = LAYER_KINDS.for_op(node.op_type)
+    names = kind.macs_tensors(node) if kind is not None else [*node.output[:1], *node.input[:1]]
     return [n for n in names if n]
 
 
@@ -119,7 +107,7 @@ def unknown_tensors(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int | 
     batch, which the counts divide out)."""
     wanted = []
     for node in graph.node:
-        if node.op_type in COUNTED_OPS and node.domain in ("", "ai.onnx"):
+        if counted(node.op_type) and node.domain in ("", "ai.onnx"):
             for name in _needed(node):
                 shape = shapes.get(name)
                 if shape is None or None in list(shape)[1:]:
@@ -166,7 +154,7 @@ def count(graph: onnx.GraphProto, static: Mapping[str, Sequence[int | None]],
 
     result = MacCount(basis=basis)
     for i, node in enumerate(graph.node):
-        if node.op_type not in COUNTED_OPS or node.domain not in ("", "ai.onnx"):
+        if not counted(node.op_type) or node.domain not in ("", "ai.onnx"):
             continue
         name = label(i) if label is not None else (node.name or f"{node.op_type}_{i}")
         macs = node_macs(node, shape_of, per_sample)

@@ -194,7 +194,7 @@ def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, o
     produced = {n for node in original for n in node.output}
     consts = sorted({n for node in original for n in node.input if n and n not in produced and view.is_constant(n)})
     elem, ir_version = _elem(plan), source.model.ir_version
-    x_shape = plan.emit.sample_shape(plan.rows)
+    x_shape = plan.emit.layout.sample_shape(plan.rows)
     reference = chain_model(plan.input, plan.output, original, [view.as_initializer(n) for n in consts], elem,
                             opsets, ir_version, x_shape)
     ref_source = ModelSource(reference, source.base_dir)

@@ -79,4 +79,4 @@ class FoldPlan:
     @property
     def rows(self) -> int:
         """Rows of the written map as a matrix: its input features times the emission's rows per feature."""
-        return self.candidate.chain.dims[0] * self.emit.group_unit
+        return self.candidate.chain.dims[0] * self.emit.layout.group_unit

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import calibrate, convalg, linalg
+from . import calibrate, linalg
 from .calibrate import Moments
 from .io import ModelSource
+from .layout import Rows
 from .verify import graph_inputs, probe_model, session
 
 FOLDS = 4  # cross-validation parts (whole batches dealt round-robin)
@@ -92,23 +93,17 @@ def refit(parts: Sequence[Moments], prior: np.ndarray, prior_bias: np.ndarray | 
     return Refit(a, b, bias, alpha, np.sqrt(baseline) / scale, np.sqrt(held) / scale, whole.count)
 
 
-def row_pairs(x_compressed: np.ndarray, x_original: np.ndarray, n_in: int, patches=None):
-    """(compressed rows, original rows) of a layer's input in both models, as the layer reads them: features on
-    the last axis, or a convolution's windows (``patches``: kernel, strides, pads, dilations) in blocks.
-    Nothing when the tensors are not laid out so."""
-    if patches is None:
-        a, b = calibrate.rows_of(x_compressed, n_in), calibrate.rows_of(x_original, n_in)
-        if a is not None and b is not None and a.shape == b.shape:
-            yield a, b
+def row_pairs(x_compressed: np.ndarray, x_original: np.ndarray, n_in: int, rows: Rows):
+    """(compressed rows, original rows) of a layer's input in both models, read as the layer reads them
+    (``rows``, from its layout: features on the last axis, or a convolution's windows in blocks), in the same
+    order. Nothing when the tensors differ in shape or are not laid out so."""
+    if np.shape(x_compressed) != np.shape(x_original):
         return
-    kernel, strides, pads, dilations = patches
-    if x_compressed.shape != x_original.shape or x_original.ndim != 2 + len(kernel):
+    ours = rows.pairs(np.asarray(x_compressed), None, n_in, None, calibrate.PATCH_BYTES)
+    theirs = rows.pairs(np.asarray(x_original), None, n_in, None, calibrate.PATCH_BYTES)
+    if ours is None or theirs is None:
         return
-    if x_original.shape[1] * int(np.prod(kernel, dtype=np.int64)) != n_in:
-        return
-    ours = convalg.window_blocks(x_compressed, kernel, strides, pads, dilations, calibrate.PATCH_BYTES)
-    theirs = convalg.window_blocks(x_original, kernel, strides, pads, dilations, calibrate.PATCH_BYTES)
-    for (_, _, a), (_, _, b) in zip(ours, theirs):
+    for (a, _), (b, _) in zip(ours, theirs):
         yield a, b
 
 

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from onnx_collapse import allocate, optimize
 from onnx_collapse.emit import GemmEmission, MatMulEmission
+from onnx_collapse.layout import Features
 
 
 def _layers(seed, shapes, groups=1):
@@ -99,7 +100,7 @@ def test_grouped_factors_run_in_onnxruntime_and_match_numpy(input_rank, use_gemm
     bias = rng.standard_normal(n_out)
     x = rng.standard_normal([2] * (input_rank - 1) + [k * width]).astype(np.float32)
     names = iter(range(100))
-    emission = (GemmEmission if use_gemm else MatMulEmission)("p", 1, input_rank)
+    emission = (GemmEmission if use_gemm else MatMulEmission)("p", 1, Features(input_rank))
     nodes, inits = emission.grouped(lambda b: f"{b}_{next(names)}", "x", "y", blocks, second, bias, np.float32)
     reference = np.concatenate([x[..., g * width:(g + 1) * width] @ blocks[g] for g in range(k)], axis=-1) @ second + bias
     np.testing.assert_allclose(_run_nodes(nodes, inits, x), reference, rtol=1e-5, atol=1e-5)
@@ -114,7 +115,7 @@ def test_factor_pair_at_full_rank_is_equivalent():
     a, b = factor_pair(u, s, vt, 6)
     x = rng.standard_normal((3, 6)).astype(np.float32)
     names = iter(range(100))
-    nodes, inits = GemmEmission("p", 2, 2).linear(lambda p: f"{p}_{next(names)}", "x", "y", [a, b], None,
+    nodes, inits = GemmEmission("p", 2, Features(2)).linear(lambda p: f"{p}_{next(names)}", "x", "y", [a, b], None,
                                                   np.float32)
     np.testing.assert_allclose(_run_nodes(nodes, inits, x), x @ w, rtol=1e-5, atol=1e-5)
 

@@ -8,6 +8,7 @@ from onnx import numpy_helper
 
 from onnx_collapse import allocate
 from onnx_collapse.kinds.layers.conv import ConvEmission
+from onnx_collapse.layout import ConvLayout, Windows
 
 
 def _conv_matrix(seed, c_in, c_out, kernel=(3, 3)):
@@ -31,7 +32,7 @@ def test_option_costs_are_what_the_emitted_convolutions_store(groups):
     w = _conv_matrix(1, c_in, c_out, kernel)
     spectrum = allocate.spectrum("conv", w, max_groups=3, unit=9)
     names = iter(range(1000))
-    emission = ConvEmission("p", 1, 4, kernel, (1, 1), (1, 1, 1, 1), (1, 1))
+    emission = ConvEmission("p", 1, ConvLayout(4, window=Windows(kernel, (1, 1), (1, 1, 1, 1), (1, 1))))
     for option in (o for o in spectrum.options if o.groups == groups and o.rank is not None):
         j = option.rank
         if groups == 1:

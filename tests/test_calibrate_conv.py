@@ -8,6 +8,7 @@ from onnx import helper, numpy_helper
 
 import onnx_collapse as oc
 from onnx_collapse import calibrate, convalg
+from onnx_collapse.layout import Windows
 
 
 def _conv_model(layers, slopes, c_in=4, size=(10, 10), seed=0) -> onnx.ModelProto:
@@ -98,7 +99,7 @@ def test_conv_window_statistics_streamed_in_small_chunks_equal_all_at_once(monke
     model = _conv_model([(5, (3, 3), (2, 1), (1, 0, 1, 2))], [], c_in=3, size=(9, 7))
     x = _images(20, 3, (9, 7), 0)
     geometry = ((3, 3), (2, 1), (1, 0, 1, 2), (1, 1))
-    request = calibrate.Request("x", 27, "y", 5, geometry)
+    request = calibrate.Request("x", 27, "y", 5, Windows(*geometry))
     from onnx_collapse.io import ModelSource
     monkeypatch.setattr(calibrate, "PATCH_BYTES", 300)  # a few output rows of one image at a time
     stats = calibrate.collect(ModelSource(model, None), [request], {"x": 1, "y": 1}, {"x": x})
@@ -116,8 +117,8 @@ def test_conv_window_statistics_streamed_in_small_chunks_equal_all_at_once(monke
 
 def test_a_convolution_whose_input_is_not_what_it_reads_gets_no_statistics():
     model = _conv_model([(5, (3, 3), (1, 1), (1, 1, 1, 1))], [], c_in=3, size=(6, 6))
-    wrong = calibrate.Request("x", 3 * 9, patches=((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)))
-    too_wide = calibrate.Request("x", 4 * 9, patches=wrong.patches)
+    wrong = calibrate.Request("x", 3 * 9, rows=Windows((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)))
+    too_wide = calibrate.Request("x", 4 * 9, rows=wrong.rows)
     from onnx_collapse.io import ModelSource
     stats = calibrate.collect(ModelSource(model, None), [wrong, too_wide], {"x": 1}, {"x": _images(4, 3, (6, 6), 0)})
     assert wrong in stats.parts and too_wide in stats.skipped

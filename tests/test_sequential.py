@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from onnx_collapse import CollapseError, calibrate, linalg, optimize, sequential
+from onnx_collapse.layout import Windows
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -106,7 +107,7 @@ def test_refit_declines_with_a_single_part():
 def test_row_pairs_of_a_convolution_line_up_window_for_window():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 6, 5))
-    geometry = ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    geometry = Windows((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
     pairs = list(sequential.row_pairs(x * 2, x, 27, geometry))
     assert pairs and all(np.allclose(a, 2 * b) for a, b in pairs)
     assert sum(a.shape[0] for a, _ in pairs) == 2 * 6 * 5

@@ -1,11 +1,14 @@
 """The two open kinds the passes recognise, and their registries.
 
-A **layer kind** recognises a linear map in the graph (``y = x W + b`` along a feature axis), gives its
-weights as a float64 :class:`~onnx_collapse.linalg.Affine`, and says how a folded map is written back
-(an :class:`~onnx_collapse.emit.Emission`). A **link kind** recognises a node that may stand between two
-layers of a chain, and says what it does along the features (a :class:`FeatureMap`) and where they are
-after it (a :class:`Site`). Each kind is one file under ``kinds/layers`` or ``kinds/links`` that registers
-itself with ``@register_layer`` / ``@register_link``; ``kinds/__init__.py`` imports it in one line.
+A **layer kind** recognises a linear map in the graph (``y = x W + b`` along a feature axis): its
+``Layer`` carries a typed :class:`~onnx_collapse.layout.Layout` (feature axis, how its rows are read,
+matrix rows per feature, MACs, a sample input) and the kind's own ``params``; the kind gives the weights as
+a float64 :class:`~onnx_collapse.linalg.Affine`, counts its nodes' MACs, and says how a folded map is
+written back (an :class:`~onnx_collapse.emit.Emission`). A **link kind** recognises a node that may stand
+between two layers of a chain, and says what it does along the features (a :class:`FeatureMap`) and where
+they are after it (a :class:`Site`). Each kind is one file under ``kinds/layers`` or ``kinds/links`` that
+registers itself with ``@register_layer`` / ``@register_link``; ``kinds/__init__.py`` imports it in one
+line, in any order (a ``Registry`` refuses a second kind for an op).
 """
 
 from __future__ import annotations
@@ -19,17 +22,21 @@ import numpy as np
 from .. import linalg
 from ..emit import Emission
 from ..graph import GraphView, is_default_domain
+from ..layout import Features, Layout
 from ..linalg import Affine
 
 EmissionFor = Callable[[bool, int], Emission]  # (has a bias, number of matrices) -> how to write them
+FEATURES = Features()  # a fully connected layer's layout where nothing else is known
 
 
 @dataclass(frozen=True)
 class Layer:
     """A recognised linear layer made of ``nodes`` (positions in the graph), ``input`` -> ``output``.
 
-    Only names and shapes are kept; ``affine()`` reads the values when a fold needs them.
-    ``W = alpha * (stored weight, transposed if ``transposed``)``, ``b = beta * stored bias``.
+    Only names and shapes are kept; ``affine()`` reads the values when a fold needs them. ``layout`` is
+    the kind's typed description of how the layer lays out its features (``layout.Layout``: its feature
+    axis, input rank, output positions, how its rows are read); ``params`` anything else its kind needs to
+    read the weights (a typed object of that kind's own, e.g. Gemm's ``GemmParams``), None if nothing.
     """
 
     kind: LayerKind
@@ -42,13 +49,8 @@ class Layer:
     weight: str
     bias: str | None = None
     bias_rank: int = 0  # rank of the stored bias (broadcasting can raise the output's rank); 0 without
-    input_rank: int | None = None  # rank of the input tensor where known
-    transposed: bool = False
-    alpha: float = 1.0
-    beta: float = 1.0
-    kernel: tuple[int, ...] = ()  # a convolution's kernel shape (n_in, n_out are then its channels)
-    geometry: tuple = ()  # kind-specific layout (a convolution's strides, pads, dilations)
-    positions: int = 1  # output positions per sample (a convolution's pixels, a 3-D input's tokens) where known
+    layout: Layout = FEATURES
+    params: object = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -56,34 +58,43 @@ class Layer:
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates per sample: per output position times the output positions (a convolution's
-        pixels, a 3-D input's tokens: measured or static where known, else one position)."""
-        return self.n_in * self.n_out * int(np.prod(self.kernel, dtype=np.int64)) * self.positions
+        """Multiply-accumulates per sample at the layout's output positions (a convolution's pixels, a 3-D
+        input's tokens: measured or static where known, else one position)."""
+        return self.layout.macs(self.n_in, self.n_out)
 
     def affine(self, view: GraphView) -> Affine:
         return self.kind.affine(self, view)
 
 
 class LayerKind(ABC):
-    """Recognises one kind of linear layer; see the module docstring. ``axis`` is where its features
-    are (-1: the last axis, fully connected; 1: channels, convolutions); chains join layers of one axis."""
+    """Recognises one kind of linear layer; see the module docstring. Where its features are (chains join
+    layers of one axis) is its layers' ``layout``; no two registered kinds claim one op."""
 
     name: str
     op_types: tuple[str, ...]
-    axis: int = -1
 
     @abstractmethod
     def match(self, view: GraphView, i: int) -> Layer | str:
         """A Layer for node ``i`` (whose op is one of ``op_types``), or the reason it is not one."""
 
     def affine(self, layer: Layer, view: GraphView) -> Affine:
-        """The layer's map: the stored weight (a view, possibly of the data file), a float64 bias."""
+        """The layer's map: the stored (n_in, n_out) weight (a view, possibly of the data file), a float64
+        bias broadcast over the outputs. Kinds that store the weight otherwise override this."""
         w = view.constant(layer.weight)
-        b = None
-        if layer.bias is not None:
-            raw = view.constant(layer.bias)
-            b = np.broadcast_to(raw.reshape(-1).astype(np.float64), (layer.n_out,)) * layer.beta
-        return Affine(w.T if layer.transposed else w, b, layer.alpha)
+        return Affine(w, stored_bias(view, layer))
+
+    def node_macs(self, node, shape_of: Callable[[str], tuple | None],
+                  per_sample: Callable[[str], float | None]) -> int | None:
+        """Multiply-accumulates per sample of one ``node`` of this kind's ops in a model (``macs.count``),
+        whether or not it matched, from its real shapes: ``shape_of`` a tensor's shape with every dim past
+        axis 0 known (else None), ``per_sample`` its elements per sample. None: a size is unknown, or the
+        kind does not count its nodes."""
+        return None
+
+    def macs_tensors(self, node) -> list[str]:
+        """The tensors ``node_macs`` needs the shapes of (measured in a run where inference leaves them
+        unknown)."""
+        return list(node.output[:1])
 
     def fold_maps(self, view: GraphView, segment, prefix: str, opset: int) -> tuple[list[Affine], EmissionFor] | str:
         """The segment (layers starting with one of this kind, links between and around them) as matrices
@@ -264,33 +275,73 @@ class LinkKind(ABC):
         return found if isinstance(found, str) else Link(self, i, found, self.next_site(view, i, site, found))
 
 
-LAYER_KINDS: list[LayerKind] = []
-LINK_KINDS: list[LinkKind] = []
+class Registry:
+    """The registered kinds of one sort, by op. Registering a kind for an op another kind already claims
+    raises, so which kind handles a node never depends on the order kinds were imported in."""
+
+    def __init__(self, sort: str):
+        self.sort = sort
+        self._by_op: dict[str, object] = {}
+        self._kinds: list = []
+
+    def add(self, kind) -> None:
+        taken = {op: self._by_op[op] for op in kind.op_types if op in self._by_op}
+        if taken:
+            op, other = next(iter(taken.items()))
+            raise ValueError(f"{self.sort} kind {kind.name!r} claims op {op!r}, already handled by "
+                             f"{other.name!r}: an op has one {self.sort} kind")
+        self._kinds.append(kind)
+        self._by_op.update(dict.fromkeys(kind.op_types, kind))
+
+    def for_node(self, node):
+        """The kind handling ``node``'s op (default domain only), if any."""
+        return self._by_op.get(node.op) if is_default_domain(node) else None
+
+    def for_op(self, op: str):
+        """The kind handling op ``op`` of the default domain, if any."""
+        return self._by_op.get(op)
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """Every op some registered kind handles."""
+        return tuple(self._by_op)
+
+    def __iter__(self):
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
+LAYER_KINDS = Registry("layer")
+LINK_KINDS = Registry("link")
 
 
 def register_layer(cls: type[LayerKind]) -> type[LayerKind]:
-    """Class decorator: make a layer kind known to the passes."""
-    LAYER_KINDS.append(cls())
+    """Class decorator: make a layer kind known to the passes (ValueError if another claims one of its ops)."""
+    LAYER_KINDS.add(cls())
     return cls
 
 
 def register_link(cls: type[LinkKind]) -> type[LinkKind]:
-    """Class decorator: make a link kind known to the passes."""
-    LINK_KINDS.append(cls())
+    """Class decorator: make a link kind known to the passes (ValueError if another claims one of its ops)."""
+    LINK_KINDS.add(cls())
     return cls
-
-
-def _kind_for(kinds, node):
-    if not is_default_domain(node):
-        return None
-    return next((k for k in kinds if node.op in k.op_types), None)
 
 
 def layer_kind_for(node) -> LayerKind | None:
     """The registered layer kind handling ``node``'s op, if any."""
-    return _kind_for(LAYER_KINDS, node)
+    return LAYER_KINDS.for_node(node)
 
 
 def link_kind_for(node) -> LinkKind | None:
     """The registered link kind handling ``node``'s op, if any."""
-    return _kind_for(LINK_KINDS, node)
+    return LINK_KINDS.for_node(node)
+
+
+def stored_bias(view: GraphView, layer: Layer) -> np.ndarray | None:
+    """The layer's stored bias as float64, broadcast over its ``n_out`` outputs (None without one)."""
+    if layer.bias is None:
+        return None
+    raw = view.constant(layer.bias)
+    return np.array(np.broadcast_to(raw.reshape(-1).astype(np.float64), (layer.n_out,)))

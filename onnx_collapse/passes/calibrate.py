@@ -2,7 +2,7 @@
 
 Both do nothing without ``options.calibrate``. Only the main graph is calibrated (a subgraph's tensors
 cannot be captured from outside); its chains and low-rank targets stay data-free. A convolution's rows are
-the windows it reads (``calibrate.Request.patches``), so convolutional folds and truncations are calibrated
+the windows it reads (its layout's ``rows``, ``layout.Windows``), so convolutional folds and truncations are calibrated
 like fully connected ones.
 """
 
@@ -28,23 +28,18 @@ def needs_fit(seg: Segment) -> bool:
 
 
 def chain_request(seg: Segment, plan: FoldPlan) -> calibrate.Request | None:
-    """What to measure for a chain's fold: its input, read as the fold reads it, and its real output where
-    the slopes are not exactly 1. None if the fold's features are neither the last axis nor windows."""
-    patches = plan.emit.patches
-    if patches is None and seg.layers[0].kind.axis != -1:
-        return None
+    """What to measure for a chain's fold: its input, read as the fold reads it (its layout's rows), and its
+    real output where the slopes are not exactly 1."""
+    rows = plan.emit.layout.rows
     n_in, n_out = plan.exact.shape
     if needs_fit(seg):
-        return calibrate.Request(seg.input, n_in, seg.output, n_out, patches)
-    return calibrate.Request(seg.input, n_in, patches=patches)
+        return calibrate.Request(seg.input, n_in, seg.output, n_out, rows)
+    return calibrate.Request(seg.input, n_in, rows=rows)
 
 
 def layer_request(ctx: Context, layer: Layer) -> calibrate.Request | None:
     """What to measure for truncating one layer outside the chains: its input, read as the layer reads it."""
-    emission = layer.kind.emission(layer, "", ctx.opset, layer.bias_rank, layer.bias is not None, 2)
-    if emission.patches is None and layer.kind.axis != -1:
-        return None
-    return calibrate.Request(layer.input, layer.n_in * emission.group_unit, patches=emission.patches)
+    return calibrate.Request(layer.input, layer.n_in * layer.layout.group_unit, rows=layer.layout.rows)
 
 
 def requests(ctx: Context) -> list[calibrate.Request]:
@@ -56,8 +51,8 @@ def requests(ctx: Context) -> list[calibrate.Request]:
         wanted += [layer_request(ctx, layer) for layer in ctx.unchained_layers()]
     seen, unique = set(), []
     for r in sorted(filter(None, wanted), key=lambda r: r.y is None):  # one with cross terms covers its input
-        if (r.x, r.patches) not in seen or r.y is not None:
-            seen.add((r.x, r.patches))
+        if (r.x, r.rows) not in seen or r.y is not None:
+            seen.add((r.x, r.rows))
             unique.append(r)
     return unique
 
@@ -159,16 +154,16 @@ class CalibrateFolds:
             return
         outcome = plain.derived(reason="", calibrated=True, calibration_rms=rms, error=None)
         whiten = calibrate.input_whitening(ctx.calibration, seg.input, plan.exact.bias is not None,
-                                           plan.emit.patches)
+                                           plan.emit.layout.rows)
         plain_form = Form(plain.form or "dense", (), plain.rank, plain.params_after, plain.macs_after)
-        form, exact = calibrated_form(fit, plain_form, whiten, seg.layers[-1].positions)
+        form, exact = calibrated_form(fit, plain_form, whiten, seg.layers[-1].layout.positions)
         if not takes_form(outcome, form, candidate.chain):
             plain.reason = f"calibrated fit not stored: {outcome.reason}; plain fold"
             return
         calibrated = emit_plan(ctx, seg, outcome, form, exact, plan.emission_for)
         if calibrated is None:
             return
-        rows = "windows" if plan.emit.patches else "rows"
+        rows = plan.emit.layout.rows.noun
         outcome.reason = (f"least squares on {fit.rows} calibration {rows} (ridge {fit.alpha:g} toward the plain "
                           f"fold): RMS {rms[0]:.2e} -> {rms[1]:.2e} (cross-validated)")
         candidate.push(calibrated)

@@ -21,12 +21,12 @@ def _describe(view: GraphView, node) -> str:
 def input_site(view: GraphView, tensor: str, layer: Layer) -> Site:
     """The features in ``tensor`` as ``layer`` reads them (its input, or what links before it read): its
     input width on its axis, in its weights' dtype where the graph does not say."""
-    return Site.of(view, tensor, layer.n_in, layer.kind.axis, layer.input_rank, layer.dtype)
+    return Site.of(view, tensor, layer.n_in, layer.layout.axis, layer.layout.input_rank, layer.dtype)
 
 
 def output_site(view: GraphView, layer: Layer) -> Site:
     """The features a layer writes (a layer's output has the rank of its input and its weights' dtype)."""
-    return Site.of(view, layer.output, layer.n_out, layer.kind.axis, layer.input_rank, layer.dtype)
+    return Site.of(view, layer.output, layer.n_out, layer.layout.axis, layer.layout.input_rank, layer.dtype)
 
 
 def why_not_read_by_one(view: GraphView, tensor: str) -> str:
@@ -53,7 +53,7 @@ def follow(view: GraphView, layer: Layer, starts: dict[str, Layer]) -> tuple[tup
         if following is not None and following.nodes[0] == nxt:
             if following.dtype != layer.dtype:
                 return f"{view.label(nxt)} ({view.nodes[nxt].op}) has another dtype"
-            if following.kind.axis != layer.kind.axis:
+            if following.layout.axis != layer.layout.axis:
                 return f"{view.label(nxt)} ({view.nodes[nxt].op}) reads its features on another axis"
             return tuple(links), following
         node = view.nodes[nxt]
@@ -154,8 +154,8 @@ def rows_kept(view: GraphView, segment: Segment) -> str:
         return ""
     head, tail = segment.layers[0], segment.layers[-1]
     x, y = view.shapes.get(head.input), view.shapes.get(tail.output)
-    x_rank = len(x) if x is not None else head.input_rank
-    y_rank = len(y) if y is not None else (2 if tail.input_rank == 2 else None)
+    x_rank = len(x) if x is not None else head.layout.input_rank
+    y_rank = len(y) if y is not None else (2 if tail.layout.input_rank == 2 else None)
     if x_rank == 2 and y_rank == 2:
         return ""  # a 2-D tensor's rows are its elements divided by the width: shape ops keep them
     if x is not None and y is not None and None not in x[:-1] and list(x[:-1]) == list(y[:-1]):

@@ -112,7 +112,7 @@ class PlanFolds:
             return None
         affines, emission_for = maps
         form, exact = cheapest_form(affines)
-        form = replace(form, macs=form.macs * seg.layers[-1].positions)  # per row, as the layers count them
+        form = replace(form, macs=form.macs * seg.layers[-1].layout.positions)  # per row, as the layers count them
         if not takes_form(outcome, form, candidate.chain):
             return None
         plan = emit_plan(ctx, seg, outcome, form, exact, emission_for)

@@ -61,7 +61,7 @@ def layer_target(ctx: Context, layer: Layer) -> Candidate:
 
 def target_whitening(ctx: Context, target: Candidate) -> linalg.Whitening | None:
     """The target's output-error metric on the calibration data (None: data-free), computed once per target."""
-    key = (target.segment.input, target.target_map().bias is not None, target.target_emit().patches)
+    key = (target.segment.input, target.target_map().bias is not None, target.target_emit().layout.rows)
     if key not in ctx.whitenings:
         ctx.whitenings[key] = calibrate.input_whitening(ctx.calibration, *key)
     return ctx.whitenings[key]
@@ -76,13 +76,13 @@ def target_spectra(ctx: Context) -> tuple[list[Candidate], list[allocate.LayerSp
         emit = t.target_emit()
         try:
             found = allocate.spectrum(name, t.target_map(), ctx.options.error_metric,
-                                      ctx.options.max_groups if (emit.input_rank or 0) >= 2 else 1,
-                                      emit.group_unit, target_whitening(ctx, t))
+                                      ctx.options.max_groups if (emit.layout.input_rank or 0) >= 2 else 1,
+                                      emit.layout.group_unit, target_whitening(ctx, t))
         except (linalg.NonFiniteError, np.linalg.LinAlgError) as exc:  # LAPACK refuses NaN and inf
             ctx.notes.append(f"{name}: no low-rank form: its weights have no spectrum ({exc})")
             continue
         targets.append(t)
-        spectra.append(at_positions(found, emit.positions))
+        spectra.append(at_positions(found, emit.layout.positions))
     return targets, spectra
 
 
@@ -211,7 +211,7 @@ def refitted_plan(ctx: Context, target: Candidate, option: allocate.Option, foun
     except RangeError as exc:
         ctx.notes.append(f"{' > '.join(target.chain.layers)}: sequential refit skipped: {exc}")
         return None
-    rows = "windows" if emit.patches else "rows"
+    rows = emit.layout.rows.noun
     reason = (f"sequential fit on {found.rows} calibration {rows} (ridge {found.alpha:g} toward the layer): "
               f"held-out RMS {found.one_pass_rms:.2e} -> {found.refit_rms:.2e}")
     return _pair_plan(ctx, target, nodes, inits, option, found.bias, error, True, reason)
@@ -253,7 +253,7 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
                 exact, emit, x = target.target_map(), target.target_emit(), target.segment.input
                 weight = exact.dense()
                 values = sequential.compressed_inputs(current, base_dir, x, elems[x], batches, compressed, elems)
-                pairs = ((b, sequential.row_pairs(v, original.get(x, b), weight.shape[0], emit.patches))
+                pairs = ((b, sequential.row_pairs(v, original.get(x, b), weight.shape[0], emit.layout.rows))
                          for b, v in values)
                 parts = sequential.statistics(pairs, weight, exact.bias)
                 one_pass = linalg.truncate(exact, options[k].rank, target_whitening(ctx, target))

@@ -18,6 +18,7 @@ from onnx import helper
 from ... import convalg
 from ...emit import Emission
 from ...graph import GraphView, attribute
+from ...layout import ConvLayout, Windows
 from ...linalg import Affine
 from ..base import EmissionFor, Layer, LayerKind, elementwise, register_layer
 
@@ -45,71 +46,51 @@ def explicit_pads(node, kernel: tuple[int, ...], strides: tuple[int, ...], dilat
 
 @dataclass(frozen=True)
 class ConvEmission(Emission):
-    """Conv nodes: one (dense), a kxk then a 1x1 (factor pair), or a grouped kxk then a 1x1 (ALDS)."""
-
-    kernel: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    pads: tuple[int, ...] = ()
-    dilations: tuple[int, ...] = ()
-    output_positions: int = 1  # output pixels per sample where the shape is known, else 1
+    """Conv nodes: one (dense), a kxk then a 1x1 (factor pair), or a grouped kxk then a 1x1 (ALDS), in the
+    geometry of ``layout.window`` (a ``ConvLayout``)."""
 
     def _conv(self, fresh, inits, x, y, weight, bias, dtype, k: int, group: int = 1, first: bool = True):
-        spatial = len(self.kernel)
+        window = self.layout.window
+        spatial = len(window.kernel)
         inputs = [x, self.const(fresh, inits, weight, f"weight{k}", dtype)]
         if bias is not None:
             inputs.append(self.const(fresh, inits, bias, "bias", dtype))
-        geometry = ({"strides": list(self.strides), "pads": list(self.pads), "dilations": list(self.dilations)}
+        geometry = ({"strides": list(window.strides), "pads": list(window.pads), "dilations": list(window.dilations)}
                     if first else {})
         return helper.make_node("Conv", inputs, [y], name=fresh(f"{self.prefix}/Conv{k}"),
                                 kernel_shape=list(weight.shape[2:]) if first else [1] * spatial,
                                 group=group, **geometry)
 
     def linear(self, fresh, x, y, matrices, bias, dtype):
+        kernel = self.layout.window.kernel
         nodes: list[onnx.NodeProto] = []
         inits: list[onnx.TensorProto] = []
         if len(matrices) == 1:
-            nodes.append(self._conv(fresh, inits, x, y, convalg.from_matrix(matrices[0], self.kernel), bias, dtype, 0))
+            nodes.append(self._conv(fresh, inits, x, y, convalg.from_matrix(matrices[0], kernel), bias, dtype, 0))
             return nodes, inits
         a, b = matrices
         mid = fresh(f"{self.prefix}.factor_out")
-        nodes.append(self._conv(fresh, inits, x, mid, convalg.from_matrix(a, self.kernel), None, dtype, 0))
-        ones = (1,) * len(self.kernel)
+        nodes.append(self._conv(fresh, inits, x, mid, convalg.from_matrix(a, kernel), None, dtype, 0))
+        ones = (1,) * len(kernel)
         nodes.append(self._conv(fresh, inits, mid, y, convalg.from_matrix(b, ones), bias, dtype, 1, first=False))
         return nodes, inits
 
     def grouped(self, fresh, x, y, blocks, second, bias, dtype):
+        kernel = self.layout.window.kernel
         groups = blocks.shape[0]
-        weight = np.concatenate([convalg.from_matrix(block, self.kernel) for block in blocks], axis=0)
+        weight = np.concatenate([convalg.from_matrix(block, kernel) for block in blocks], axis=0)
         mid = fresh(f"{self.prefix}.groups_out")
         inits: list[onnx.TensorProto] = []
         nodes = [self._conv(fresh, inits, x, mid, weight, None, dtype, 0, group=groups)]
-        ones = (1,) * len(self.kernel)
+        ones = (1,) * len(kernel)
         nodes.append(self._conv(fresh, inits, mid, y, convalg.from_matrix(second, ones), bias, dtype, 1, first=False))
         return nodes, inits
-
-    @property
-    def positions(self) -> int:
-        return self.output_positions
-
-    @property
-    def group_unit(self) -> int:
-        return int(np.prod(self.kernel, dtype=np.int64))
-
-    @property
-    def patches(self) -> tuple:
-        return self.kernel, self.strides, self.pads, self.dilations
-
-    def sample_shape(self, rows: int) -> list[int]:
-        channels = rows // self.group_unit
-        extent = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations)]
-        return [2, channels, *(max(8, 2 * e) for e in extent)]
 
 
 @register_layer
 class Conv(LayerKind):
     name = "conv"
     op_types = ("Conv",)
-    axis = 1
 
     def match(self, view: GraphView, i: int) -> Layer | str:
         node = view.nodes[i]
@@ -134,17 +115,17 @@ class Conv(LayerKind):
             b_meta = view.constant_meta(bias)
             if b_meta is None or b_meta[1] != dtype or int(np.prod(b_meta[0], dtype=np.int64)) != c_out:
                 return "Conv bias is not a constant of the output channels"
+        layout = ConvLayout(input_rank=2 + spatial, positions=view.positions(node.outputs[0].name, 1) or 1,
+                            window=Windows(kernel, strides, pads, dilations))
         return Layer(self, (i,), x, node.outputs[0].name, c_in, c_out, dtype, weight, bias,
-                     bias_rank=1 if bias else 0, input_rank=2 + spatial, kernel=kernel,
-                     geometry=(strides, pads, dilations),
-                     positions=view.positions(node.outputs[0].name, 1) or 1)
+                     bias_rank=1 if bias else 0, layout=layout)
 
     def conv_map(self, layer: Layer, view: GraphView) -> convalg.ConvMap:
         """The layer as a float64 ConvMap (reads the weight)."""
         weight = np.asarray(view.constant(layer.weight), dtype=np.float64)
         bias = None if layer.bias is None else np.asarray(view.constant(layer.bias), np.float64).reshape(-1)
-        strides, pads, dilations = layer.geometry
-        return convalg.ConvMap(weight, bias, strides, pads, dilations)
+        window = layer.layout.window
+        return convalg.ConvMap(weight, bias, window.strides, window.pads, window.dilations)
 
     def affine(self, layer: Layer, view: GraphView) -> Affine:
         conv = self.conv_map(layer, view)
@@ -152,8 +133,15 @@ class Conv(LayerKind):
 
     def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,
                  n_matrices: int) -> Emission:
-        strides, pads, dilations = layer.geometry
-        return ConvEmission(prefix, 1, layer.input_rank, layer.kernel, strides, pads, dilations, layer.positions)
+        return ConvEmission(prefix, 1, layer.layout)
+
+    def node_macs(self, node, shape_of, per_sample):
+        """Output elements x (input channels per group x kernel): the weight's dims past the first."""
+        elements = per_sample(node.output[0])
+        weight = shape_of(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if elements is None or weight is None or len(weight) < 3 or None in weight:
+            return None
+        return round(elements * int(np.prod(weight[1:], dtype=np.int64)))
 
     def fold_maps(self, view: GraphView, segment, prefix: str, opset: int) -> tuple[list[Affine], EmissionFor] | str:
         """The chain as one convolution (convalg.compose), affine links multiplied in per channel."""
@@ -173,8 +161,8 @@ class Conv(LayerKind):
         trailing = elementwise(segment.trail)
         if trailing is not None:
             current = convalg.scale_output(current, *trailing)
-        rank = segment.layers[0].input_rank
-        merged = ConvEmission(prefix, 1, rank, current.kernel, current.strides, current.pads, current.dilations,
-                              segment.layers[-1].positions)
+        merged = ConvEmission(prefix, 1, ConvLayout(
+            input_rank=segment.layers[0].layout.input_rank, positions=segment.layers[-1].layout.positions,
+            window=Windows(current.kernel, current.strides, current.pads, current.dilations)))
         return [Affine(current.matrix(), current.bias)], lambda has_bias, n_matrices: merged
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from ...emit import Emission, MatMulEmission
 from ...graph import GraphView
+from ...layout import Features
 from ..base import Layer, LayerKind, register_layer
-from .common import bias_fits, float_matrix
+from .common import float_matrix, following_bias, matmul_node_macs
 
 
 @register_layer
@@ -24,18 +25,19 @@ class MatMul(LayerKind):
             return "MatMul weight is not a constant, non-empty float matrix"
         (n_in, n_out), dtype = meta
         nodes, output, bias, bias_rank = (i,), node.outputs[0].name, None, 0
-        add_i = view.sole_reader(output)
-        if add_i is not None and view.nodes[add_i].op == "Add" and len(view.nodes[add_i].inputs) == 2:
-            add = view.nodes[add_i]
-            a, b = (t.name for t in add.inputs)
-            other = b if a == output else a
-            b_meta = view.constant_meta(other) if other != output else None
-            if b_meta is not None and b_meta[1] == dtype and bias_fits(b_meta[0], n_out):
-                nodes, output, bias = (i, add_i), add.outputs[0].name, other
-                bias_rank = max(len(b_meta[0]), 1)
-        return Layer(self, nodes, x, output, n_in, n_out, dtype, weight, bias, bias_rank=bias_rank,
-                     input_rank=view.rank(x), positions=view.positions(node.outputs[0].name, -1) or 1)
+        add = following_bias(view, output, n_out, dtype)
+        if add is not None:
+            add_i, output, bias, bias_rank = add
+            nodes = (i, add_i)
+        layout = Features(input_rank=view.rank(x), positions=view.positions(node.outputs[0].name, -1) or 1)
+        return Layer(self, nodes, x, output, n_in, n_out, dtype, weight, bias, bias_rank=bias_rank, layout=layout)
+
+    def node_macs(self, node, shape_of, per_sample):
+        return matmul_node_macs(node, shape_of, per_sample)
+
+    def macs_tensors(self, node) -> list[str]:
+        return [n for n in (*node.output[:1], *node.input[:2]) if n]
 
     def emission(self, layer: Layer, prefix: str, opset: int, bias_rank: int, has_bias: bool,
                  n_matrices: int) -> Emission:
-        return MatMulEmission(prefix, bias_rank, layer.input_rank, layer.positions)
+        return MatMulEmission(prefix, bias_rank, layer.layout)

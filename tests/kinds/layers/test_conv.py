@@ -7,6 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_collapse import convalg, optimize
 from onnx_collapse.kinds.layers.conv import ConvEmission
+from onnx_collapse.layout import ConvLayout, Windows
 
 RNG = np.random.default_rng(0)
 
@@ -147,7 +148,7 @@ def _run_nodes(nodes, inits, x):
 def test_factor_and_grouped_emissions_compute_their_matrices():
     rng = np.random.default_rng(1)
     kernel, c_in, c_out, rank, groups = (3, 3), 4, 5, 3, 2
-    emission = ConvEmission("p", 1, 4, kernel, (1, 1), (1, 1, 1, 1), (1, 1))
+    emission = ConvEmission("p", 1, ConvLayout(4, window=Windows(kernel, (1, 1), (1, 1, 1, 1), (1, 1))))
     names = iter(range(100))
     fresh = lambda b: f"{b}_{next(names)}"  # noqa: E731
     x = rng.standard_normal((2, c_in, 7, 7)).astype(np.float32)

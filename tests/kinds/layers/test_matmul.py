@@ -17,7 +17,7 @@ def test_matmul_takes_the_following_bias_add_in_either_order(bias_first):
     model = build(ChainSpec(3, [LayerSpec(4, op="matmul", bias_first=bias_first)], input_rank=3))
     layer, view = _match(model)
     assert len(layer.nodes) == 2 and layer.affine(view).bias.shape == (4,) and layer.output == "l0"
-    assert layer.input_rank == 3
+    assert layer.layout.input_rank == 3
 
 
 def test_matmul_with_non_constant_weight_is_not_linear():
