@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from .errors import CollapseError
+from .errors import CollapseError, one_line
 from .graph import GraphPath, add_nodes, export, import_model, locate, proto_subgraphs, walk_graphs
 from .io import copy_fields, dense_bytes, read_external
 from .plans import FoldPlan
@@ -122,8 +122,8 @@ class PlanApplier:
             fill_data(out.graph, data, self.parked, move)
             return out
         except OnnxGraphSurgeonException as exc:  # e.g. a cycle in a damaged model
-            text = " ".join(str(exc).split())[:200]
-            raise CollapseError(f"the model cannot be rewritten as a graph (onnx-graphsurgeon: {text})") from None
+            raise CollapseError(f"the model cannot be rewritten as a graph (onnx-graphsurgeon: {one_line(exc, 200)})"
+                                ) from None
         finally:
             self._restore(added or self._new_nodes())
 
