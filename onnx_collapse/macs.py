@@ -19,8 +19,9 @@ import onnx
 from . import calibrate as calibration
 from .errors import CollapseError
 from .graph import elements_per_sample, fixed_batch, sized
+from .inputs import fixed_dim, graph_inputs, make_feeds
 from .io import ModelSource
-from .verify import capture, fixed_dim, graph_inputs, make_feeds
+from .runner import capture
 
 COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

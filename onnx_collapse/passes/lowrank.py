@@ -13,14 +13,16 @@ import numpy as np
 import onnx
 
 from .. import allocate, calibrate, linalg, sensitivity
+from ..compare import compare_outputs
 from ..emit import RangeError, cast_checked
 from ..graph import fixed_batch
+from ..inputs import make_feeds
 from ..io import ModelSource
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import apply_plans
-from ..verify import capture, compare_outputs, make_feeds, run
+from ..runner import capture, run
 from .chains import chain_record
 from .context import Context
 
