@@ -70,7 +70,8 @@ def one_line_errors() -> Iterator[None]:
     except MemoryError:
         raise InternalError("out of memory") from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-        raise InternalError(f"{type(exc).__name__}: {one_line(exc)}") from None
+        name = type(exc).__name__
+        raise InternalError(f"{name}: {one_line(exc)}" if str(exc).strip() else name) from None
 
 
 # The one table from the API's parameter names (those CollapseError messages mention, see errors.Param) to
@@ -128,8 +129,6 @@ def parse_size(text: str) -> int:
         raise CollapseError(f"bad size {text!r}: expected a number of bytes with an optional K, M, G or T, "
                             "such as 8G")
     return int(float(match["number"]) * 1024 ** " KMGT".index(match["unit"].upper() or " "))
-
-
 
 
 def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
