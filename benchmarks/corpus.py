@@ -26,7 +26,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnx_collapse import CollapseError, optimize
-from onnx_collapse.verify import compare, graph_inputs
+from onnx_collapse.compare import compare
+from onnx_collapse.inputs import graph_inputs
 
 
 @dataclass

@@ -51,7 +51,7 @@ def summed_chains(n: int, seed: int = 0) -> tuple[onnx.ModelProto, float]:
 
 def _largest_fold_error(w1: np.ndarray, w2: np.ndarray, slopes: np.ndarray, seed: int) -> float:
     """The largest error any single fold makes on the verification's random inputs (seed, 3 sets of 2 rows)."""
-    from onnx_collapse.verify import DEFAULT_DIM
+    from onnx_collapse.inputs import DEFAULT_DIM
 
     rng = np.random.default_rng(seed)
     x = np.concatenate([rng.standard_normal((DEFAULT_DIM, N_IN)).astype(np.float32) for _ in range(3)])

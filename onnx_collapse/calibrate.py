@@ -18,19 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from . import linalg
-from .errors import CollapseError
+from .errors import CollapseError, Param, Text, one_line
+from .inputs import check_shapes, expected_inputs, graph_inputs, memory_limit, refuse_non_finite
 from .io import ModelSource, read_npz
 from .layout import LAST_AXIS, Rows
-from .verify import (
-    check_shapes,
-    expected_inputs,
-    graph_inputs,
-    memory_limit,
-    probe_model,
-    refuse_non_finite,
-    session,
-)
+from .runner import probe_model, session
 
+CALIBRATE = Param("calibrate")
 HELD_OUT = 0.2  # fraction of the calibration rows kept for verification when no --inputs is given
 BATCH_BYTES = 32 * 2**20  # captured activations per batch (the first batch measures the size of a row)
 FIRST_BATCH = 8
@@ -120,7 +114,7 @@ class Statistics:
 
 # --- data -----------------------------------------------------------------------------------------------------
 
-def load_arrays(model, data: str | os.PathLike | Mapping[str, np.ndarray], what: str = "--calibrate",
+def load_arrays(model, data: str | os.PathLike | Mapping[str, np.ndarray], what: Text = CALIBRATE,
                 max_memory: int | None = None) -> dict[str, np.ndarray]:
     """The calibration arrays, one per model input, all with the same number of rows (axis 0) and finite
     values; CollapseError (one line) for anything else. A file is read as ``io.read_npz`` reads it, its
@@ -129,26 +123,26 @@ def load_arrays(model, data: str | os.PathLike | Mapping[str, np.ndarray], what:
         arrays = {k: np.asarray(v) for k, v in data.items()}
     else:
         arrays = read_npz(data, what, *memory_limit(max_memory))
-    label = what if isinstance(data, Mapping) else f"{what} {str(data)!r}"
+    label = what if isinstance(data, Mapping) else (what, f" {str(data)!r}")
     names = [i.name for i in graph_inputs(model)]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise CollapseError(f"{label} has no array for input {missing[0]!r} (it has "
+        raise CollapseError(label, f" has no array for input {missing[0]!r} (it has "
                             f"{', '.join(sorted(arrays)) or 'none'}; {expected_inputs(model)}); save one array per "
                             f"input by name, e.g. np.savez(path, {missing[0]}=...)")
     extra = sorted(set(arrays) - set(names))
     if extra:
-        raise CollapseError(f"{label} has array {extra[0]!r}, which is not a model input ({expected_inputs(model)})")
+        raise CollapseError(label, f" has array {extra[0]!r}, which is not a model input ({expected_inputs(model)})")
     check_shapes(model, arrays, label, rows=True)
     rows = {n: arrays[n].shape[0] if arrays[n].ndim else None for n in names}
     if any(r is None for r in rows.values()):
         bad = next(n for n, r in rows.items() if r is None)
-        raise CollapseError(f"{label}: array {bad!r} is a scalar; calibration rows go along axis 0")
+        raise CollapseError(label, f": array {bad!r} is a scalar; calibration rows go along axis 0")
     if len(set(rows.values())) > 1:
-        raise CollapseError(f"{label}: arrays have different numbers of rows along axis 0 "
+        raise CollapseError(label, ": arrays have different numbers of rows along axis 0 "
                             f"({', '.join(f'{n}: {r}' for n, r in rows.items())})")
     if names and next(iter(rows.values())) == 0:
-        raise CollapseError(f"{label} has no rows")
+        raise CollapseError(label, " has no rows")
     refuse_non_finite(arrays, label)
     return {n: arrays[n] for n in names}
 
@@ -163,8 +157,8 @@ def split_rows(arrays: Mapping[str, np.ndarray], seed: int, held_out: float = HE
     disjoint from the rest. CollapseError with fewer than 2 rows."""
     n = row_count(arrays)
     if n < 2:
-        raise CollapseError(f"--calibrate has {n} row(s); holding rows out for verification needs at least 2 "
-                            "(or give --inputs)")
+        raise CollapseError(Param("calibrate"), f" has {n} row(s); holding rows out for verification needs at "
+                            "least 2 (or give ", Param("inputs"), ")")
     order = np.random.default_rng(seed).permutation(n)
     k = min(n - 1, max(1, round(held_out * n)))
     held, kept = np.sort(order[:k]), np.sort(order[k:])
@@ -230,8 +224,7 @@ def _run(sess, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.nd
     try:
         return dict(zip(names, sess.run(names, feed)))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        text = " ".join(str(exc).split())[:300]
-        raise CollapseError(f"onnxruntime cannot run the model on the calibration data: {text}") from None
+        raise CollapseError(f"onnxruntime cannot run the model on the calibration data: {one_line(exc)}") from None
 
 
 PATCH_BYTES = 32 * 2**20  # windows of a convolution's input unfolded at once (float64)

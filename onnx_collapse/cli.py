@@ -9,7 +9,6 @@ after the output file is complete.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import os
 import re
@@ -23,8 +22,17 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .errors import CollapseError
-from .options import ALLOCATORS, BUDGET_METRICS, DEFAULTS, ERROR_METRICS, LOW_RANK_TARGETS, METRICS, Options
+from .errors import CollapseError, Param, one_line
+from .options import (
+    ALLOCATORS,
+    BUDGET_METRICS,
+    DEFAULTS,
+    ERROR_METRICS,
+    LOW_RANK_TARGETS,
+    METRICS,
+    Options,
+    refuse_both_goals,
+)
 from .progress import Progress, TerminalProgress, reporting, stage
 
 # onnx, onnxruntime and the pipeline are imported inside the commands, once the progress display shows
@@ -54,7 +62,7 @@ def one_line_errors() -> Iterator[None]:
     try:
         yield
     except CollapseError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(with_flags(exc)) from None
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
     except BrokenPipeError:
@@ -62,21 +70,68 @@ def one_line_errors() -> Iterator[None]:
     except MemoryError:
         raise InternalError("out of memory") from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-        text = " ".join(str(exc).split())[:300]
-        raise InternalError(f"{type(exc).__name__}: {text}") from None
+        name = type(exc).__name__
+        raise InternalError(f"{name}: {one_line(exc)}" if str(exc).strip() else name) from None
 
 
-def cli_options(**values) -> Options:
-    """Options from command-line values; a refused value is named by its flag (``--slope-tol``)."""
-    try:
-        return Options(**values)
-    except CollapseError as exc:
-        raise CollapseError(re.sub(r"^([a-z_]+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))) from None
+# The one table from the API's parameter names (those CollapseError messages mention, see errors.Param) to
+# the flags that set them; and the flags that set a parameter to one value.
+FLAGS = {
+    "slope_tol": "--slope-tol", "atol": "--atol", "rtol": "--rtol", "seed": "--seed",
+    "check_n": "--check-n", "inputs": "--inputs", "input_shapes": "--input-shape", "rank_budget": "--rank-budget",
+    "max_error": "--max-error", "low_rank": "--low-rank", "budget_metric": "--budget-metric",
+    "error_metric": "--error-metric", "max_groups": "--max-groups", "allocator": "--allocator",
+    "metric": "--metric", "min_agreement": "--min-agreement", "max_verify_memory": "--max-verify-memory",
+    "calibrate": "--calibrate", "external_data": "--external-data", "sequential": "--sequential",
+}
+VALUE_FLAGS = {("verify", False): "--no-verify", ("external_data", False): "--no-external-data"}
+
+
+def flag(param: Param) -> str:
+    """How the command line names a parameter mention: ``input_shapes`` -> ``--input-shape``,
+    ``verify=False`` -> ``--no-verify``, ``metric='top1'`` -> ``--metric top1`` (an unknown name as the API says it)."""
+    if param.has_value and isinstance(param.value, bool) and (param.name, param.value) in VALUE_FLAGS:
+        return VALUE_FLAGS[param.name, param.value]
+    if param.name not in FLAGS:
+        return str(param)
+    if not param.has_value or param.value is True:
+        return FLAGS[param.name]
+    return f"{FLAGS[param.name]} {param.value}"
+
+
+def with_flags(exc: CollapseError) -> str:
+    """A library error's message as the command line says it: parameters named by their flags."""
+    return exc.render(flag)
+
+
+MAX_DIM = 2**63 - 1  # ONNX dims are int64
+_SHAPE_TEXT = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"x:1x128x768"`` -> ``("x", (1, 128, 768))``; CollapseError on bad text."""
+    match = _SHAPE_TEXT.match(text.strip())
+    if not match:
+        raise CollapseError(f"bad --input-shape {text!r}: expected NAME:DxDx... such as x:1x128x768")
+    dims = tuple(int(d) for d in match["dims"].split("x"))
+    if any(d > MAX_DIM for d in dims):
+        raise CollapseError(f"bad --input-shape {text!r}: a dim is over {MAX_DIM} (the largest int64)")
+    return match["name"], dims
+
+
+_SIZE_TEXT = re.compile(r"^(?P<number>\d+(\.\d+)?)\s*(?P<unit>[KMGT]?)i?B?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"512M"`` -> 536870912: bytes, with an optional K, M, G or T (powers of 1024); CollapseError on bad text."""
+    match = _SIZE_TEXT.match(text.strip())
+    if not match:
+        raise CollapseError(f"bad size {text!r}: expected a number of bytes with an optional K, M, G or T, "
+                            "such as 8G")
+    return int(float(match["number"]) * 1024 ** " KMGT".index(match["unit"].upper() or " "))
 
 
 def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    from .verify import parse_input_shape
-
     return dict(parse_input_shape(v) for v in values)
 
 
@@ -308,13 +363,11 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
     with running(quiet) as done:
         from . import io
         from .pipeline import optimize as optimize_model
-        from .verify import parse_size
 
         src, dst = Path(input_path), Path(output_path)
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
                      io.data_files(inputs, calibrate))
-        if rank_budget is not None and max_error is not None:
-            raise CollapseError("--rank-budget and --max-error exclude each other; give one")
+        refuse_both_goals(rank_budget, max_error)
         no_budget = rank_budget is None and max_error is None
         note_idle_options(quiet, [
             (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "metric", "min_agreement",
@@ -325,7 +378,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
              "without --rank-budget or --max-error"),
             (rank_budget is None, ("allocator",), "without --rank-budget"),
         ])
-        options = cli_options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
+        options = Options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
                           min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
@@ -368,35 +421,28 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, i
 
         if plot_file is not None:
             _check_plot_path(Path(input_path), Path(plot_file))
-        found = analyze_model(input_path, cli_options(slope_tol=slope_tol, verify=False, low_rank=low_rank,
-                                                      input_shapes=_shapes(input_shape)),
+        found = analyze_model(input_path, Options(slope_tol=slope_tol, verify=False, low_rank=low_rank,
+                                                  input_shapes=_shapes(input_shape)),
                               spectrum=spectrum or plot_file is not None)
         if plot_file is not None:
             from .plot import plot_tradeoff
 
             plot_tradeoff(found.spectra, found.tradeoff, plot_file, rank_budget)
     with one_line_errors():
-        text = analysis_text(found, slope_tol, spectrum, as_json)
+        text = analysis_text(found, spectrum, as_json)
         if not as_json:
             wrote = "" if plot_file is None else f"wrote the trade-off plot to {plot_file}\n"
             text += f"\n\n{wrote}{elapsed(done['seconds'])}"
         click.echo(text)
 
 
-def analysis_text(found, slope_tol: float, spectrum: bool, as_json: bool) -> str:
-    """What ``analyze`` prints: the JSON payload, or the tables and the verdict."""
-    from .passes.explain import verdict
+def analysis_text(found, spectrum: bool, as_json: bool) -> str:
+    """What ``analyze`` prints: the JSON payload (``Analysis.to_json``), or the tables and the verdict."""
     from .report import render_analysis, render_spectra
 
-    said = verdict(found.report, slope_tol)
     if as_json:
-        payload = found.report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in found.remarks],
-                                            "verdict": said}
-        if spectrum:
-            payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
-                                   "singular_values": s.singular_values.tolist()} for s in found.spectra]
-        return dumps(payload)
-    text = render_analysis(found.report, _width(), said)
+        return found.to_json(spectra=spectrum)
+    text = render_analysis(found.report, _width(), found.verdict)
     if spectrum:
         text += "\n\n" + render_spectra(found.spectra, found.tradeoff, _width())
     return text
@@ -430,10 +476,9 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
         result = verify_models(reference, candidate, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
                                check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
     with one_line_errors():
-        from .report import SCHEMA_VERSION, render_verification
+        from .report import render_verification
 
-        payload = {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(result)
-        click.echo(dumps(payload) if as_json else
+        click.echo(result.to_json() if as_json else
                    render_verification(result, _width()) + "\n\n" + elapsed(done["seconds"]))
     if not result.passed:
         sys.exit(1)

@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from .errors import CollapseError
+from .errors import CollapseError, one_line
 from .io import TensorStore, copy_fields
 
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings are about its own round trip, not the user
@@ -51,9 +51,8 @@ def import_model(model: onnx.ModelProto) -> Imported:
     try:
         graph = gs.import_onnx(model)
     except Exception as exc:  # noqa: BLE001 - the library raises assorted types on models it cannot represent
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise CollapseError(f"the model cannot be read as a graph (onnx-graphsurgeon: {type(exc).__name__}: "
-                            f"{text})") from None
+                            f"{one_line(exc, 200)})") from None
     imported = Imported(model, graph)
     _pair(imported, imported.graph, model.graph)
     return imported

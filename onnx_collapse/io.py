@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-from .errors import CollapseError
+from .errors import CollapseError, Param, Text, one_line
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Above this size a model is written with external data even when not asked to.
@@ -294,50 +294,50 @@ def same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def check_destination(path: Path, keep: dict[Path, str], what: str) -> None:
+def check_destination(path: Path, keep: dict[Path, Text], what: Text) -> None:
     """Refuse to write ``path`` if it is (or leads to) a file of ``keep`` (described by its value), exists
     and is not a regular file, or lies in a folder that is missing or not writable."""
     folder = path.parent
     if not folder.is_dir():
-        raise CollapseError(f"{what} folder {str(folder)!r} does not exist")
+        raise CollapseError(what, f" folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CollapseError(f"{what} folder {str(folder)!r} is not writable")
+        raise CollapseError(what, f" folder {str(folder)!r} is not writable")
     if os.path.exists(path) and not path.is_file():
-        raise CollapseError(f"{what} {str(path)!r} exists and is not a regular file; refusing to replace it")
+        raise CollapseError(what, f" {str(path)!r} exists and is not a regular file; refusing to replace it")
     for kept, description in keep.items():
         if same_file(path, kept):
-            raise CollapseError(f"{what} {str(path)!r} is {description} {str(kept)!r}; refusing to replace it")
+            raise CollapseError(what, f" {str(path)!r} is ", description, f" {str(kept)!r}; refusing to replace it")
 
 
-def data_files(inputs, calibrate) -> dict[Path, str]:
-    """The ``--inputs`` and ``--calibrate`` files of a run (those given as paths), each with a description."""
+def data_files(inputs, calibrate) -> dict[Path, Text]:
+    """The ``inputs`` and ``calibrate`` files of a run (those given as paths), each with a description."""
     named = {}
-    for flag, value in (("--inputs", inputs), ("--calibrate", calibrate)):
+    for param, value in ((Param("inputs"), inputs), (Param("calibrate"), calibrate)):
         if isinstance(value, (str, os.PathLike)):
-            named[Path(value)] = f"the {flag} file"
+            named[Path(value)] = ("the ", param, " file")
     return named
 
 
-def read_npz(path: str | os.PathLike, what: str, limit: int | None, why: str) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike, what: Text, limit: int | None, why: Text) -> dict[str, np.ndarray]:
     """The arrays of an .npz file, read safely: a regular file only (a FIFO would block), no pickles, and
     every member's declared size (the zip's and the .npy header's) checked against ``limit`` bytes (``why``
     names that limit) and against what the member holds, before anything is inflated. CollapseError
     (naming ``what`` and the file) for anything else."""
-    label = f"{what} {str(path)!r}"
+    label = (what, f" {str(path)!r}")
     try:
         info = os.stat(path)
     except (OSError, ValueError) as exc:
-        raise CollapseError(f"{label}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+        raise CollapseError(label, f": cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise CollapseError(f"{label} is not a regular file")
+        raise CollapseError(label, " is not a regular file")
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
             if magic == b"\x93NUMPY":
-                raise CollapseError(f"{label} is a .npy file (one unnamed array); save one array per model "
+                raise CollapseError(label, " is a .npy file (one unnamed array); save one array per model "
                                     "input by name in an .npz, e.g. np.savez(path, x=...)")
             if magic[:2] != b"PK":  # an .npz is a zip archive; a text file is not
-                raise CollapseError(f"{label} is not an .npz archive; save one array per model input by name "
+                raise CollapseError(label, " is not an .npz archive; save one array per model input by name "
                                     "with numpy, e.g. np.savez(path, x=array)")
             f.seek(0)
             with zipfile.ZipFile(f) as archive:
@@ -345,20 +345,20 @@ def read_npz(path: str | os.PathLike, what: str, limit: int | None, why: str) ->
     except CollapseError:
         raise
     except MemoryError:
-        raise CollapseError(f"{label}: out of memory reading it") from None
+        raise CollapseError(label, ": out of memory reading it") from None
     except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many types (tokenize, ast, zlib...)
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise CollapseError(f"{label}: cannot read as .npz ({text})") from None
+        raise CollapseError(label, f": cannot read as .npz ({one_line(exc, 200)})") from None
 
 
 
-def _read_members(archive: zipfile.ZipFile, label: str, limit: int | None, why: str) -> dict[str, np.ndarray]:
+def _read_members(archive: zipfile.ZipFile, label: Text, limit: int | None, why: Text) -> dict[str, np.ndarray]:
     members = archive.infolist()
 
     def refuse_size(total: int, whose: str) -> None:
         if limit is not None and total > limit:
-            raise CollapseError(f"{label}: {whose} {total / 2**20:.1f} MiB, over the limit of "
-                                f"{limit / 2**20:.1f} MiB ({why}); raise --max-verify-memory or give less data")
+            raise CollapseError(label, f": {whose} {total / 2**20:.1f} MiB, over the limit of "
+                                f"{limit / 2**20:.1f} MiB (", why, "); raise ", Param("max_verify_memory"),
+                                " or give less data")
 
     refuse_size(sum(m.file_size for m in members), "its arrays declare")
     headers, declared = [], 0
@@ -369,10 +369,10 @@ def _read_members(archive: zipfile.ZipFile, label: str, limit: int | None, why: 
             shape, _, dtype = _read_header(stream, version)
             start = stream.tell()
         if dtype.hasobject:
-            raise CollapseError(f"{label}: array {name!r} holds Python objects, which are not read (no pickles)")
+            raise CollapseError(label, f": array {name!r} holds Python objects, which are not read (no pickles)")
         nbytes = math.prod(shape) * dtype.itemsize
         if any(d < 0 for d in shape) or nbytes > member.file_size - start:
-            raise CollapseError(f"{label}: array {name!r} claims shape {shape} of {dtype}, more than the "
+            raise CollapseError(label, f": array {name!r} claims shape {shape} of {dtype}, more than the "
                                 f"{member.file_size - start} bytes it holds")
         declared += nbytes
         refuse_size(declared, "its arrays' headers declare")
@@ -596,7 +596,8 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool, source_
         else:
             embed_external_data(to_write, source_dir)
     if to_write.ByteSize() > PROTOBUF_LIMIT:
-        raise CollapseError("the model is over 2 GB: it must be written with external data (--external-data)")
+        raise CollapseError("the model is over 2 GB: it must be written with external data (",
+                            Param("external_data", True), ")")
     with open(path, "wb") as f:
         f.write(to_write.SerializeToString(deterministic=True))
 
@@ -626,7 +627,7 @@ class StagedOutput:
     is a file of ``data`` (the run's other input files, by description). Use as a context manager."""
 
     def __init__(self, path: str | os.PathLike, external_data: bool | None, source_dir: str | os.PathLike | None,
-                 inputs: ModelSource | None = None, data: dict[Path, str] | None = None):
+                 inputs: ModelSource | None = None, data: dict[Path, Text] | None = None):
         self.path = Path(path)
         self.folder = self.path.parent
         keep = input_files(inputs)

@@ -20,9 +20,10 @@ import onnx
 from . import calibrate as calibration
 from .errors import CollapseError
 from .graph import elements_per_sample, fixed_batch, sized
+from .inputs import fixed_dim, graph_inputs, make_feeds
 from .io import ModelSource
 from .kinds import LAYER_KINDS
-from .verify import capture, fixed_dim, graph_inputs, make_feeds
+from .runner import capture
 
 OTHER_OPS = ("ConvTranspose",)  # counted here; the layer kinds' ops are counted by their kinds (node_macs)
 

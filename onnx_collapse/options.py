@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from .errors import CollapseError
+from .errors import CollapseError, Param
 
 ALLOCATORS = ("alds", "output", "uniform", "energy")
 METRICS = ("allclose", "top1")
@@ -82,32 +82,33 @@ class Options:
         for name in ("slope_tol", "atol", "rtol", "max_error"):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and math.isfinite(value) and value >= 0):
-                raise CollapseError(f"{name} must be a finite number >= 0, not {value!r}")
+                raise CollapseError(Param(name), f" must be a finite number >= 0, not {value!r}")
         if self.rank_budget is not None and self.rank_budget != "auto" and \
                 not (_is_number(self.rank_budget) and 0 < self.rank_budget < 1):
-            raise CollapseError(f"rank_budget must be a fraction in (0, 1) or 'auto', not {self.rank_budget!r}")
+            raise CollapseError(Param("rank_budget"), f" must be a fraction in (0, 1) or 'auto', not {self.rank_budget!r}")
         if self.rank_budget == "auto" and not self.verify:
-            raise CollapseError("rank_budget 'auto' searches for the smallest model that passes verification: "
-                                "it needs verification on")
-        if self.rank_budget is not None and self.max_error is not None:
-            raise CollapseError("rank_budget and max_error exclude each other; give one")
+            raise CollapseError(Param("rank_budget"), " 'auto' searches for the smallest model that passes "
+                                "verification: it needs verification on")
+        refuse_both_goals(self.rank_budget, self.max_error)
         if not (_is_number(self.min_agreement) and 0 <= self.min_agreement <= 1):
-            raise CollapseError(f"min_agreement must be a fraction in [0, 1], not {self.min_agreement!r}")
+            raise CollapseError(Param("min_agreement"), f" must be a fraction in [0, 1], not {self.min_agreement!r}")
         for name, low in (("check_n", 1), ("max_groups", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise CollapseError(f"{name} must be a whole number >= {low}, not {value!r}")
+                raise CollapseError(Param(name), f" must be a whole number >= {low}, not {value!r}")
         for name, allowed in (("allocator", ALLOCATORS), ("metric", METRICS), ("low_rank", LOW_RANK_TARGETS),
                               ("budget_metric", BUDGET_METRICS), ("error_metric", ERROR_METRICS)):
             if getattr(self, name) not in allowed:
-                raise CollapseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+                raise CollapseError(Param(name), f" must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
 
         if self.allocator == "output" and self.rank_budget is not None and self.calibrate is None:
-            raise CollapseError("allocator 'output' measures each layer's effect on calibration rows: give calibrate")
+            raise CollapseError(Param("allocator"), " 'output' measures each layer's effect on calibration rows: give ",
+                                Param("calibrate"))
         if self.sequential and self.calibrate is None:
-            raise CollapseError("sequential refits truncations to calibration rows: give calibrate")
+            raise CollapseError(Param("sequential"), " refits truncations to calibration rows: give ", Param("calibrate"))
         if self.calibrate is not None and not isinstance(self.calibrate, (str, os.PathLike, Mapping)):
-            raise CollapseError(f"calibrate must be an .npz path or a dict of arrays, not {type(self.calibrate).__name__}")
+            raise CollapseError(Param("calibrate"), " must be an .npz path or a dict of arrays, not "
+                                f"{type(self.calibrate).__name__}")
 
     def with_overrides(self, **overrides) -> Options:
         """A copy with some fields replaced (validated again); CollapseError for an unknown keyword."""
@@ -115,6 +116,12 @@ class Options:
         if unknown:
             raise CollapseError(f"unknown option {unknown[0]!r} (options: {', '.join(f.name for f in fields(self))})")
         return replace(self, **overrides)
+
+
+def refuse_both_goals(rank_budget: float | str | None, max_error: float | None) -> None:
+    """CollapseError when both truncation goals are given (the one check of it, for the API and the CLI)."""
+    if rank_budget is not None and max_error is not None:
+        raise CollapseError(Param("rank_budget"), " and ", Param("max_error"), " exclude each other; give one")
 
 
 def _is_number(value) -> bool:

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import gc
 import os
 import shutil
-import sys
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
 
 from . import allocate, calibrate, macs, timing
-from .acceptance import accept, without_local_failures
-from .allocate import LayerSpectrum
 from .candidates import applied
 from .candidates import records as candidate_records
-from .errors import CollapseError
+from .errors import CollapseError, Param
 from .graph import (
     GraphView,
     default_opset,
@@ -38,34 +32,22 @@ from .io import (
     ModelSource,
     StagedOutput,
     TensorStore,
-    data_backed,
     data_files,
     dense_bytes,
     embed_external_data,
     file_size,
     open_model,
     same_file,
-    scratch_dir,
     uses_external,
-    write_errors,
 )
 from .options import Options
 from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
 from .passes.context import Context, GlobalPass, Pass, all_names, pass_stage, reads_exact
-from .plans import FoldPlan
+from .passes.explain import verdict
 from .progress import reported, stage
-from .report import ModelStats, Report, Verification, truncation_outcome
-from .rewrite import STUB_BYTES, PlanApplier, apply_plans
-from .verify import (
-    capture,
-    chain_model,
-    compare,
-    compare_outputs,
-    local_errors,
-    make_feeds,
-    random_feeds,
-    run,
-)
+from .report import Analysis, ModelStats, Report, Verification, truncation_outcome
+from .revert import return_free_memory, verify_and_revert
+from .rewrite import apply_plans
 
 
 def views_for(source: ModelSource, probe: macs.ShapeProbe | None = None) -> list[tuple[tuple, GraphView]]:
@@ -161,167 +143,6 @@ def stats_of(views: Sequence[GraphView], probe: macs.ShapeProbe | None = None) -
                       macs_uncounted=count.uncounted, layer_macs=count.per_node)
 
 
-def _elem(plan: FoldPlan) -> int:
-    return onnx.helper.np_dtype_to_tensor_dtype(plan.dtype)
-
-
-def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feeds, options: Options,
-                   parked: Path):
-    """Every plan's own error in onnxruntime, and the original model's outputs (captured in the same run).
-
-    Main-graph folds run on the inputs their chain really saw; folds inside subgraphs (whose tensors a
-    model output cannot expose) run on seeded random inputs against the original chain.
-    """
-    main = [p for p in plans if not p.graph]
-    names = [n for p in main for n in (p.input, p.output)]
-    captured = capture(source, names, {n: _elem(p) for p in main for n in (p.input, p.output)}, feeds)
-    model = source.model
-    opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    probes = [(p.input, p.output, p.nodes, p.initializers, _elem(p)) for p in main]
-    errors = local_errors(opsets, model.ir_version, probes, captured, options.atol, options.rtol, parked)
-    for plan, err in zip(main, errors):
-        plan.outcome.error = err
-    for plan in (p for p in plans if p.graph):
-        plan.outcome.error = _subgraph_fold_error(source, views[plan.graph], plan, opsets, options, parked)
-    outputs = {o.name for o in model.graph.output}
-    return [{k: v for k, v in c.items() if k in outputs} for c in captured]
-
-
-def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, opsets, options: Options,
-                         parked: Path):
-    """A subgraph fold's error: the original chain and the folded one on the same random inputs."""
-    original = [view.proto.node[i] for i in plan.removed]
-    produced = {n for node in original for n in node.output}
-    consts = sorted({n for node in original for n in node.input if n and n not in produced and view.is_constant(n)})
-    elem, ir_version = _elem(plan), source.model.ir_version
-    x_shape = plan.emit.layout.sample_shape(plan.rows)
-    reference = chain_model(plan.input, plan.output, original, [view.as_initializer(n) for n in consts], elem,
-                            opsets, ir_version, x_shape)
-    ref_source = ModelSource(reference, source.base_dir)
-    feeds = random_feeds(reference, {}, options.seed, options.check_n)
-    expected = run(ref_source, feeds, "original chain")
-    folded = chain_model(plan.input, plan.output, plan.nodes, plan.initializers, elem, opsets, ir_version)
-    got = run(ModelSource(folded, parked), feeds, "folded chain")
-    return compare(plan.output, [e[plan.output] for e in expected], [g[plan.output] for g in got],
-                   options.atol, options.rtol)
-
-
-class _Trials:
-    """Whole-model runs of candidate plan sets against the original outputs.
-
-    Remembers the last set that passed (with its model and verification) and which set was last
-    written to ``staged``, so the accepted set is not rerun. A candidate written to ``staged`` is kept
-    as the written model without its data (which stays in the staged file), so the new weights are not
-    in memory while onnxruntime holds them too.
-    """
-
-    def __init__(self, source: ModelSource, feeds, expected, where: str, options: Options,
-                 staged: StagedOutput | None, parked: Path):
-        self.source, self.feeds, self.expected = source, feeds, expected
-        self.where, self.options, self.staged = where, options, staged
-        self.passed: tuple[list[int], onnx.ModelProto, Verification] | None = None
-        self.written: list[int] | None = None
-        self.applier = PlanApplier(source.model, parked)
-
-    def run(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
-        """Apply ``plans`` to the original model, run it and compare its outputs."""
-        if self.staged is not None:
-            candidate = self._write(self.applier.apply(plans), plans)
-            runnable = ModelSource(candidate, None, self.staged.staged)
-        else:
-            candidate = self.applier.apply(plans)
-            runnable = ModelSource(candidate, self.source.base_dir)
-        actual = run(runnable, self.feeds, "optimized model")
-        opts = self.options
-        verification = compare_outputs(self.expected, actual, opts.atol, opts.rtol, self.where, opts.metric,
-                                       opts.min_agreement)
-        if verification.passed:
-            self.passed = ([id(p) for p in plans], candidate, verification)
-        return candidate, verification
-
-    def passes(self, plans: list[FoldPlan]) -> bool:
-        return self.run(plans)[1].passed
-
-    def result(self, plans: list[FoldPlan]) -> tuple[onnx.ModelProto, Verification]:
-        """The model and verification of ``plans``: remembered if it was the last set to pass, else run."""
-        key = [id(p) for p in plans]
-        if self.passed is None or self.passed[0] != key:
-            return self.run(plans)
-        if self.staged is not None and self.written != key:
-            return self._write(self.applier.apply(plans), plans), self.passed[2]
-        return self.passed[1], self.passed[2]
-
-    def _write(self, candidate: onnx.ModelProto, plans: list[FoldPlan]) -> onnx.ModelProto:
-        """Stage ``candidate``; returns the staged model as written, its data left in the staged file."""
-        path = self.staged.write(candidate, consume=True)
-        self.written = [id(p) for p in plans]
-        del candidate
-        return_free_memory()
-        return onnx.load(str(path), load_external_data=False)
-
-
-def _verify_and_revert(source: ModelSource, contexts: list[Context], options: Options,
-                       staged: StagedOutput | None) -> tuple[onnx.ModelProto, Verification]:
-    """Keep the plans whose own error passes and with which the whole model passes.
-
-    A plan whose own error fails is reverted first, in any graph (a truncated plan to its exact fold
-    if that passes); with metric top1 only in subgraphs, as the metric judges main-graph folds.
-    If the model then fails, the worst plans are reverted as a group found by
-    bisection (see acceptance.accept). With ``staged``, candidates are written there and onnxruntime
-    reads them from disk.
-    """
-    model = source.model
-    plans = [p for ctx in contexts for p in applied(ctx.candidates)]
-    feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
-                              options.max_verify_memory)
-    every = [q for p in plans for q in (p, p.fallback) if q is not None]
-    views = {ctx.path: ctx.view for ctx in contexts}
-    with contextlib.ExitStack() as stack:
-        if staged is not None:
-            folder = staged.scratch
-        else:
-            with write_errors(Path(tempfile.gettempdir())):
-                folder = Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-parked-")))
-        parked = park(every, folder)
-        expected = _measure_folds(source, views, every, feeds, options, parked)
-        trials = _Trials(source, feeds, expected, where, options, staged, parked)
-        accepted, reverts = without_local_failures(plans, exempt_main_graph=options.metric != "allclose")
-        if accepted and not trials.passes(accepted):
-            accepted, more = accept(accepted, trials.passes)
-            reverts += more
-        for revert in reverts:
-            revert.plan.candidate.undo(revert.plan, revert.replacement, revert.reason)
-        out, verification = trials.result(accepted)
-        if staged is not None and not verification.passed:  # nothing is committed: the staged data goes away
-            out = trials.applier.apply(accepted)
-        return out, verification
-
-
-def park(plans: list[FoldPlan], folder: Path) -> Path:
-    """Move the data of the plans' large new tensors into a file in ``folder`` (created), the plans keeping
-    tensors that refer to it, so the new weights are not in memory while onnxruntime holds the original
-    ones; applying the plans reads them back (``rewrite.fill_data``). Returns ``folder``."""
-    try:
-        folder.mkdir(exist_ok=True)
-        for plan in plans:
-            plan.initializers = data_backed(plan.initializers, folder / "parked.data", STUB_BYTES)
-    except OSError as exc:  # a full disk: one line, and the staging folder goes with the run
-        raise CollapseError(f"cannot write scratch data in {str(folder)!r}: {exc.strerror or exc}") from None
-    return_free_memory()
-    return folder
-
-
-def return_free_memory() -> None:
-    """Hand memory freed in this process back to the system (glibc keeps freed blocks of a few MB in its
-    heap, where they still count as the process's memory); nothing elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (musl has no malloc_trim)
-        pass
-
-
 def _warnings_as_notes(func):
     """``func`` with the Python warnings raised inside (by onnx, numpy) added as notes to the report it
     returns, instead of printed on stderr."""
@@ -378,7 +199,7 @@ def optimize(
             out, verification = model, Verification(True, 0, "the model is unchanged")
         elif options.verify:
             with stage("verifying in onnxruntime"):
-                out, verification = _verify_and_revert(source, contexts, options, staged)
+                out, verification = verify_and_revert(source, contexts, options, staged)
         else:
             out, verification = apply_plans(model, plans, move=True), None
         for candidate in candidates:  # ``out`` holds the new tensors now: keep one copy of them in memory
@@ -451,8 +272,9 @@ def calibration_split(model: onnx.ModelProto, options: Options) -> tuple[Options
     if options.inputs is not None:
         if not isinstance(data, Mapping) and not isinstance(options.inputs, Mapping) and \
                 same_file(Path(data), Path(options.inputs)):
-            raise CollapseError("--inputs and --calibrate name the same file (by path or link); verification needs data the "
-                                "calibration did not see (leave out --inputs to hold out rows automatically)")
+            raise CollapseError(Param("inputs"), " and ", Param("calibrate"), " name the same file (by path or link); "
+                                "verification needs data the calibration did not see (leave out ", Param("inputs"),
+                                " to hold out rows automatically)")
         return options, None
     arrays = calibrate.load_arrays(model, data, max_memory=options.max_verify_memory)
     kept, held = calibrate.split_rows(arrays, options.seed)
@@ -473,18 +295,6 @@ def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProt
 
 RELEASE_COLLECT_BYTES = 64 * 2**20  # new tensors worth a garbage collection to free once the output holds them
 TRADEOFF_BUDGETS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
-
-
-@dataclass
-class Analysis:
-    """What ``analyze`` found: the report (folds marked "foldable" or "skipped"), remarks on layers
-    outside any chain, and with ``spectrum=True`` the truncation targets' spectra and the ALDS trade-off
-    (weight budget, fraction kept, largest layer error)."""
-
-    report: Report
-    remarks: list[tuple[str, str]]
-    spectra: list[LayerSpectrum]
-    tradeoff: list[tuple[float, float, float]]
 
 
 @reported
@@ -511,5 +321,5 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
     spectra = [s for ctx in contexts for s in ctx.spectra]
     report = Report(before, after, records, None, notes, [u for c in contexts for u in c.unfolded])
     _note_uncounted(report, probe)
-    return Analysis(report,
-                    [r for c in contexts for r in c.remarks], spectra, allocate.tradeoff(spectra, TRADEOFF_BUDGETS))
+    return Analysis(report, [r for c in contexts for r in c.remarks], spectra,
+                    allocate.tradeoff(spectra, TRADEOFF_BUDGETS), verdict(report, options.slope_tol))

@@ -8,8 +8,12 @@ import math
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import linalg
+
+if TYPE_CHECKING:
+    from .allocate import LayerSpectrum
 
 # Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
 # the minor number grows when fields are added, the major one when a field changes or goes.
@@ -68,6 +72,13 @@ class Verification:
     inputs: str  # where the inputs came from: "random (seed 0)" or a file name
     outputs: list[ErrorStats] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # outputs that cannot be compared: missing, shape, dtype
+
+    def to_dict(self) -> dict:
+        """The JSON payload of ``onnx-collapse verify --json``."""
+        return {"schema_version": SCHEMA_VERSION} | dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
 
 
 @dataclass
@@ -183,6 +194,33 @@ class Report:
 
     def to_json(self) -> str:
         return dumps(self.to_dict())
+
+
+@dataclass
+class Analysis:
+    """What ``analyze`` found: the report (folds marked "foldable" or "skipped"), remarks on layers
+    outside any chain, and with ``spectrum=True`` the truncation targets' spectra and the ALDS trade-off
+    (weight budget, fraction kept, largest layer error); the verdict, one sentence each (what onnx-collapse
+    can do for the model)."""
+
+    report: Report
+    remarks: list[tuple[str, str]]
+    spectra: list[LayerSpectrum]
+    tradeoff: list[tuple[float, float, float]]
+    verdict: list[str] = field(default_factory=list)
+
+    def to_dict(self, spectra: bool | None = None) -> dict:
+        """The JSON payload of ``onnx-collapse analyze --json``: the report, remarks and verdict, and the
+        spectra when ``spectra`` is True (None: when any were computed)."""
+        payload = self.report.to_dict() | {"remarks": [{"node": n, "remark": r} for n, r in self.remarks],
+                                           "verdict": self.verdict}
+        if spectra or (spectra is None and self.spectra):
+            payload["spectra"] = [{"layer": s.name, "dims": [s.n_in, s.n_out],
+                                   "singular_values": s.singular_values.tolist()} for s in self.spectra]
+        return payload
+
+    def to_json(self, spectra: bool | None = None) -> str:
+        return dumps(self.to_dict(spectra))
 
 
 def _bytes(n: int | None) -> str:

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from .errors import CollapseError
+from .errors import CollapseError, one_line
 from .graph import GraphPath, add_nodes, export, import_model, locate, proto_subgraphs, walk_graphs
 from .io import copy_fields, dense_bytes, read_external
 from .plans import FoldPlan
@@ -33,7 +33,7 @@ def stub(tensor: onnx.TensorProto) -> onnx.TensorProto:
 def fill_data(graph: onnx.GraphProto, data: dict[str, onnx.TensorProto], parked: Path | None = None,
               move: bool = False) -> None:
     """Give the stubs among the initializers of ``graph`` and its subgraphs their data, by name: from the
-    plan's tensor in memory, or from its file under ``parked`` (see ``pipeline.park``). With ``move`` each
+    plan's tensor in memory, or from its file under ``parked`` (see ``revert.park``). With ``move`` each
     tensor leaves ``data`` once copied, so where ``data`` held the last reference the data is in memory
     once, not twice (protobuf frees a tensor's data only with the tensor)."""
     for tensor in graph.initializer:
@@ -122,8 +122,8 @@ class PlanApplier:
             fill_data(out.graph, data, self.parked, move)
             return out
         except OnnxGraphSurgeonException as exc:  # e.g. a cycle in a damaged model
-            text = " ".join(str(exc).split())[:200]
-            raise CollapseError(f"the model cannot be rewritten as a graph (onnx-graphsurgeon: {text})") from None
+            raise CollapseError(f"the model cannot be rewritten as a graph (onnx-graphsurgeon: {one_line(exc, 200)})"
+                                ) from None
         finally:
             self._restore(added or self._new_nodes())
 

@@ -29,9 +29,10 @@ import onnx
 
 from . import calibrate, linalg
 from .calibrate import Moments
+from .inputs import graph_inputs
 from .io import ModelSource
 from .layout import Rows
-from .verify import graph_inputs, probe_model, session
+from .runner import probe_model, session
 
 FOLDS = 4  # cross-validation parts (whole batches dealt round-robin)
 

@@ -14,7 +14,7 @@ from onnx_collapse import linalg
 from onnx_collapse.candidates import applied
 from onnx_collapse.io import ModelSource, TensorStore
 from onnx_collapse.options import Options
-from onnx_collapse.pipeline import park, run_passes
+from onnx_collapse.pipeline import run_passes
 from onnx_collapse.rewrite import STUB_BYTES, apply_plans
 
 
@@ -53,42 +53,6 @@ def _resident_kb(path) -> int:
     return total
 
 
-def test_freeing_memory_is_a_no_op_off_linux(monkeypatch):
-    from onnx_collapse import pipeline
-    monkeypatch.setattr(pipeline.sys, "platform", "win32")
-    pipeline.return_free_memory()  # no ctypes lookup of a C library there
-
-
-def test_a_failed_verification_returns_a_model_whose_data_can_be_read(tmp_path, monkeypatch):
-    """Nothing is written when verification fails; the returned model must not point into the staging
-    folder, which is gone by then."""
-    from dataclasses import replace
-
-    from onnx.external_data_helper import load_external_data_for_model
-
-    from onnx_collapse import pipeline
-    real = pipeline.compare_outputs
-    monkeypatch.setattr(pipeline, "compare_outputs", lambda *a, **k: replace(real(*a, **k), passed=False))
-    src = tmp_path / "in.onnx"
-    save_external(_big_mlp(), src)
-    out, report = oc.optimize(src, output=tmp_path / "out.onnx")
-    assert not report.verification.passed and not (tmp_path / "out.onnx").exists()
-    load_external_data_for_model(out, str(tmp_path))  # raises if a location does not exist
-    onnx.checker.check_model(out)
-
-
-def test_parked_plans_rewrite_to_the_same_model_as_plans_in_memory(tmp_path):
-    model = _big_mlp()
-    contexts = run_passes(ModelSource(model), Options())
-    plans = [p for ctx in contexts for p in applied(ctx.candidates)]
-    assert any(len(t.raw_data) >= STUB_BYTES for p in plans for t in p.initializers)
-    in_memory = apply_plans(model, plans)
-    park(plans, tmp_path / "parked")
-    assert all(len(t.raw_data) < STUB_BYTES for p in plans for t in p.initializers)  # data now in the file
-    parked = apply_plans(model, plans, parked=tmp_path / "parked")
-    assert parked.SerializeToString(deterministic=True) == in_memory.SerializeToString(deterministic=True)
-
-
 def test_plans_keep_exact_maps_only_where_a_pass_reads_them():
     model = _big_mlp()
     plain = run_passes(ModelSource(model), Options())
@@ -111,23 +75,6 @@ def test_a_large_fold_written_with_external_data_runs_like_the_original(tmp_path
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging or scratch left behind
     assert TensorStore(tmp_path).read(onnx.load(str(tmp_path / "out.onnx"), load_external_data=False)
                                       .graph.initializer[0]) is not None
-
-
-def test_a_full_disk_while_parking_is_a_one_line_error_and_leaves_nothing(tmp_path, monkeypatch):
-    from onnx_collapse import pipeline
-    from onnx_collapse.errors import CollapseError
-
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(pipeline, "data_backed", full)
-    src = tmp_path / "in.onnx"
-    save_external(_big_mlp(), src)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(CollapseError, match="No space left on device") as caught:
-        oc.optimize(src, output=tmp_path / "out.onnx")
-    assert "\n" not in str(caught.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @pytest.mark.parametrize("stored", [(400, 3000), (3000, 400)])
@@ -202,7 +149,7 @@ def test_onnxruntime_maps_weights_in_a_data_file_instead_of_copying_them(tmp_pat
     """Verification sessions must not hold a second copy of the weights: prepacking would copy every
     MatMul weight (measured 1.46x the weights for a 360 MB model, 1.0x without)."""
     from onnx_collapse.io import ModelSource as Source
-    from onnx_collapse.verify import session
+    from onnx_collapse.runner import session
 
     model = mlp(n_in=2048, hidden=4096, n_out=2048, slope=0.5)  # 64 MiB of weights
     src = tmp_path / "in.onnx"

@@ -36,6 +36,28 @@ def test_budget_and_max_error_exclude_each_other():
         Options(rank_budget=0.5, max_error=0.1)
 
 
+def test_api_errors_name_parameters_and_the_cli_renders_them_as_flags():
+    from onnx_collapse.cli import with_flags
+
+    with pytest.raises(CollapseError) as caught:
+        Options(rank_budget=0.5, max_error=0.1)
+    assert str(caught.value) == "rank_budget and max_error exclude each other; give one"
+    assert with_flags(caught.value) == "--rank-budget and --max-error exclude each other; give one"
+    with pytest.raises(CollapseError) as caught:
+        Options(min_agreement=2.0)
+    assert with_flags(caught.value) == "--min-agreement must be a fraction in [0, 1], not 2.0"
+
+
+def test_every_flag_of_the_parameter_table_is_an_option_of_a_command():
+    from onnx_collapse.cli import FLAGS, VALUE_FLAGS, cli
+
+    given = {opt for command in cli.commands.values() for p in command.params
+             for opt in [*p.opts, *p.secondary_opts]}
+    assert set(FLAGS.values()) | set(VALUE_FLAGS.values()) <= given
+    from dataclasses import fields
+    assert {f.name for f in fields(Options)} - {"verify"} <= set(FLAGS)
+
+
 def test_analyze_and_verify_check_their_options_too():
     with pytest.raises(CollapseError, match="slope_tol"):
         analyze(MODELS / "three_layer.onnx", slope_tol=-0.1)

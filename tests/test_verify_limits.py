@@ -105,7 +105,7 @@ def _wide_input_model(rows: int) -> onnx.ModelProto:
 
 def test_verification_memory_is_estimated_and_refused_past_the_limit():
     model = _wide_input_model(1024)  # 32 MiB per input set, more in intermediates
-    with pytest.raises(CollapseError, match=r"input 'x' of shape 1024x1024x8.*--input-shape.*--inputs"):
+    with pytest.raises(CollapseError, match=r"input 'x' of shape 1024x1024x8.*input_shapes.*inputs"):
         optimize(model, max_verify_memory=100 * 2**20)
     _, report = optimize(_wide_input_model(16), max_verify_memory=100 * 2**20)
     assert report.verification.passed

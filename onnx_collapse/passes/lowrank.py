@@ -16,14 +16,16 @@ import onnx
 
 from .. import allocate, calibrate, linalg, sensitivity, sequential, timing
 from ..candidates import Candidate, Outcome
+from ..compare import compare_outputs
 from ..emit import RangeError, cast_checked
 from ..graph import fixed_batch, sized
+from ..inputs import make_feeds
 from ..io import ModelSource, scratch_dir
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import apply_plans
-from ..verify import chain_model, compare_outputs, make_feeds, run
+from ..runner import chain_model, run
 from .chains import candidate_for
 from .context import Context
 from .fold import written_around

@@ -1,0 +1,201 @@
+"""Comparisons of two models' outputs: per-output error statistics, the tolerance rule, top-1 agreement."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .errors import CollapseError, Param
+from .inputs import dims_text
+from .report import ErrorStats, Verification
+
+# (atol, rtol) by dtype: loose enough for float reassociation, tight enough to catch a wrong fold.
+TOLERANCES = {
+    np.dtype(np.float16): (1e-2, 1e-2),
+    np.dtype(np.float32): (1e-4, 1e-3),
+    np.dtype(np.float64): (1e-8, 1e-7),
+}
+
+
+def default_tolerance(dtype: np.dtype) -> tuple[float, float]:
+    """(atol, rtol) for comparing outputs of ``dtype``; exact for integers and booleans."""
+    return TOLERANCES.get(np.dtype(dtype), (0.0, 0.0))
+
+
+def compare(
+    name: str, expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
+    atol: float | None = None, rtol: float | None = None,
+) -> ErrorStats:
+    """Error statistics of ``actual`` against ``expected`` over all input sets.
+
+    Passes when every element satisfies |a - e| <= atol + rtol * |e| (NaN matches NaN, inf matches
+    the same inf); ``required_atol`` is the smallest atol that would pass at this rtol.
+    """
+    dtype = np.asarray(expected[0]).dtype
+    d_atol, d_rtol = default_tolerance(dtype)
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    max_abs = max_rel = required = total = 0.0
+    count = 0
+    for e, a in zip(expected, actual):
+        e = np.asarray(e)
+        a = np.asarray(a)
+        if e.shape != a.shape:
+            return ErrorStats(name, float("inf"), float("inf"), float("inf"), float("inf"), atol, rtol, False)
+        if e.dtype.kind in "fc":
+            e64, a64 = e.astype(np.float64), a.astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                diff = np.abs(a64 - e64)
+            same = (e64 == a64) | (np.isnan(e64) & np.isnan(a64))
+            diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+            mag = np.where(np.isfinite(e64), np.abs(e64), 0.0)
+        else:
+            diff = (a != e).astype(np.float64)
+            mag = np.zeros(diff.shape)
+        if diff.size:
+            tiny = np.finfo(np.float64).tiny
+            max_abs = max(max_abs, float(diff.max()))
+            max_rel = max(max_rel, float((diff / np.maximum(mag, tiny)).max()))
+            required = max(required, float((diff - rtol * mag).max()))
+            total += float(diff.sum())
+            count += diff.size
+    mean = total / count if count else 0.0
+    required = max(required, 0.0)
+    return ErrorStats(name, max_abs, max_rel, mean, required, atol, rtol, required <= atol)
+
+
+def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> int:
+    """How many elements a comparison of ``actual`` with ``expected`` really tests: those whose reference
+    value is finite, or that differ from it (NaN matching NaN, or an inf matching itself, proves nothing)."""
+    count = 0
+    for e, a in zip(expected, actual):
+        e, a = np.asarray(e), np.asarray(a)
+        if e.shape != a.shape:
+            return max(count, 1)  # a mismatch of shapes is a real difference
+        if e.dtype.kind not in "fc":
+            count += e.size
+            continue
+        with np.errstate(invalid="ignore"):
+            same = (e == a) | (np.isnan(e) & np.isnan(a))
+        count += int(np.count_nonzero(np.isfinite(e) | ~same))
+    return count
+
+
+def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "") -> float:
+    """Fraction of rows (all axes but the last) whose argmax over the last axis matches; rows whose
+    reference holds NaN or infinity do not count. CollapseError for an output without an axis of at least
+    two classes (its argmax would always agree) or with no row to compare."""
+    same = total = 0
+    for e, a in zip(expected, actual):
+        e, a = np.asarray(e), np.asarray(a)
+        if e.ndim == 0 or e.shape[-1] < 2:
+            raise CollapseError(Param("metric", "top1"), f": output {name!r} has shape {dims_text(e.shape)}, so "
+                                "its argmax compares nothing; top1 needs a last axis of at least 2 classes (use ",
+                                Param("metric", "allclose"), ")")
+        if e.shape != a.shape or e.size == 0:
+            continue
+        finite = np.isfinite(e).all(axis=-1)
+        hits = (np.argmax(e, axis=-1) == np.argmax(a, axis=-1)) & finite
+        same += int(hits.sum())
+        total += int(finite.sum())
+    if not total:
+        raise CollapseError(Param("metric", "top1"), f": output {name!r} has no row with finite values to compare")
+    return same / total
+
+
+Tolerance = float | Mapping[str, float] | None  # one for all outputs, or by output name
+
+
+def tolerance_of(tolerance: Tolerance, name: str) -> float | None:
+    """The tolerance that output ``name`` is held to (None: its dtype's default)."""
+    return tolerance.get(name) if isinstance(tolerance, Mapping) else tolerance
+
+
+def compare_outputs(
+    expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]],
+    atol: Tolerance, rtol: Tolerance, source: str, metric: str = "allclose", min_agreement: float = 0.99,
+) -> Verification:
+    """Compare two models' outputs (lists of input sets), output by output.
+
+    ``atol`` and ``rtol``: one value for every output, or a value per output name (an output not named,
+    or None: the default for its dtype, see ``default_tolerance``).
+    ``metric="top1"``: float outputs pass when their argmax over the last axis agrees on at least
+    ``min_agreement`` of the rows (error statistics are still reported); other outputs use allclose.
+    """
+    stats, compared = [], 0
+    tolerances = atol, rtol
+    for name in expected[0]:
+        atol, rtol = (tolerance_of(t, name) for t in tolerances)
+        if name not in actual[0]:
+            stats.append(_mismatch(name, atol, rtol))
+            continue
+        exp, act = [e[name] for e in expected], [a[name] for a in actual]
+        tensors = all(isinstance(v, np.ndarray) for v in [*exp, *act])
+        if not tensors:  # a sequence (or an optional) output: compared item by item
+            exp, act = _items(exp), _items(act)
+            if exp is None or act is None or [len(e) for e in exp] != [len(a) for a in act]:
+                stats.append(_mismatch(name, atol, rtol))
+                continue
+            exp, act = [v for e in exp for v in e], [v for a in act for v in a]
+            if not exp:  # empty sequences or optionals on both sides: nothing to compare, nothing differs
+                stats.append(ErrorStats(name, 0.0, 0.0, 0.0, 0.0, atol or 0.0, rtol or 0.0, True))
+                continue
+        stat = compare(name, exp, act, atol, rtol)
+        count = compared_elements(exp, act)
+        if stat.passed and not count and sum(np.size(e) for e in exp):
+            raise CollapseError(f"output {name!r} compared no element: the original model's values are all "
+                                "NaN or infinite, so verification would prove nothing; give inputs on which it "
+                                "is finite (", Param("inputs"), ")")
+        compared += count
+        if metric == "top1" and tensors and np.asarray(exp[0]).dtype.kind == "f":
+            stat.agreement = top1_agreement(exp, act, name)
+            stat.passed = stat.agreement >= min_agreement
+        stats.append(stat)
+    if stats and all(s.passed for s in stats) and not compared:
+        raise CollapseError("verification compared no element: every output of the original model is empty, "
+                            "so it would prove nothing; give inputs that make them non-empty")
+    if metric == "top1":
+        source += f", metric top-1 agreement >= {100 * min_agreement:g}%"
+    return Verification(all(s.passed for s in stats), len(expected), source, stats)
+
+
+def _mismatch(name: str, atol: float | None, rtol: float | None) -> ErrorStats:
+    """The statistics of an output that differs in kind (missing, or a sequence of another length)."""
+    inf = float("inf")
+    return ErrorStats(name, inf, inf, inf, inf, atol or 0.0, rtol or 0.0, False)
+
+
+def _items(values: Sequence) -> list[list[np.ndarray]] | None:
+    """Each input set's value of a sequence or optional output as a list of arrays (an empty optional: no
+    item); None if a value is of another kind."""
+    out = []
+    for value in values:
+        if value is None:
+            out.append([])
+        elif isinstance(value, np.ndarray):
+            out.append([value])
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, np.ndarray) for v in value):
+            out.append(list(value))
+        else:
+            return None
+    return out
+
+
+def output_mismatches(expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray],
+                      names: tuple[str, str] = ("the reference", "the candidate")) -> list[str]:
+    """Why outputs cannot be compared element by element: missing in one model, or another shape or dtype."""
+    problems = []
+    for name, e in expected.items():
+        if name not in actual:
+            problems.append(f"output {name!r} of {names[0]} is not an output of {names[1]}")
+            continue
+        if isinstance(e, (list, tuple)) or isinstance(actual[name], (list, tuple)):  # sequences: compared item by item
+            continue
+        e, a = np.asarray(e), np.asarray(actual[name])
+        if e.shape != a.shape:
+            problems.append(f"output {name!r} has shape {dims_text(e.shape)} in {names[0]} but {dims_text(a.shape)} in "
+                            f"{names[1]}")
+        elif e.dtype != a.dtype:
+            problems.append(f"output {name!r} is {e.dtype} in {names[0]} but {a.dtype} in {names[1]}")
+    return problems

@@ -1,0 +1,108 @@
+"""The onnxruntime runner shared by calibration and verification: sessions, runs, and captures of
+intermediate tensors."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from .errors import CollapseError, one_line
+from .inputs import graph_inputs
+from .io import PROTOBUF_LIMIT, ModelSource, TensorStore, pause_point, scratch_dir, uses_external, write_model
+
+
+def session(source: ModelSource, what: str, optimized: bool = False) -> ort.InferenceSession:
+    """A CPU session with graph optimizations off, so we compare the graphs as written (``optimized``: on,
+    for runs that only measure, such as the output-aware allocation's).
+
+    A model held in a file loads from it; a small in-memory one from bytes; one with external data
+    or over 2 GB is first written to a temporary folder (its weights copied there in chunks).
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else
+                                        ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.log_severity_level = 4  # fatal only: failures become one CollapseError line, not onnxruntime logs
+    # weights in a data file stay mapped from it; prepacking would copy every MatMul/Gemm weight into memory
+    # (a few verification rows do not need its speed)
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    providers = ["CPUExecutionProvider"]
+    try:
+        if source.path is not None:
+            return ort.InferenceSession(str(source.path), options, providers=providers)
+        model = source.model
+        if not uses_external(model) and model.ByteSize() < PROTOBUF_LIMIT:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-verify-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            write_model(model, path, True, source.base_dir)
+            pause_point("verify")
+            return ort.InferenceSession(str(path), options, providers=providers)
+    except CollapseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise CollapseError(f"onnxruntime cannot load the {what}: {one_line(exc)}") from None
+
+
+def run(source: ModelSource, feeds: Sequence[Mapping[str, np.ndarray]], what: str, optimized: bool = False
+        ) -> list[dict[str, np.ndarray]]:
+    """Outputs of the model for each input set, by output name (``optimized``: see ``session``)."""
+    sess = session(source, what, optimized)
+    names = [o.name for o in sess.get_outputs()]
+    results = []
+    for feed in feeds:
+        try:
+            values = sess.run(names, dict(feed))
+        except Exception as exc:  # noqa: BLE001
+            raise CollapseError(f"onnxruntime cannot run the {what}: {one_line(exc)}") from None
+        results.append(dict(zip(names, values)))
+    return results
+
+
+def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the intermediate tensors ``names`` (typed by ``elem_types``
+    where given; onnxruntime accepts an untyped output too)."""
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    present = {o.name for o in probed.graph.output} | {i.name for i in graph_inputs(model)}
+    present |= {t.name for t in probed.graph.initializer}
+    for name in dict.fromkeys(names):
+        if name not in present:
+            probed.graph.output.append(helper.make_tensor_value_info(name, elem_types[name], None)
+                                       if name in elem_types else onnx.ValueInfoProto(name=name))
+    return probed
+
+
+def capture(
+    source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int], feeds: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """Run the original model once, returning its outputs and the intermediate tensors ``names``."""
+    probed = ModelSource(probe_model(source.model, names, elem_types), source.base_dir, None)
+    captured = run(probed, feeds, "original model")
+    stored = {t.name: t for t in source.model.graph.initializer}
+    for feed, out in zip(feeds, captured):
+        out.update({n: feed[n] for n in names if n in feed})
+        for name in names:  # an initializer that is also an input, not fed: its stored value is used
+            if name not in out and name in stored:
+                out[name] = TensorStore(source.base_dir).read(stored[name])
+    return captured
+
+
+def chain_model(
+    x: str, y: str, nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto], elem_type: int,
+    opset_imports: Sequence[onnx.OperatorSetIdProto], ir_version: int, x_shape: Sequence[int] | None = None,
+) -> onnx.ModelProto:
+    """A model of just ``nodes``: input ``x`` (of ``x_shape``, or unknown), output ``y``."""
+    graph = helper.make_graph(list(nodes), "chain", [helper.make_tensor_value_info(x, elem_type, x_shape)],
+                              [helper.make_tensor_value_info(y, elem_type, None)], list(inits))
+    return helper.make_model(graph, opset_imports=list(opset_imports), ir_version=ir_version)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")

@@ -1,0 +1,98 @@
+"""Comparisons of two models' outputs (onnx_collapse.compare): the tolerance rule, NaN and infinity,
+per-output tolerances, top-1 agreement, and outputs that differ in kind."""
+
+import numpy as np
+import pytest
+
+from onnx_collapse.cli import with_flags
+from onnx_collapse.compare import (
+    compare,
+    compare_outputs,
+    compared_elements,
+    default_tolerance,
+    output_mismatches,
+    top1_agreement,
+)
+from onnx_collapse.errors import CollapseError
+
+
+def _sets(**outputs):
+    """One input set's outputs, as the runner returns them."""
+    return [{name: np.asarray(value) for name, value in outputs.items()}]
+
+
+def test_default_tolerances_are_by_dtype_and_exact_for_integers():
+    assert default_tolerance(np.float32) == (1e-4, 1e-3)
+    assert default_tolerance(np.float16) == (1e-2, 1e-2)
+    assert default_tolerance(np.int64) == (0.0, 0.0) and default_tolerance(np.bool_) == (0.0, 0.0)
+
+
+def test_compare_reports_the_smallest_atol_that_would_pass():
+    e = np.array([1.0, 2.0, 4.0], np.float32)
+    a = e + np.array([0.0, 0.01, -0.02], np.float32)
+    stats = compare("y", [e], [a], atol=0.0, rtol=0.0)
+    assert not stats.passed and stats.max_abs == pytest.approx(0.02, rel=1e-5)
+    assert stats.required_atol == pytest.approx(0.02, rel=1e-5)
+    assert compare("y", [e], [a], atol=0.021, rtol=0.0).passed
+
+
+def test_nan_matches_nan_and_an_inf_itself_but_they_count_as_nothing_compared():
+    e = np.array([np.nan, np.inf, 1.0])
+    assert compare("y", [e], [e.copy()], 0.0, 0.0).passed
+    assert not compare("y", [e], [np.array([np.nan, -np.inf, 1.0])], 0.0, 0.0).passed
+    assert compared_elements([e], [e.copy()]) == 1
+
+
+def test_one_tolerance_holds_every_output():
+    expected = _sets(a=[1.0, 2.0], b=[1.0, 2.0])
+    actual = _sets(a=[1.0, 2.001], b=[1.0, 2.001])
+    result = compare_outputs(expected, actual, 1e-2, 0.0, "random inputs")
+    assert result.passed and [s.atol for s in result.outputs] == [1e-2, 1e-2]
+
+
+def test_an_output_can_be_held_to_a_tighter_tolerance_than_another():
+    expected = _sets(a=[1.0, 2.0], b=[1.0, 2.0])
+    actual = _sets(a=[1.0, 2.001], b=[1.0, 2.001])  # the same error in both outputs
+    result = compare_outputs(expected, actual, {"a": 1e-2, "b": 1e-5}, {"a": 0.0, "b": 0.0}, "random inputs")
+    by_name = {s.name: s for s in result.outputs}
+    assert by_name["a"].passed and by_name["a"].atol == 1e-2
+    assert not by_name["b"].passed and by_name["b"].atol == 1e-5
+    assert not result.passed
+
+
+def test_an_output_left_out_of_a_tolerance_mapping_gets_its_dtype_default():
+    expected = _sets(a=np.array([1.0], np.float32), b=np.array([1.0], np.float32))
+    result = compare_outputs(expected, expected, {"a": 0.5}, None, "random inputs")
+    assert [(s.name, s.atol, s.rtol) for s in result.outputs] == [("a", 0.5, 1e-3), ("b", 1e-4, 1e-3)]
+
+
+def test_top1_counts_rows_whose_argmax_agrees():
+    e = np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.1], [np.nan, 1.0]])
+    a = np.array([[0.0, 1.0], [0.0, 1.0], [0.3, 0.1], [0.0, 1.0]])
+    assert top1_agreement([e], [a], "y") == pytest.approx(2 / 3)  # the row holding NaN does not count
+
+
+def test_top1_errors_name_the_metric_parameter_and_the_cli_its_flag():
+    with pytest.raises(CollapseError) as caught:
+        top1_agreement([np.zeros((3, 1))], [np.zeros((3, 1))], "y")
+    assert str(caught.value).startswith("metric='top1': output 'y' has shape 3x1")
+    assert "(use metric='allclose')" in str(caught.value)
+    assert with_flags(caught.value).startswith("--metric top1: output 'y' has shape 3x1")
+    assert "(use --metric allclose)" in with_flags(caught.value)
+
+
+def test_a_reference_of_only_nan_is_refused_naming_the_inputs_parameter():
+    expected = _sets(y=[np.nan, np.nan])
+    with pytest.raises(CollapseError, match=r"give inputs on which it is finite \(inputs\)") as caught:
+        compare_outputs(expected, expected, None, None, "random inputs")
+    assert with_flags(caught.value).endswith("(--inputs)")
+
+
+def test_outputs_that_differ_in_kind_fail_and_are_described():
+    expected = {"y": np.zeros((2, 3), np.float32), "z": np.zeros(2, np.float32)}
+    actual = {"y": np.zeros((3, 2), np.float32)}
+    assert output_mismatches(expected, actual) == [
+        "output 'y' has shape 2x3 in the reference but 3x2 in the candidate",
+        "output 'z' of the reference is not an output of the candidate"]
+    result = compare_outputs([expected], [actual], None, None, "random inputs")
+    assert not result.passed and all(not s.passed for s in result.outputs)

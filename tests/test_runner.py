@@ -1,0 +1,73 @@
+"""The onnxruntime runner (onnx_collapse.runner): sessions, runs by output name, captures of intermediate
+tensors, and onnxruntime's failures as one-line errors."""
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+from onnx import TensorProto
+
+from onnx_collapse.errors import CollapseError, one_line
+from onnx_collapse.io import ModelSource
+from onnx_collapse.runner import capture, chain_model, probe_model, run
+
+MODEL = onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 3] x) => (float[2, 3] y) <float[3] w = {1.0, 2.0, 3.0}> {
+    h = Mul(x, w)
+    y = Relu(h)
+}
+""")
+
+
+def _feeds(n=2):
+    rng = np.random.default_rng(0)
+    return [{"x": rng.standard_normal((2, 3)).astype(np.float32)} for _ in range(n)]
+
+
+def test_run_returns_each_input_sets_outputs_by_name():
+    feeds = _feeds()
+    results = run(ModelSource(MODEL), feeds, "model")
+    assert [sorted(r) for r in results] == [["y"], ["y"]]
+    for feed, result in zip(feeds, results):
+        np.testing.assert_array_equal(result["y"], np.maximum(feed["x"] * np.float32([1, 2, 3]), 0))
+
+
+def test_capture_adds_intermediate_tensors_inputs_and_initializers():
+    feeds = _feeds(1)
+    (got,) = capture(ModelSource(MODEL), ["h", "x", "w"], {"h": TensorProto.FLOAT}, feeds)
+    np.testing.assert_array_equal(got["h"], feeds[0]["x"] * np.float32([1, 2, 3]))
+    np.testing.assert_array_equal(got["x"], feeds[0]["x"])
+    assert "y" in got
+
+
+def test_a_probed_model_outputs_intermediates_once_and_leaves_the_original_alone():
+    probed = probe_model(MODEL, ["h", "h", "y", "x"], {})
+    assert [o.name for o in probed.graph.output] == ["y", "h"]
+    assert [o.name for o in MODEL.graph.output] == ["y"]
+
+
+def test_a_chain_model_runs_just_its_nodes():
+    chain = chain_model("x", "h", MODEL.graph.node[:1], MODEL.graph.initializer, TensorProto.FLOAT,
+                        MODEL.opset_import, MODEL.ir_version)
+    feeds = _feeds(1)
+    (got,) = run(ModelSource(chain), feeds, "chain")
+    np.testing.assert_array_equal(got["h"], feeds[0]["x"] * np.float32([1, 2, 3]))
+
+
+def test_onnxruntime_failures_are_one_line_errors_naming_the_model():
+    with pytest.raises(CollapseError, match=r"^onnxruntime cannot run the candidate: ") as caught:
+        run(ModelSource(MODEL), [{"x": np.zeros((4, 4), np.float32)}], "candidate")
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+    broken = onnx.ModelProto()
+    broken.CopyFrom(MODEL)
+    broken.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(CollapseError, match=r"^onnxruntime cannot load the broken model: "):
+        run(ModelSource(broken), _feeds(1), "broken model")
+
+
+def test_the_one_line_formatter_joins_lines_cuts_long_text_and_names_a_silent_exception():
+    assert one_line(ValueError("a\n  b\tc")) == "a b c"
+    assert one_line(ValueError("x" * 500)) == "x" * 300 + "..."
+    assert one_line(ValueError("x" * 500), 200) == "x" * 200 + "..."
+    assert one_line(KeyError()) == "KeyError"
