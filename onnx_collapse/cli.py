@@ -184,9 +184,10 @@ def check_options(f):
                      help="Shape for an input with dynamic dims, e.g. x:1x128x768 (repeatable)."),
         click.option("--metric", type=click.Choice(METRICS), default=DEFAULTS.metric, show_default=True,
                      help="allclose: every element within tolerance; top1: argmax over the last axis agrees "
-                          "(classifiers, with --inputs)."),
+                          "(classifiers, with --inputs); sequence: it agrees at every position of a sample "
+                          "(a recogniser's whole line, a tagger's labels)."),
         click.option("--min-agreement", type=click.FloatRange(0, 1), default=DEFAULTS.min_agreement, show_default=True,
-                     help="With --metric top1: the fraction of rows whose argmax must agree."),
+                     help="With --metric top1 or sequence: the fraction of rows (samples) whose argmax must agree."),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -239,7 +240,7 @@ def note_idle_options(quiet: bool, rules: list[tuple[bool, tuple[str, ...], str]
 
 def check_notes(metric: str, inputs: str | None) -> list[tuple[bool, tuple[str, ...], str]]:
     """Rules for the options of :func:`check_options` (see :func:`note_idle_options`)."""
-    return [(metric != "top1", ("min_agreement",), "without --metric top1"),
+    return [(metric == "allclose", ("min_agreement",), "without --metric top1 or sequence"),
             (inputs is not None, ("seed", "check_n", "input_shape"), "with --inputs (no random inputs are made)")]
 
 
@@ -329,8 +330,9 @@ def cli(ctx: click.Context) -> None:
 @click.option("--low-rank", type=click.Choice(LOW_RANK_TARGETS), default=DEFAULT_LOW_RANK, show_default=True,
               help="Truncation targets: collapsed products only, or every linear layer.")
 @click.option("--budget-metric", type=click.Choice(BUDGET_METRICS), default=DEFAULTS.budget_metric, show_default=True,
-              help="What --rank-budget counts: stored weights, or multiply-accumulates per sample (measured at "
-                   "the data's or --input-shape's shapes).")
+              help="What --rank-budget counts: stored weights, multiply-accumulates per sample (measured at "
+                   "the data's or --input-shape's shapes), or time (each layer's forms timed in onnxruntime on this "
+                   "machine at those shapes).")
 @click.option("--error-metric", type=click.Choice(ERROR_METRICS), default=DEFAULTS.error_metric, show_default=True,
               help="Layer error: sigma_(r+1)/sigma_1 (ALDS) or the relative Frobenius norm of what is cut.")
 @click.option("--max-groups", type=click.IntRange(1), default=DEFAULTS.max_groups, show_default=True,

@@ -82,27 +82,39 @@ def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarra
     return count
 
 
-def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "") -> float:
+def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
+                   whole_samples: bool = False) -> float:
     """Fraction of rows (all axes but the last) whose argmax over the last axis matches; rows whose
-    reference holds NaN or infinity do not count. CollapseError for an output without an axis of at least
-    two classes (its argmax would always agree) or with no row to compare."""
+    reference holds NaN or infinity do not count. With ``whole_samples`` (metric "sequence"), a unit is a
+    sample (an item along axis 0): it agrees when the argmax agrees at every one of its positions (a
+    recogniser's decoded text, a tagger's labels); a sample with a non-finite reference does not count.
+    CollapseError for an output without an axis of at least two classes (its argmax would always agree) or
+    with nothing to compare."""
+    metric = "sequence" if whole_samples else "top1"
     same = total = 0
     for e, a in zip(expected, actual):
         e, a = np.asarray(e), np.asarray(a)
-        if e.ndim == 0 or e.shape[-1] < 2:
-            raise CollapseError(Param("metric", "top1"), f": output {name!r} has shape {dims_text(e.shape)}, so "
-                                "its argmax compares nothing; top1 needs a last axis of at least 2 classes (use ",
+        if e.ndim == 0 or e.shape[-1] < 2 or (whole_samples and e.ndim < 2):
+            raise CollapseError(Param("metric", metric), f": output {name!r} has shape {dims_text(e.shape)}, so "
+                                f"its argmax compares nothing; {metric} needs a last axis of at least 2 classes"
+                                + (" after the samples' axis" if whole_samples else "") + " (use ",
                                 Param("metric", "allclose"), ")")
         if e.shape != a.shape or e.size == 0:
             continue
         finite = np.isfinite(e).all(axis=-1)
         hits = (np.argmax(e, axis=-1) == np.argmax(a, axis=-1)) & finite
+        if whole_samples and e.ndim > 1:
+            axes = tuple(range(1, finite.ndim))
+            finite = finite.all(axis=axes) if axes else finite
+            hits = hits.all(axis=axes) & finite if axes else hits
         same += int(hits.sum())
         total += int(finite.sum())
     if not total:
-        raise CollapseError(Param("metric", "top1"), f": output {name!r} has no row with finite values to compare")
+        raise CollapseError(Param("metric", metric), f": output {name!r} has no row with finite values to compare")
     return same / total
 
+
+AGREEMENT_METRICS = ("top1", "sequence")  # metrics judged by argmax agreement (and min_agreement)
 
 Tolerance = float | Mapping[str, float] | None  # one for all outputs, or by output name
 
@@ -122,6 +134,7 @@ def compare_outputs(
     or None: the default for its dtype, see ``default_tolerance``).
     ``metric="top1"``: float outputs pass when their argmax over the last axis agrees on at least
     ``min_agreement`` of the rows (error statistics are still reported); other outputs use allclose.
+    ``metric="sequence"``: the same, counting whole samples (every position's argmax must agree).
     """
     stats, compared = [], 0
     tolerances = atol, rtol
@@ -148,8 +161,8 @@ def compare_outputs(
                                 "NaN or infinite, so verification would prove nothing; give inputs on which it "
                                 "is finite (", Param("inputs"), ")")
         compared += count
-        if metric == "top1" and tensors and np.asarray(exp[0]).dtype.kind == "f":
-            stat.agreement = top1_agreement(exp, act, name)
+        if metric in AGREEMENT_METRICS and tensors and np.asarray(exp[0]).dtype.kind == "f":
+            stat.agreement = top1_agreement(exp, act, name, whole_samples=metric == "sequence")
             stat.passed = stat.agreement >= min_agreement
         stats.append(stat)
     if stats and all(s.passed for s in stats) and not compared:
@@ -157,6 +170,8 @@ def compare_outputs(
                             "so it would prove nothing; give inputs that make them non-empty")
     if metric == "top1":
         source += f", metric top-1 agreement >= {100 * min_agreement:g}%"
+    elif metric == "sequence":
+        source += f", metric whole-sample top-1 agreement >= {100 * min_agreement:g}%"
     return Verification(all(s.passed for s in stats), len(expected), source, stats)
 
 

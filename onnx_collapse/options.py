@@ -12,7 +12,7 @@ import numpy as np
 from .errors import CollapseError, Param
 
 ALLOCATORS = ("alds", "output", "uniform", "energy")
-METRICS = ("allclose", "top1")
+METRICS = ("allclose", "top1", "sequence")
 LOW_RANK_TARGETS = ("collapsed", "all")
 BUDGET_METRICS = ("params", "macs", "time")
 ERROR_METRICS = ("spectral", "frobenius")
@@ -46,8 +46,9 @@ class Options:
     sequential: with ``calibrate`` and a budget, refit each truncation in graph order to the original layer's
         outputs on the inputs the truncated model gives it (ridge, cross-validated; kept only where it
         predicts the outputs better than the one-pass truncation on held-out calibration rows).
-    metric: "allclose" (every element within atol + rtol |b|) or "top1" (argmax over the last axis agrees
-        on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``).
+    metric: "allclose" (every element within atol + rtol |b|), "top1" (argmax over the last axis agrees
+        on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``) or "sequence" (the
+        same per sample: every position's argmax agrees, e.g. a text recogniser's whole decoded line).
     max_verify_memory: refuse to verify (CollapseError) when the inputs and the tensors computed from them
         would need more than this many bytes, as estimated from the shapes; None: half the available memory.
     calibrate: an .npz file (or a dict) with one array per graph input, rows along axis 0: chains with

@@ -96,3 +96,22 @@ def test_outputs_that_differ_in_kind_fail_and_are_described():
         "output 'z' of the reference is not an output of the candidate"]
     result = compare_outputs([expected], [actual], None, None, "random inputs")
     assert not result.passed and all(not s.passed for s in result.outputs)
+
+
+def test_sequence_agreement_counts_whole_samples():
+    """A recogniser's output [samples, positions, classes]: one wrong position makes the whole sample disagree."""
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((4, 5, 3))
+    got = want.copy()
+    got[1, 2] = want[1, 2][::-1] * 10  # sample 1 changes its argmax at one position
+    assert top1_agreement([want], [got]) == pytest.approx(19 / 20)
+    assert top1_agreement([want], [got], whole_samples=True) == pytest.approx(3 / 4)
+    verdict = compare_outputs([{"y": want}], [{"y": got}], 1e-3, 1e-3, "here", "sequence", 0.75)
+    assert verdict.passed and verdict.outputs[0].agreement == pytest.approx(0.75)
+    assert "whole-sample" in verdict.inputs
+    assert not compare_outputs([{"y": want}], [{"y": got}], 1e-3, 1e-3, "here", "sequence", 0.8).passed
+
+
+def test_sequence_needs_positions_after_the_samples_axis():
+    with pytest.raises(CollapseError, match="sequence"):
+        top1_agreement([np.ones(4)], [np.ones(4)], whole_samples=True)
