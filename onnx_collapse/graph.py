@@ -124,12 +124,13 @@ def np_dtype(elem_type: int) -> np.dtype | None:
         return None
 
 
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+# element types whose tensors count as parameters (bfloat16 too: stored weights, unlike the layers kinds fold)
+FLOAT_TENSOR_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 def weight_count(tensor: onnx.TensorProto) -> int:
     """Elements of a stored tensor that count as parameters: floating-point ones (not shapes or indices)."""
-    return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.data_type in FLOAT_TYPES else 0
+    return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.data_type in FLOAT_TENSOR_TYPES else 0
 
 
 class GraphView:

@@ -148,14 +148,11 @@ def takes_form(outcome: Outcome, form: Form, chain: Chain) -> bool:
 
 
 def emit_plan(ctx: Context, seg: Segment, outcome: Outcome, form: Form, exact: linalg.Factored,
-              emission_for: EmissionFor | None = None) -> FoldPlan | None:
-    """The plan writing ``form`` (the map ``exact``) in place of the segment, shape ops before or after the
-    segment written again around it, with ``outcome``; None (reason in ``outcome``) if a weight does not fit
-    the dtype. ``emission_for`` defaults to the first layer's kind writing a fully connected map."""
+              emission_for: EmissionFor) -> FoldPlan | None:
+    """The plan writing ``form`` (the map ``exact``) in place of the segment as ``emission_for`` writes it
+    (the segment's first kind's ``fold_maps`` says how), shape ops before or after the segment written again
+    around it, with ``outcome``; None (reason in ``outcome``) if a weight does not fit the dtype."""
     head = seg.layers[0]
-    if emission_for is None:
-        prefix, bias_rank = ctx.view.label(head.nodes[0]) + "/collapsed", max(layer.bias_rank for layer in seg.layers)
-        emission_for = lambda has_bias, n: head.kind.emission(head, prefix, ctx.opset, bias_rank, has_bias, n)  # noqa: E731
     emission = emission_for(exact.bias is not None, len(form.matrices))
     try:
         nodes, inits = written_around(ctx, seg, emission.prefix, lambda x, y: emission.linear(

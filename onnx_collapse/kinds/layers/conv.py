@@ -21,8 +21,7 @@ from ...graph import GraphView, attribute
 from ...layout import ConvLayout, Windows
 from ...linalg import Affine
 from ..base import EmissionFor, Layer, LayerKind, elementwise, register_layer
-
-FLOAT_TYPES = (np.float16, np.float32, np.float64)
+from .common import FLOAT_TYPES
 
 
 def explicit_pads(node, kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...]
