@@ -328,12 +328,13 @@ class LowRank:
             if used > limit:
                 main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
         picked = chosen_plans(owners, targets, chosen)
+        index = {id(t): k for k, t in enumerate(targets)}
+        options = [chosen[index[id(target)]] for _, target, _ in picked]
         if opts.sequential:
-            options = [chosen[next(k for k, t in enumerate(targets) if t is target)] for _, target, _ in picked]
             picked = refit_in_order(contexts, picked, options)
-        for (ctx, target, plan), option in zip(picked, [chosen[targets.index(t)] for _, t, _ in picked]):
+        for (ctx, target, plan), option in zip(picked, options):
             if option.seconds is not None:
-                plan.outcome.seconds_before = spectra[targets.index(target)].dense.seconds
+                plan.outcome.seconds_before = spectra[index[id(target)]].dense.seconds
                 plan.outcome.seconds_after = option.seconds
             if target.status == "target":  # a single layer: a candidate of the report from now on
                 ctx.candidates.append(target)
