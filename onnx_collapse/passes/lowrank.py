@@ -24,7 +24,7 @@ from ..io import ModelSource, scratch_dir
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
-from ..rewrite import apply_plans
+from ..rewrite import PlanApplier, apply_plans
 from ..runner import chain_model, run
 from .chains import candidate_for
 from .context import Context
@@ -238,6 +238,7 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
              for k in order}
     base = [c.applied for ctx in contexts for c in ctx.candidates if c.applied is not None]
     out, fitted, kept = list(picked), {}, 0
+    applier = PlanApplier(model)  # one import for every step's compressed model
     with stage("refitting the truncations in graph order", total=len(order)), \
             scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-sequential-") as tmp:
         original = sequential.BatchCache(Path(tmp) / "o")
@@ -250,8 +251,8 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
             fitted[k] = plan
             if plan.outcome.form == "truncated":
                 replaced = {id(picked[j][1]) for j in fitted}
-                current = apply_plans(model, [p for p in base if id(p.candidate) not in replaced] +
-                                      [fitted[j] for j in fitted if j != k])
+                current = applier.apply([p for p in base if id(p.candidate) not in replaced] +
+                                        [fitted[j] for j in fitted if j != k])
                 exact, emit, x = target.target_map(), target.target_emit(), target.segment.input
                 weight = exact.dense()
                 values = sequential.compressed_inputs(current, base_dir, x, elems[x], batches, compressed, elems)
