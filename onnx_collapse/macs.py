@@ -98,9 +98,11 @@ def node_macs(node: onnx.NodeProto, shape_of: Callable[[str], Shape | None],
 
 
 def _needed(node: onnx.NodeProto) -> list[str]:
+    """The tensors whose shapes a counted node's MACs need, and its data input (a layer's forms are timed at
+    its input's shape, ``timing``)."""
     kind = LAYER_KINDS.for_op(node.op_type)
     names = kind.macs_tensors(node) if kind is not None else [*node.output[:1], *node.input[:1]]
-    return [n for n in names if n]
+    return list(dict.fromkeys(n for n in [*names, *node.input[:1]] if n))
 
 
 def unknown_tensors(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int | None]]) -> list[str]:

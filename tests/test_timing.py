@@ -61,3 +61,25 @@ def test_optimize_with_a_time_budget_reports_measured_times(tmp_path):
     assert any("seconds per sample" in n for n in report.notes)
     payload = json.loads(report_file.read_text())
     assert payload["schema_version"] == "1.2" and payload["before"]["seconds"] == report.before.seconds
+
+
+def test_convolutions_of_dynamic_size_are_timed_at_their_measured_input_shape(tmp_path):
+    """Spatial dims unknown to shape inference: the layer's input shape is measured in the probe run at
+    --input-shape, so each convolution is timed itself (no estimate from MACs)."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 16, H, W] x) => (float[N, 16, H, W] y) {
+            a = Conv <kernel_shape = [1, 1]> (x, w1)
+            b = Relu(a)
+            y = Conv <kernel_shape = [1, 1]> (b, w2)
+        }""")
+    rng = np.random.default_rng(0)
+    for name in ("w1", "w2"):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(
+            rng.standard_normal((16, 16, 1, 1)).astype(np.float32), name))
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, str(path))
+    _, report = optimize(str(path), low_rank="all", rank_budget=0.5, budget_metric="time", verify=False,
+                         input_shapes={"x": (1, 16, 24, 40)})
+    assert not any("not timed" in n for n in report.notes), report.notes
+    assert all(f.seconds_before > 0 for f in report.folds if f.form == "truncated")

@@ -158,8 +158,14 @@ def timed_spectra(owners: list[Context], targets: list[Candidate], spectra: list
         for ctx, target, spectrum in zip(owners, targets, spectra):
             timed.append(None if ctx.path else _timed(ctx, target, spectrum))
             advance()
-    rates = [s.dense.seconds / s.dense.macs for s in timed if s is not None and s.dense.macs]
-    rate = float(np.mean(rates)) if rates else 1e-9
+    measured = [s for s in timed if s is not None]
+    macs = sum(s.dense.macs for s in measured)
+    rate = sum(s.dense.seconds for s in measured) / macs if macs else 1e-9
+    untimed = [" > ".join(t.chain.layers) for t, s in zip(targets, timed) if s is None]
+    if untimed:
+        owners[0].notes.append(f"time budget: {len(untimed)} layer(s) not timed (in a subgraph, or of unknown "
+                               f"input shape: {', '.join(untimed[:3])}{', ...' if len(untimed) > 3 else ''}); "
+                               "their time is estimated from their MACs at the timed layers' seconds per MAC")
     return [t if t is not None else replace(s, options=tuple(replace(o, seconds=o.macs * rate) for o in s.options))
             for t, s in zip(timed, spectra)]
 
