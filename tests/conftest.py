@@ -1,17 +1,8 @@
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
-
-# The CPU build of the torch extra, as the README installs it (a plain `pip install '.[torch]'` pulls the CUDA one)
-TORCH_INSTALL = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && "
-                 "pip install -e '.[torch]'")
-TORCH_SKIP = f"the torch extra is not installed (CPU build: {TORCH_INSTALL})"
+from tests.common import MODELS
 
 # Modules whose tests each run the console script in a subprocess or build large models (about 2 s a test on
 # two cores, mostly onnx and onnxruntime loading): all slow. The quick subset, `python -m pytest -m "not slow"`,

@@ -1,21 +1,17 @@
 """Which folds are kept: never one whose own error fails; reverts by bisection in O(log N) whole-model runs."""
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from builders import mlp
 from onnx import TensorProto, helper, numpy_helper
-from test_subgraphs import _if_model
+from revert_scaling import summed_chains
 
 from onnx_collapse import acceptance, optimize, pipeline
 from onnx_collapse.report import ErrorStats
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from revert_scaling import summed_chains  # noqa: E402
+from tests.builders import mlp
+from tests.test_subgraphs import _if_model
 
 
 def _plan(required: float, fallback=None, atol: float = 1.0, graph=()):

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, build
 from onnx import TensorProto, helper
 
 from onnx_collapse import allocate, optimize
 from onnx_collapse.emit import GemmEmission, MatMulEmission
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build
 
 
 def _layers(seed, shapes, groups=1):

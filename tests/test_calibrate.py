@@ -7,13 +7,13 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, build, mlp, run_model
 
 import onnx_collapse as oc
 from onnx_collapse import calibrate, linalg
 from onnx_collapse.errors import CollapseError
 from onnx_collapse.io import ModelSource
 from onnx_collapse.pipeline import calibration_split
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build, mlp, run_model
 
 EXE = shutil.which("onnx-collapse")
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import onnx
-from builders import mlp, run_model
 
 from onnx_collapse import optimize
+from tests.builders import mlp, run_model
 
 
 def _decorated_model() -> onnx.ModelProto:
@@ -72,12 +72,11 @@ def test_dead_nodes_left_by_a_fold_are_removed_by_the_library_cleanup():
 
 def test_one_imported_model_serves_candidate_after_candidate():
     """Verification applies many plan sets to one import; each result equals a fresh rewrite."""
-    from builders import ActSpec, ChainSpec, LayerSpec, build
-
     from onnx_collapse.io import ModelSource
     from onnx_collapse.options import Options
     from onnx_collapse.pipeline import run_passes
     from onnx_collapse.rewrite import PlanApplier, apply_plans
+    from tests.builders import ActSpec, ChainSpec, LayerSpec, build
 
     spec = ChainSpec(8, [LayerSpec(16), LayerSpec(16), LayerSpec(8), LayerSpec(8), LayerSpec(4)],
                      [ActSpec(), ActSpec(slope=0.5), ActSpec(), ActSpec()])

@@ -6,14 +6,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import mlp, point_external_data_at, save_external
-from conftest import MODELS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import EXE, assert_one_line_error, cli
 
 from onnx_collapse import CollapseError, analyze, optimize
+from tests.builders import mlp, point_external_data_at, save_external
+from tests.common import EXE, MODELS, assert_one_line_error, cli
 
 
 def _save(model, path: Path) -> Path:

@@ -5,10 +5,10 @@ import re
 
 import onnx
 import pytest
-from builders import mlp, point_external_data_at, save_external
 
 from onnx_collapse import CollapseError, optimize, verify
 from onnx_collapse.io import file_size, load_model, save_model, uses_external
+from tests.builders import mlp, point_external_data_at, save_external
 
 
 def test_external_data_is_read_relative_to_the_model_and_written_beside_the_output(tmp_path, monkeypatch):

@@ -1,17 +1,13 @@
 """The pure parts of benchmarks/real_models.py: CTC decoding, scores, box matching, the measured-MAC counter
 on a model with dynamic spatial dims (against a hand count), deterministic rendering, the method table."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import real_models  # noqa: E402
 import realdata as rd  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
 
 LABELS = ["<blank>", "a", "b", "c", " "]
 

@@ -11,10 +11,10 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
 from onnx import TensorProto, helper
 
 from onnx_collapse.report import SCHEMA_VERSION
+from tests.common import MODELS
 
 
 @pytest.fixture(scope="module")

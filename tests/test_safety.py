@@ -15,12 +15,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import mlp, save_external
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import EXE, assert_one_line_error, cli
 
 from onnx_collapse import io
 from onnx_collapse.io import StagedOutput
+from tests.builders import mlp, save_external
+from tests.common import EXE, assert_one_line_error, cli
 
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
 X = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from builders import mlp
-from fuzz import npy_header, zip_bomb  # noqa: E402 - the fuzz benchmark's hostile .npz builders
+from fuzz import npy_header, zip_bomb  # the fuzz benchmark's hostile .npz builders
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import EXE, assert_one_line_error, cli
+
+from tests.builders import mlp
+from tests.common import EXE, assert_one_line_error, cli
 
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
 RNG = np.random.default_rng(7)
@@ -174,9 +173,8 @@ def _overridable_weight_in(kind: str) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("kind", ["If", "Loop"])
 def test_a_subgraph_chain_reading_an_overridable_weight_is_not_folded(kind):
-    from builders import run_model
-
     from onnx_collapse import optimize
+    from tests.builders import run_model
 
     model = _overridable_weight_in(kind)
     out, report = optimize(model, verify=False)
@@ -251,9 +249,8 @@ def test_top1_needs_an_axis_with_two_classes(tmp_path, shape):
 
 
 def test_a_reshape_link_does_not_trust_stale_value_info(tmp_path):
-    from builders import run_model
-
     from onnx_collapse import optimize
+    from tests.builders import run_model
 
     w1 = numpy_helper.from_array(RNG.standard_normal((8, 4)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(RNG.standard_normal((4, 4)).astype(np.float32), "w2")
@@ -289,7 +286,7 @@ def _weights():
 
 
 def test_a_chain_whose_input_is_an_overridable_initializer_folds_and_stays_overridable(tmp_path):
-    from builders import run_model
+    from tests.builders import run_model
 
     w1, w2 = _weights()
     x = numpy_helper.from_array(RNG.standard_normal((3, 8)).astype(np.float32), "x")
@@ -339,7 +336,7 @@ def test_a_sequence_output_of_another_length_fails_verification(tmp_path):
 
 
 def test_a_sparse_initializer_used_as_a_weight_is_left_alone(tmp_path):
-    from builders import run_model
+    from tests.builders import run_model
 
     w1, w2 = _weights()
     dense = numpy_helper.to_array(w1).copy()
@@ -432,7 +429,7 @@ def test_a_closed_stdout_ends_quietly_with_the_broken_pipe_status_after_the_outp
 
 @pytest.mark.parametrize("external", [False, True])
 def test_an_out_name_at_the_file_systems_limit_works(tmp_path, external):
-    from test_safety import data_locations, outputs, same_outputs
+    from tests.test_safety import data_locations, outputs, same_outputs
 
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
     src = tmp_path / "in.onnx"
@@ -468,7 +465,7 @@ def _nearly_rank_deficient() -> tuple[onnx.ModelProto, np.ndarray]:
 
 
 def test_an_exact_factor_pair_states_the_bound_it_holds_under(tmp_path):
-    from builders import run_model
+    from tests.builders import run_model
 
     model, direction = _nearly_rank_deficient()
     src, out, report_path = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "r.json"

@@ -1,21 +1,16 @@
 """Verification refuses what it cannot check honestly; runs without low-rank targets or with odd inputs stay clean."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, build, mlp, save_external
-from conftest import MODELS
+from measure import run_measured
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import EXE, assert_one_line_error, cli
 
 from onnx_collapse import CollapseError, analyze, optimize
 from onnx_collapse.allocate import allocate_budget
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from measure import run_measured  # noqa: E402
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build, mlp, save_external
+from tests.common import EXE, MODELS, assert_one_line_error, cli
 
 
 def _cnn() -> onnx.ModelProto:

@@ -6,12 +6,12 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from conftest import MODELS
-from terminal import EXE, run_on_terminal
 
 from onnx_collapse import cli as cli_module
 from onnx_collapse.cli import cli
 from onnx_collapse.report import Column, _table, cut_chain, cut_end, cut_middle
+from tests.common import MODELS
+from tests.terminal import EXE, run_on_terminal
 
 SHIPPED = sorted(MODELS.glob("*.onnx"))
 LONG_REASON = "kept the exact fold instead"  # the end of a reverted truncation's reason (three_layer at 0.5)

@@ -1,5 +1,6 @@
 import onnx
-from builders import ActSpec, ChainSpec, LayerSpec, analysed, build, mlp
+
+from tests.builders import ActSpec, ChainSpec, LayerSpec, analysed, build, mlp
 
 
 def test_two_layers_through_prelu_form_one_segment():

@@ -6,11 +6,11 @@ import subprocess
 
 import onnx
 import pytest
-from builders import mlp
-from conftest import MODELS
 
 from onnx_collapse import analyze, optimize
 from onnx_collapse.passes.explain import verdict
+from tests.builders import mlp
+from tests.common import MODELS
 
 
 def _with_relu():

@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import TORCH_SKIP
+
+from tests.common import TORCH_SKIP
 
 torch = pytest.importorskip("torch", reason=TORCH_SKIP)
 from torch import nn  # noqa: E402

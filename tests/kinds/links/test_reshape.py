@@ -3,10 +3,10 @@
 import numpy as np
 import onnx
 import pytest
-from builders import mlp, run_model
 from onnx import helper, numpy_helper
 
 from onnx_collapse import optimize
+from tests.builders import mlp, run_model
 
 
 def _between(nodes, consts=(), x_shape=("batch", 8)):
