@@ -22,7 +22,6 @@ from .io import (
     ModelSource,
     TensorStore,
     open_model,
-    pause_point,
     read_npz,
     scratch_dir,
     uses_external,
@@ -228,7 +227,6 @@ def session(source: ModelSource, what: str, optimized: bool = False) -> ort.Infe
         with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-verify-") as tmp:
             path = Path(tmp) / "model.onnx"
             write_model(model, path, True, source.base_dir)
-            pause_point("verify")
             return ort.InferenceSession(str(path), options, providers=providers)
     except CollapseError:
         raise

@@ -2,8 +2,10 @@
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnx_collapse import optimize
+from onnx_collapse.graph import GraphView, import_model, imported_proto
 from tests.builders import mlp, run_model
 
 
@@ -86,3 +88,19 @@ def test_one_imported_model_serves_candidate_after_candidate():
     applier = PlanApplier(model)
     for subset in (plans, plans[:1], [], plans[1:], plans):
         assert applier.apply(subset).SerializeToString() == apply_plans(model, subset).SerializeToString()
+
+
+def test_an_imported_constant_gives_its_proto_without_loading_its_values():
+    """graph.imported_proto reads onnx-graphsurgeon's private Constant._values: this fails if that changes."""
+    model = mlp()
+    weight = model.graph.initializer[0]
+    imported = import_model(model)
+    constant = imported.graph.tensors()[weight.name]
+    proto = imported_proto(constant)
+    assert proto is not None and proto.SerializeToString() == weight.SerializeToString()
+    view = GraphView(imported.graph, model.graph)
+    assert view.constant_proto(weight.name).SerializeToString() == weight.SerializeToString()
+    assert imported_proto(constant) is not None  # asking did not load the values
+    loaded = constant.values  # the library's public accessor reads them into numpy and keeps them
+    assert np.array_equal(loaded, numpy_helper.to_array(weight))
+    assert imported_proto(constant) is None  # the values are numpy now, not the proto

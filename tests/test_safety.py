@@ -394,10 +394,37 @@ def test_a_model_with_1100_data_files_under_a_low_open_file_limit(tmp_path):
 # 13. signals
 
 
+# The console script's main with one real step made to sleep a minute after it ran, so a test can signal the
+# run there: "staged" after the staged output is written, "verify" when onnxruntime is handed the verification
+# copy of a model (in an onnx-collapse-verify-* folder).
+PAUSE_DRIVER = r"""
+import sys, time
+import onnxruntime
+from onnx_collapse import cli, io
+where, *argv = sys.argv[1:]
+if where == "staged":
+    write = io.StagedOutput.write
+    def paused_write(self, *args, **kwargs):
+        staged = write(self, *args, **kwargs)
+        time.sleep(60)
+        return staged
+    io.StagedOutput.write = paused_write
+else:
+    session = onnxruntime.InferenceSession
+    def paused_session(model, *args, **kwargs):
+        if "onnx-collapse-verify-" in str(model):
+            time.sleep(60)
+        return session(model, *args, **kwargs)
+    onnxruntime.InferenceSession = paused_session
+sys.argv = ["onnx-collapse", *argv]
+cli.main()
+"""
+
+
 def start_paused(where: str, src: Path, out: Path, tmp: Path) -> subprocess.Popen:
-    env = dict(os.environ, ONNX_COLLAPSE_TEST_PAUSE=where, TMPDIR=str(tmp))
-    return subprocess.Popen([EXE, "optimize", src, out], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    env = dict(os.environ, TMPDIR=str(tmp))
+    return subprocess.Popen([sys.executable, "-c", PAUSE_DRIVER, where, "optimize", src, out], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(folder: Path, prefix: str, proc: subprocess.Popen) -> Path:
