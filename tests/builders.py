@@ -134,3 +134,15 @@ def run_model(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def two_chains(slope: float) -> onnx.ModelProto:
+    """x -> [fc0 - act(slope) - fc1] -> act(0.5, kept) -> [fc2 - act(1) - fc3]: one chain near 1, one exact."""
+    return build(ChainSpec(12, [LayerSpec(24), LayerSpec(12), LayerSpec(24), LayerSpec(6)],
+                           [ActSpec("leaky", slope), ActSpec("leaky", 0.5), ActSpec("prelu", 1.0)]), seed=3)
+
+
+def shifted_rows(n: int, width: int, seed: int) -> np.ndarray:
+    """Inputs with a mean and unequal variances, so the nonlinearity's effect is far from symmetric."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, width)) * np.linspace(0.5, 2.0, width) + 0.7).astype(np.float32)

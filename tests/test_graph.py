@@ -72,24 +72,6 @@ def test_dead_nodes_left_by_a_fold_are_removed_by_the_library_cleanup():
     assert {t.name for t in out.graph.initializer}.isdisjoint({"s0", "w0", "w1"})
 
 
-def test_one_imported_model_serves_candidate_after_candidate():
-    """Verification applies many plan sets to one import; each result equals a fresh rewrite."""
-    from onnx_collapse.io import ModelSource
-    from onnx_collapse.options import Options
-    from onnx_collapse.pipeline import run_passes
-    from onnx_collapse.rewrite import PlanApplier, apply_plans
-    from tests.builders import ActSpec, ChainSpec, LayerSpec, build
-
-    spec = ChainSpec(8, [LayerSpec(16), LayerSpec(16), LayerSpec(8), LayerSpec(8), LayerSpec(4)],
-                     [ActSpec(), ActSpec(slope=0.5), ActSpec(), ActSpec()])
-    model = build(spec)
-    plans = [p for ctx in run_passes(ModelSource(model), Options()) for p in ctx.plans]
-    assert len(plans) == 2
-    applier = PlanApplier(model)
-    for subset in (plans, plans[:1], [], plans[1:], plans):
-        assert applier.apply(subset).SerializeToString() == apply_plans(model, subset).SerializeToString()
-
-
 def test_an_imported_constant_gives_its_proto_without_loading_its_values():
     """graph.imported_proto reads onnx-graphsurgeon's private Constant._values: this fails if that changes."""
     model = mlp()
