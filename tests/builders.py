@@ -146,3 +146,29 @@ def shifted_rows(n: int, width: int, seed: int) -> np.ndarray:
     """Inputs with a mean and unequal variances, so the nonlinearity's effect is far from symmetric."""
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((n, width)) * np.linspace(0.5, 2.0, width) + 0.7).astype(np.float32)
+
+
+def parsed(text: str, weights: dict[str, np.ndarray] | None = None,
+           subgraph_weights: dict[str, dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+    """The model written in ONNX's text format (``onnx.parser.parse_model``) with ``weights`` added, in order, as
+    initializers of the main graph and ``subgraph_weights[name]`` as those of the subgraph called ``name``, so
+    that random values need not be spelled out in the text."""
+    model = onnx.parser.parse_model(text)
+    for name, arrays in {model.graph.name: weights or {}, **(subgraph_weights or {})}.items():
+        graph = _graph_named(model.graph, name)
+        if graph is None:
+            raise ValueError(f"the model has no graph named {name!r}")
+        graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in arrays.items())
+    return model
+
+
+def _graph_named(graph: onnx.GraphProto, name: str) -> onnx.GraphProto | None:
+    if graph.name == name:
+        return graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                found = _graph_named(sub, name)
+                if found is not None:
+                    return found
+    return None
