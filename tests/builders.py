@@ -148,17 +148,22 @@ def shifted_rows(n: int, width: int, seed: int) -> np.ndarray:
     return (rng.standard_normal((n, width)) * np.linspace(0.5, 2.0, width) + 0.7).astype(np.float32)
 
 
-def parsed(text: str, weights: dict[str, np.ndarray] | None = None,
-           subgraph_weights: dict[str, dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+Weights = dict[str, "np.ndarray | onnx.TensorProto"]
+
+
+def parsed(text: str, weights: Weights | None = None, subgraph_weights: dict[str, Weights] | None = None
+           ) -> onnx.ModelProto:
     """The model written in ONNX's text format (``onnx.parser.parse_model``) with ``weights`` added, in order, as
     initializers of the main graph and ``subgraph_weights[name]`` as those of the subgraph called ``name``, so
-    that random values need not be spelled out in the text."""
+    that random values need not be spelled out in the text. A weight is an array, or a TensorProto of that
+    name (for a type numpy lacks)."""
     model = onnx.parser.parse_model(text)
     for name, arrays in {model.graph.name: weights or {}, **(subgraph_weights or {})}.items():
         graph = _graph_named(model.graph, name)
         if graph is None:
             raise ValueError(f"the model has no graph named {name!r}")
-        graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in arrays.items())
+        graph.initializer.extend(v if isinstance(v, onnx.TensorProto) else numpy_helper.from_array(np.asarray(v), k)
+                                 for k, v in arrays.items())
     return model
 
 

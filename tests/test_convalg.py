@@ -2,11 +2,12 @@
 and two convolutions composed into one."""
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
 
 from onnx_collapse import convalg
+from tests.builders import parsed
 
 RNG = np.random.default_rng(0)
 
@@ -22,13 +23,12 @@ def test_windows_times_the_matrix_are_what_onnxruntime_convolves(kernel, strides
     c, o = 3, 4
     w, b = rng.standard_normal((o, c, *kernel)), rng.standard_normal(o)
     x = rng.standard_normal((2, c, *size)).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(kernel), strides=list(strides),
-                            pads=list(pads), dilations=list(dilations))
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, None)],
-                              [helper.make_tensor_value_info("y", 1, None)],
-                              [numpy_helper.from_array(w.astype(np.float32), "w"),
-                               numpy_helper.from_array(b.astype(np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = parsed(f"""
+        <ir_version: {onnx.IR_VERSION}, opset_import: ["" : 17]>
+        g (float[] x) => (float[] y) {{
+            y = Conv <dilations = {list(dilations)}, kernel_shape = {list(kernel)}, pads = {list(pads)},
+                      strides = {list(strides)}> (x, w, b)
+        }}""", {"w": w.astype(np.float32), "b": b.astype(np.float32)})
     y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     rows = convalg.patches(x.astype(np.float64), kernel, strides, pads, dilations)
     conv = convalg.ConvMap(w, b, strides, pads, dilations)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from readme_tables import splice  # noqa: E402
+from readme_tables import splice
 
 from tests.common import MODELS, ROOT
 
