@@ -127,6 +127,15 @@ def analysed(model: onnx.ModelProto, slope_tol: float = 0.05):
     return run_passes(ModelSource(model), Options(slope_tol=slope_tol), (FindLayers(), FindChains()), ())[0]
 
 
+def fold_plans(model: onnx.ModelProto) -> list:
+    """The fold plans the default passes make for ``model``, every graph's, in order (none applied yet)."""
+    from onnx_collapse.io import ModelSource
+    from onnx_collapse.options import Options
+    from onnx_collapse.pipeline import run_passes
+
+    return [p for ctx in run_passes(ModelSource(model), Options()) for p in ctx.plans]
+
+
 def run_model(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
     """All outputs of ``model`` in onnxruntime (CPU, graph optimizations off)."""
     import onnxruntime as ort

@@ -3,20 +3,16 @@
 import numpy as np
 import onnx
 
-from onnx_collapse.io import ModelSource
-from onnx_collapse.options import Options
-from onnx_collapse.pipeline import run_passes
 from onnx_collapse.rewrite import PlanApplier, apply_plans
-from tests.builders import ActSpec, ChainSpec, LayerSpec, build, run_model
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build, fold_plans, run_model
 
 
 def test_one_imported_model_serves_candidate_after_candidate():
     """Verification applies many plan sets to one import; each result equals a fresh rewrite."""
-
     spec = ChainSpec(8, [LayerSpec(16), LayerSpec(16), LayerSpec(8), LayerSpec(8), LayerSpec(4)],
                      [ActSpec(), ActSpec(slope=0.5), ActSpec(), ActSpec()])
     model = build(spec)
-    plans = [p for ctx in run_passes(ModelSource(model), Options()) for p in ctx.plans]
+    plans = fold_plans(model)
     assert len(plans) == 2
     applier = PlanApplier(model)
     for subset in (plans, plans[:1], [], plans[1:], plans):
@@ -25,7 +21,7 @@ def test_one_imported_model_serves_candidate_after_candidate():
 
 def test_applied_plans_give_fewer_nodes_computing_the_same_outputs():
     model = build(ChainSpec(8, [LayerSpec(16), LayerSpec(16), LayerSpec(4)], [ActSpec(), ActSpec()]))
-    plans = [p for ctx in run_passes(ModelSource(model), Options()) for p in ctx.plans]
+    plans = fold_plans(model)
     out = apply_plans(model, plans)
     onnx.checker.check_model(out)
     assert len(out.graph.node) < len(model.graph.node)
