@@ -39,9 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import realdata as rd  # noqa: E402
+import realdata as rd
 
 # A method: the tool's flags (placeholders {calib}, {verify}); optional "budgets" / "metrics" restrict the
 # rows it gets, "budget": False runs it once without --rank-budget/--budget-metric. "note" goes in the table.

@@ -133,6 +133,20 @@ def weight_count(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.data_type in FLOAT_TENSOR_TYPES else 0
 
 
+def imported_proto(constant: gs.Constant) -> onnx.TensorProto | None:
+    """The dense TensorProto ``constant`` was imported from while its values are still unread, else None
+    (values set or loaded since, or a sparse tensor: sparse weights stay as they are).
+
+    The one place that reads onnx-graphsurgeon's private state: it has no public way to reach the proto.
+    ``Constant.values`` loads the data into numpy (and keeps it), so this reads ``Constant._values``, which
+    is a ``gs.ir.tensor.LazyValues`` holding the proto (``.tensor``) until then. tests/test_graph.py checks
+    this against the installed onnx-graphsurgeon and fails if that changes."""
+    values = constant._values
+    if isinstance(values, gs.ir.tensor.LazyValues) and not isinstance(values, gs.ir.tensor.SparseValues):
+        return values.tensor
+    return None
+
+
 class GraphView:
     """One onnx-graphsurgeon graph as the passes see it: nodes by position, constants read lazily.
 
@@ -199,19 +213,13 @@ class GraphView:
         while seen < 64:
             tensor = self.tensor(name)
             if isinstance(tensor, gs.Constant):
-                if name in self.overridable or not isinstance(tensor._values, gs.ir.tensor.LazyValues) \
-                        or isinstance(tensor._values, gs.ir.tensor.SparseValues):  # sparse weights stay as they are
-                    return None
-                return tensor._values.tensor
+                return None if name in self.overridable else imported_proto(tensor)
             node = self.producer(name)
             if node is None or not is_default_domain(node):
                 return None
             if node.op == "Constant":
                 value = node.attrs.get("value")
-                if isinstance(value, gs.Constant) and isinstance(value._values, gs.ir.tensor.LazyValues) \
-                        and not isinstance(value._values, gs.ir.tensor.SparseValues):
-                    return value._values.tensor
-                return None
+                return imported_proto(value) if isinstance(value, gs.Constant) else None
             if node.op != "Identity" or not node.inputs:
                 return None
             name = node.inputs[0].name

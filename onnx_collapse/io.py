@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
-from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import CollapseError, Param, Text, one_line
 
@@ -49,17 +49,44 @@ OPEN_SOURCES = 16  # source data files kept open at once while copying (a model 
 STAGING_PREFIX = ".onnx-collapse-"
 STALE_AFTER = 60  # seconds: a dead run's scratch folder older than this is removed by the next run
 HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
-PAUSE_ENV = "ONNX_COLLAPSE_TEST_PAUSE"  # test hook, see pause_point
 _NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of the model: initializers, tensor attributes and sparse tensors' values and indices,
-    subgraphs included."""
-    yield from _get_all_tensors(model)
+    """Every tensor of the model: initializers, tensor attributes (model-local functions' too) and sparse
+    tensors' values and indices, subgraphs included. Dense ones come in the order onnx's own external-data
+    helpers visit them: every initializer (each graph's before its nodes' subgraphs'), then every tensor
+    attribute."""
+    yield from _initializers(model.graph)
+    for graph in (model.graph, *model.functions):
+        yield from _attribute_tensors(graph)
     for sparse in _sparse_tensors(model.graph):
         yield sparse.values
         yield sparse.indices
+
+
+def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return [attr.g]
+    return list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in _subgraphs(attr):
+                yield from _initializers(sub)
+
+
+def _attribute_tensors(graph: onnx.GraphProto | onnx.FunctionProto) -> Iterator[onnx.TensorProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in _subgraphs(attr):
+                yield from _attribute_tensors(sub)
 
 
 def _sparse_tensors(graph: onnx.GraphProto) -> Iterator[onnx.SparseTensorProto]:
@@ -434,13 +461,6 @@ def scratch_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(dir=folder, prefix=f"{prefix}{HOST}-{os.getpid()}-")
 
 
-def pause_point(where: str) -> None:
-    """Test hook: sleep a minute when $ONNX_COLLAPSE_TEST_PAUSE equals ``where`` ("staged": after the staged
-    output is written; "verify": after the verification copy is), so tests can signal a run mid-write."""
-    if os.environ.get(PAUSE_ENV) == where:
-        time.sleep(60)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one rename, keeping an existing file's mode."""
     with write_errors(path), scratch_dir(path.parent, STAGING_PREFIX) as tmp:
@@ -657,7 +677,6 @@ class StagedOutput:
                 self.staged_data.unlink()
             write_model(model, self.staged, external, self.source_dir, data_name=self.data_name,
                         consume=consume)
-        pause_point("staged")
         return self.staged
 
     def commit(self) -> None:

@@ -14,7 +14,7 @@ from onnx import helper
 
 from .errors import CollapseError, one_line
 from .inputs import graph_inputs
-from .io import PROTOBUF_LIMIT, ModelSource, TensorStore, pause_point, scratch_dir, uses_external, write_model
+from .io import PROTOBUF_LIMIT, ModelSource, TensorStore, scratch_dir, uses_external, write_model
 
 
 def session(source: ModelSource, what: str, optimized: bool = False) -> ort.InferenceSession:
@@ -41,7 +41,6 @@ def session(source: ModelSource, what: str, optimized: bool = False) -> ort.Infe
         with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-verify-") as tmp:
             path = Path(tmp) / "model.onnx"
             write_model(model, path, True, source.base_dir)
-            pause_point("verify")
             return ort.InferenceSession(str(path), options, providers=providers)
     except CollapseError:
         raise

@@ -127,6 +127,16 @@ def analysed(model: onnx.ModelProto, slope_tol: float = 0.05):
     return run_passes(ModelSource(model), Options(slope_tol=slope_tol), (FindLayers(), FindChains()), ())[0]
 
 
+def fold_plans(model: onnx.ModelProto) -> list:
+    """The fold plans the default passes make for ``model``, every graph's, in order (none applied yet)."""
+    from onnx_collapse.candidates import applied
+    from onnx_collapse.io import ModelSource
+    from onnx_collapse.options import Options
+    from onnx_collapse.pipeline import run_passes
+
+    return [p for ctx in run_passes(ModelSource(model), Options()) for p in applied(ctx.candidates)]
+
+
 def run_model(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
     """All outputs of ``model`` in onnxruntime (CPU, graph optimizations off)."""
     import onnxruntime as ort
@@ -134,3 +144,46 @@ def run_model(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def two_chains(slope: float) -> onnx.ModelProto:
+    """x -> [fc0 - act(slope) - fc1] -> act(0.5, kept) -> [fc2 - act(1) - fc3]: one chain near 1, one exact."""
+    return build(ChainSpec(12, [LayerSpec(24), LayerSpec(12), LayerSpec(24), LayerSpec(6)],
+                           [ActSpec("leaky", slope), ActSpec("leaky", 0.5), ActSpec("prelu", 1.0)]), seed=3)
+
+
+def shifted_rows(n: int, width: int, seed: int) -> np.ndarray:
+    """Inputs with a mean and unequal variances, so the nonlinearity's effect is far from symmetric."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, width)) * np.linspace(0.5, 2.0, width) + 0.7).astype(np.float32)
+
+
+Weights = dict[str, "np.ndarray | onnx.TensorProto"]
+
+
+def parsed(text: str, weights: Weights | None = None, subgraph_weights: dict[str, Weights] | None = None
+           ) -> onnx.ModelProto:
+    """The model written in ONNX's text format (``onnx.parser.parse_model``) with ``weights`` added, in order, as
+    initializers of the main graph and ``subgraph_weights[name]`` as those of the subgraph called ``name``, so
+    that random values need not be spelled out in the text. A weight is an array, or a TensorProto of that
+    name (for a type numpy lacks)."""
+    model = onnx.parser.parse_model(text)
+    for name, arrays in {model.graph.name: weights or {}, **(subgraph_weights or {})}.items():
+        graph = _graph_named(model.graph, name)
+        if graph is None:
+            raise ValueError(f"the model has no graph named {name!r}")
+        graph.initializer.extend(v if isinstance(v, onnx.TensorProto) else numpy_helper.from_array(np.asarray(v), k)
+                                 for k, v in arrays.items())
+    return model
+
+
+def _graph_named(graph: onnx.GraphProto, name: str) -> onnx.GraphProto | None:
+    if graph.name == name:
+        return graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                found = _graph_named(sub, name)
+                if found is not None:
+                    return found
+    return None

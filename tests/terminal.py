@@ -2,10 +2,9 @@
 
 import os
 import pty
-import shutil
 import subprocess
 
-EXE = shutil.which("onnx-collapse")
+from tests.common import EXE
 
 
 def run_on_terminal(*args, stream: str = "stderr", columns: int = 100) -> tuple[int, str, str]:

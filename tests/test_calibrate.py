@@ -7,41 +7,18 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, build, mlp, run_model
 
 import onnx_collapse as oc
 from onnx_collapse import calibrate, linalg
 from onnx_collapse.errors import CollapseError
 from onnx_collapse.io import ModelSource
 from onnx_collapse.pipeline import calibration_split
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build, mlp, run_model, shifted_rows, two_chains
 
 EXE = shutil.which("onnx-collapse")
 
 
-def two_chains(slope: float) -> onnx.ModelProto:
-    """x -> [fc0 - act(slope) - fc1] -> act(0.5, kept) -> [fc2 - act(1) - fc3]: one chain near 1, one exact."""
-    return build(ChainSpec(12, [LayerSpec(24), LayerSpec(12), LayerSpec(24), LayerSpec(6)],
-                           [ActSpec("leaky", slope), ActSpec("leaky", 0.5), ActSpec("prelu", 1.0)]), seed=3)
-
-
-def shifted_rows(n: int, width: int, seed: int) -> np.ndarray:
-    """Inputs with a mean and unequal variances, so the nonlinearity's effect is far from symmetric."""
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, width)) * np.linspace(0.5, 2.0, width) + 0.7).astype(np.float32)
-
-
 # --- least-squares collapse -----------------------------------------------------------------------------------
-
-def test_calibrated_fold_beats_the_plain_fold_on_held_out_rows_and_slope_1_stays_exact():
-    model = two_chains(0.96)
-    _, report = oc.optimize(model, calibrate={"x": shifted_rows(600, 12, 0)}, inputs={"x": shifted_rows(300, 12, 1)},
-                            atol=1.0)
-    near, exact = [f for f in report.folds if f.status == "folded"]
-    assert near.calibrated and near.plain_error is not None
-    assert near.error.max_abs < near.plain_error.max_abs / 2  # measured on rows the fit never saw
-    assert near.error.mean_abs < near.plain_error.mean_abs / 2
-    assert near.calibration_rms[1] < near.calibration_rms[0]
-    assert not exact.calibrated and exact.error.max_abs < 1e-5 and exact.slopes == [[1.0, 1.0]]
 
 
 def test_ridge_toward_the_plain_fold_keeps_unexcited_directions():

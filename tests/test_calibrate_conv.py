@@ -3,7 +3,6 @@ chains and activation-aware ALDS of Conv layers, checked in onnxruntime on rows 
 
 import numpy as np
 import onnx
-import pytest
 from onnx import helper, numpy_helper
 
 import onnx_collapse as oc
@@ -42,32 +41,6 @@ def _images(n, c, size, seed):
         x = (x + np.roll(x, 1, axis) + np.roll(x, -1, axis)) / 3
     scale = np.linspace(0.2, 2.0, c).reshape(1, c, *([1] * len(size)))
     return (x * scale + 0.5).astype(np.float32)
-
-
-@pytest.mark.parametrize("kernel,strides,pads,dilations,size", [
-    ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (7, 9)),
-    ((3, 2), (2, 1), (0, 1, 2, 0), (1, 2), (9, 8)),
-    ((5,), (3,), (2, 1), (2,), (17,)),
-    ((2, 1, 3), (1, 2, 1), (1, 0, 0, 0, 1, 2), (1, 1, 1), (4, 5, 6)),
-])
-def test_windows_times_the_matrix_are_what_onnxruntime_convolves(kernel, strides, pads, dilations, size):
-    import onnxruntime as ort
-    rng = np.random.default_rng(0)
-    c, o = 3, 4
-    w, b = rng.standard_normal((o, c, *kernel)), rng.standard_normal(o)
-    x = rng.standard_normal((2, c, *size)).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(kernel), strides=list(strides),
-                            pads=list(pads), dilations=list(dilations))
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, None)],
-                              [helper.make_tensor_value_info("y", 1, None)],
-                              [numpy_helper.from_array(w.astype(np.float32), "w"),
-                               numpy_helper.from_array(b.astype(np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
-    rows = convalg.patches(x.astype(np.float64), kernel, strides, pads, dilations)
-    conv = convalg.ConvMap(w, b, strides, pads, dilations)
-    assert y.shape[2:] == convalg.output_size(size, kernel, strides, pads, dilations)
-    np.testing.assert_allclose(rows @ conv.matrix() + b, np.moveaxis(y, 1, -1).reshape(-1, o), atol=1e-4)
 
 
 def test_calibrated_conv_fold_beats_the_plain_fold_on_held_out_images():
@@ -123,21 +96,3 @@ def test_a_convolution_whose_input_is_not_what_it_reads_gets_no_statistics():
     stats = calibrate.collect(ModelSource(model, None), [wrong, too_wide], {"x": 1}, {"x": _images(4, 3, (6, 6), 0)})
     assert wrong in stats.parts and too_wide in stats.skipped
     assert "convolution" in stats.skipped[too_wide]
-
-
-@pytest.mark.parametrize("max_bytes", [1, 500, 5000, 10**9])
-def test_window_blocks_are_the_windows_in_order_whatever_the_block_size(max_bytes):
-    """Blocks of whole images, or slabs of one image's output rows (a large image), concatenate to
-    ``patches``: the same rows in the same order, padding at the slab edges included."""
-    rng = np.random.default_rng(0)
-    for kernel, strides, pads, dilations, size in [((3, 3), (2, 2), (3, 0, 2, 1), (2, 1), (11, 10)),
-                                                   ((5,), (3,), (2, 1), (2,), (17,)),
-                                                   ((2, 1, 3), (1, 2, 1), (1, 0, 0, 0, 1, 2), (1, 1, 1), (4, 5, 6)),
-                                                   ((1,), (1,), (3, 0), (1,), (6,)),  # pads beyond the kernel's reach
-                                                   ((1,), (1,), (0, 3), (1,), (6,)),
-                                                   ((2, 2), (1, 1), (3, 0, 0, 0), (1, 1), (4, 5))]:
-        x = rng.standard_normal((3, 2, *size))
-        blocks = list(convalg.window_blocks(x, kernel, strides, pads, dilations, max_bytes))
-        assert all(w.nbytes <= max(max_bytes, w.nbytes // max(r.stop - r.start, 1)) for _, r, w in blocks)
-        np.testing.assert_array_equal(np.concatenate([w for *_, w in blocks]),
-                                      convalg.patches(x, kernel, strides, pads, dilations))

@@ -3,29 +3,16 @@
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from builders import mlp
-from conftest import MODELS
 
-EXE = shutil.which("onnx-collapse")
+from tests.builders import mlp
+from tests.common import EXE, MODELS, assert_one_line_error, cli
+
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
-
-
-def assert_one_line_error(result, code, *words):
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 @pytest.fixture

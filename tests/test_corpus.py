@@ -1,12 +1,8 @@
 """The optimizer over every model-with-reference-data the installed onnx package ships: no crash, no mismatch."""
 
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from corpus import run_corpus  # noqa: E402
+from corpus import run_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -1,9 +1,9 @@
 """Dims written as negative values (PaddlePaddle's exporter writes -1) are dynamic, not fixed."""
 
 import numpy as np
-from builders import mlp
 
 from onnx_collapse import optimize, verify
+from tests.builders import mlp
 
 
 def _minus_one_batch():

@@ -2,10 +2,11 @@
 
 import numpy as np
 import onnx
-from builders import mlp, run_model
+from onnx import numpy_helper
 
 from onnx_collapse import optimize
-from onnx_collapse.candidates import applied
+from onnx_collapse.graph import GraphView, import_model, imported_proto
+from tests.builders import mlp, run_model
 
 
 def _decorated_model() -> onnx.ModelProto:
@@ -71,20 +72,17 @@ def test_dead_nodes_left_by_a_fold_are_removed_by_the_library_cleanup():
     assert {t.name for t in out.graph.initializer}.isdisjoint({"s0", "w0", "w1"})
 
 
-def test_one_imported_model_serves_candidate_after_candidate():
-    """Verification applies many plan sets to one import; each result equals a fresh rewrite."""
-    from builders import ActSpec, ChainSpec, LayerSpec, build
-
-    from onnx_collapse.io import ModelSource
-    from onnx_collapse.options import Options
-    from onnx_collapse.pipeline import run_passes
-    from onnx_collapse.rewrite import PlanApplier, apply_plans
-
-    spec = ChainSpec(8, [LayerSpec(16), LayerSpec(16), LayerSpec(8), LayerSpec(8), LayerSpec(4)],
-                     [ActSpec(), ActSpec(slope=0.5), ActSpec(), ActSpec()])
-    model = build(spec)
-    plans = [p for ctx in run_passes(ModelSource(model), Options()) for p in applied(ctx.candidates)]
-    assert len(plans) == 2
-    applier = PlanApplier(model)
-    for subset in (plans, plans[:1], [], plans[1:], plans):
-        assert applier.apply(subset).SerializeToString() == apply_plans(model, subset).SerializeToString()
+def test_an_imported_constant_gives_its_proto_without_loading_its_values():
+    """graph.imported_proto reads onnx-graphsurgeon's private Constant._values: this fails if that changes."""
+    model = mlp()
+    weight = model.graph.initializer[0]
+    imported = import_model(model)
+    constant = imported.graph.tensors()[weight.name]
+    proto = imported_proto(constant)
+    assert proto is not None and proto.SerializeToString() == weight.SerializeToString()
+    view = GraphView(imported.graph, model.graph)
+    assert view.constant_proto(weight.name).SerializeToString() == weight.SerializeToString()
+    assert imported_proto(constant) is not None  # asking did not load the values
+    loaded = constant.values  # the library's public accessor reads them into numpy and keeps them
+    assert np.array_equal(loaded, numpy_helper.to_array(weight))
+    assert imported_proto(constant) is None  # the values are numpy now, not the proto

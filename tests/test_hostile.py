@@ -6,14 +6,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import mlp, point_external_data_at, save_external
-from conftest import MODELS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
-from test_cli import EXE, assert_one_line_error, cli
+from onnx import TensorProto, helper
 
 from onnx_collapse import CollapseError, analyze, optimize
+from tests.builders import mlp, parsed, point_external_data_at, save_external
+from tests.common import EXE, MODELS, assert_one_line_error, cli
 
 
 def _save(model, path: Path) -> Path:
@@ -49,38 +48,34 @@ def test_unknown_domain_with_a_chain_cannot_be_verified_and_says_so(tmp_path):
     assert cli("optimize", src, tmp_path / "o.onnx", "--no-verify").returncode == 0
 
 
-def _matmul_model(weight_node: list, weight_name: str, inits: list, x_type=TensorProto.FLOAT):
-    nodes = weight_node + [helper.make_node("MatMul", ["x", weight_name], ["h"]),
-                           helper.make_node("MatMul", ["h", weight_name + "_2"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", x_type, ["n", 4])],
-                              [helper.make_tensor_value_info("y", x_type, ["n", 4])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+def _matmul_model(weights: dict, x_type: str = "float", dequantize: bool = False) -> onnx.ModelProto:
+    """x @ w @ w_2, x and y of ``x_type``; with ``dequantize``, w = DequantizeLinear(wq, scale)."""
+    return parsed(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g ({x_type}[n, 4] x) => ({x_type}[n, 4] y) {{
+            {"w = DequantizeLinear (wq, scale)" if dequantize else ""}
+            h = MatMul (x, w)
+            y = MatMul (h, w_2)
+        }}""", weights)
 
 
 @pytest.mark.parametrize("kind", ["qdq", "int32", "bfloat16"])
 def test_quantized_integer_and_bfloat16_weights_are_left_alone(kind):
     rng = np.random.default_rng(0)
     if kind == "qdq":
-        q = numpy_helper.from_array(rng.integers(-8, 8, (4, 4)).astype(np.int8), "wq")
-        scale = numpy_helper.from_array(np.array(0.1, np.float32), "scale")
-        deq = [helper.make_node("DequantizeLinear", ["wq", "scale"], ["w"])]
-        w2 = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w_2")
-        model = _matmul_model(deq, "w", [q, scale, w2])
+        model = _matmul_model({"wq": rng.integers(-8, 8, (4, 4)).astype(np.int8), "scale": np.array(0.1, np.float32),
+                               "w_2": rng.standard_normal((4, 4)).astype(np.float32)}, dequantize=True)
     elif kind == "int32":
-        inits = [numpy_helper.from_array(rng.integers(-3, 3, (4, 4)).astype(np.int32), n) for n in ("w", "w_2")]
-        model = _matmul_model([], "w", inits, TensorProto.INT32)
+        model = _matmul_model({n: rng.integers(-3, 3, (4, 4)).astype(np.int32) for n in ("w", "w_2")}, "int32")
     else:
-        inits = [helper.make_tensor(n, TensorProto.BFLOAT16, [4, 4], rng.integers(0, 2**15, 16).tolist(), raw=False)
-                 for n in ("w", "w_2")]
-        model = _matmul_model([], "w", inits, TensorProto.BFLOAT16)
+        model = _matmul_model({n: helper.make_tensor(n, TensorProto.BFLOAT16, [4, 4], rng.integers(0, 2**15, 16).tolist(),
+                                                     raw=False) for n in ("w", "w_2")}, "bfloat16")
     out, report = optimize(model, verify=False)
     assert not report.folded and out.SerializeToString() == model.SerializeToString()
 
 
 def test_empty_graph_and_zero_sized_dims():
-    empty = helper.make_model(helper.make_graph([], "empty", [helper.make_tensor_value_info("x", 1, [2])],
-                                                [helper.make_tensor_value_info("x", 1, [2])]),
-                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    empty = onnx.parser.parse_model('<ir_version: 8, opset_import: ["" : 17]> empty (float[2] x) => (float[2] x) {}')
     out, report = optimize(empty)
     assert out.SerializeToString() == empty.SerializeToString() and not report.folds
     with pytest.raises(CollapseError, match="no elements"):  # verification would compare nothing

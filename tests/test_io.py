@@ -3,12 +3,14 @@
 import os
 import re
 
+import numpy as np
 import onnx
 import pytest
-from builders import mlp, point_external_data_at, save_external
+from onnx import helper, numpy_helper
 
 from onnx_collapse import CollapseError, optimize, verify
-from onnx_collapse.io import file_size, load_model, save_model, uses_external
+from onnx_collapse.io import all_tensors, file_size, load_model, save_model, uses_external
+from tests.builders import mlp, point_external_data_at, save_external
 
 
 def test_external_data_is_read_relative_to_the_model_and_written_beside_the_output(tmp_path, monkeypatch):
@@ -78,3 +80,29 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(CollapseError, match="o.onnx.*disk full"):
         save_model(mlp(), tmp_path / "o.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_all_tensors_finds_weights_in_subgraphs_functions_and_sparse_tensors_in_a_fixed_order():
+    model = onnx.parser.parse_model('''
+        <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+        g (float[2] x, bool c) => (float[2] y)
+        <float[2] w = {1.0, 2.0}>
+        {
+            k = Constant <value = float[2] {3.0, 4.0}> ()
+            y = If (c) <
+                then_branch = then_g () => (float[2] t) <float[2] wt = {5.0, 6.0}> { t = Add(x, wt) },
+                else_branch = else_g () => (float[2] e) { e = local.scaled(x) }
+            >
+        }
+        <domain: "local", opset_import: ["" : 17]>
+        scaled (a) => (b) {
+            s = Constant <value = float[2] {7.0, 8.0}> ()
+            b = Mul(a, s)
+        }
+    ''')
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([9.0], np.float32), "sp"),
+        numpy_helper.from_array(np.array([1], np.int64), "sp_i"), [2]))
+    # initializers (the graph's, then its subgraphs'), tensor attributes (the graph's, then functions'), sparse
+    assert [numpy_helper.to_array(t).tolist() for t in all_tensors(model)] == [
+        [1.0, 2.0], [5.0, 6.0], [3.0, 4.0], [7.0, 8.0], [9.0], [1]]

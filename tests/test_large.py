@@ -4,15 +4,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import onnx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from measure import run_measured  # noqa: E402
-from synthetic import write_mlp_stack  # noqa: E402
+from measure import run_measured
+from synthetic import write_mlp_stack
 
 EXE = shutil.which("onnx-collapse")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(EXE is None, reason="console script not installed")]

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from builders import mlp, save_external
 
 import onnx_collapse as oc
 from onnx_collapse import linalg
@@ -16,6 +15,7 @@ from onnx_collapse.io import ModelSource, TensorStore
 from onnx_collapse.options import Options
 from onnx_collapse.pipeline import run_passes
 from onnx_collapse.rewrite import STUB_BYTES, apply_plans
+from tests.builders import mlp, save_external
 
 
 def _big_mlp() -> onnx.ModelProto:

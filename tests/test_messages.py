@@ -7,9 +7,9 @@ import subprocess
 import click
 import numpy as np
 import pytest
-from conftest import MODELS
 
 from onnx_collapse.cli import cli as command_group
+from tests.common import MODELS
 
 EXE = shutil.which("onnx-collapse")
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")

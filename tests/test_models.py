@@ -4,9 +4,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import MODELS
 
 from onnx_collapse import analyze, optimize
+from tests.common import MODELS
 
 # model -> (folded chains, form of each fold)
 FOLDS = {

@@ -2,12 +2,12 @@
 
 import onnx
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, build
-from conftest import MODELS
 from onnx import version_converter
-from test_models import FOLDS
 
 from onnx_collapse import optimize
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build
+from tests.common import MODELS
+from tests.test_models import FOLDS
 
 SPECS = {
     "gemm-prelu": ChainSpec(8, [LayerSpec(16), LayerSpec(4)], [ActSpec()]),

@@ -4,9 +4,9 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import MODELS
 
 from onnx_collapse import CollapseError, Options, analyze, optimize, verify
+from tests.common import MODELS
 
 
 @pytest.mark.parametrize("keyword,value,words", [

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import MODELS, ROOT
+from readme_tables import splice
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from readme_tables import splice  # noqa: E402
+from tests.common import MODELS, ROOT
 
 PACKAGE = ROOT / "onnx_collapse"
 README = (ROOT / "README.md").read_text()

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import MODELS
 
 import onnx_collapse as oc
+from tests.common import MODELS
 
 EXE = shutil.which("onnx-collapse")
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")

@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import MODELS
-from terminal import EXE, run_on_terminal
 
 import onnx_collapse as oc
 from onnx_collapse.progress import Progress, TerminalProgress, advance, stage
+from tests.common import MODELS
+from tests.terminal import EXE, run_on_terminal
 
 needs_exe = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
 

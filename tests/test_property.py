@@ -3,11 +3,11 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnx_collapse import optimize
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build
 
 
 @st.composite

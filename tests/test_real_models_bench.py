@@ -1,17 +1,14 @@
 """The pure parts of benchmarks/real_models.py: CTC decoding, scores, box matching, the measured-MAC counter
 on a model with dynamic spatial dims (against a hand count), deterministic rendering, the method table."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+import real_models
+import realdata as rd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import real_models  # noqa: E402
-import realdata as rd  # noqa: E402
+from tests.builders import parsed
 
 LABELS = ["<blank>", "a", "b", "c", " "]
 
@@ -56,24 +53,20 @@ def dynamic_model() -> onnx.ModelProto:
     """x [N,3,H,W] -> Conv 3->8 k3 pad1 stride2 -> depthwise Conv k3 group 8 -> ConvTranspose 8->4 k2 s2
     -> mean over H -> Transpose -> MatMul by a 4x5 weight -> mean over W -> Gemm 5->6 (transB)."""
     rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "w2")
-    w3 = numpy_helper.from_array(rng.standard_normal((8, 4, 2, 2)).astype(np.float32), "w3")
-    w4 = numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "w4")
-    w5 = numpy_helper.from_array(rng.standard_normal((6, 5)).astype(np.float32), "w5")
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("Conv", ["c1", "w2"], ["c2"], name="c2", pads=[1, 1, 1, 1], group=8),
-        helper.make_node("ConvTranspose", ["c2", "w3"], ["c3"], name="c3", strides=[2, 2]),
-        helper.make_node("ReduceMean", ["c3"], ["r"], axes=[2], keepdims=0),        # N,4,W
-        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),                 # N,W,4
-        helper.make_node("MatMul", ["t", "w4"], ["m"], name="m"),                    # N,W,5
-        helper.make_node("ReduceMean", ["m"], ["p"], axes=[1], keepdims=0),          # N,5
-        helper.make_node("Gemm", ["p", "w5"], ["y"], name="g", transB=1),            # N,6
-    ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2, w3, w4, w5])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    weights = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in
+               [("w1", (8, 3, 3, 3)), ("w2", (8, 1, 3, 3)), ("w3", (8, 4, 2, 2)), ("w4", (4, 5)), ("w5", (6, 5))]}
+    return parsed(f"""
+        <ir_version: {onnx.IR_VERSION}, opset_import: ["" : 13]>
+        g (float[N, 3, H, W] x) => (float[] y) {{
+            [c1] c1 = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (x, w1)
+            [c2] c2 = Conv <group = 8, pads = [1, 1, 1, 1]> (c1, w2)
+            [c3] c3 = ConvTranspose <strides = [2, 2]> (c2, w3)
+            r = ReduceMean <axes = [2], keepdims = 0> (c3)    # N,4,W
+            t = Transpose <perm = [0, 2, 1]> (r)              # N,W,4
+            [m] m = MatMul (t, w4)                            # N,W,5
+            p = ReduceMean <axes = [1], keepdims = 0> (m)     # N,5
+            [g] y = Gemm <transB = 1> (p, w5)                 # N,6
+        }}""", weights)
 
 
 def test_measured_macs_equal_a_hand_count_with_dynamic_spatial_dims():

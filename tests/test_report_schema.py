@@ -11,10 +11,9 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
-from onnx import TensorProto, helper
 
 from onnx_collapse.report import SCHEMA_VERSION
+from tests.common import MODELS
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +41,9 @@ def reports(tmp_path_factory) -> dict[str, dict]:
     tmp = tmp_path_factory.mktemp("reports")
     np.savez(tmp / "val.npz", x=np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32))
     # a MatMul whose weight is an input is not a linear layer: analyze remarks on it
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in ("x", "w", "y")]
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g", io[:2], io[2:])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp / "remark.onnx")
+    onnx.save(onnx.parser.parse_model(f"""
+        <ir_version: {onnx.IR_VERSION}, opset_import: ["" : 17]>
+        g (float[2, 2] x, float[2, 2] w) => (float[2, 2] y) {{ [mm] y = MatMul (x, w) }}"""), tmp / "remark.onnx")
     out = {
         "optimize": command("optimize", MODELS / "three_layer.onnx", tmp / "a.onnx", "--json",
                             "--report", tmp / "a.json"),

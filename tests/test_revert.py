@@ -1,16 +1,13 @@
 """Verification with per-fold revert (onnx_collapse.revert): folds failing their own check are reverted,
 the rest by bisection in O(log N) whole-model runs; parked new tensors rewrite to the same model."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import mlp, save_external
 from onnx import TensorProto, helper, numpy_helper
-from test_subgraphs import _if_model
+from revert_scaling import summed_chains
 
 import onnx_collapse as oc
 from onnx_collapse import optimize, revert
@@ -20,9 +17,8 @@ from onnx_collapse.options import Options
 from onnx_collapse.pipeline import run_passes
 from onnx_collapse.revert import park
 from onnx_collapse.rewrite import STUB_BYTES, apply_plans
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from revert_scaling import summed_chains  # noqa: E402
+from tests.builders import mlp, save_external
+from tests.test_subgraphs import _if_model
 
 
 def _run(model, feed):

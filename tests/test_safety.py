@@ -15,12 +15,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import mlp, save_external
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import EXE, assert_one_line_error, cli
 
 from onnx_collapse import io
 from onnx_collapse.io import StagedOutput
+from tests.builders import mlp, parsed, save_external
+from tests.common import EXE, assert_one_line_error, cli
 
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
 X = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
@@ -325,14 +325,15 @@ def test_a_folder_where_the_data_file_used_to_go_is_harmless(tmp_path):
 def sparse_model(path: Path) -> None:
     """y = x @ w + s, with ``s`` a sparse initializer whose values and indices live in ``<name>.data``."""
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((64, 4)).astype(np.float32), "w")
+    model = parsed("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[3, 64] x) => (float[3, 4] y) {
+            h = MatMul (x, w)
+            y = Add (h, s)
+        }""", {"w": rng.standard_normal((64, 4)).astype(np.float32)})
     values = numpy_helper.from_array(np.array([1.5, -2.0, 3.0], np.float32), "s")
     indices = numpy_helper.from_array(np.array([0, 5, 11], np.int64), "s_indices")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "s"], ["y"])],
-                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [w],
-                              sparse_initializer=[helper.make_sparse_tensor(values, indices, [3, 4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [3, 4]))
     data, sparse = path.parent / (path.name + ".data"), model.graph.sparse_initializer[0]
     with open(data, "wb") as f:
         for tensor in (sparse.values, sparse.indices, model.graph.initializer[0]):
@@ -394,10 +395,37 @@ def test_a_model_with_1100_data_files_under_a_low_open_file_limit(tmp_path):
 # 13. signals
 
 
+# The console script's main with one real step made to sleep a minute after it ran, so a test can signal the
+# run there: "staged" after the staged output is written, "verify" when onnxruntime is handed the verification
+# copy of a model (in an onnx-collapse-verify-* folder).
+PAUSE_DRIVER = r"""
+import sys, time
+import onnxruntime
+from onnx_collapse import cli, io
+where, *argv = sys.argv[1:]
+if where == "staged":
+    write = io.StagedOutput.write
+    def paused_write(self, *args, **kwargs):
+        staged = write(self, *args, **kwargs)
+        time.sleep(60)
+        return staged
+    io.StagedOutput.write = paused_write
+else:
+    session = onnxruntime.InferenceSession
+    def paused_session(model, *args, **kwargs):
+        if "onnx-collapse-verify-" in str(model):
+            time.sleep(60)
+        return session(model, *args, **kwargs)
+    onnxruntime.InferenceSession = paused_session
+sys.argv = ["onnx-collapse", *argv]
+cli.main()
+"""
+
+
 def start_paused(where: str, src: Path, out: Path, tmp: Path) -> subprocess.Popen:
-    env = dict(os.environ, ONNX_COLLAPSE_TEST_PAUSE=where, TMPDIR=str(tmp))
-    return subprocess.Popen([EXE, "optimize", src, out], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    env = dict(os.environ, TMPDIR=str(tmp))
+    return subprocess.Popen([sys.executable, "-c", PAUSE_DRIVER, where, "optimize", src, out], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(folder: Path, prefix: str, proc: subprocess.Popen) -> Path:

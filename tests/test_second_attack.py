@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from builders import mlp
-from fuzz import npy_header, zip_bomb  # noqa: E402 - the fuzz benchmark's hostile .npz builders
+from fuzz import npy_header, zip_bomb  # the fuzz benchmark's hostile .npz builders
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import EXE, assert_one_line_error, cli
+
+from tests.builders import mlp, parsed
+from tests.common import EXE, assert_one_line_error, cli
 
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
 RNG = np.random.default_rng(7)
@@ -145,38 +144,34 @@ def test_a_header_claiming_a_huge_array_is_a_one_line_error(tmp_path, flag):
 def _overridable_weight_in(kind: str) -> onnx.ModelProto:
     """A two-layer chain inside an If branch or a Loop body reading ``w1`` from the main graph, where ``w1``
     is an initializer that is also a graph input (a caller may feed another value)."""
-    w1 = numpy_helper.from_array(RNG.standard_normal((8, 16)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(RNG.standard_normal((16, 8)).astype(np.float32), "w2")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])
-    out = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [3, 8])  # noqa: E731
-    chain = lambda x_name, y: [helper.make_node("MatMul", [x_name, "w1"], [y + "_h"]),  # noqa: E731
-                               helper.make_node("MatMul", [y + "_h", "w2"], [y])]
+    weights = {"w1": RNG.standard_normal((8, 16)).astype(np.float32),
+               "w2": RNG.standard_normal((16, 8)).astype(np.float32)}
     if kind == "If":
-        then_branch = helper.make_graph(chain("x", "t_y"), "then", [], [out("t_y")])
-        else_branch = helper.make_graph([helper.make_node("Neg", ["x"], ["e_y"])], "else", [], [out("e_y")])
-        nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)]
-        inputs = [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), x]
+        inputs, node = "bool cond, float[3, 8] x", """y = If (cond) <
+            then_branch = then () => (float[3, 8] t_y) {
+                t_y_h = MatMul (x, w1)
+                t_y = MatMul (t_y_h, w2)
+            },
+            else_branch = else () => (float[3, 8] e_y) { e_y = Neg (x) }
+        >"""
     else:
-        body = helper.make_graph(
-            [*chain("v", "v_next"), helper.make_node("Identity", ["c"], ["c_out"])], "body",
-            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-             helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("v", 1, [3, 8])],
-            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), out("v_next")])
-        trip = numpy_helper.from_array(np.array(2, np.int64), "trip")
-        nodes = [helper.make_node("Loop", ["trip", "", "x"], ["y"], body=body)]
-        inputs = [x]
-        w2 = [w2, trip]
-    inits = [w1, *(w2 if isinstance(w2, list) else [w2])]
-    inputs.append(helper.make_tensor_value_info("w1", TensorProto.FLOAT, [8, 16]))  # overridable
-    graph = helper.make_graph(nodes, "main", inputs, [out("y")], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        weights["trip"] = np.array(2, np.int64)
+        inputs, node = "float[3, 8] x", """y = Loop (trip, "", x) <
+            body = body (int64 i, bool c, float[3, 8] v) => (bool c_out, float[3, 8] v_next) {
+                v_next_h = MatMul (v, w1)
+                v_next = MatMul (v_next_h, w2)
+                c_out = Identity (c)
+            }
+        >"""
+    return parsed(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        main ({inputs}, float[8, 16] w1) => (float[3, 8] y) {{ {node} }}""", weights)  # w1: overridable
 
 
 @pytest.mark.parametrize("kind", ["If", "Loop"])
 def test_a_subgraph_chain_reading_an_overridable_weight_is_not_folded(kind):
-    from builders import run_model
-
     from onnx_collapse import optimize
+    from tests.builders import run_model
 
     model = _overridable_weight_in(kind)
     out, report = optimize(model, verify=False)
@@ -251,20 +246,18 @@ def test_top1_needs_an_axis_with_two_classes(tmp_path, shape):
 
 
 def test_a_reshape_link_does_not_trust_stale_value_info(tmp_path):
-    from builders import run_model
-
     from onnx_collapse import optimize
+    from tests.builders import run_model
 
-    w1 = numpy_helper.from_array(RNG.standard_normal((8, 4)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(RNG.standard_normal((4, 4)).astype(np.float32), "w2")
-    target = numpy_helper.from_array(np.array([6, 2, 4], np.int64), "target")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Reshape", ["h", "target"], ["r"]),
-         helper.make_node("MatMul", ["r", "w2"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4, 4])], [w1, w2, target],
-        value_info=[helper.make_tensor_value_info(n, TensorProto.FLOAT, [3, 4, 4]) for n in ("h", "r")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    weights = {"w1": RNG.standard_normal((8, 4)).astype(np.float32), "w2": RNG.standard_normal((4, 4)).astype(np.float32),
+               "target": np.array([6, 2, 4], np.int64)}
+    model = parsed("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[3, 4, 8] x) => (float[3, 4, 4] y) <float[3, 4, 4] h, float[3, 4, 4] r> {
+            h = MatMul (x, w1)
+            r = Reshape (h, target)
+            y = MatMul (r, w2)
+        }""", weights)  # h and r's value_info is stale: the Reshape makes r (6, 2, 4)
     x = RNG.standard_normal((3, 4, 8)).astype(np.float32)
     out, _ = optimize(model, verify=False)
     (expected,), (got,) = run_model(model, x=x), run_model(out, x=x)
@@ -275,25 +268,27 @@ def test_a_reshape_link_does_not_trust_stale_value_info(tmp_path):
 # 6. input the user can give: a one-line error or a working run, never an internal error
 
 
-def _two_matmuls(inputs, inits, sparse=()) -> onnx.ModelProto:
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]),
-                               helper.make_node("MatMul", ["h", "w2"], ["y"])], "g", inputs,
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits,
-                              sparse_initializer=list(sparse))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+def _two_matmuls(x: str, weights: dict[str, np.ndarray], sparse=()) -> onnx.ModelProto:
+    """x @ w1 @ w2, ``x`` of type ``x`` (e.g. "float[n, 8]")."""
+    model = parsed(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g ({x} x) => (float[n, 4] y) {{
+            h = MatMul (x, w1)
+            y = MatMul (h, w2)
+        }}""", weights)
+    model.graph.sparse_initializer.extend(sparse)
+    return model
 
 
-def _weights():
-    return (numpy_helper.from_array(RNG.standard_normal((8, 16)).astype(np.float32), "w1"),
-            numpy_helper.from_array(RNG.standard_normal((16, 4)).astype(np.float32), "w2"))
+def _weights() -> dict[str, np.ndarray]:
+    return {"w1": RNG.standard_normal((8, 16)).astype(np.float32), "w2": RNG.standard_normal((16, 4)).astype(np.float32)}
 
 
 def test_a_chain_whose_input_is_an_overridable_initializer_folds_and_stays_overridable(tmp_path):
-    from builders import run_model
+    from tests.builders import run_model
 
-    w1, w2 = _weights()
-    x = numpy_helper.from_array(RNG.standard_normal((3, 8)).astype(np.float32), "x")
-    model = _two_matmuls([helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])], [w1, w2, x])
+    weights = _weights()
+    model = _two_matmuls("float[3, 8]", {**weights, "x": RNG.standard_normal((3, 8)).astype(np.float32)})
     src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
     onnx.save(model, str(src))
     result = cli("optimize", src, out)
@@ -339,15 +334,15 @@ def test_a_sequence_output_of_another_length_fails_verification(tmp_path):
 
 
 def test_a_sparse_initializer_used_as_a_weight_is_left_alone(tmp_path):
-    from builders import run_model
+    from tests.builders import run_model
 
-    w1, w2 = _weights()
-    dense = numpy_helper.to_array(w1).copy()
+    weights = _weights()
+    dense = weights.pop("w1")
     dense[dense < 0.5] = 0
     idx = np.flatnonzero(dense)
     sparse = helper.make_sparse_tensor(numpy_helper.from_array(dense.reshape(-1)[idx], "w1"),
                                        numpy_helper.from_array(idx.astype(np.int64), "w1_idx"), [8, 16])
-    model = _two_matmuls([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])], [w2], [sparse])
+    model = _two_matmuls("float[n, 8]", weights, [sparse])
     src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
     onnx.save(model, str(src))
     for args in (("optimize", src, out), ("analyze", src)):
@@ -432,7 +427,7 @@ def test_a_closed_stdout_ends_quietly_with_the_broken_pipe_status_after_the_outp
 
 @pytest.mark.parametrize("external", [False, True])
 def test_an_out_name_at_the_file_systems_limit_works(tmp_path, external):
-    from test_safety import data_locations, outputs, same_outputs
+    from tests.test_safety import data_locations, outputs, same_outputs
 
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
     src = tmp_path / "in.onnx"
@@ -460,15 +455,17 @@ def _nearly_rank_deficient() -> tuple[onnx.ModelProto, np.ndarray]:
     v, _ = np.linalg.qr(rng.standard_normal((16, 4)))
     w1 = (u * np.array([1e5, 1, 1, 1e-3])).astype(np.float32)
     w2 = (np.diag([1e5, 1, 1, 1e-3]) @ v.T).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
-                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
-                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), u[:, 3]
+    model = parsed("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[n, 16] x) => (float[n, 16] y) {
+            h = MatMul (x, w1)
+            y = MatMul (h, w2)
+        }""", {"w1": w1, "w2": w2})
+    return model, u[:, 3]
 
 
 def test_an_exact_factor_pair_states_the_bound_it_holds_under(tmp_path):
-    from builders import run_model
+    from tests.builders import run_model
 
     model, direction = _nearly_rank_deficient()
     src, out, report_path = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "r.json"

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, build
 
 import onnx_collapse as oc
 from onnx_collapse import linalg
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build
 
 
 def _count(monkeypatch, module, name):

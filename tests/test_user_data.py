@@ -7,7 +7,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import MODELS
+
+from tests.common import MODELS
 
 EXE = shutil.which("onnx-collapse")
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")

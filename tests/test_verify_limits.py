@@ -1,30 +1,24 @@
 """Verification refuses what it cannot check honestly; runs without low-rank targets or with odd inputs stay clean."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, build, mlp, save_external
-from conftest import MODELS
+from measure import run_measured
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import EXE, assert_one_line_error, cli
 
 from onnx_collapse import CollapseError, analyze, optimize
 from onnx_collapse.allocate import allocate_budget
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from measure import run_measured  # noqa: E402
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build, mlp, parsed, save_external
+from tests.common import EXE, MODELS, assert_one_line_error, cli
 
 
 def _cnn() -> onnx.ModelProto:
     """A model with only a depthwise Conv (left alone): nothing to fold, no low-rank target."""
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 1, 3, 3)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", group=3)], "cnn",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], [w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    w = np.random.default_rng(0).standard_normal((3, 1, 3, 3)).astype(np.float32)
+    return parsed("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        cnn (float[1, 3, 8, 8] x) => (float[1, 3, 6, 6] y) { [conv] y = Conv <group = 3> (x, w) }""", {"w": w})
 
 
 @pytest.mark.parametrize("low_rank", ["all", "collapsed"])

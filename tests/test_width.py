@@ -6,12 +6,11 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from conftest import MODELS
-from terminal import EXE, run_on_terminal
 
 from onnx_collapse import cli as cli_module
 from onnx_collapse.cli import cli
-from onnx_collapse.report import Column, _table, cut_chain, cut_end, cut_middle
+from tests.common import MODELS
+from tests.terminal import EXE, run_on_terminal
 
 SHIPPED = sorted(MODELS.glob("*.onnx"))
 LONG_REASON = "kept the exact fold instead"  # the end of a reverted truncation's reason (three_layer at 0.5)
@@ -65,12 +64,6 @@ def test_a_long_reason_wraps_in_the_table_and_is_never_cut(tmp_path, width):
     assert folds[0]["reason"].endswith(LONG_REASON)
 
 
-def test_a_wrapped_column_keeps_the_row_together():
-    columns = [Column("#", left=True), Column("why", left=True, wrap=True, least=10)]
-    lines = _table(columns, [["1", "one two three four five six"], ["2", "short"]], 14).splitlines()
-    assert lines == ["#  why", "-  -----------", "1  one two", "   three four", "   five six", "2  short"]
-
-
 def test_without_a_terminal_nothing_is_cut(tmp_path):
     text = run(None, "optimize", MODELS / "three_layer.onnx", tmp_path / "o.onnx", "--rank-budget", "0.5")
     assert LONG_REASON in text and widest(text) > 120
@@ -84,20 +77,3 @@ def test_a_real_terminal_gets_fitted_and_a_pipe_does_not(tmp_path):
     piped = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "COLUMNS": "60"})
     assert LONG_REASON in piped.stdout
-
-
-def test_layer_lists_keep_their_ends():
-    assert cut_chain("first > b > c > last", 20) == "first > b > c > last"
-    assert cut_chain("first > b > c > last", 19) == "first > ... > last"
-    assert cut_middle("encoder.layer.11.mlp.fc2", 12) == "encod....fc2"
-    assert cut_end("a long reason", 9) == "a long..."
-
-
-def test_columns_go_in_their_order_and_widen_again():
-    columns = [Column("name", left=True), Column("low", drop=1), Column("high", drop=2),
-               Column("why", left=True, cut=cut_end, least=6)]
-    rows = [["n", "1" * 10, "2" * 10, "w" * 30]]
-    assert _table(columns, rows).splitlines()[2] == "n     " + "1" * 10 + "  " + "2" * 10 + "  " + "w" * 30
-    line = _table(columns, rows, 30).splitlines()[2]
-    assert line == "n     " + "2" * 10 + "  " + "w" * 9 + "..."  # low dropped; why cut to what is left
-    assert len(line) == 30

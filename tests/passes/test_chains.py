@@ -1,9 +1,9 @@
 import numpy as np
 import onnx
-from builders import ActSpec, ChainSpec, LayerSpec, analysed, build, mlp
 
 from onnx_collapse.graph import infer_shapes
 from onnx_collapse.kinds import Identity, Slope
+from tests.builders import ActSpec, ChainSpec, LayerSpec, analysed, build, mlp
 
 
 def test_two_layers_through_prelu_form_one_segment():

@@ -6,11 +6,11 @@ import subprocess
 
 import onnx
 import pytest
-from builders import mlp
-from conftest import MODELS
 
 from onnx_collapse import analyze, optimize
 from onnx_collapse.passes.explain import verdict
+from tests.builders import mlp
+from tests.common import MODELS
 
 
 def _with_relu():
@@ -75,8 +75,7 @@ def test_the_verdict_of_trained_and_conv_bn_models():
 
 
 def test_nothing_applies_says_so_and_why():
-    io = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 2]) for n in ("x", "y")]
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])
-    said = _verdict(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+    said = _verdict(onnx.parser.parse_model(f"""
+        <ir_version: {onnx.IR_VERSION}, opset_import: ["" : 17]> g (float[2, 2] x) => (float[2, 2] y) {{ y = Relu (x) }}"""))
     assert said == ["nothing applies: onnx-collapse found no fully connected (Gemm, MatMul with a constant weight) "
                     "or convolutional layer it can fold or truncate; the model would come back unchanged."]

@@ -1,8 +1,8 @@
 import numpy as np
-from builders import ActSpec, ChainSpec, LayerSpec, build, mlp
 
 from onnx_collapse import linalg, optimize
 from onnx_collapse.passes.fold import cheapest_form
+from tests.builders import ActSpec, ChainSpec, LayerSpec, build, mlp
 
 
 def test_wide_chain_folds_dense_without_svd(monkeypatch):

@@ -1,17 +1,15 @@
 """End to end on real data: train a small collapsible MLP on digits with the penalty, export, collapse,
 and check that test accuracy of the two ONNX models agrees within the stated bound (0.5 points)."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TORCH_SKIP
+
+from tests.common import TORCH_SKIP
 
 torch = pytest.importorskip("torch", reason=TORCH_SKIP)
 pytest.importorskip("sklearn", reason="scikit-learn (in the torch extra) is not installed")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import onnx  # noqa: E402
 from digits import mlp, onnx_accuracy, splits, train  # noqa: E402
 

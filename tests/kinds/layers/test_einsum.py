@@ -1,12 +1,12 @@
 import numpy as np
 import onnx
 import pytest
-from builders import analysed, run_model
 from onnx import numpy_helper
 
 from onnx_collapse import analyze, optimize
 from onnx_collapse.kinds import layer_kind_for
 from onnx_collapse.kinds.layers.einsum import Einsum, parse
+from tests.builders import analysed, run_model
 
 RNG = np.random.default_rng(0)
 

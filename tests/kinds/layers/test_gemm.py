@@ -1,9 +1,9 @@
 import numpy as np
 import onnx
 import pytest
-from builders import ChainSpec, LayerSpec, analysed, build, run_model
 
 from onnx_collapse.kinds.layers.gemm import Gemm
+from tests.builders import ChainSpec, LayerSpec, analysed, build, run_model
 
 
 def _match(model):

@@ -1,10 +1,10 @@
 import numpy as np
 import onnx
 import pytest
-from builders import ChainSpec, LayerSpec, analysed, build
 
 from onnx_collapse.kinds.layers.common import bias_fits
 from onnx_collapse.kinds.layers.matmul import MatMul
+from tests.builders import ChainSpec, LayerSpec, analysed, build
 
 
 def _match(model):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from builders import ActSpec, ChainSpec, LayerSpec, analysed, build, mlp
 
 from onnx_collapse import optimize
 from onnx_collapse.kinds import Site
+from tests.builders import ActSpec, ChainSpec, LayerSpec, analysed, build, mlp
 
 
 @pytest.mark.parametrize("slope_shape,data_shape,ok", [

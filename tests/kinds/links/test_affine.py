@@ -1,9 +1,9 @@
 import numpy as np
 import onnx
 import pytest
-from builders import mlp, run_model
 
 from onnx_collapse import optimize
+from tests.builders import mlp, run_model
 
 
 def _with_link(op: str, value: np.ndarray, data_first: bool = True) -> onnx.ModelProto:

@@ -1,8 +1,8 @@
 import numpy as np
 import onnx
-from builders import mlp, run_model
 
 from onnx_collapse import optimize
+from tests.builders import mlp, run_model
 
 
 def _with_batchnorm(**attrs) -> onnx.ModelProto:

@@ -2,9 +2,9 @@
 
 import numpy as np
 import onnx
-from builders import run_model
 
 from onnx_collapse import analyze, optimize
+from tests.builders import run_model
 
 WIDTHS = (8, 16, 4)
 

@@ -1,5 +1,6 @@
 import onnx
-from builders import ActSpec, ChainSpec, LayerSpec, analysed, build
+
+from tests.builders import ActSpec, ChainSpec, LayerSpec, analysed, build
 
 
 def _dropout_model():
