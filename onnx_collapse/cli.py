@@ -185,9 +185,10 @@ def check_options(f):
         click.option("--metric", type=click.Choice(METRICS), default=DEFAULTS.metric, show_default=True,
                      help="allclose: every element within tolerance; top1: argmax over the last axis agrees "
                           "(classifiers, with --inputs); sequence: it agrees at every position of a sample "
-                          "(a recogniser's whole line, a tagger's labels)."),
+                          "(a tagger's labels); ctc: a sample's CTC decoding agrees (blank class 0; text and speech "
+                          "recognisers)."),
         click.option("--min-agreement", type=click.FloatRange(0, 1), default=DEFAULTS.min_agreement, show_default=True,
-                     help="With --metric top1 or sequence: the fraction of rows (samples) whose argmax must agree."),
+                     help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree."),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -240,7 +241,7 @@ def note_idle_options(quiet: bool, rules: list[tuple[bool, tuple[str, ...], str]
 
 def check_notes(metric: str, inputs: str | None) -> list[tuple[bool, tuple[str, ...], str]]:
     """Rules for the options of :func:`check_options` (see :func:`note_idle_options`)."""
-    return [(metric == "allclose", ("min_agreement",), "without --metric top1 or sequence"),
+    return [(metric == "allclose", ("min_agreement",), "without --metric top1, sequence or ctc"),
             (inputs is not None, ("seed", "check_n", "input_shape"), "with --inputs (no random inputs are made)")]
 
 

@@ -82,31 +82,48 @@ def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarra
     return count
 
 
+def ctc_decode(labels: np.ndarray, blank: int = 0) -> list[int]:
+    """A CTC label path read as its output: repeats merged, then the ``blank`` class dropped."""
+    out, last = [], None
+    for label in labels.tolist():
+        if label != last and label != blank:
+            out.append(label)
+        last = label
+    return out
+
+
 def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
-                   whole_samples: bool = False) -> float:
-    """Fraction of rows (all axes but the last) whose argmax over the last axis matches; rows whose
-    reference holds NaN or infinity do not count. With ``whole_samples`` (metric "sequence"), a unit is a
-    sample (an item along axis 0): it agrees when the argmax agrees at every one of its positions (a
-    recogniser's decoded text, a tagger's labels); a sample with a non-finite reference does not count.
-    CollapseError for an output without an axis of at least two classes (its argmax would always agree) or
-    with nothing to compare."""
-    metric = "sequence" if whole_samples else "top1"
+                   unit: str = "row") -> float:
+    """Fraction of units whose argmax over the last axis agrees. ``unit`` "row": every row (all axes but the
+    last); "sample" (metric "sequence"): an item along axis 0 agrees when the argmax agrees at every one of
+    its positions (a tagger's labels); "ctc" (metric "ctc"): a sample [positions, classes] agrees when its
+    CTC decoding (argmax path, repeats merged, blank class 0 dropped: a text or speech recogniser's output)
+    is the same. Units whose reference holds NaN or infinity do not count. CollapseError for an output
+    without an axis of at least two classes (its argmax would always agree), of the wrong rank for the unit,
+    or with nothing to compare."""
+    metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
     same = total = 0
     for e, a in zip(expected, actual):
         e, a = np.asarray(e), np.asarray(a)
-        if e.ndim == 0 or e.shape[-1] < 2 or (whole_samples and e.ndim < 2):
+        wrong_rank = (unit == "sample" and e.ndim < 2) or (unit == "ctc" and e.ndim != 3)
+        if e.ndim == 0 or e.shape[-1] < 2 or wrong_rank:
+            need = {"row": "", "sample": " after the samples' axis",
+                    "ctc": " in an output of shape [samples, positions, classes]"}[unit]
             raise CollapseError(Param("metric", metric), f": output {name!r} has shape {dims_text(e.shape)}, so "
                                 f"its argmax compares nothing; {metric} needs a last axis of at least 2 classes"
-                                + (" after the samples' axis" if whole_samples else "") + " (use ",
-                                Param("metric", "allclose"), ")")
+                                f"{need} (use ", Param("metric", "allclose"), ")")
         if e.shape != a.shape or e.size == 0:
             continue
         finite = np.isfinite(e).all(axis=-1)
         hits = (np.argmax(e, axis=-1) == np.argmax(a, axis=-1)) & finite
-        if whole_samples and e.ndim > 1:
+        if unit != "row" and e.ndim > 1:
             axes = tuple(range(1, finite.ndim))
             finite = finite.all(axis=axes) if axes else finite
-            hits = hits.all(axis=axes) & finite if axes else hits
+            if unit == "ctc":
+                want, got = np.argmax(e, axis=-1), np.argmax(a, axis=-1)
+                hits = np.array([ctc_decode(w) == ctc_decode(g) for w, g in zip(want, got)]) & finite
+            else:
+                hits = hits.all(axis=axes) & finite if axes else hits
         same += int(hits.sum())
         total += int(finite.sum())
     if not total:
@@ -114,7 +131,7 @@ def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
     return same / total
 
 
-AGREEMENT_METRICS = ("top1", "sequence")  # metrics judged by argmax agreement (and min_agreement)
+AGREEMENT_METRICS = {"top1": "row", "sequence": "sample", "ctc": "ctc"}  # metric -> what one unit of agreement is  # metrics judged by argmax agreement (and min_agreement)
 
 Tolerance = float | Mapping[str, float] | None  # one for all outputs, or by output name
 
@@ -134,7 +151,8 @@ def compare_outputs(
     or None: the default for its dtype, see ``default_tolerance``).
     ``metric="top1"``: float outputs pass when their argmax over the last axis agrees on at least
     ``min_agreement`` of the rows (error statistics are still reported); other outputs use allclose.
-    ``metric="sequence"``: the same, counting whole samples (every position's argmax must agree).
+    ``metric="sequence"``: the same, counting whole samples (every position's argmax must agree);
+    ``metric="ctc"``: samples whose CTC decoding agrees (see ``top1_agreement``).
     """
     stats, compared = [], 0
     tolerances = atol, rtol
@@ -162,7 +180,7 @@ def compare_outputs(
                                 "is finite (", Param("inputs"), ")")
         compared += count
         if metric in AGREEMENT_METRICS and tensors and np.asarray(exp[0]).dtype.kind == "f":
-            stat.agreement = top1_agreement(exp, act, name, whole_samples=metric == "sequence")
+            stat.agreement = top1_agreement(exp, act, name, AGREEMENT_METRICS[metric])
             stat.passed = stat.agreement >= min_agreement
         stats.append(stat)
     if stats and all(s.passed for s in stats) and not compared:
@@ -172,6 +190,8 @@ def compare_outputs(
         source += f", metric top-1 agreement >= {100 * min_agreement:g}%"
     elif metric == "sequence":
         source += f", metric whole-sample top-1 agreement >= {100 * min_agreement:g}%"
+    elif metric == "ctc":
+        source += f", metric same CTC decoding >= {100 * min_agreement:g}%"
     return Verification(all(s.passed for s in stats), len(expected), source, stats)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from .errors import CollapseError, Param
 
 ALLOCATORS = ("alds", "output", "uniform", "energy")
-METRICS = ("allclose", "top1", "sequence")
+METRICS = ("allclose", "top1", "sequence", "ctc")
 LOW_RANK_TARGETS = ("collapsed", "all")
 BUDGET_METRICS = ("params", "macs", "time")
 ERROR_METRICS = ("spectral", "frobenius")
@@ -48,7 +48,9 @@ class Options:
         predicts the outputs better than the one-pass truncation on held-out calibration rows).
     metric: "allclose" (every element within atol + rtol |b|), "top1" (argmax over the last axis agrees
         on at least ``min_agreement`` of the rows, for classifiers with real ``inputs``) or "sequence" (the
-        same per sample: every position's argmax agrees, e.g. a text recogniser's whole decoded line).
+        same per sample: every position's argmax agrees, e.g. a tagger's labels) or "ctc" (per sample
+        [positions, classes]: the CTC decoding agrees, repeats merged and blank class 0 dropped: a text or
+        speech recogniser's output).
     max_verify_memory: refuse to verify (CollapseError) when the inputs and the tensors computed from them
         would need more than this many bytes, as estimated from the shapes; None: half the available memory.
     calibrate: an .npz file (or a dict) with one array per graph input, rows along axis 0: chains with

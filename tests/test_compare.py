@@ -9,6 +9,7 @@ from onnx_collapse.compare import (
     compare,
     compare_outputs,
     compared_elements,
+    ctc_decode,
     default_tolerance,
     output_mismatches,
     top1_agreement,
@@ -105,7 +106,7 @@ def test_sequence_agreement_counts_whole_samples():
     got = want.copy()
     got[1, 2] = want[1, 2][::-1] * 10  # sample 1 changes its argmax at one position
     assert top1_agreement([want], [got]) == pytest.approx(19 / 20)
-    assert top1_agreement([want], [got], whole_samples=True) == pytest.approx(3 / 4)
+    assert top1_agreement([want], [got], unit="sample") == pytest.approx(3 / 4)
     verdict = compare_outputs([{"y": want}], [{"y": got}], 1e-3, 1e-3, "here", "sequence", 0.75)
     assert verdict.passed and verdict.outputs[0].agreement == pytest.approx(0.75)
     assert "whole-sample" in verdict.inputs
@@ -114,4 +115,23 @@ def test_sequence_agreement_counts_whole_samples():
 
 def test_sequence_needs_positions_after_the_samples_axis():
     with pytest.raises(CollapseError, match="sequence"):
-        top1_agreement([np.ones(4)], [np.ones(4)], whole_samples=True)
+        top1_agreement([np.ones(4)], [np.ones(4)], unit="sample")
+
+
+def test_ctc_agreement_compares_the_decoding_not_the_path():
+    """A CTC recogniser [samples, positions, classes], blank 0: a path that moves a character by one position,
+    or repeats it, decodes the same; a changed character does not."""
+    def onehot(path):
+        out = np.full((len(path), 4), -5.0)
+        out[np.arange(len(path)), path] = 5.0
+        return out
+
+    want = np.stack([onehot([0, 1, 1, 0, 2]), onehot([3, 0, 2, 2, 0]), onehot([1, 0, 1, 0, 0])])
+    got = np.stack([onehot([1, 1, 0, 0, 2]), onehot([3, 3, 0, 2, 0]), onehot([1, 1, 1, 0, 0])])
+    assert ctc_decode(np.array([0, 1, 1, 0, 1, 2, 2])) == [1, 1, 2]
+    assert top1_agreement([want], [got], unit="sample") == 0.0  # every path moved somewhere
+    assert top1_agreement([want], [got], unit="ctc") == pytest.approx(2 / 3)  # "1 1" became "1"
+    verdict = compare_outputs([{"p": want}], [{"p": got}], 1e-3, 1e-3, "here", "ctc", 0.6)
+    assert verdict.passed and "CTC" in verdict.inputs
+    with pytest.raises(CollapseError, match="ctc"):
+        top1_agreement([np.ones((2, 4))], [np.ones((2, 4))], unit="ctc")

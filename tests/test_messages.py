@@ -26,7 +26,7 @@ def notes(result) -> list[str]:
 
 
 @pytest.mark.parametrize("args,flags,why", [
-    (["--min-agreement", "0.9"], "--min-agreement", "without --metric top1 or sequence"),
+    (["--min-agreement", "0.9"], "--min-agreement", "without --metric top1, sequence or ctc"),
     (["--max-groups", "2", "--budget-metric", "macs"], "--max-groups, --budget-metric",
      "without --rank-budget or --max-error"),
     (["--error-metric", "frobenius"], "--error-metric", "without --rank-budget or --max-error"),
@@ -56,7 +56,7 @@ def test_analyze_and_verify_notes(tmp_path):
     np_file = tmp_path / "x.npz"
     np.savez(np_file, x=np.ones((2, 64), np.float32))
     result = cli("verify", MODEL, MODEL, "--inputs", np_file, "--seed", "3", "--min-agreement", "0.5")
-    assert notes(result) == ["onnx-collapse: note: --min-agreement has no effect without --metric top1 or sequence",
+    assert notes(result) == ["onnx-collapse: note: --min-agreement has no effect without --metric top1, sequence or ctc",
                              "onnx-collapse: note: --seed has no effect with --inputs (no random inputs are made)"]
 
 

@@ -237,7 +237,9 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
     arrays = calibrate.load_arrays(model, opts.calibrate, max_memory=opts.max_verify_memory)
     batches = sensitivity.calibration_feeds(arrays, calibrate.row_count(arrays),
                                             fixed_batch(model.graph) or sensitivity.BATCH)
-    if len(batches) < 2 or not order:
+    if not order:  # nothing truncated in the main graph: nothing to refit
+        return picked
+    if len(batches) < 2:
         main.notes.append("sequential fitting: too few calibration rows to cross-validate; one-pass truncations")
         return picked
     elems = {picked[k][1].segment.input: onnx.helper.np_dtype_to_tensor_dtype(picked[k][1].segment.layers[0].dtype)
