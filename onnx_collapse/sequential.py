@@ -35,6 +35,14 @@ from .layout import Rows
 from .runner import probe_model, session
 
 FOLDS = 4  # cross-validation parts (whole batches dealt round-robin)
+MAX_STATISTICS_BYTES = 256 * 2**20  # a layer's refit holds its sums per part and a few n_in x n_in matrices
+WINDOW_BYTES = 8 * 2**20  # a convolution's windows unfolded at once, in each model (two blocks and their outputs live)
+
+
+def statistics_bytes(n_in: int, n_out: int, folds: int = FOLDS) -> int:
+    """Memory a layer's refit needs at once: X^T X and X^T Y per part, plus the whole, a training split and
+    the metric's factors (float64)."""
+    return 8 * ((folds + 3) * n_in * n_in + (folds + 2) * n_in * n_out)
 
 
 # --- the algebra (pure numpy) ---------------------------------------------------------------------------------
@@ -67,6 +75,25 @@ def refit_factors(m: Moments, prior: np.ndarray, prior_bias: np.ndarray | None, 
     return linalg.truncate(linalg.Factored((weight,), bias), rank, metric)
 
 
+def ridge_path(m: Moments, prior: np.ndarray, alphas: Sequence[float], intercept: bool):
+    """``calibrate.fit_toward(m, prior, alpha, intercept)`` for each of ``alphas``, from one eigendecomposition
+    of the inputs' covariance (a ridge solve per strength is then two matrix products)."""
+    n = max(m.count, 1)
+    if intercept:
+        mx, my = m.sum_x / n, m.sum_y / n
+        cov_xx = m.gram - n * np.outer(mx, mx)
+        cov_xy = m.cross - n * np.outer(mx, my)
+    else:
+        cov_xx, cov_xy = m.gram, m.cross
+    cov_xx = (cov_xx + cov_xx.T) / 2
+    values, vectors = np.linalg.eigh(cov_xx)
+    mean_eig = max(float(np.trace(cov_xx)) / max(cov_xx.shape[0], 1), np.finfo(np.float64).tiny)
+    for alpha in alphas:
+        lam = alpha * mean_eig
+        weight = vectors @ ((vectors.T @ (cov_xy + lam * prior)) / (values + lam)[:, None])
+        yield weight, (my - mx @ weight) if intercept else None
+
+
 def _sse(m: Moments, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> float:
     return calibrate.sse(m, linalg.matmul64(a, b), bias)
 
@@ -81,9 +108,11 @@ def refit(parts: Sequence[Moments], prior: np.ndarray, prior_bias: np.ndarray | 
         return None
     whole = calibrate.total(parts)
     intercept = prior_bias is not None
-    # the ridge strength from the full-rank fit's cross-validation (solves only, no factorization)
-    errors = {a: sum(calibrate.sse(p, *calibrate.fit_toward(whole - p, prior, a, intercept)) for p in parts)
-              for a in calibrate.ALPHAS}
+    # the ridge strength from the full-rank fit's cross-validation (one eigendecomposition per part)
+    errors = dict.fromkeys(calibrate.ALPHAS, 0.0)
+    for p in parts:
+        for a, (weight, bias) in zip(calibrate.ALPHAS, ridge_path(whole - p, prior, calibrate.ALPHAS, intercept)):
+            errors[a] += calibrate.sse(p, weight, bias)
     alpha = min(calibrate.ALPHAS, key=lambda a: (errors[a], -a))
     held = sum(_sse(p, *refit_factors(whole - p, prior, prior_bias, rank, alpha)) for p in parts)
     baseline = sum(_sse(p, *one_pass) for p in parts)
@@ -100,8 +129,8 @@ def row_pairs(x_compressed: np.ndarray, x_original: np.ndarray, n_in: int, rows:
     order. Nothing when the tensors differ in shape or are not laid out so."""
     if np.shape(x_compressed) != np.shape(x_original):
         return
-    ours = rows.pairs(np.asarray(x_compressed), None, n_in, None, calibrate.PATCH_BYTES)
-    theirs = rows.pairs(np.asarray(x_original), None, n_in, None, calibrate.PATCH_BYTES)
+    ours = rows.pairs(np.asarray(x_compressed), None, n_in, None, WINDOW_BYTES)
+    theirs = rows.pairs(np.asarray(x_original), None, n_in, None, WINDOW_BYTES)
     if ours is None or theirs is None:
         return
     for (a, _), (b, _) in zip(ours, theirs):
@@ -176,6 +205,20 @@ class BatchCache:
 
     def __contains__(self, name: str) -> bool:
         return name in self.names
+
+
+def rows_per_batch(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
+                   arrays: Mapping[str, np.ndarray], most: int, max_bytes: int = 4 * WINDOW_BYTES) -> int:
+    """How many calibration rows a batch may hold so that the tensors ``names`` of one batch stay within about
+    ``max_bytes`` (measured on the first row; at least 1, at most ``most``)."""
+    inputs = {i.name for i in graph_inputs(source.model)}
+    wanted = [n for n in dict.fromkeys(names) if n not in inputs]
+    feed = {k: v[:1] for k, v in arrays.items()}
+    if not wanted:
+        return most
+    probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
+    per_row = sum(np.asarray(v).nbytes for v in session(probed, "original model", optimized=True).run(wanted, feed))
+    return max(1, min(most, int(max_bytes // max(per_row, 1))))
 
 
 def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],

@@ -160,3 +160,16 @@ def test_sequential_run_is_verified_and_no_further_from_the_original(name, tmp_p
 def test_sequential_needs_calibration_data():
     with pytest.raises(CollapseError, match="sequential .*calibrate"):
         optimize(str(MODELS / "encoder_dynamo.onnx"), low_rank="all", rank_budget=0.5, sequential=True)
+
+
+def test_the_ridge_path_equals_a_solve_per_strength():
+    x, x_tilde, w, bias, y = _problem(seed=5)
+    (m,) = _moments(x_tilde, y)
+    alphas = (1e-4, 1e-2, 1.0)
+    for alpha, (weight, b) in zip(alphas, sequential.ridge_path(m, w, alphas, True)):
+        want_w, want_b = calibrate.fit_toward(m, w, alpha, True)
+        np.testing.assert_allclose(weight, want_w, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(b, want_b, rtol=1e-7, atol=1e-9)
+    (weight, b), = sequential.ridge_path(m, w, (1e-3,), False)
+    np.testing.assert_allclose(weight, calibrate.fit_toward(m, w, 1e-3, False)[0], rtol=1e-7, atol=1e-9)
+    assert b is None

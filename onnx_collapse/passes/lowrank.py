@@ -234,18 +234,20 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
     opts, model, base_dir = main.options, main.model, main.view.store.base_dir
     order = sorted((k for k, (ctx, _, _) in enumerate(picked) if not ctx.path),
                    key=lambda k: min(picked[k][1].segment.node_positions()))
-    arrays = calibrate.load_arrays(model, opts.calibrate, max_memory=opts.max_verify_memory)
-    batches = sensitivity.calibration_feeds(arrays, calibrate.row_count(arrays),
-                                            fixed_batch(model.graph) or sensitivity.BATCH)
     if not order:  # nothing truncated in the main graph: nothing to refit
         return picked
+    arrays = calibrate.load_arrays(model, opts.calibrate, max_memory=opts.max_verify_memory)
+    elems = {picked[k][1].segment.input: onnx.helper.np_dtype_to_tensor_dtype(picked[k][1].segment.layers[0].dtype)
+             for k in order}
+    source = ModelSource(model, base_dir)
+    batch = fixed_batch(model.graph) or sequential.rows_per_batch(source, list(elems), elems, arrays,
+                                                                  sensitivity.BATCH)
+    batches = sensitivity.calibration_feeds(arrays, calibrate.row_count(arrays), batch)
     if len(batches) < 2:
         main.notes.append("sequential fitting: too few calibration rows to cross-validate; one-pass truncations")
         return picked
-    elems = {picked[k][1].segment.input: onnx.helper.np_dtype_to_tensor_dtype(picked[k][1].segment.layers[0].dtype)
-             for k in order}
     base = [c.applied for ctx in contexts for c in ctx.candidates if c.applied is not None]
-    out, fitted, kept = list(picked), {}, 0
+    out, fitted, kept, large = list(picked), {}, 0, []
     applier = PlanApplier(model)  # one import for every step's compressed model
     with stage("refitting the truncations in graph order", total=len(order)), \
             scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-sequential-") as tmp:
@@ -253,11 +255,15 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
         compressed = sequential.BatchCache(Path(tmp) / "c")
         original.folder.mkdir()
         compressed.folder.mkdir()
-        sequential.capture_batches(ModelSource(model, base_dir), list(elems), elems, batches, original)
+        sequential.capture_batches(source, list(elems), elems, batches, original)
         for k in order:
             ctx, target, plan = picked[k]
             fitted[k] = plan
-            if plan.outcome.form == "truncated":
+            n_in, n_out = target.target_map().shape
+            if plan.outcome.form == "truncated" and sequential.statistics_bytes(n_in, n_out) > \
+                    sequential.MAX_STATISTICS_BYTES:
+                large.append(" > ".join(target.chain.layers))
+            elif plan.outcome.form == "truncated":
                 replaced = {id(picked[j][1]) for j in fitted}
                 current = applier.apply([p for p in base if id(p.candidate) not in replaced] +
                                         [fitted[j] for j in fitted if j != k])
@@ -279,6 +285,10 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
     main.notes.append(f"sequential fitting: {kept} of {len(order)} truncation(s) refitted to the original layers' "
                       f"outputs on the truncated model's inputs ({calibrate.row_count(arrays)} calibration rows); "
                       "the others kept their one-pass fit (it predicted the outputs as well on held-out rows)")
+    if large:
+        main.notes.append(f"sequential fitting skipped for {len(large)} layer(s) whose statistics would need over "
+                          f"{sequential.MAX_STATISTICS_BYTES // 2**20} MiB ({', '.join(large[:3])}"
+                          f"{', ...' if len(large) > 3 else ''}): one-pass truncations")
     return out
 
 
