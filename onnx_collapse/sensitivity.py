@@ -56,42 +56,20 @@ def ladder_options(spectrum: LayerSpectrum, fractions: Sequence[float] = LADDER)
     return [o for o in pairs if o.rank in picked]
 
 
-def is_distribution(values: Sequence[np.ndarray]) -> bool:
-    """Whether an output holds probability distributions over its last axis (a softmax's: at least 2
-    classes, no negative value, each row summing to 1 within 1e-3), in every input set."""
-    for v in values:
-        v = np.asarray(v)
-        if v.dtype.kind != "f" or v.ndim == 0 or v.shape[-1] < 2 or not v.size or not np.all(np.isfinite(v)):
-            return False
-        if v.min() < 0 or not np.allclose(v.sum(axis=-1, dtype=np.float64), 1.0, atol=1e-3):
-            return False
-    return True
-
-
-KL_FLOOR = 1e-12  # probabilities below this count as this in the KL divergence (a class the model rules out)
-
-
 def output_change(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]]) -> float:
-    """How far the outputs moved, summed over outputs: for an output of probability distributions (a
-    softmax), the mean Kullback-Leibler divergence of the new distributions from the original ones per
-    row (a change of the likely classes counts, whatever the scale of the rest); for any other output, the
-    sum of squared differences over the output's squared deviation from its mean (so outputs on any scale
-    count alike). Non-finite values count as infinitely large."""
-    total = 0.0
-    for name in expected[0] if expected else []:
-        want = [np.asarray(e[name], dtype=np.float64) for e in expected]
-        got = [np.asarray(a[name], dtype=np.float64) for a in actual]
-        if not all(np.all(np.isfinite(g)) for g in got):
-            return float("inf")
-        if is_distribution(want):
-            kl = sum(float(np.sum(w * (np.log(np.maximum(w, KL_FLOOR)) - np.log(np.maximum(g, KL_FLOOR)))))
-                     for w, g in zip(want, got))
-            total += kl / max(sum(w.size // w.shape[-1] for w in want), 1)
-            continue
-        num = sum(float(np.sum(np.square(g - w))) for w, g in zip(want, got))
-        den = sum(float(np.sum(np.square(w - w.mean()))) for w in want if w.size)
-        total += num / den if den > 0 else (0.0 if num == 0 else float("inf"))
-    return total
+    """Relative change of the outputs: sum of squared differences over the outputs' squared deviation from
+    their means (so outputs on any scale count alike), over all input sets. Non-finite differences count
+    as infinitely large."""
+    num = den = 0.0
+    for want, got in zip(expected, actual):
+        for name, ref in want.items():
+            ref = np.asarray(ref, dtype=np.float64)
+            diff = np.asarray(got[name], dtype=np.float64) - ref
+            if not np.all(np.isfinite(diff)):
+                return float("inf")
+            num += float(np.sum(diff * diff))
+            den += float(np.sum(np.square(ref - ref.mean()))) if ref.size else 0.0
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
 def calibration_feeds(arrays: Mapping[str, np.ndarray], rows: int = ROWS, batch: int = BATCH
