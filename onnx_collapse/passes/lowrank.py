@@ -441,7 +441,7 @@ def _verdict_text(verdict) -> str:
     worst = min(verdict.outputs, key=lambda s: (s.passed, -(s.agreement or 0.0)), default=None)
     if worst is None:
         return "passed" if verdict.passed else "failed"
-    shown = f"top-1 {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"
+    shown = f"agreement {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"
     return f"{shown} {'passed' if verdict.passed else 'failed'}"
 
 
