@@ -29,6 +29,7 @@ import onnx
 
 from . import calibrate, linalg
 from .calibrate import Moments
+from .errors import CollapseError
 from .inputs import graph_inputs
 from .io import ModelSource
 from .layout import Rows
@@ -70,8 +71,6 @@ def refit_factors(m: Moments, prior: np.ndarray, prior_bias: np.ndarray | None, 
     intercept = prior_bias is not None
     weight, bias = calibrate.fit_toward(m, prior, alpha, intercept)
     metric = linalg.whitening(m.count, m.sum_x, m.gram, damping=alpha, centered=intercept)
-    if bias is None and intercept:
-        bias = np.zeros(prior.shape[1])
     return linalg.truncate(linalg.Factored((weight,), bias), rank, metric)
 
 
@@ -198,7 +197,10 @@ class BatchCache:
         return self.folder / f"{key}.{batch}.npy"
 
     def put(self, name: str, batch: int, value: np.ndarray) -> None:
-        np.save(self._path(name, batch), np.ascontiguousarray(value))
+        try:
+            np.save(self._path(name, batch), np.ascontiguousarray(value))
+        except OSError as exc:  # a full disk: one line, and the scratch folder goes with the run
+            raise CollapseError(f"cannot write scratch data in {str(self.folder)!r}: {exc.strerror or exc}") from None
 
     def get(self, name: str, batch: int) -> np.ndarray:
         return np.load(self._path(name, batch))
