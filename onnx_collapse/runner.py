@@ -101,7 +101,3 @@ def chain_model(
                               [helper.make_tensor_value_info(y, elem_type, None)], list(inits))
     return helper.make_model(graph, opset_imports=list(opset_imports), ir_version=ir_version)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")

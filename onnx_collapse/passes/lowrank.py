@@ -18,6 +18,7 @@ from .. import allocate, calibrate, linalg, sensitivity, sequential, timing
 from ..candidates import Candidate, Outcome
 from ..compare import compare_outputs
 from ..emit import RangeError, cast_checked
+from ..errors import one_line
 from ..graph import fixed_batch, sized
 from ..inputs import make_feeds
 from ..io import ModelSource, scratch_dir
@@ -201,7 +202,7 @@ def _timed(ctx: Context, target: Candidate, spectrum: allocate.LayerSpectrum) ->
             if plan is not None:
                 measured.append((option.macs, seconds(plan.nodes, plan.initializers)))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types; timing is never fatal
-        ctx.notes.append(f"{' > '.join(target.chain.layers)}: not timed ({' '.join(str(exc).split())[:160]}); "
+        ctx.notes.append(f"{' > '.join(target.chain.layers)}: not timed ({one_line(exc, 160)}); "
                          "its time is estimated from its MACs")
         return None
     times = timing.option_seconds(spectrum.options, dense, measured)
