@@ -13,7 +13,7 @@ demo:               ## optimize a shipped model and print the report
 test:               ## the whole test suite (what .ci/run runs)
 	$(PYTHON) -m pytest
 
-test-quick:         ## the quick subset: every test not marked slow (about a minute on two cores)
+test-quick:         ## the quick subset: every test not marked slow (a few minutes on two cores)
 	$(PYTHON) -m pytest -m "not slow"
 
 test-min:           ## the core suite with exactly the lowest declared dependency versions, on Python 3.11
