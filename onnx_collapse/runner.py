@@ -13,6 +13,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from .errors import CollapseError, one_line
+from .graph import proto_subgraphs
 from .inputs import graph_inputs
 from .io import PROTOBUF_LIMIT, ModelSource, TensorStore, scratch_dir, uses_external, write_model
 
@@ -101,3 +102,50 @@ def chain_model(
                               [helper.make_tensor_value_info(y, elem_type, None)], list(inits))
     return helper.make_model(graph, opset_imports=list(opset_imports), ir_version=ir_version)
 
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors ``node`` reads, those its subgraphs read from outside included."""
+    names = list(node.input)
+    for sub in proto_subgraphs(node):
+        inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | \
+            {t.name for t in sub.initializer}
+        names += [n for inner_node in sub.node for n in node_reads(inner_node) if n not in inner]
+    return names
+
+
+def needed_nodes(graph: onnx.GraphProto, wanted, given) -> tuple[list[int], set[str]]:
+    """Positions (ascending) of the nodes of ``graph`` that compute the tensors ``wanted`` once the tensors in
+    ``given`` are known, and the tensors they need from outside (given ones, graph inputs; not initializers)."""
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    stored = {t.name for t in graph.initializer}
+    needed, stack, inputs = set(), list(wanted), set()
+    while stack:
+        name = stack.pop()
+        if not name or name in stored:
+            continue
+        if name in given or name not in producer:
+            inputs.add(name)
+            continue
+        if producer[name] in needed:
+            continue
+        needed.add(producer[name])
+        stack.extend(node_reads(graph.node[producer[name]]))
+    return sorted(needed), inputs
+
+
+def part_model(model: onnx.ModelProto, kept: Sequence[int], inputs: Sequence[onnx.ValueInfoProto],
+               outputs: Sequence[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    """A model of the main graph's nodes at positions ``kept`` (in that order) and the initializers they
+    read, with ``inputs`` and ``outputs``; opsets and model-local functions as ``model`` has them."""
+    graph = model.graph
+    part = onnx.ModelProto()
+    part.ir_version = model.ir_version
+    part.opset_import.extend(model.opset_import)
+    part.functions.extend(model.functions)
+    part.graph.name = graph.name
+    part.graph.node.extend(graph.node[i] for i in kept)
+    used = {n for i in kept for n in node_reads(graph.node[i])}
+    part.graph.initializer.extend(t for t in graph.initializer if t.name in used)
+    part.graph.input.extend(inputs)
+    part.graph.output.extend(outputs)
+    return part

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from .allocate import LayerSpectrum, Option
+from .runner import needed_nodes, part_model
 
 LADDER = (0.15, 0.3, 0.55)  # ranks measured, as fractions of the largest factor rank
 ROWS = 16  # calibration rows the changes are measured on
@@ -82,31 +83,14 @@ def calibration_feeds(arrays: Mapping[str, np.ndarray], rows: int = ROWS, batch:
 def downstream(model: onnx.ModelProto, start: str, elem_type: int) -> tuple[onnx.ModelProto, dict[int, int]] | None:
     """The part of ``model``'s main graph that computes its outputs once tensor ``start`` (of element type
     ``elem_type``) is given: a model with inputs ``start`` and the original inputs, and the new position
-    of each node kept (by old position). None when the model has subgraphs (their outer-scope reads are
-    not followed here)."""
+    of each node kept (by old position). None when the model has subgraphs (the caller then runs the whole
+    model)."""
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return None
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    given = {start} | {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    needed, stack = set(), [o.name for o in graph.output]
-    while stack:
-        name = stack.pop()
-        if name in given or name not in producer or producer[name] in needed:
-            continue
-        needed.add(producer[name])
-        stack.extend(n for n in graph.node[producer[name]].input if n)
-    kept = sorted(needed)
-    cut = onnx.ModelProto()
-    cut.ir_version = model.ir_version
-    cut.opset_import.extend(model.opset_import)
-    cut.functions.extend(model.functions)
-    cut.graph.name = graph.name
-    cut.graph.node.extend(graph.node[i] for i in kept)
-    used = {n for i in kept for n in graph.node[i].input}
-    cut.graph.initializer.extend(t for t in graph.initializer if t.name in used)
-    cut.graph.input.extend(i for i in graph.input if i.name != start)
-    cut.graph.input.append(next((i for i in graph.input if i.name == start), None)
-                           or onnx.helper.make_tensor_value_info(start, elem_type, None))
-    cut.graph.output.extend(graph.output)
+    kept, _ = needed_nodes(graph, [o.name for o in graph.output], {start})
+    declared = next((i for i in graph.input if i.name == start), None)
+    inputs = [*(i for i in graph.input if i.name != start),
+              declared or onnx.helper.make_tensor_value_info(start, elem_type, None)]
+    cut = part_model(model, kept, inputs, graph.output)
     return cut, {old: new for new, old in enumerate(kept)}

@@ -33,7 +33,7 @@ from .errors import CollapseError
 from .inputs import graph_inputs
 from .io import ModelSource
 from .layout import Rows
-from .runner import probe_model, session
+from .runner import needed_nodes, part_model, probe_model, session
 
 FOLDS = 4  # cross-validation parts (whole batches dealt round-robin)
 MAX_STATISTICS_BYTES = 256 * 2**20  # a layer's refit holds its sums per part and a few n_in x n_in matrices
@@ -142,47 +142,12 @@ def upstream(model: onnx.ModelProto, wanted: Mapping[str, int], given: Mapping[s
     """The part of ``model``'s main graph that computes the tensors ``wanted`` once the tensors in ``given``
     are known (both name -> element type): its inputs are the given tensors and the graph inputs it needs."""
     graph = model.graph
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    stored = {t.name for t in graph.initializer}
-    needed, stack, inputs = set(), list(wanted), set()
-    while stack:
-        name = stack.pop()
-        if not name or name in stored:
-            continue
-        if name in given or name not in producer:
-            inputs.add(name)
-            continue
-        if producer[name] in needed:
-            continue
-        needed.add(producer[name])
-        stack.extend(_reads(graph.node[producer[name]]))
-    kept = sorted(needed)
-    part = onnx.ModelProto()
-    part.ir_version = model.ir_version
-    part.opset_import.extend(model.opset_import)
-    part.functions.extend(model.functions)
-    part.graph.name = graph.name
-    part.graph.node.extend(graph.node[i] for i in kept)
-    used = {n for i in kept for n in _reads(graph.node[i])}
-    part.graph.initializer.extend(t for t in graph.initializer if t.name in used)
+    kept, needs = needed_nodes(graph, list(wanted), given)
     declared = {i.name: i for i in graph.input}
-    for name in sorted(inputs):
-        part.graph.input.append(declared[name] if name in declared and name not in given else
-                                onnx.helper.make_tensor_value_info(name, given.get(name, 1), None))
-    part.graph.output.extend(onnx.helper.make_tensor_value_info(n, elem, None) for n, elem in wanted.items())
-    return part
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The tensors ``node`` reads, those its subgraphs read from outside included."""
-    names = list(node.input)
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
-                    attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
-            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | \
-                {t.name for t in sub.initializer}
-            names += [n for inner_node in sub.node for n in _reads(inner_node) if n not in inner]
-    return names
+    inputs = [declared[name] if name in declared and name not in given else
+              onnx.helper.make_tensor_value_info(name, given.get(name, 1), None) for name in sorted(needs)]
+    outputs = [onnx.helper.make_tensor_value_info(n, elem, None) for n, elem in wanted.items()]
+    return part_model(model, kept, inputs, outputs)
 
 
 class BatchCache:

@@ -9,7 +9,7 @@ from onnx import TensorProto
 
 from onnx_collapse.errors import CollapseError, one_line
 from onnx_collapse.io import ModelSource
-from onnx_collapse.runner import capture, chain_model, probe_model, run
+from onnx_collapse.runner import capture, chain_model, needed_nodes, node_reads, probe_model, run
 
 MODEL = onnx.parser.parse_model("""
 <ir_version: 8, opset_import: ["" : 17]>
@@ -71,3 +71,16 @@ def test_the_one_line_formatter_joins_lines_cuts_long_text_and_names_a_silent_ex
     assert one_line(ValueError("x" * 500)) == "x" * 300 + "..."
     assert one_line(ValueError("x" * 500), 200) == "x" * 200 + "..."
     assert one_line(KeyError()) == "KeyError"
+
+
+def test_a_node_reads_what_its_subgraphs_read_from_outside():
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (bool c, float[2] x, float[2] z) => (float[2] y) {
+            y = If(c) <then_branch = t () => (float[2] a) { a = Relu(x) },
+                       else_branch = e () => (float[2] b) { k = Neg(z)  b = Relu(k) }>
+        }""")
+    (node,) = model.graph.node
+    assert sorted(node_reads(node)) == ["c", "x", "z"]  # k is made inside the branch
+    kept, needs = needed_nodes(model.graph, ["y"], {})
+    assert kept == [0] and needs == {"c", "x", "z"}
