@@ -115,15 +115,15 @@ def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
         if e.shape != a.shape or e.size == 0:
             continue
         finite = np.isfinite(e).all(axis=-1)
-        hits = (np.argmax(e, axis=-1) == np.argmax(a, axis=-1)) & finite
-        if unit != "row" and e.ndim > 1:
+        want, got = np.argmax(e, axis=-1), np.argmax(a, axis=-1)
+        hits = (want == got) & finite
+        if unit != "row":  # one unit per sample: every position must agree (an empty axes tuple keeps rows)
             axes = tuple(range(1, finite.ndim))
-            finite = finite.all(axis=axes) if axes else finite
+            finite = finite.all(axis=axes)
             if unit == "ctc":
-                want, got = np.argmax(e, axis=-1), np.argmax(a, axis=-1)
                 hits = np.array([ctc_decode(w) == ctc_decode(g) for w, g in zip(want, got)]) & finite
             else:
-                hits = hits.all(axis=axes) & finite if axes else hits
+                hits = hits.all(axis=axes)
         same += int(hits.sum())
         total += int(finite.sum())
     if not total:
