@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from .allocate import Option
+from .io import uses_external
 
 BATCH = 8  # samples per timed run (the batch deployments usually run; the issue's measure)
 RUNS = 7  # timed runs per form, after one warm-up
@@ -46,8 +47,6 @@ def seconds_per_sample(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], s
 def model_seconds(source, probe, static_batch: int | None) -> float | None:
     """Seconds per sample of the whole model ``source`` (a ModelSource) on ``probe``'s input set, repeated to
     ``BATCH`` samples where the batch is not fixed; None when the model cannot be timed in memory here."""
-    from .io import uses_external
-
     feed = {k: np.asarray(v) for k, v in probe.feed.items()}
     samples = static_batch or BATCH
     if static_batch is None:

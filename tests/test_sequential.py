@@ -9,6 +9,7 @@ import onnx
 import onnx.parser
 import onnxruntime as ort
 import pytest
+from golden import calibration_rows
 
 from onnx_collapse import CollapseError, calibrate, linalg, optimize, sequential
 from onnx_collapse.layout import Windows
@@ -134,19 +135,12 @@ def test_upstream_runs_only_the_nodes_after_the_cached_tensors():
     assert sorted(i.name for i in whole.graph.input) == ["b", "x"]  # the skip connection still needs x
 
 
-def _rows_for(path: Path, n: int = 96) -> dict[str, np.ndarray]:
-    """Seeded rows for the model's one input (x: [batch, tokens, features])."""
-    (info,) = onnx.load(str(path)).graph.input
-    dims = [d.dim_value for d in info.type.tensor_type.shape.dim][1:]
-    return {info.name: np.random.default_rng(0).standard_normal((n, *dims)).astype(np.float32)}
-
-
 @pytest.mark.parametrize("name", ["encoder_dynamo", "encoder_dynamo_onnxsim"])
 def test_sequential_run_is_verified_and_no_further_from_the_original(name, tmp_path):
     """Three truncated blocks in a row: the later ones are refitted to the inputs the earlier truncations give
     them; the whole model moves less from the original than with one-pass truncations."""
     path = MODELS / f"{name}.onnx"
-    rows = _rows_for(path)
+    rows = calibration_rows(onnx.load(str(path)), n=96)
     loose = {"atol": 10.0, "rtol": 10.0, "low_rank": "all", "rank_budget": 0.5, "calibrate": rows}
     _, one_pass = optimize(str(path), **loose)
     _, report = optimize(str(path), output=str(tmp_path / "out.onnx"), sequential=True, **loose)
