@@ -10,6 +10,8 @@ from .errors import CollapseError, Param
 from .inputs import dims_text
 from .report import ErrorStats, Verification
 
+CHUNK = 1 << 20  # elements compared at once
+
 # (atol, rtol) by dtype: loose enough for float reassociation, tight enough to catch a wrong fold.
 TOLERANCES = {
     np.dtype(np.float16): (1e-2, 1e-2),
@@ -38,23 +40,15 @@ def compare(
     rtol = d_rtol if rtol is None else rtol
     max_abs = max_rel = required = total = 0.0
     count = 0
+    tiny = np.finfo(np.float64).tiny
     for e, a in zip(expected, actual):
         e = np.asarray(e)
         a = np.asarray(a)
         if e.shape != a.shape:
             return ErrorStats(name, float("inf"), float("inf"), float("inf"), float("inf"), atol, rtol, False)
-        if e.dtype.kind in "fc":
-            e64, a64 = e.astype(np.float64), a.astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                diff = np.abs(a64 - e64)
-            same = (e64 == a64) | (np.isnan(e64) & np.isnan(a64))
-            diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
-            mag = np.where(np.isfinite(e64), np.abs(e64), 0.0)
-        else:
-            diff = (a != e).astype(np.float64)
-            mag = np.zeros(diff.shape)
-        if diff.size:
-            tiny = np.finfo(np.float64).tiny
+        e, a = e.reshape(-1), a.reshape(-1)
+        for start in range(0, e.size, CHUNK):  # float64 copies of a slice at a time, not of the whole output
+            diff, mag = _differences(e[start:start + CHUNK], a[start:start + CHUNK])
             max_abs = max(max_abs, float(diff.max()))
             max_rel = max(max_rel, float((diff / np.maximum(mag, tiny)).max()))
             required = max(required, float((diff - rtol * mag).max()))
@@ -63,6 +57,20 @@ def compare(
     mean = total / count if count else 0.0
     required = max(required, 0.0)
     return ErrorStats(name, max_abs, max_rel, mean, required, atol, rtol, required <= atol)
+
+
+def _differences(e: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|a - e| (0 where both are the same NaN or infinity, infinite where one is NaN) and the magnitude
+    the relative tolerance scales (|e|, 0 where e is not finite), in float64; integers and booleans: 1
+    where they differ, magnitude 0."""
+    if e.dtype.kind not in "fc":
+        return (a != e).astype(np.float64), np.zeros(e.shape)
+    e64, a64 = e.astype(np.float64), a.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a64 - e64)
+    same = (e64 == a64) | (np.isnan(e64) & np.isnan(a64))
+    diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+    return diff, np.where(np.isfinite(e64), np.abs(e64), 0.0)
 
 
 def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> int:

@@ -8,17 +8,15 @@ import contextlib
 import ctypes
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import helper
 
 from .acceptance import accept, without_local_failures
 from .candidates import applied
 from .compare import compare, compare_outputs
-from .errors import CollapseError
+from .errors import CollapseError, one_line
 from .graph import GraphView
 from .inputs import make_feeds, random_feeds
 from .io import ModelSource, StagedOutput, data_backed, scratch_dir, write_errors
@@ -27,45 +25,35 @@ from .passes.context import Context
 from .plans import FoldPlan
 from .report import ErrorStats, Verification
 from .rewrite import STUB_BYTES, PlanApplier
-from .runner import capture, chain_model, run
+from .runner import BatchCache, capture_batches, chain_model, run, session
 
 
-def local_errors(
+def local_error(
     opset_imports: Sequence[onnx.OperatorSetIdProto], ir_version: int,
-    folds: Sequence[tuple[str, str, Sequence[onnx.NodeProto], Sequence[onnx.TensorProto], int]],
-    captured: Sequence[Mapping[str, np.ndarray]], atol: float | None, rtol: float | None, workdir: Path,
-) -> list[ErrorStats]:
-    """Each fold's own error, measured in onnxruntime at the folded chain's output.
+    fold: tuple[str, str, Sequence[onnx.NodeProto], Sequence[onnx.TensorProto], int],
+    cache: BatchCache, sets: int, atol: float | None, rtol: float | None, workdir: Path,
+) -> ErrorStats:
+    """A fold's own error, measured in onnxruntime at the folded chain's output.
 
-    ``folds`` holds (input, output, new nodes, new initializers, elem type) per fold; ``captured`` the
-    original model's values of every fold's input and output (see ``capture``). All folds' new nodes run
-    side by side in one model (one session), each on its own copy of its captured input, and each output
-    is compared with the captured one. The model is saved in ``workdir``, where the data of initializers
-    that refer to files lies (large new tensors are parked there, see ``park``).
+    ``fold`` is (input, output, new nodes, new initializers, elem type); ``cache`` holds the original model's
+    values of its input and output for each of the ``sets`` input sets (``capture_batches``). The new nodes
+    run alone on the captured input, one set at a time, and their output is compared with the captured one.
+    Initializers that refer to files refer to data in ``workdir`` (large new tensors are parked there, see
+    ``park``).
     """
-    if not folds:
-        return []
-    nodes, inits, inputs, outputs = [], [], [], []
-    for j, (x, y, fold_nodes, fold_inits, elem_type) in enumerate(folds):
-        names = {x: f"onnx_collapse_fold_in_{j}", y: f"onnx_collapse_fold_out_{j}"}
-        for node in fold_nodes:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
-            copy.input[:] = [names.get(n, n) for n in node.input]
-            copy.output[:] = [names.get(n, n) for n in node.output]
-            nodes.append(copy)
-        inits += fold_inits
-        inputs.append(helper.make_tensor_value_info(names[x], elem_type, None))
-        outputs.append(helper.make_tensor_value_info(names[y], elem_type, None))
-    feeds = [{f"onnx_collapse_fold_in_{j}": c[fold[0]] for j, fold in enumerate(folds)} for c in captured]
-    model = helper.make_model(helper.make_graph(nodes, "folds", inputs, outputs, inits),
-                              opset_imports=list(opset_imports), ir_version=ir_version)
-    path = workdir / "folds.onnx"  # saved beside the parked data its large tensors refer to
-    with write_errors(path):
-        onnx.save_model(model, str(path))
-    got = run(ModelSource(model, workdir, path), feeds, "folded chains")
-    return [compare(y, [c[y] for c in captured], [g[f"onnx_collapse_fold_out_{j}"] for g in got], atol, rtol)
-            for j, (_, y, *_) in enumerate(folds)]
+    x, y, nodes, inits, elem_type = fold
+    model = chain_model(x, y, nodes, inits, elem_type, opset_imports, ir_version)
+    sess = session(ModelSource(model, workdir), "folded chain")
+    expected, actual = [], []
+    for b in range(sets):
+        value = cache.get(x, b)
+        try:
+            actual.append(sess.run([y], {x: value})[0])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            raise CollapseError(f"onnxruntime cannot run the folded chain: {one_line(exc)}") from None
+        del value
+        expected.append(cache.get(y, b))
+    return compare(y, expected, actual, atol, rtol)
 
 
 def _elem(plan: FoldPlan) -> int:
@@ -76,22 +64,28 @@ def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feed
                    parked: Path):
     """Every plan's own error in onnxruntime, and the original model's outputs (captured in the same run).
 
-    Main-graph folds run on the inputs their chain really saw; folds inside subgraphs (whose tensors a
-    model output cannot expose) run on seeded random inputs against the original chain.
+    Main-graph folds run on the inputs their chain really saw, captured on disk in ``parked`` (one input
+    set's tensors in memory while the original model runs, then one fold's); folds inside subgraphs (whose
+    tensors a model output cannot expose) run on seeded random inputs against the original chain.
     """
     main = [p for p in plans if not p.graph]
-    names = [n for p in main for n in (p.input, p.output)]
-    captured = capture(source, names, {n: _elem(p) for p in main for n in (p.input, p.output)}, feeds)
     model = source.model
+    elems = {n: _elem(p) for p in main for n in (p.input, p.output)}
+    outputs = [o.name for o in model.graph.output]
+    cache = BatchCache(parked / "captured")
+    try:
+        cache.folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise CollapseError(f"cannot write scratch data in {str(parked)!r}: {exc.strerror or exc}") from None
+    capture_batches(source, [*elems, *outputs], elems, feeds, cache, optimized=False)
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    probes = [(p.input, p.output, p.nodes, p.initializers, _elem(p)) for p in main]
-    errors = local_errors(opsets, model.ir_version, probes, captured, options.atol, options.rtol, parked)
-    for plan, err in zip(main, errors):
-        plan.outcome.error = err
+    for plan in main:
+        plan.outcome.error = local_error(opsets, model.ir_version,
+                                         (plan.input, plan.output, plan.nodes, plan.initializers, _elem(plan)),
+                                         cache, len(feeds), options.atol, options.rtol, parked)
     for plan in (p for p in plans if p.graph):
         plan.outcome.error = _subgraph_fold_error(source, views[plan.graph], plan, opsets, options, parked)
-    outputs = {o.name for o in model.graph.output}
-    return [{k: v for k, v in c.items() if k in outputs} for c in captured]
+    return [{n: cache.get(n, b) for n in outputs} for b in range(len(feeds))]
 
 
 def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, opsets, options: Options,

@@ -93,6 +93,53 @@ def capture(
     return captured
 
 
+class BatchCache:
+    """Tensors of every calibration batch, in .npy files under ``folder``: ``put``/``get`` by name and batch."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.names: dict[str, str] = {}
+
+    def _path(self, name: str, batch: int) -> Path:
+        key = self.names.setdefault(name, f"t{len(self.names)}")
+        return self.folder / f"{key}.{batch}.npy"
+
+    def put(self, name: str, batch: int, value: np.ndarray) -> None:
+        try:
+            np.save(self._path(name, batch), np.ascontiguousarray(value))
+        except OSError as exc:  # a full disk: one line, and the scratch folder goes with the run
+            raise CollapseError(f"cannot write scratch data in {str(self.folder)!r}: {exc.strerror or exc}") from None
+
+    def get(self, name: str, batch: int) -> np.ndarray:
+        return np.load(self._path(name, batch))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+
+
+def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
+                    batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache, optimized: bool = True) -> None:
+    """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk (one
+    batch's in memory at a time): graph inputs as fed, an initializer that is also an input and is not fed
+    as stored (``optimized``: see ``session``)."""
+    inputs = {i.name for i in graph_inputs(source.model)}
+    wanted = [n for n in dict.fromkeys(names) if n not in inputs]
+    stored = {t.name: t for t in source.model.graph.initializer}
+    probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
+    sess = session(probed, "original model", optimized)
+    for b, feed in enumerate(batches):
+        try:
+            values = dict(zip(wanted, sess.run(wanted, dict(feed)))) if wanted else {}
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            raise CollapseError(f"onnxruntime cannot run the original model: {one_line(exc)}") from None
+        for name in dict.fromkeys(names):
+            value = values[name] if name in values else feed[name] if name in feed else \
+                TensorStore(source.base_dir).read(stored[name])
+            cache.put(name, b, value)
+        del values
+
+
 def chain_model(
     x: str, y: str, nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto], elem_type: int,
     opset_imports: Sequence[onnx.OperatorSetIdProto], ir_version: int, x_shape: Sequence[int] | None = None,

@@ -22,18 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from . import calibrate, linalg
 from .calibrate import Moments
-from .errors import CollapseError
 from .inputs import graph_inputs
 from .io import ModelSource
 from .layout import Rows
-from .runner import needed_nodes, part_model, probe_model, session
+from .runner import BatchCache, needed_nodes, part_model, probe_model, session
 
 FOLDS = 4  # cross-validation parts (whole batches dealt round-robin)
 MAX_STATISTICS_BYTES = 256 * 2**20  # a layer's refit holds its sums per part and a few n_in x n_in matrices
@@ -150,30 +148,6 @@ def upstream(model: onnx.ModelProto, wanted: Mapping[str, int], given: Mapping[s
     return part_model(model, kept, inputs, outputs)
 
 
-class BatchCache:
-    """Tensors of every calibration batch, in .npy files under ``folder``: ``put``/``get`` by name and batch."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.names: dict[str, str] = {}
-
-    def _path(self, name: str, batch: int) -> Path:
-        key = self.names.setdefault(name, f"t{len(self.names)}")
-        return self.folder / f"{key}.{batch}.npy"
-
-    def put(self, name: str, batch: int, value: np.ndarray) -> None:
-        try:
-            np.save(self._path(name, batch), np.ascontiguousarray(value))
-        except OSError as exc:  # a full disk: one line, and the scratch folder goes with the run
-            raise CollapseError(f"cannot write scratch data in {str(self.folder)!r}: {exc.strerror or exc}") from None
-
-    def get(self, name: str, batch: int) -> np.ndarray:
-        return np.load(self._path(name, batch))
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.names
-
-
 def rows_per_batch(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
                    arrays: Mapping[str, np.ndarray], most: int, max_bytes: int = 4 * WINDOW_BYTES) -> int:
     """How many calibration rows a batch may hold so that the tensors ``names`` of one batch stay within about
@@ -186,19 +160,6 @@ def rows_per_batch(source: ModelSource, names: Sequence[str], elem_types: Mappin
     probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
     per_row = sum(np.asarray(v).nbytes for v in session(probed, "original model", optimized=True).run(wanted, feed))
     return max(1, min(most, int(max_bytes // max(per_row, 1))))
-
-
-def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
-                    batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache) -> None:
-    """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk."""
-    inputs = {i.name for i in graph_inputs(source.model)}
-    wanted = [n for n in dict.fromkeys(names) if n not in inputs]
-    probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
-    sess = session(probed, "original model", optimized=True)
-    for b, feed in enumerate(batches):
-        values = dict(zip(wanted, sess.run(wanted, dict(feed)))) if wanted else {}
-        for name in names:
-            cache.put(name, b, values[name] if name in values else feed[name])
 
 
 def compressed_inputs(model: onnx.ModelProto, base_dir, x: str, elem: int, batches, cache: BatchCache,

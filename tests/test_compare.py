@@ -135,3 +135,18 @@ def test_ctc_agreement_compares_the_decoding_not_the_path():
     assert verdict.passed and "CTC" in verdict.inputs
     with pytest.raises(CollapseError, match="ctc"):
         top1_agreement([np.ones((2, 4))], [np.ones((2, 4))], unit="ctc")
+
+
+def test_statistics_taken_a_slice_at_a_time_equal_those_of_the_whole(monkeypatch):
+    from onnx_collapse import compare as module
+
+    rng = np.random.default_rng(3)
+    expected = [rng.standard_normal((7, 11)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
+    actual = [e + rng.standard_normal(e.shape).astype(np.float32) * 1e-3 for e in expected]
+    expected[0][2, 3], actual[0][2, 3] = np.nan, np.nan  # a matching NaN in the middle of a slice
+    actual[1][4] = np.inf  # the worst element in the last slice of the last set
+    whole = compare("y", expected, actual)
+    monkeypatch.setattr(module, "CHUNK", 4)
+    sliced = compare("y", expected, actual)
+    assert sliced == whole
+    assert whole.max_abs == np.inf and not whole.passed

@@ -140,7 +140,7 @@ def test_a_full_disk_while_parking_is_a_one_line_error_and_leaves_nothing(tmp_pa
 
 
 def test_each_folds_own_error_is_measured_at_its_chains_output(tmp_path):
-    from onnx_collapse.runner import capture
+    from onnx_collapse.runner import BatchCache, capture_batches
 
     model = onnx.parser.parse_model("""
     <ir_version: 8, opset_import: ["" : 17]>
@@ -151,13 +151,18 @@ def test_each_folds_own_error_is_measured_at_its_chains_output(tmp_path):
     """)
     product = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32) @ np.array([[0.5, 0.0], [0.0, 2.0]], np.float32)
     exact = numpy_helper.from_array(product, "ab")
-    wrong = numpy_helper.from_array(product * 1.1, "ab_wrong")  # the folds run side by side: names differ
+    wrong = numpy_helper.from_array(product * 1.1, "ab_wrong")
     node, wrong_node = helper.make_node("MatMul", ["x", "ab"], ["y"]), helper.make_node("MatMul", ["x", "ab_wrong"], ["y"])
-    feeds = [{"x": np.random.default_rng(0).standard_normal((2, 2)).astype(np.float32)}]
-    captured = capture(ModelSource(model), ["x", "y"], {"x": TensorProto.FLOAT, "y": TensorProto.FLOAT}, feeds)
-    errors = revert.local_errors(model.opset_import, model.ir_version,
-                                 [("x", "y", [node], [exact], TensorProto.FLOAT),
-                                  ("x", "y", [wrong_node], [wrong], TensorProto.FLOAT)], captured, None, None, tmp_path)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((2, 2)).astype(np.float32)} for _ in range(2)]
+    cache = BatchCache(tmp_path)
+    capture_batches(ModelSource(model), ["x", "y"], {"x": TensorProto.FLOAT, "y": TensorProto.FLOAT}, feeds, cache)
+    errors = [revert.local_error(model.opset_import, model.ir_version, ("x", "y", [n], [w], TensorProto.FLOAT),
+                                 cache, len(feeds), None, None, tmp_path)
+              for n, w in ((node, exact), (wrong_node, wrong))]
     assert [e.name for e in errors] == ["y", "y"]
     assert errors[0].passed and errors[0].max_abs < 1e-6
     assert not errors[1].passed and errors[1].max_abs > 1e-2
+    # the wrong fold's error is that of both input sets: the larger one of the two
+    worst = max(float(np.abs(f["x"] @ product * 0.1).max()) for f in feeds)
+    assert errors[1].max_abs == pytest.approx(worst, rel=1e-5)

@@ -7,6 +7,7 @@ import onnx.parser
 import pytest
 from onnx import TensorProto
 
+from onnx_collapse import runner
 from onnx_collapse.errors import CollapseError, one_line
 from onnx_collapse.io import ModelSource
 from onnx_collapse.runner import capture, chain_model, needed_nodes, node_reads, probe_model, run
@@ -84,3 +85,14 @@ def test_a_node_reads_what_its_subgraphs_read_from_outside():
     assert sorted(node_reads(node)) == ["c", "x", "z"]  # k is made inside the branch
     kept, needs = needed_nodes(model.graph, ["y"], {})
     assert kept == [0] and needs == {"c", "x", "z"}
+
+
+def test_a_full_scratch_disk_is_one_line(tmp_path, monkeypatch):
+    cache = runner.BatchCache(tmp_path)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner.np, "save", full)
+    with pytest.raises(CollapseError, match="cannot write scratch data .*No space left"):
+        cache.put("x", 0, np.ones(3))

@@ -167,14 +167,3 @@ def test_the_ridge_path_equals_a_solve_per_strength():
     (weight, b), = sequential.ridge_path(m, w, (1e-3,), False)
     np.testing.assert_allclose(weight, calibrate.fit_toward(m, w, 1e-3, False)[0], rtol=1e-7, atol=1e-9)
     assert b is None
-
-
-def test_a_full_scratch_disk_is_one_line(tmp_path, monkeypatch):
-    cache = sequential.BatchCache(tmp_path)
-
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(sequential.np, "save", full)
-    with pytest.raises(CollapseError, match="cannot write scratch data .*No space left"):
-        cache.put("x", 0, np.ones(3))

@@ -26,7 +26,7 @@ from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import PlanApplier, apply_plans
-from ..runner import chain_model, run
+from ..runner import BatchCache, capture_batches, chain_model, run
 from .chains import candidate_for
 from .context import Context
 from .fold import written_around
@@ -252,11 +252,11 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
     applier = PlanApplier(model)  # one import for every step's compressed model
     with stage("refitting the truncations in graph order", total=len(order)), \
             scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-sequential-") as tmp:
-        original = sequential.BatchCache(Path(tmp) / "o")
-        compressed = sequential.BatchCache(Path(tmp) / "c")
+        original = BatchCache(Path(tmp) / "o")
+        compressed = BatchCache(Path(tmp) / "c")
         original.folder.mkdir()
         compressed.folder.mkdir()
-        sequential.capture_batches(source, list(elems), elems, batches, original)
+        capture_batches(source, list(elems), elems, batches, original)
         for k in order:
             ctx, target, plan = picked[k]
             fitted[k] = plan
@@ -463,8 +463,8 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
     ladders: list[sensitivity.Ladder | None] = []
     with stage("measuring how each layer's truncation changes the output", total=len(targets)), \
             scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-sensitivity-") as tmp:
-        cache = sequential.BatchCache(Path(tmp))  # each target's inputs on disk: one target's in memory at a time
-        sequential.capture_batches(ModelSource(model, base_dir), [*elems, *outputs], elems, feeds, cache)
+        cache = BatchCache(Path(tmp))  # each target's inputs on disk: one target's in memory at a time
+        capture_batches(ModelSource(model, base_dir), [*elems, *outputs], elems, feeds, cache)
         expected = [{n: cache.get(n, b) for n in outputs} for b in range(len(feeds))]
         for ctx, target, spectrum in zip(owners, targets, spectra):
             if ctx.path:
