@@ -187,3 +187,20 @@ def _graph_named(graph: onnx.GraphProto, name: str) -> onnx.GraphProto | None:
                 if found is not None:
                     return found
     return None
+
+
+def decaying_classifier() -> onnx.ModelProto:
+    """MatMul 32->64, Relu, MatMul 64->10; the first weight's spectrum decays from 1 to 0.01 (seeded)."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        clf (float[N, 32] x) => (float[N, 10] y) {
+            h = MatMul (x, w1)
+            r = Relu (h)
+            y = MatMul (r, w2)
+        }""")
+    rng = np.random.default_rng(4)
+    u, _, v = np.linalg.svd(rng.standard_normal((32, 64)), full_matrices=False)
+    w1 = (u * np.geomspace(1.0, 0.01, 32)) @ v  # a decaying spectrum: truncation costs little at first
+    model.graph.initializer.extend([numpy_helper.from_array(w1.astype(np.float32), "w1"),
+                                    numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "w2")])
+    return model

@@ -12,6 +12,7 @@ from onnx_collapse import optimize
 from onnx_collapse.allocate import LayerSpectrum, Option, allocate_min_total, total_cost
 from onnx_collapse.errors import CollapseError
 from onnx_collapse.sensitivity import Ladder, ladder_options, output_change
+from tests.builders import decaying_classifier
 
 
 def _layer(name, costs, errors):
@@ -119,27 +120,11 @@ def test_output_allocation_needs_calibration_data():
         optimize(_two_layer_model(), low_rank="all", rank_budget=0.5, allocator="output", verify=False)
 
 
-def _classifier():
-    model = onnx.parser.parse_model("""
-        <ir_version: 9, opset_import: ["" : 17]>
-        clf (float[N, 32] x) => (float[N, 10] y) {
-            h = MatMul (x, w1)
-            r = Relu (h)
-            y = MatMul (r, w2)
-        }""")
-    rng = np.random.default_rng(4)
-    u, _, v = np.linalg.svd(rng.standard_normal((32, 64)), full_matrices=False)
-    w1 = (u * np.geomspace(1.0, 0.01, 32)) @ v  # a decaying spectrum: truncation costs little at first
-    model.graph.initializer.extend([numpy_helper.from_array(w1.astype(np.float32), "w1"),
-                                    numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "w2")])
-    return model
-
-
 @pytest.mark.parametrize("allocator", ["alds", "output"])
 def test_rank_budget_auto_meets_the_target_on_the_held_out_rows(allocator):
     rng = np.random.default_rng(5)
     calib, held = (rng.standard_normal((n, 32)).astype(np.float32) for n in (200, 100))
-    out, report = optimize(_classifier(), low_rank="all", rank_budget="auto", allocator=allocator,
+    out, report = optimize(decaying_classifier(), low_rank="all", rank_budget="auto", allocator=allocator,
                            calibrate={"x": calib}, inputs={"x": held}, metric="top1", min_agreement=0.95)
     assert report.verification.passed
     assert report.verification.outputs[0].agreement >= 0.95

@@ -167,3 +167,21 @@ def test_the_ridge_path_equals_a_solve_per_strength():
     (weight, b), = sequential.ridge_path(m, w, (1e-3,), False)
     np.testing.assert_allclose(weight, calibrate.fit_toward(m, w, 1e-3, False)[0], rtol=1e-7, atol=1e-9)
     assert b is None
+
+
+def test_the_budget_search_judges_the_refitted_model_it_writes():
+    """With sequential fitting, each budget the search tries is refitted before it is run, so the verdict at
+    the budget it settles on is that of the model written."""
+    path = MODELS / "encoder_dynamo.onnx"
+    rows = calibration_rows(onnx.load(str(path)), n=96)
+    _, report = optimize(str(path), low_rank="all", rank_budget="auto", calibrate=rows, sequential=True,
+                         atol=1.0, rtol=0.0)
+    assert report.verification.passed and report.after.params < report.before.params
+    budget = float(next(n for n in report.notes if n.startswith("rank budget ")).split()[2])
+    search = next(n for n in report.notes if n.startswith("budget search")).split(": ", 1)[1]
+    tried = {float(b): v for b, v in (entry.split(": ", 1) for entry in search.split("; "))}
+    assert "failed" in search and budget < 1
+    verdict = tried[min(tried, key=lambda b: abs(b - budget))]  # the frontier shows 3 digits
+    assert verdict == f"max abs {report.verification.outputs[0].max_abs:.2g} passed"
+    assert sum(n.startswith("sequential fitting:") for n in report.notes) == 1  # the chosen budget's, once
+    assert any("sequential fit" in f.reason for f in report.folds if f.status == "folded")

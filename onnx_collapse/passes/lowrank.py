@@ -227,10 +227,11 @@ def refitted_plan(ctx: Context, target: Candidate, option: allocate.Option, foun
 
 
 def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidate, FoldPlan]],
-                   options: list[allocate.Option]) -> list[tuple[Context, Candidate, FoldPlan]]:
+                   options: list[allocate.Option], notes: list[str]) -> list[tuple[Context, Candidate, FoldPlan]]:
     """``picked`` with each main-graph truncation refitted in graph order to the original layer's outputs,
     given the inputs the model truncated so far gives it (``sequential``), where that predicts the
-    original outputs better on held-out calibration rows; the one-pass truncation stays otherwise."""
+    original outputs better on held-out calibration rows; the one-pass truncation stays otherwise. What it
+    did goes to ``notes``."""
     main = contexts[0]
     opts, model, base_dir = main.options, main.model, main.view.store.base_dir
     order = sorted((k for k, (ctx, _, _) in enumerate(picked) if not ctx.path),
@@ -245,7 +246,7 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
                                                                   sensitivity.BATCH)
     batches = sensitivity.calibration_feeds(arrays, calibrate.row_count(arrays), batch)
     if len(batches) < 2:
-        main.notes.append("sequential fitting: too few calibration rows to cross-validate; one-pass truncations")
+        notes.append("sequential fitting: too few calibration rows to cross-validate; one-pass truncations")
         return picked
     base = [c.applied for ctx in contexts for c in ctx.candidates if c.applied is not None]
     out, fitted, kept, large = list(picked), {}, 0, []
@@ -283,11 +284,11 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
                     out[k] = (ctx, target, better)
                     kept += 1
             advance()
-    main.notes.append(f"sequential fitting: {kept} of {len(order)} truncation(s) refitted to the original layers' "
+    notes.append(f"sequential fitting: {kept} of {len(order)} truncation(s) refitted to the original layers' "
                       f"outputs on the truncated model's inputs ({calibrate.row_count(arrays)} calibration rows); "
                       "the others kept their one-pass fit (it predicted the outputs as well on held-out rows)")
     if large:
-        main.notes.append(f"sequential fitting skipped for {len(large)} layer(s) whose statistics would need over "
+        notes.append(f"sequential fitting skipped for {len(large)} layer(s) whose statistics would need over "
                           f"{sequential.MAX_STATISTICS_BYTES // 2**20} MiB ({', '.join(large[:3])}"
                           f"{', ...' if len(large) > 3 else ''}): one-pass truncations")
     return out
@@ -327,12 +328,13 @@ class LowRank:
             main.notes.append("no low-rank target: no " + ("linear layer" if opts.low_rank == "all" else
                                                           "folded chain") + " to truncate")
             return
+        picked = None
         if opts.rank_budget is None:
             chosen = allocate.allocate_max_error(spectra, opts.max_error, opts.budget_metric)
         else:
             allocate_at, describe = self.allocator(contexts, owners, targets, spectra)
             if opts.rank_budget == "auto":
-                budget, chosen = search_budget(contexts, owners, targets, spectra, allocate_at)
+                budget, chosen, picked = search_budget(contexts, owners, targets, spectra, allocate_at)
             else:
                 budget, chosen = opts.rank_budget, allocate_at(opts.rank_budget)
             if describe is not None:
@@ -347,11 +349,10 @@ class LowRank:
                               f"{opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
             if used > limit:
                 main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
-        picked = chosen_plans(owners, targets, chosen)
+        if picked is None:
+            picked = truncations(contexts, owners, targets, chosen, main.notes)
         index = {id(t): k for k, t in enumerate(targets)}
         options = [chosen[index[id(target)]] for _, target, _ in picked]
-        if opts.sequential:
-            picked = refit_in_order(contexts, picked, options)
         for (ctx, target, plan), option in zip(picked, options):
             if option.seconds is not None:
                 plan.outcome.seconds_before = spectra[index[id(target)]].dense.seconds
@@ -397,15 +398,30 @@ def chosen_plans(owners: list[Context], targets: list[Candidate], chosen: list[a
     return out
 
 
+def truncations(contexts: list[Context], owners: list[Context], targets: list[Candidate],
+                chosen: list[allocate.Option], notes: list[str], cache: dict | None = None
+                ) -> list[tuple[Context, Candidate, FoldPlan]]:
+    """``chosen_plans``, each refitted in graph order (``refit_in_order``) when the options ask for
+    sequential fitting; what that did goes to ``notes``."""
+    picked = chosen_plans(owners, targets, chosen, cache)
+    if not contexts[0].options.sequential:
+        return picked
+    index = {id(t): k for k, t in enumerate(targets)}
+    return refit_in_order(contexts, picked, [chosen[index[id(t)]] for _, t, _ in picked], notes)
+
+
 SEARCH_STEPS = 6  # budgets tried by ``search_budget``: 1/2, then bisection to 1/64
 
 
 def search_budget(contexts: list[Context], owners: list[Context], targets: list[Candidate],
-                  spectra: list[allocate.LayerSpectrum], allocate_at) -> tuple[float, list[allocate.Option]]:
+                  spectra: list[allocate.LayerSpectrum], allocate_at
+                  ) -> tuple[float, list[allocate.Option], list[tuple[Context, Candidate, FoldPlan]]]:
     """The smallest budget whose model passes the verification the options ask for (metric and tolerance,
     on the verification rows: ``inputs``, rows held out of the calibration data, or random inputs), found
-    by bisection; each budget tried is applied to the whole model with the exact folds and run. The
-    frontier goes to the notes. Without a passing budget, every layer stays dense."""
+    by bisection, with its options and truncated plans; each budget tried is applied to the whole model
+    with the exact folds, its truncations refitted in graph order first where the options ask for
+    sequential fitting (so the model judged is the model written), and run. The frontier goes to the
+    notes. Without a passing budget, every layer stays dense."""
     main, opts = contexts[0], contexts[0].options
     model, base_dir = main.model, main.view.store.base_dir
     feeds, where = make_feeds(model, opts.inputs, opts.input_shapes, opts.seed, opts.check_n,
@@ -419,7 +435,8 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
         for _ in range(SEARCH_STEPS):
             budget = (lo + hi) / 2
             chosen = allocate_at(budget)
-            truncated = chosen_plans(owners, targets, chosen, cache)
+            notes: list[str] = []
+            truncated = truncations(contexts, owners, targets, chosen, notes, cache)
             replaced = {id(t) for _, t, _ in truncated}
             plans = [c.applied for c in candidates if c.applied is not None and id(c) not in replaced]
             plans += [plan for _, _, plan in truncated]
@@ -427,15 +444,17 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
             verdict = compare_outputs(expected, actual, opts.atol, opts.rtol, where, opts.metric, opts.min_agreement)
             frontier.append(f"{budget:.3g}: " + _verdict_text(verdict))
             if verdict.passed:
-                hi, best = budget, (budget, chosen)
+                hi, best = budget, (budget, chosen, truncated, notes)
             else:
                 lo = budget
             advance()
     main.notes.append(f"budget search on {where}: " + "; ".join(frontier))
     if best is None:
         main.notes.append("no budget tried passed verification: every layer stays dense (the exact folds stay)")
-        return 1.0, [s.dense for s in spectra]
-    return best
+        return 1.0, [s.dense for s in spectra], []
+    budget, chosen, truncated, notes = best
+    main.notes += notes
+    return budget, chosen, truncated
 
 
 def _verdict_text(verdict) -> str:
