@@ -118,19 +118,33 @@ class BatchCache:
 
 
 
-def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
-                    batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache, optimized: bool = True) -> None:
-    """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk (one
-    batch's in memory at a time): graph inputs as fed, an initializer that is also an input and is not fed
-    as stored (``optimized``: see ``session``)."""
+Probed = tuple[ort.InferenceSession | None, list[str]]  # a session that outputs intermediate tensors, and their names
+
+
+def probed_session(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
+                   optimized: bool = True) -> Probed:
+    """A session of ``source``'s model that also outputs the tensors ``names`` that are not graph inputs (None
+    when there are none), and those names (``optimized``: see ``session``)."""
     inputs = {i.name for i in graph_inputs(source.model)}
     wanted = [n for n in dict.fromkeys(names) if n not in inputs]
-    stored = {t.name: t for t in source.model.graph.initializer}
+    if not wanted:
+        return None, []
     probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
-    sess = session(probed, "original model", optimized)
+    return session(probed, "original model", optimized), wanted
+
+
+def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
+                    batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache, optimized: bool = True,
+                    probed: Probed | None = None) -> None:
+    """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk (one
+    batch's in memory at a time): graph inputs as fed, an initializer that is also an input and is not fed
+    as stored (``optimized``: see ``session``; ``probed``: the ``probed_session`` of these names, if made
+    already)."""
+    sess, wanted = probed or probed_session(source, names, elem_types, optimized)
+    stored = {t.name: t for t in source.model.graph.initializer}
     for b, feed in enumerate(batches):
         try:
-            values = dict(zip(wanted, sess.run(wanted, dict(feed)))) if wanted else {}
+            values = dict(zip(wanted, sess.run(wanted, dict(feed)))) if sess is not None else {}
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise CollapseError(f"onnxruntime cannot run the original model: {one_line(exc)}") from None
         for name in dict.fromkeys(names):

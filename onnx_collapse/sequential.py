@@ -28,10 +28,9 @@ import onnx
 
 from . import calibrate, linalg
 from .calibrate import Moments
-from .inputs import graph_inputs
 from .io import ModelSource
 from .layout import Rows
-from .runner import BatchCache, needed_nodes, part_model, probe_model, session
+from .runner import BatchCache, Probed, needed_nodes, part_model, session
 
 FOLDS = 4  # cross-validation parts (whole batches dealt round-robin)
 MAX_STATISTICS_BYTES = 256 * 2**20  # a layer's refit holds its sums per part and a few n_in x n_in matrices
@@ -148,17 +147,15 @@ def upstream(model: onnx.ModelProto, wanted: Mapping[str, int], given: Mapping[s
     return part_model(model, kept, inputs, outputs)
 
 
-def rows_per_batch(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
-                   arrays: Mapping[str, np.ndarray], most: int, max_bytes: int = 4 * WINDOW_BYTES) -> int:
-    """How many calibration rows a batch may hold so that the tensors ``names`` of one batch stay within about
-    ``max_bytes`` (measured on the first row; at least 1, at most ``most``)."""
-    inputs = {i.name for i in graph_inputs(source.model)}
-    wanted = [n for n in dict.fromkeys(names) if n not in inputs]
-    feed = {k: v[:1] for k, v in arrays.items()}
-    if not wanted:
+def rows_per_batch(probed: Probed, arrays: Mapping[str, np.ndarray],
+                   most: int, max_bytes: int = 4 * WINDOW_BYTES) -> int:
+    """How many calibration rows a batch may hold so that the tensors a ``runner.probed_session`` outputs stay
+    within about ``max_bytes`` for one batch (measured on the first row; at least 1, at most ``most``)."""
+    sess, wanted = probed
+    if sess is None:
         return most
-    probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
-    per_row = sum(np.asarray(v).nbytes for v in session(probed, "original model", optimized=True).run(wanted, feed))
+    feed = {k: v[:1] for k, v in arrays.items()}
+    per_row = sum(np.asarray(v).nbytes for v in sess.run(wanted, feed))
     return max(1, min(most, int(max_bytes // max(per_row, 1))))
 
 

@@ -26,7 +26,7 @@ from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import PlanApplier, apply_plans
-from ..runner import BatchCache, capture_batches, chain_model, run
+from ..runner import BatchCache, capture_batches, chain_model, probed_session, run
 from .chains import candidate_for
 from .context import Context
 from .fold import written_around
@@ -242,8 +242,8 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
     elems = {picked[k][1].segment.input: onnx.helper.np_dtype_to_tensor_dtype(picked[k][1].segment.layers[0].dtype)
              for k in order}
     source = ModelSource(model, base_dir)
-    batch = fixed_batch(model.graph) or sequential.rows_per_batch(source, list(elems), elems, arrays,
-                                                                  sensitivity.BATCH)
+    probed = probed_session(source, list(elems), elems)  # one session sizes the batches and captures them
+    batch = fixed_batch(model.graph) or sequential.rows_per_batch(probed, arrays, sensitivity.BATCH)
     batches = sensitivity.calibration_feeds(arrays, calibrate.row_count(arrays), batch)
     if len(batches) < 2:
         notes.append("sequential fitting: too few calibration rows to cross-validate; one-pass truncations")
@@ -257,7 +257,7 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
         compressed = BatchCache(Path(tmp) / "c")
         original.folder.mkdir()
         compressed.folder.mkdir()
-        capture_batches(source, list(elems), elems, batches, original)
+        capture_batches(source, list(elems), elems, batches, original, probed=probed)
         for k in order:
             ctx, target, plan = picked[k]
             fitted[k] = plan
