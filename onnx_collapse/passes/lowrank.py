@@ -285,12 +285,12 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
                     kept += 1
             advance()
     notes.append(f"sequential fitting: {kept} of {len(order)} truncation(s) refitted to the original layers' "
-                      f"outputs on the truncated model's inputs ({calibrate.row_count(arrays)} calibration rows); "
-                      "the others kept their one-pass fit (it predicted the outputs as well on held-out rows)")
+                 f"outputs on the truncated model's inputs ({calibrate.row_count(arrays)} calibration rows); "
+                 "the others kept their one-pass fit (it predicted the outputs as well on held-out rows)")
     if large:
         notes.append(f"sequential fitting skipped for {len(large)} layer(s) whose statistics would need over "
-                          f"{sequential.MAX_STATISTICS_BYTES // 2**20} MiB ({', '.join(large[:3])}"
-                          f"{', ...' if len(large) > 3 else ''}): one-pass truncations")
+                     f"{sequential.MAX_STATISTICS_BYTES // 2**20} MiB ({', '.join(large[:3])}"
+                     f"{', ...' if len(large) > 3 else ''}): one-pass truncations")
     return out
 
 
