@@ -185,3 +185,14 @@ def test_the_budget_search_judges_the_refitted_model_it_writes():
     assert verdict == f"max abs {report.verification.outputs[0].max_abs:.2g} passed"
     assert sum(n.startswith("sequential fitting:") for n in report.notes) == 1  # the chosen budget's, once
     assert any("sequential fit" in f.reason for f in report.folds if f.status == "folded")
+
+
+def test_a_budget_search_that_nothing_passes_keeps_every_layer_dense():
+    path = MODELS / "encoder_dynamo.onnx"
+    rows = calibration_rows(onnx.load(str(path)), n=96)
+    _, report = optimize(str(path), low_rank="all", rank_budget="auto", calibrate=rows, sequential=True,
+                         atol=1e-9, rtol=0.0)
+    assert any(n.startswith("no budget tried passed") for n in report.notes)
+    assert not any(n.startswith("sequential fitting:") for n in report.notes)  # no trial's refit is reported
+    assert not [f for f in report.folds if f.status == "folded" and f.form in ("truncated", "grouped")]
+    assert report.verification.passed and report.after.params == report.before.params
