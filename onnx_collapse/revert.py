@@ -43,7 +43,10 @@ def local_error(
     """
     x, y, nodes, inits, elem_type = fold
     model = chain_model(x, y, nodes, inits, elem_type, opset_imports, ir_version)
-    sess = session(ModelSource(model, workdir), "folded chain")
+    path = workdir / "fold.onnx"  # beside the parked data its large tensors refer to: loaded, not copied
+    with write_errors(path):
+        onnx.save_model(model, str(path))
+    sess = session(ModelSource(model, workdir, path), "folded chain")
     expected, actual = [], []
     for b in range(sets):
         value = cache.get(x, b)

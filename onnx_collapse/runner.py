@@ -117,7 +117,6 @@ class BatchCache:
         return name in self.names
 
 
-
 Probed = tuple[ort.InferenceSession | None, list[str]]  # a session that outputs intermediate tensors, and their names
 
 
