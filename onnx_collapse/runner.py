@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -117,7 +118,12 @@ class BatchCache:
         return name in self.names
 
 
-Probed = tuple[ort.InferenceSession | None, list[str]]  # a session that outputs intermediate tensors, and their names
+class Probed(NamedTuple):
+    """A session of a model that also outputs intermediate tensors (None when all of them are graph inputs),
+    and the names of those tensors."""
+
+    session: ort.InferenceSession | None
+    names: list[str]
 
 
 def probed_session(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
@@ -127,9 +133,9 @@ def probed_session(source: ModelSource, names: Sequence[str], elem_types: Mappin
     inputs = {i.name for i in graph_inputs(source.model)}
     wanted = [n for n in dict.fromkeys(names) if n not in inputs]
     if not wanted:
-        return None, []
+        return Probed(None, [])
     probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
-    return session(probed, "original model", optimized), wanted
+    return Probed(session(probed, "original model", optimized), wanted)
 
 
 def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
