@@ -80,7 +80,7 @@ def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feed
         cache.folder.mkdir(exist_ok=True)
     except OSError as exc:
         raise CollapseError(f"cannot write scratch data in {str(parked)!r}: {exc.strerror or exc}") from None
-    capture_batches(source, [*elems, *outputs], elems, feeds, cache, optimized=False)
+    expected = capture_batches(source, list(elems), elems, feeds, cache, optimized=False, keep=outputs)
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
     for plan in main:
         plan.outcome.error = local_error(opsets, model.ir_version,
@@ -88,7 +88,7 @@ def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feed
                                          cache, len(feeds), options.atol, options.rtol, parked)
     for plan in (p for p in plans if p.graph):
         plan.outcome.error = _subgraph_fold_error(source, views[plan.graph], plan, opsets, options, parked)
-    return [{n: cache.get(n, b) for n in outputs} for b in range(len(feeds))]
+    return expected
 
 
 def _subgraph_fold_error(source: ModelSource, view: GraphView, plan: FoldPlan, opsets, options: Options,

@@ -128,10 +128,11 @@ class Probed(NamedTuple):
 
 def probed_session(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
                    optimized: bool = True) -> Probed:
-    """A session of ``source``'s model that also outputs the tensors ``names`` that are not graph inputs (None
-    when there are none), and those names (``optimized``: see ``session``)."""
-    inputs = {i.name for i in graph_inputs(source.model)}
-    wanted = [n for n in dict.fromkeys(names) if n not in inputs]
+    """A session of ``source``'s model that also outputs the tensors ``names`` that are neither graph inputs nor
+    initializers (None when there are none), and those names (``optimized``: see ``session``)."""
+    graph = source.model.graph
+    known = {i.name for i in graph_inputs(source.model)} | {t.name for t in graph.initializer}
+    wanted = [n for n in dict.fromkeys(names) if n not in known]
     if not wanted:
         return Probed(None, [])
     probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
@@ -140,23 +141,30 @@ def probed_session(source: ModelSource, names: Sequence[str], elem_types: Mappin
 
 def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
                     batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache, optimized: bool = True,
-                    probed: Probed | None = None) -> None:
+                    probed: Probed | None = None, keep: Sequence[str] = ()) -> list[dict]:
     """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk (one
-    batch's in memory at a time): graph inputs as fed, an initializer that is also an input and is not fed
-    as stored (``optimized``: see ``session``; ``probed``: the ``probed_session`` of these names, if made
-    already)."""
-    sess, wanted = probed or probed_session(source, names, elem_types, optimized)
+    batch's in memory at a time): graph inputs as fed, an initializer that is also an input as fed or else as
+    stored. Returns, per batch, the values of ``keep`` (the model's outputs, say, which may be sequences or
+    maps), held in memory. ``optimized``: see ``session``; ``probed``: the ``probed_session`` of ``names`` and
+    ``keep``, if made already."""
+    sess, wanted = probed or probed_session(source, [*names, *keep], elem_types, optimized)
     stored = {t.name: t for t in source.model.graph.initializer}
+    kept = []
     for b, feed in enumerate(batches):
         try:
             values = dict(zip(wanted, sess.run(wanted, dict(feed)))) if sess is not None else {}
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise CollapseError(f"onnxruntime cannot run the original model: {one_line(exc)}") from None
-        for name in dict.fromkeys(names):
-            value = values[name] if name in values else feed[name] if name in feed else \
+
+        def value(name: str, values=values, feed=feed):
+            return values[name] if name in values else feed[name] if name in feed else \
                 TensorStore(source.base_dir).read(stored[name])
-            cache.put(name, b, value)
+
+        for name in dict.fromkeys(names):
+            cache.put(name, b, value(name))
+        kept.append({name: value(name) for name in keep})
         del values
+    return kept
 
 
 def chain_model(

@@ -483,8 +483,7 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
     with stage("measuring how each layer's truncation changes the output", total=len(targets)), \
             scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-sensitivity-") as tmp:
         cache = BatchCache(Path(tmp))  # each target's inputs on disk: one target's in memory at a time
-        capture_batches(ModelSource(model, base_dir), [*elems, *outputs], elems, feeds, cache)
-        expected = [{n: cache.get(n, b) for n in outputs} for b in range(len(feeds))]
+        expected = capture_batches(ModelSource(model, base_dir), list(elems), elems, feeds, cache, keep=outputs)
         for ctx, target, spectrum in zip(owners, targets, spectra):
             if ctx.path:
                 ladders.append(None)
