@@ -67,8 +67,8 @@ def random_input(shape: Sequence[int], dtype: np.dtype, seed: int = 0) -> np.nda
 def option_seconds(options: Sequence[Option], dense_seconds: float,
                    measured: Sequence[tuple[int, float]]) -> list[float]:
     """Each option's predicted seconds: the dense one as measured; a factor form interpolated linearly in MACs
-    through the measured factor forms ((MACs, seconds) pairs; extended as a line through the ends; one point:
-    proportional to MACs), never below zero."""
+    through the measured factor forms ((MACs, seconds) pairs; extended as a line through the ends, below the
+    smallest at least in proportion to MACs; one point: proportional to MACs), never below zero."""
     points = sorted(measured)
     out = []
     for o in options:
@@ -87,6 +87,8 @@ def option_seconds(options: Sequence[Option], dense_seconds: float,
                 i, j = (0, 1) if o.macs < xs[0] else (-2, -1)
                 slope = (ys[j] - ys[i]) / (xs[j] - xs[i]) if xs[j] != xs[i] else 0.0
                 value = ys[i] + slope * (o.macs - xs[i])
+                if o.macs < xs[0]:  # a noisy slope must not make a smaller form free: at least proportional
+                    value = max(value, ys[0] * o.macs / max(xs[0], 1.0))
             else:
                 value = float(np.interp(o.macs, xs, ys))
             out.append(max(float(value), 0.0))

@@ -26,7 +26,16 @@ def test_option_seconds_interpolates_in_macs_between_measured_factor_forms():
     assert got[2] == pytest.approx(2.0) and got[3] == pytest.approx(3.0)
     assert got[1] == pytest.approx(1.5) and got[4] == pytest.approx(5.0)  # the line through the ends
     assert timing.option_seconds([_option(1, 100)], 5.0, [(400, 8.0)]) == [pytest.approx(2.0)]  # one point
-    assert timing.option_seconds([_option(1, 10)], 5.0, [(200, 1.0), (400, 9.0)]) == [0.0]  # never negative
+    # below the smallest measured form a steep line would reach zero: in proportion to MACs instead
+    assert timing.option_seconds([_option(1, 10)], 5.0, [(200, 1.0), (400, 9.0)]) == [pytest.approx(0.05)]
+
+
+def test_a_noisy_slope_never_makes_a_smaller_form_free():
+    # timings of 1.0 s at 200 MACs and 3.0 s at 400: the line through them is 0 at 100 MACs and below
+    small, smaller = _option(1, 100), _option(1, 50)
+    got = timing.option_seconds([small, smaller], 5.0, [(200, 1.0), (400, 3.0)])
+    assert got == [pytest.approx(0.5), pytest.approx(0.25)]  # in proportion to MACs from the smallest measured
+    assert all(g > 0 for g in got)
 
 
 def test_a_time_budget_counts_seconds():
