@@ -156,14 +156,13 @@ def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mappi
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise CollapseError(f"onnxruntime cannot run the original model: {one_line(exc)}") from None
 
-        def value(name: str, values=values, feed=feed):
-            return values[name] if name in values else feed[name] if name in feed else \
-                TensorStore(source.base_dir).read(stored[name])
-
+        for name in dict.fromkeys([*names, *keep]):
+            if name not in values:  # a graph input, or an initializer that is also one
+                values[name] = feed[name] if name in feed else TensorStore(source.base_dir).read(stored[name])
         for name in dict.fromkeys(names):
-            cache.put(name, b, value(name))
-        kept.append({name: value(name) for name in keep})
-        del values
+            cache.put(name, b, values[name])
+        kept.append({name: values[name] for name in keep})
+        del values  # this batch's tensors go before the next batch runs
     return kept
 
 
