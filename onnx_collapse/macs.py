@@ -23,7 +23,7 @@ from .graph import elements_per_sample, fixed_batch, sized
 from .inputs import fixed_dim, graph_inputs, make_feeds
 from .io import ModelSource
 from .kinds import LAYER_KINDS
-from .runner import capture
+from .runner import capture_batches
 
 OTHER_OPS = ("ConvTranspose",)  # counted here; the layer kinds' ops are counted by their kinds (node_macs)
 
@@ -125,7 +125,7 @@ def measure(source: ModelSource, names: Sequence[str], probe: ShapeProbe) -> dic
     naming the input set, when onnxruntime cannot run it.
     """
     try:
-        values = capture(source, names, {}, [probe.feed])[0]
+        values = capture_batches(source, (), {}, [probe.feed], None, optimized=False, keep=names)[0]
     except CollapseError as exc:
         raise CollapseError(f"cannot measure layer sizes on {probe.origin} ({probe.basis}): "
                             f"{str(exc).split(': ', 1)[-1]}") from None

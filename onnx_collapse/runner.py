@@ -79,21 +79,6 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mappin
     return probed
 
 
-def capture(
-    source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int], feeds: Sequence[Mapping[str, np.ndarray]]
-) -> list[dict[str, np.ndarray]]:
-    """Run the original model once, returning its outputs and the intermediate tensors ``names``."""
-    probed = ModelSource(probe_model(source.model, names, elem_types), source.base_dir, None)
-    captured = run(probed, feeds, "original model")
-    stored = {t.name: t for t in source.model.graph.initializer}
-    for feed, out in zip(feeds, captured):
-        out.update({n: feed[n] for n in names if n in feed})
-        for name in names:  # an initializer that is also an input, not fed: its stored value is used
-            if name not in out and name in stored:
-                out[name] = TensorStore(source.base_dir).read(stored[name])
-    return captured
-
-
 class BatchCache:
     """Tensors of every calibration batch, in .npy files under ``folder``: ``put``/``get`` by name and batch."""
 
@@ -140,13 +125,13 @@ def probed_session(source: ModelSource, names: Sequence[str], elem_types: Mappin
 
 
 def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
-                    batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache, optimized: bool = True,
+                    batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache | None, optimized: bool = True,
                     probed: Probed | None = None, keep: Sequence[str] = ()) -> list[dict]:
-    """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk (one
-    batch's in memory at a time): graph inputs as fed, an initializer that is also an input as fed or else as
-    stored. Returns, per batch, the values of ``keep`` (the model's outputs, say, which may be sequences or
-    maps), held in memory. ``optimized``: see ``session``; ``probed``: the ``probed_session`` of ``names`` and
-    ``keep``, if made already."""
+    """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk in ``cache``
+    (one batch's in memory at a time): graph inputs as fed, initializers (one that is also an input: as fed,
+    else) as stored. Returns, per batch, the values of ``keep`` (the model's outputs, say, which may be
+    sequences or maps), held in memory. ``optimized``: see ``session``; ``probed``: the ``probed_session`` of
+    ``names`` and ``keep``, if made already."""
     sess, wanted = probed or probed_session(source, [*names, *keep], elem_types, optimized)
     stored = {t.name: t for t in source.model.graph.initializer}
     kept = []

@@ -10,7 +10,7 @@ from onnx import TensorProto
 from onnx_collapse import runner
 from onnx_collapse.errors import CollapseError, one_line
 from onnx_collapse.io import ModelSource
-from onnx_collapse.runner import capture, chain_model, needed_nodes, node_reads, probe_model, run
+from onnx_collapse.runner import capture_batches, chain_model, needed_nodes, node_reads, probe_model, run
 
 MODEL = onnx.parser.parse_model("""
 <ir_version: 8, opset_import: ["" : 17]>
@@ -36,9 +36,11 @@ def test_run_returns_each_input_sets_outputs_by_name():
 
 def test_capture_adds_intermediate_tensors_inputs_and_initializers():
     feeds = _feeds(1)
-    (got,) = capture(ModelSource(MODEL), ["h", "x", "w"], {"h": TensorProto.FLOAT}, feeds)
+    (got,) = capture_batches(ModelSource(MODEL), (), {"h": TensorProto.FLOAT}, feeds, None,
+                             keep=["h", "x", "w", "y"])
     np.testing.assert_array_equal(got["h"], feeds[0]["x"] * np.float32([1, 2, 3]))
     np.testing.assert_array_equal(got["x"], feeds[0]["x"])
+    np.testing.assert_array_equal(got["w"], np.float32([1, 2, 3]))
     assert "y" in got
 
 
