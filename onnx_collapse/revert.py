@@ -76,10 +76,6 @@ def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feed
     elems = {n: _elem(p) for p in main for n in (p.input, p.output)}
     outputs = [o.name for o in model.graph.output]
     cache = BatchCache(parked / "captured")
-    try:
-        cache.folder.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise CollapseError(f"cannot write scratch data in {str(parked)!r}: {exc.strerror or exc}") from None
     expected = capture_batches(source, list(elems), elems, feeds, cache, optimized=False, keep=outputs)
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
     for plan in main:

@@ -80,11 +80,16 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mappin
 
 
 class BatchCache:
-    """Tensors of every calibration batch, in .npy files under ``folder``: ``put``/``get`` by name and batch."""
+    """Tensors of every calibration batch, in .npy files under ``folder`` (made if missing): ``put``/``get`` by
+    name and batch."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.names: dict[str, str] = {}
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:  # a full disk or a read-only scratch folder: one line
+            raise CollapseError(f"cannot write scratch data in {str(folder)!r}: {exc.strerror or exc}") from None
 
     def _path(self, name: str, batch: int) -> Path:
         key = self.names.setdefault(name, f"t{len(self.names)}")

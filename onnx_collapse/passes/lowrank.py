@@ -255,8 +255,6 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
             scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-sequential-") as tmp:
         original = BatchCache(Path(tmp) / "o")
         compressed = BatchCache(Path(tmp) / "c")
-        original.folder.mkdir()
-        compressed.folder.mkdir()
         capture_batches(source, list(elems), elems, batches, original, probed=probed)
         for k in order:
             ctx, target, plan = picked[k]
