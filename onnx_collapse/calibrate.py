@@ -2,7 +2,8 @@
 
 One onnxruntime pass over the calibration rows, in batches, captures every requested tensor (the model
 with extra outputs, as verification does) and keeps only sums: for each layer input ``x`` its row count,
-column sums and ``X^T X``, and for a chain also the cross terms with its real output ``y``. Memory is
+column sums and ``X^T X``, for a chain also the cross terms with its real output ``y``, and for logits a
+softmax reads, the softmax's curvature per class (``curvature``). Memory is
 O(d^2) per tensor pair, whatever the number of rows (a convolution's rows are the windows it reads, its
 features channels x kernel positions). Rows go to ``folds`` disjoint parts (seeded), so a
 fit can be cross-validated from the sums alone.
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import linalg
+from .curvature import ClassCurvature, SoftmaxRead
 from .errors import CollapseError, Param, Text, one_line
 from .inputs import check_shapes, expected_inputs, graph_inputs, memory_limit, refuse_non_finite
 from .io import ModelSource, read_npz
@@ -103,6 +105,7 @@ class Statistics:
     batches: int
     parts: dict[Request, list[Moments]] = field(default_factory=dict)
     skipped: dict[Request, str] = field(default_factory=dict)  # why a request has no statistics
+    curvatures: dict[str, ClassCurvature] = field(default_factory=dict)  # softmax logits, by tensor
 
     def inputs(self, x: str, rows: Rows = LAST_AXIS) -> Moments | None:
         """The input sums of tensor ``x`` (read as ``rows``) over all rows, from any request that read it."""
@@ -179,14 +182,17 @@ def fold_rows(n: int, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def collect(source: ModelSource, requests: Sequence[Request], elem_types: Mapping[str, int],
-            arrays: Mapping[str, np.ndarray], folds: int = 1, seed: int = 0) -> Statistics:
-    """Run the model once over ``arrays`` in batches and accumulate every request's sums per fold.
+            arrays: Mapping[str, np.ndarray], folds: int = 1, seed: int = 0,
+            softmax_reads: Sequence[SoftmaxRead] = ()) -> Statistics:
+    """Run the model once over ``arrays`` in batches and accumulate every request's sums per fold, and the
+    softmax curvature of each of ``softmax_reads``' logits (``curvature``).
 
     Batches hold about BATCH_BYTES of captured activations (measured on the first batch), so the
     activations of all rows are never held at once.
     """
     n = row_count(arrays)
-    names = list(dict.fromkeys(name for r in requests for name in (r.x, r.y) if name is not None))
+    names = list(dict.fromkeys([*(name for r in requests for name in (r.x, r.y) if name is not None),
+                                *(read.tensor for read in softmax_reads)]))
     feeds_only = {i.name for i in graph_inputs(source.model)}
     wanted = [name for name in names if name not in feeds_only]
     probed = ModelSource(probe_model(source.model, wanted, elem_types), source.base_dir, None)
@@ -194,7 +200,8 @@ def collect(source: ModelSource, requests: Sequence[Request], elem_types: Mappin
     parts_of = fold_rows(n, folds, seed)
     # only a chain's fit is cross-validated: an input's sums are kept once, not per fold
     stats = Statistics(n, 0, {r: [empty_moments(r.n_in, None if r.y is None else r.n_out)
-                                  for _ in (parts_of if r.y is not None else [0])] for r in requests})
+                                  for _ in (parts_of if r.y is not None else [0])] for r in requests},
+                       curvatures={read.tensor: ClassCurvature(read) for read in softmax_reads})
     step = FIRST_BATCH
     for f, rows in enumerate(parts_of):
         start = 0
@@ -206,8 +213,12 @@ def collect(source: ModelSource, requests: Sequence[Request], elem_types: Mappin
             per_row = sum(v.nbytes for v in values.values()) / max(idx.size, 1)
             step = max(1, int(BATCH_BYTES // max(per_row, 1)))
             _accumulate(stats, f, values)
+            for tensor, curv in list(stats.curvatures.items()):
+                if not curv.add(values[tensor]):  # the softmax does not normalise over the features alone
+                    del stats.curvatures[tensor]
             stats.batches += 1
             start += idx.size
+    stats.curvatures = {t: c for t, c in stats.curvatures.items() if c.sums is not None and np.isfinite(c.sums).all()}
     for request in list(stats.parts):
         parts = stats.parts[request]
         if request in stats.skipped:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -469,16 +469,23 @@ class Whitening:
     """The output-error metric of a layer's calibration inputs: for any change ``D`` of the weight,
     ``||(X - mean) D||_F^2 / rows + damping ||D||_F^2 = ||root @ D||_F^2``, ``root`` upper triangular
     (the transposed Cholesky factor of the damped covariance). Truncating ``root @ W`` then cuts exactly
-    the singular values it drops from the output on the data (SVD-LLM), and the bias absorbs the mean."""
+    the singular values it drops from the output on the data (SVD-LLM), and the bias absorbs the mean.
+    Where ``output`` is given, output feature ``c``'s error counts ``output[c]^2`` times (``curvature``): the
+    metric is ``||root @ D @ diag(output)||_F^2``, truncated as ``root @ W @ diag(output)``."""
 
     root: np.ndarray
     mean: np.ndarray
     covariance: np.ndarray  # damped, (n, n)
+    output: np.ndarray | None = None  # per-output-feature scales: ||root @ D @ diag(output)||_F (curvature.py)
 
     def block(self, start: int, stop: int) -> Whitening:
         """The metric of the input features ``start:stop`` alone (for grouped factors)."""
         cov = self.covariance[start:stop, start:stop]
-        return Whitening(np.linalg.cholesky(cov).T, self.mean[start:stop], cov)
+        return Whitening(np.linalg.cholesky(cov).T, self.mean[start:stop], cov, self.output)
+
+    def weighing_outputs(self, output: np.ndarray | None) -> Whitening:
+        """This metric with output features weighed by ``output`` (None: all alike)."""
+        return replace(self, output=output)
 
 
 def covariance(count: int, total: np.ndarray, gram_sum: np.ndarray, centered: bool = True) -> np.ndarray:
@@ -508,16 +515,22 @@ def whitening(count: int, total: np.ndarray, gram_sum: np.ndarray, damping: floa
 
 
 def whitened(weight: np.ndarray | Factored, metric: Whitening) -> Factored:
-    """``root @ W`` as a Factored (a pair stays a pair)."""
-    if isinstance(weight, Factored):
-        first = matmul64(metric.root, weight.matrices[0])
-        return Factored((first, *weight.matrices[1:]))
-    return Factored((matmul64(metric.root, weight),))
+    """``root @ W`` (``@ diag(output)`` where the metric weighs the outputs) as a Factored (a pair stays a pair)."""
+    matrices = list(weight.matrices) if isinstance(weight, Factored) else [weight]
+    matrices[0] = matmul64(metric.root, matrices[0])
+    if metric.output is not None:
+        matrices[-1] = np.asarray(matrices[-1], dtype=np.float64) * metric.output[None, :]
+    return Factored(tuple(matrices))
 
 
 def unwhiten(first: np.ndarray, metric: Whitening) -> np.ndarray:
     """``root^-1 @ first``: a factor of the whitened weight back in input coordinates."""
     return np.linalg.solve(metric.root, first)
+
+
+def unweigh(second: np.ndarray, metric: Whitening) -> np.ndarray:
+    """``second @ diag(output)^-1``: the last factor of the whitened weight back in output coordinates."""
+    return second if metric.output is None else second / metric.output[None, :]
 
 
 def mean_output(weight: np.ndarray | Factored, mean: np.ndarray) -> np.ndarray:
@@ -543,7 +556,7 @@ def truncate(exact: Factored, rank: int, metric: Whitening | None = None
     if metric is None:
         return (*top_factors(exact, rank), exact.bias)
     a, b = top_factors(whitened(exact, metric), rank)
-    a = unwhiten(a, metric)
+    a, b = unwhiten(a, metric), unweigh(b, metric)
     return a, b, _kept_mean(exact, metric.mean, a, b)
 
 
@@ -557,7 +570,7 @@ def nested_truncations(exact: Factored, max_rank: int, metric: Whitening | None 
         first, second = a[:, :rank], b[:rank]
         if metric is None:
             return first, second, exact.bias
-        first = unwhiten(first, metric)
+        first, second = unwhiten(first, metric), unweigh(second, metric)
         return first, second, _kept_mean(exact, metric.mean, first, second)
 
     return at

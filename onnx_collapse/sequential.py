@@ -21,7 +21,7 @@ cached and its own input. Statistics are streamed sums (``calibrate.Moments``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -95,13 +95,23 @@ def _sse(m: Moments, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> f
 
 
 def refit(parts: Sequence[Moments], prior: np.ndarray, prior_bias: np.ndarray | None, rank: int,
-          one_pass: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> Refit | None:
+          one_pass: tuple[np.ndarray, np.ndarray, np.ndarray | None], output: np.ndarray | None = None
+          ) -> Refit | None:
     """The cross-validated refit of a truncation to rank ``rank`` (see the module docstring), or None when
     it does not predict the original outputs better than the ``one_pass`` factors on held-out parts (or the
-    rows are too few to tell)."""
+    rows are too few to tell). ``output``: per-output-feature scales the errors are weighed by (``parts``
+    then summed the scaled outputs, see ``statistics``); the fit, its cross-validation and the comparison
+    are all made in those scaled outputs."""
     parts = [p for p in parts if p.count > 0]
     if len(parts) < 2:
         return None
+    if output is not None:
+        found = refit(parts, prior * output, None if prior_bias is None else prior_bias * output, rank,
+                      _scaled(one_pass, output))
+        if found is None:
+            return None
+        _, b, bias = _scaled((found.a, found.b, found.bias), 1.0 / output)
+        return replace(found, b=b, bias=bias)
     whole = calibrate.total(parts)
     intercept = prior_bias is not None
     # the ridge strength from the full-rank fit's cross-validation (one eigendecomposition per part)
@@ -117,6 +127,13 @@ def refit(parts: Sequence[Moments], prior: np.ndarray, prior_bias: np.ndarray | 
         return None
     a, b, bias = refit_factors(whole, prior, prior_bias, rank, alpha)
     return Refit(a, b, bias, alpha, np.sqrt(baseline) / scale, np.sqrt(held) / scale, whole.count)
+
+
+def _scaled(factors: tuple[np.ndarray, np.ndarray, np.ndarray | None], output: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Factors whose outputs are multiplied by ``output`` (per feature)."""
+    a, b, bias = factors
+    return a, b * output[None, :], None if bias is None else bias * output
 
 
 def row_pairs(x_compressed: np.ndarray, x_original: np.ndarray, n_in: int, rows: Rows):
@@ -177,14 +194,16 @@ def compressed_inputs(model: onnx.ModelProto, base_dir, x: str, elem: int, batch
         yield b, value
 
 
-def statistics(pairs_per_batch, weight: np.ndarray, bias: np.ndarray | None, folds: int = FOLDS
-               ) -> list[Moments]:
+def statistics(pairs_per_batch, weight: np.ndarray, bias: np.ndarray | None, folds: int = FOLDS,
+               output: np.ndarray | None = None) -> list[Moments]:
     """Sums per fold (batches dealt round-robin) of (compressed input rows, original output rows): the original
-    layer's outputs are its map ``x @ weight + bias`` applied to its original input rows."""
+    layer's outputs are its map ``x @ weight + bias`` applied to its original input rows (each feature
+    multiplied by ``output`` where given)."""
     n_in, n_out = weight.shape
     parts = [calibrate.empty_moments(n_in, n_out) for _ in range(folds)]
     for b, pairs in pairs_per_batch:
         for ours, theirs in pairs:
             y = linalg.matmul64(np.asarray(theirs, dtype=np.float64), weight)
-            parts[b % folds].add(ours, y if bias is None else y + bias)
+            y = y if bias is None else y + bias
+            parts[b % folds].add(ours, y if output is None else y * output)
     return parts

@@ -13,8 +13,10 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from .. import calibrate, linalg
+from .. import calibrate, curvature, linalg
 from ..candidates import Candidate
+from ..curvature import SoftmaxRead, softmax_read
+from ..graph import default_opset
 from ..io import ModelSource
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
@@ -57,6 +59,20 @@ def requests(ctx: Context) -> list[calibrate.Request]:
     return unique
 
 
+def softmax_reads(ctx: Context) -> list[SoftmaxRead]:
+    """The truncation targets' outputs that are logits a softmax reads over their features (``curvature``):
+    their softmax's curvature weighs the targets' output errors. None unless something may be truncated."""
+    opts = ctx.options
+    if opts.rank_budget is None and opts.max_error is None:
+        return []
+    outputs = [(c.segment.output, c.applied.emit.layout.axis) for c in ctx.candidates if c.applied is not None]
+    if opts.low_rank == "all":
+        outputs += [(layer.output, layer.layout.axis) for layer in ctx.unchained_layers()]
+    opset = default_opset(ctx.model)
+    found = (softmax_read(ctx.view, tensor, axis, opset) for tensor, axis in dict(outputs).items())
+    return [read for read in found if read is not None]
+
+
 def _elem_types(ctx: Context) -> dict[str, int]:
     types = {}
     for layer in ctx.layers:
@@ -92,12 +108,22 @@ class CollectStatistics:
             return
         arrays = calibrate.load_arrays(ctx.model, data, max_memory=ctx.options.max_verify_memory)
         source = ModelSource(ctx.model, ctx.view.store.base_dir)
-        stats = calibrate.collect(source, wanted, _elem_types(ctx), arrays, calibrate.FOLDS, ctx.options.seed)
+        reads = softmax_reads(ctx)
+        stats = calibrate.collect(source, wanted, _elem_types(ctx), arrays, calibrate.FOLDS, ctx.options.seed,
+                                  reads)
         ctx.calibration = stats
         ctx.notes.append(f"calibration: {stats.rows} row(s) of {calibrate.describe(data)} in {stats.batches} "
                          f"batch(es), statistics of {len(stats.parts)} tensor(s)")
         for request, why in stats.skipped.items():
             ctx.notes.append(f"calibration: no statistics for {request.x!r}: {why}")
+        for read in reads:
+            curv = stats.curvatures.get(read.tensor)
+            scale = None if curv is None else curv.output_scale()
+            ctx.notes.append(f"calibration: {read.tensor!r} are logits a softmax reads; " + (
+                "all classes weigh alike in their truncation (the softmax does not normalise over the features "
+                "alone, or every class is certain)" if scale is None else
+                "their truncation weighs each class by the softmax's curvature on the calibration rows "
+                f"({curvature.describe(scale)})"))
 
 
 def calibrated_form(fit: calibrate.Fit, plain: Form, whiten: linalg.Whitening | None, positions: int = 1

@@ -62,11 +62,18 @@ def layer_target(ctx: Context, layer: Layer) -> Candidate:
     return candidate
 
 
-def target_whitening(ctx: Context, target: Candidate) -> linalg.Whitening | None:
-    """The target's output-error metric on the calibration data (None: data-free), computed once per target."""
-    key = (target.segment.input, target.target_map().bias is not None, target.target_emit().layout.rows)
+def target_whitening(ctx: Context, target: Candidate, weighed: bool = True) -> linalg.Whitening | None:
+    """The target's output-error metric on the calibration data (None: data-free), computed once per target:
+    its inputs' whitening, its outputs weighed by the curvature of the softmax reading them where one does
+    (``weighed``). The factors written are fitted in the weighed metric; ranks are allocated in the
+    unweighed one, as measured on the rows the weights came from a weighed truncation looks better than
+    it is on other rows (PP-OCRv4 rec, MAC budget 0.7: head rank 66 -> 39, 93 % -> 74 % of held-out lines)."""
+    curv = None if ctx.calibration is None or not weighed else ctx.calibration.curvatures.get(target.segment.output)
+    key = (target.segment.input, target.target_map().bias is not None, target.target_emit().layout.rows,
+           None if curv is None else target.segment.output)
     if key not in ctx.whitenings:
-        ctx.whitenings[key] = calibrate.input_whitening(ctx.calibration, *key)
+        found = calibrate.input_whitening(ctx.calibration, *key[:3])
+        ctx.whitenings[key] = found if found is None or curv is None else found.weighing_outputs(curv.output_scale())
     return ctx.whitenings[key]
 
 
@@ -80,7 +87,7 @@ def target_spectra(ctx: Context) -> tuple[list[Candidate], list[allocate.LayerSp
         try:
             found = allocate.spectrum(name, t.target_map(), ctx.options.error_metric,
                                       ctx.options.max_groups if (emit.layout.input_rank or 0) >= 2 else 1,
-                                      emit.layout.group_unit, target_whitening(ctx, t))
+                                      emit.layout.group_unit, target_whitening(ctx, t, weighed=False))
         except (linalg.NonFiniteError, np.linalg.LinAlgError) as exc:  # LAPACK refuses NaN and inf
             ctx.notes.append(f"{name}: no low-rank form: its weights have no spectrum ({exc})")
             continue
@@ -195,7 +202,7 @@ def _timed(ctx: Context, target: Candidate, spectrum: allocate.LayerSpectrum) ->
             dense = seconds(*view.standalone(seg.node_positions()))
         ladder = sensitivity.ladder_options(spectrum)
         factors = linalg.nested_truncations(target.target_map(), max((o.rank for o in ladder), default=1),
-                                            target_whitening(ctx, target))
+                                            target_whitening(ctx, target, weighed=False))
         measured = []
         for option in ladder:
             plan = truncated_plan(ctx, target, option, option.error, factors)
@@ -272,9 +279,11 @@ def refit_in_order(contexts: list[Context], picked: list[tuple[Context, Candidat
                 values = sequential.compressed_inputs(current, base_dir, x, elems[x], batches, compressed, elems)
                 pairs = ((b, sequential.row_pairs(v, original.get(x, b), weight.shape[0], emit.layout.rows))
                          for b, v in values)
-                parts = sequential.statistics(pairs, weight, exact.bias)
-                one_pass = linalg.truncate(exact, options[k].rank, target_whitening(ctx, target))
-                found = sequential.refit(parts, weight, exact.bias, options[k].rank, one_pass)
+                metric = target_whitening(ctx, target)
+                weighed = None if metric is None else metric.output
+                parts = sequential.statistics(pairs, weight, exact.bias, output=weighed)
+                one_pass = linalg.truncate(exact, options[k].rank, metric)
+                found = sequential.refit(parts, weight, exact.bias, options[k].rank, one_pass, weighed)
                 better = None if found is None else refitted_plan(ctx, target, options[k], found,
                                                                    plan.outcome.predicted_error)
                 if better is not None:
@@ -494,7 +503,7 @@ def output_changes(contexts: list[Context], owners: list[Context], targets: list
             errors, changes = [], []
             ladder = sensitivity.ladder_options(spectrum)
             factors = linalg.nested_truncations(target.target_map(), max((o.rank for o in ladder), default=1),
-                                                target_whitening(ctx, target))
+                                                target_whitening(ctx, target, weighed=False))
             for option in ladder:
                 plan = truncated_plan(ctx, target, option, option.error, factors)
                 if plan is None:
