@@ -131,9 +131,11 @@ print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, wall)
 
 def run_tool(repo_root: Path, args: list[str], err_file: Path, timeout: float) -> tuple[int, int, float, str]:
     """(exit code, peak resident bytes, wall seconds, stderr) of ``python -m onnx_collapse optimize ARGS``;
-    a small launcher measures the child so nothing of this process is counted."""
+    a small launcher measures the child so nothing of this process is counted. ``-P``: the working directory
+    is not put before ``repo_root`` (run from another checkout, ``-m`` would import that one's package)."""
     env = dict(os.environ, PYTHONPATH=str(repo_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-c", LAUNCHER, str(err_file), sys.executable, "-m", "onnx_collapse", "optimize", *args]
+    cmd = [sys.executable, "-c", LAUNCHER, str(err_file), sys.executable, "-P", "-m", "onnx_collapse", "optimize",
+           *args]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=True).stdout.split()
     except subprocess.TimeoutExpired:

@@ -25,6 +25,7 @@ from .graph import GraphView, attribute, is_default_domain
 
 FLOOR = 0.01  # each logit's weight is at least this fraction of the mean weight
 READERS = ("Softmax", "LogSoftmax")
+CHUNK = 2**20  # logits turned into probabilities at once
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,18 @@ class ClassCurvature:
     def add(self, logits: np.ndarray) -> bool:
         """Accumulate one batch of logits (float64 softmax along the features); False, and nothing added,
         when the softmax does not normalise over the features alone for this tensor."""
-        z = np.asarray(logits, dtype=np.float64)
+        z = np.asarray(logits)
         if z.ndim < 1 or not self.read.over_features(z.ndim):
             return False
         z = np.moveaxis(z, self.read.feature_axis, -1).reshape(-1, z.shape[self.read.feature_axis])
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        batch = (p * (1.0 - p)).sum(axis=0)
-        self.sums = batch if self.sums is None else self.sums + batch
+        if self.sums is None:
+            self.sums = np.zeros(z.shape[1])
+        step = max(1, CHUNK // max(z.shape[1], 1))  # a few MB of float64 at a time, whatever the class count
+        for start in range(0, z.shape[0], step):
+            p = z[start:start + step].astype(np.float64)
+            p = np.exp(p - p.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            self.sums += (p * (1.0 - p)).sum(axis=0)
         self.rows += z.shape[0]
         return True
 

@@ -174,3 +174,15 @@ def test_a_head_read_by_a_softmax_keeps_the_classes_its_data_reads(op, monkeypat
 def test_logits_the_model_also_outputs_are_not_weighed():
     _, report = _compress(_classifier(logits_out=True))
     assert not any("softmax" in n for n in report.notes)
+
+
+def test_logits_that_overflow_leave_every_class_alike():
+    """Calibration rows that drive the logits to inf give no curvature, a note that says so, and a run that
+    finishes."""
+    model = _classifier()
+    rows = _rows(64, 5)
+    rows[:, 12:15] *= 1e37  # the read classes' logits overflow float32
+    out, report = optimize(model, low_rank="all", rank_budget=0.15, calibrate={"x": rows}, verify=False)
+    assert any("all classes weigh alike" in n for n in report.notes)
+    assert not any("softmax's curvature" in n for n in report.notes)
+    onnx.checker.check_model(out)

@@ -2,6 +2,8 @@
 on a model with dynamic spatial dims (against a hand count), deterministic rendering, the method table."""
 
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -109,3 +111,15 @@ def test_method_rows_and_unknown_flags():
           "(see 'onnx-collapse optimize --help')"
     assert real_models.unknown_option(bad) == "--budget-metric: 'time' is not one of 'params', 'macs'."
     assert real_models.unknown_option("Error: something else") is None
+
+
+def test_the_tool_run_is_the_given_checkouts_even_from_another_one(tmp_path, monkeypatch):
+    """``--repo-root`` compares checkouts: the optimizer run must be that checkout's package, not the one in the
+    working directory (``python -m`` would put the working directory first)."""
+    fake = tmp_path / "checkout" / "onnx_collapse"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import sys\nsys.exit(7)\n")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # a checkout with its own onnx_collapse/
+    code, _, _, _ = real_models.run_tool(fake.parent, [], tmp_path / "err.txt", 60)
+    assert code == 7
