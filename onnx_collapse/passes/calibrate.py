@@ -61,7 +61,7 @@ def requests(ctx: Context) -> list[calibrate.Request]:
 
 def softmax_reads(ctx: Context) -> list[SoftmaxRead]:
     """The truncation targets' outputs that are logits a softmax reads over their features (``curvature``):
-    their softmax's curvature weighs the targets' output errors. None unless something may be truncated."""
+    their softmax's curvature weighs the targets' output errors. Empty unless something may be truncated."""
     opts = ctx.options
     if opts.rank_budget is None and opts.max_error is None:
         return []
