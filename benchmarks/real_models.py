@@ -69,6 +69,13 @@ METHODS: dict[str, dict] = {
                         "note": "accuracy target: the smallest MAC budget whose CTC-decoded lines agree with the "
                                 "original's on at least 96 % of the 32 verification lines (31 of 32), output-aware "
                                 "allocation, then sequential refitting"},
+    "auto-params": {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--inputs", "{verify}",
+                              "--allocator", "output", "--budget-metric", "params", "--rank-budget", "auto",
+                              "--metric", "ctc", "--min-agreement", "0.96"],
+                    "budget": False,
+                    "note": "accuracy target: the smallest weight budget whose CTC-decoded lines agree with the "
+                            "original's on at least 96 % of the 32 verification lines (31 of 32), output-aware "
+                            "allocation"},
     "auto": {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--inputs", "{verify8}", "--allocator",
                        "output", "--budget-metric", "macs", "--rank-budget", "auto", "--metric", "top1",
                        "--min-agreement", "0.98"],
