@@ -50,9 +50,23 @@ def session(source: ModelSource, what: str, optimized: bool = False) -> ort.Infe
         raise CollapseError(f"onnxruntime cannot load the {what}: {one_line(exc)}") from None
 
 
+def owned(value):
+    """``value`` in memory of its own. onnxruntime's output arrays view its buffers (their base is a capsule):
+    holding one keeps the session's whole memory arena alive after the session is gone (PP-OCRv4 rec's
+    outputs, 34 MB, held 0.84 GB that way). Sequences and maps are copied element by element."""
+    if isinstance(value, np.ndarray):
+        return value if value.flags.owndata else value.copy()
+    if isinstance(value, list):
+        return [owned(v) for v in value]
+    if isinstance(value, dict):
+        return {k: owned(v) for k, v in value.items()}
+    return value
+
+
 def run(source: ModelSource, feeds: Sequence[Mapping[str, np.ndarray]], what: str, optimized: bool = False
         ) -> list[dict[str, np.ndarray]]:
-    """Outputs of the model for each input set, by output name (``optimized``: see ``session``)."""
+    """Outputs of the model for each input set, by output name (``optimized``: see ``session``), each in
+    memory of its own (``owned``)."""
     sess = session(source, what, optimized)
     names = [o.name for o in sess.get_outputs()]
     results = []
@@ -61,7 +75,8 @@ def run(source: ModelSource, feeds: Sequence[Mapping[str, np.ndarray]], what: st
             values = sess.run(names, dict(feed))
         except Exception as exc:  # noqa: BLE001
             raise CollapseError(f"onnxruntime cannot run the {what}: {one_line(exc)}") from None
-        results.append(dict(zip(names, values)))
+        results.append({name: owned(value) for name, value in zip(names, values)})
+        del values
     return results
 
 
@@ -151,7 +166,7 @@ def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mappi
                 values[name] = feed[name] if name in feed else TensorStore(source.base_dir).read(stored[name])
         for name in dict.fromkeys(names):
             cache.put(name, b, values[name])
-        kept.append({name: values[name] for name in keep})
+        kept.append({name: owned(values[name]) for name in keep})  # a view would pin the session's arena
         del values  # this batch's tensors go before the next batch runs
     return kept
 
