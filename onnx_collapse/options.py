@@ -113,6 +113,11 @@ class Options:
             raise CollapseError(Param("calibrate"), " must be an .npz path or a dict of arrays, not "
                                 f"{type(self.calibrate).__name__}")
 
+    @property
+    def truncates(self) -> bool:
+        """Whether a truncation goal is given (``rank_budget`` or ``max_error``)."""
+        return self.rank_budget is not None or self.max_error is not None
+
     def with_overrides(self, **overrides) -> Options:
         """A copy with some fields replaced (validated again); CollapseError for an unknown keyword."""
         unknown = sorted(set(overrides) - {f.name for f in fields(self)})

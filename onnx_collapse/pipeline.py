@@ -218,7 +218,7 @@ def optimize(
         with stage("counting parameters and MACs"):
             before = stats_of([ctx.view for ctx in contexts], probe)
         report = Report(before, replace(before), records, verification, notes, unfolded)
-        if options.rank_budget is not None or options.max_error is not None:
+        if options.truncates:
             budget = options.rank_budget
             goal = (f"--max-error {options.max_error:g}" if budget is None else
                     f"--rank-budget {budget if isinstance(budget, str) else format(budget, 'g')}")

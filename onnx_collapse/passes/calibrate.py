@@ -49,7 +49,7 @@ def requests(ctx: Context) -> list[calibrate.Request]:
     1) and, when truncating every layer, each layer outside the chains."""
     wanted = [chain_request(c.segment, c.applied) for c in ctx.candidates if c.applied is not None]
     opts = ctx.options
-    if (opts.rank_budget is not None or opts.max_error is not None) and opts.low_rank == "all":
+    if opts.truncates and opts.low_rank == "all":
         wanted += [layer_request(ctx, layer) for layer in ctx.unchained_layers()]
     seen, unique = set(), []
     for r in sorted(filter(None, wanted), key=lambda r: r.y is None):  # one with cross terms covers its input
@@ -63,7 +63,7 @@ def softmax_reads(ctx: Context) -> list[SoftmaxRead]:
     """The truncation targets' outputs that are logits a softmax reads over their features (``curvature``):
     their softmax's curvature weighs the targets' output errors. Empty unless something may be truncated."""
     opts = ctx.options
-    if opts.rank_budget is None and opts.max_error is None:
+    if not opts.truncates:
         return []
     outputs = [(c.segment.output, c.applied.emit.layout.axis) for c in ctx.candidates if c.applied is not None]
     if opts.low_rank == "all":

@@ -308,19 +308,19 @@ class LowRank:
 
     @staticmethod
     def stage(options, contexts):
-        if options.rank_budget is None and options.max_error is None:
+        if not options.truncates:
             return None
         return "low-rank truncation: each layer's spectrum, then the factors", count_targets(contexts), "layer"
 
     @staticmethod
     def reads_exact(options) -> bool:
-        return options.rank_budget is not None or options.max_error is not None
+        return options.truncates
 
     def run_all(self, contexts: list[Context]) -> None:
         if not contexts:
             return
         opts = contexts[0].options
-        if opts.rank_budget is None and opts.max_error is None:
+        if not opts.truncates:
             return
         owners, targets, spectra = [], [], []
         for ctx in contexts:
