@@ -49,7 +49,8 @@ def statistics_bytes(n_in: int, n_out: int, folds: int = FOLDS) -> int:
 class Refit:
     """Factors ``a`` (n_in, r), ``b`` (r, n_out) and ``bias`` of a refitted truncation, with its ridge strength
     and the held-out RMS errors (per output element, against the original layer's outputs) of the one-pass
-    truncation and of the refit."""
+    truncation and of the refit; ``weighed``: those errors are of outputs scaled per feature (``refit``'s
+    ``output``), not of the raw outputs."""
 
     a: np.ndarray
     b: np.ndarray
@@ -58,6 +59,7 @@ class Refit:
     one_pass_rms: float
     refit_rms: float
     rows: int
+    weighed: bool = False
 
 
 def refit_factors(m: Moments, prior: np.ndarray, prior_bias: np.ndarray | None, rank: int, alpha: float
@@ -111,7 +113,7 @@ def refit(parts: Sequence[Moments], prior: np.ndarray, prior_bias: np.ndarray | 
         if found is None:
             return None
         _, b, bias = _scaled((found.a, found.b, found.bias), 1.0 / output)
-        return replace(found, b=b, bias=bias)
+        return replace(found, b=b, bias=bias, weighed=True)
     whole = calibrate.total(parts)
     intercept = prior_bias is not None
     # the ridge strength from the full-rank fit's cross-validation (one eigendecomposition per part)

@@ -100,7 +100,7 @@ def test_weighed_sequential_refit_is_the_best_rank_r_fit_of_the_weighed_outputs(
     metric = linalg.whitening(x.shape[0], x.sum(0), x.T @ x).weighing_outputs(scale)
     one_pass = linalg.truncate(linalg.Factored((w,), bias), rank, metric)
     found = sequential.refit(parts, w, bias, rank, one_pass, scale)
-    assert found is not None
+    assert found is not None and found.weighed  # its RMS errors are of the weighed outputs, and say so
     y = x @ w + bias
     xc, yc = x_tilde - x_tilde.mean(0), (y - y.mean(0)) * scale
     lam = found.alpha * float(np.trace(xc.T @ xc)) / xc.shape[1]

@@ -48,9 +48,8 @@ def requests(ctx: Context) -> list[calibrate.Request]:
     """What to measure: each planned fold's input (with the chain's output where the slopes are not exactly
     1) and, when truncating every layer, each layer outside the chains."""
     wanted = [chain_request(c.segment, c.applied) for c in ctx.candidates if c.applied is not None]
-    opts = ctx.options
-    if opts.truncates and opts.low_rank == "all":
-        wanted += [layer_request(ctx, layer) for layer in ctx.unchained_layers()]
+    if ctx.options.truncates:
+        wanted += [layer_request(ctx, layer) for layer in ctx.single_targets()]
     seen, unique = set(), []
     for r in sorted(filter(None, wanted), key=lambda r: r.y is None):  # one with cross terms covers its input
         if (r.x, r.rows) not in seen or r.y is not None:
@@ -62,12 +61,10 @@ def requests(ctx: Context) -> list[calibrate.Request]:
 def softmax_reads(ctx: Context) -> list[SoftmaxRead]:
     """The truncation targets' outputs that are logits a softmax reads over their features (``curvature``):
     their softmax's curvature weighs the targets' output errors. Empty unless something may be truncated."""
-    opts = ctx.options
-    if not opts.truncates:
+    if not ctx.options.truncates:
         return []
     outputs = [(c.segment.output, c.applied.emit.layout.axis) for c in ctx.candidates if c.applied is not None]
-    if opts.low_rank == "all":
-        outputs += [(layer.output, layer.layout.axis) for layer in ctx.unchained_layers()]
+    outputs += [(layer.output, layer.layout.axis) for layer in ctx.single_targets()]
     opset = default_opset(ctx.model)
     found = (softmax_read(ctx.view, tensor, axis, opset) for tensor, axis in dict(outputs).items())
     return [read for read in found if read is not None]

@@ -48,6 +48,11 @@ class Context:
         taken = {i for seg in self.segments for layer in seg.layers for i in layer.nodes}
         return [layer for layer in self.layers if layer.nodes[0] not in taken]
 
+    def single_targets(self) -> list[Layer]:
+        """The layers that are low-rank targets of their own: every layer in no segment with
+        ``low_rank="all"``, none otherwise (the chains' folds are the other targets)."""
+        return self.unchained_layers() if self.options.low_rank == "all" else []
+
     def fresh_name(self, base: str) -> str:
         """A tensor/node name not used anywhere in the model (the set is shared by all graphs' contexts)."""
         if self.names is None:

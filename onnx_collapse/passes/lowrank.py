@@ -35,16 +35,13 @@ from .fold import written_around
 def _targets(ctx: Context) -> list[Candidate]:
     """Candidates with a fold in force, plus (with low_rank="all") a new candidate for each single linear
     layer outside the chains (it joins ``ctx.candidates`` when a truncation is written for it)."""
-    targets = [c for c in ctx.candidates if c.applied is not None]
-    if ctx.options.low_rank == "all":
-        targets += [layer_target(ctx, layer) for layer in ctx.unchained_layers()]
-    return targets
+    return [c for c in ctx.candidates if c.applied is not None] + [layer_target(ctx, layer)
+                                                                   for layer in ctx.single_targets()]
 
 
 def count_targets(contexts: list[Context]) -> int:
     """How many targets ``_targets`` gives over ``contexts`` (the progress display's total), building none."""
-    return sum(sum(c.applied is not None for c in ctx.candidates)
-               + (len(ctx.unchained_layers()) if ctx.options.low_rank == "all" else 0) for ctx in contexts)
+    return sum(sum(c.applied is not None for c in ctx.candidates) + len(ctx.single_targets()) for ctx in contexts)
 
 
 def layer_target(ctx: Context, layer: Layer) -> Candidate:
@@ -229,7 +226,8 @@ def refitted_plan(ctx: Context, target: Candidate, option: allocate.Option, foun
         return None
     rows = emit.layout.rows.noun
     reason = (f"sequential fit on {found.rows} calibration {rows} (ridge {found.alpha:g} toward the layer): "
-              f"held-out RMS {found.one_pass_rms:.2e} -> {found.refit_rms:.2e}")
+              f"held-out RMS{' of the softmax-weighed outputs' if found.weighed else ''} "
+              f"{found.one_pass_rms:.2e} -> {found.refit_rms:.2e}")
     return _pair_plan(ctx, target, nodes, inits, option, found.bias, error, True, reason)
 
 
