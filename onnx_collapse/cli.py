@@ -83,6 +83,7 @@ FLAGS = {
     "error_metric": "--error-metric", "max_groups": "--max-groups", "allocator": "--allocator",
     "metric": "--metric", "min_agreement": "--min-agreement", "max_verify_memory": "--max-verify-memory",
     "calibrate": "--calibrate", "external_data": "--external-data", "sequential": "--sequential",
+    "share": "--share", "keep_layers": "--keep-layer",
 }
 VALUE_FLAGS = {("verify", False): "--no-verify", ("external_data", False): "--no-external-data"}
 
@@ -392,6 +393,62 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
         from .report import render
 
         _emit(report.to_dict(), render(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json, report_file)
+    if report.verification is not None and not report.verification.passed:
+        click.echo("onnx-collapse: verification failed; no output written", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
+@click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=False))
+@click.option("--calibrate", "calibrate", type=click.Path(dir_okay=False), required=True,
+              help=".npz of typical inputs (rows on axis 0); the pruned layers are refitted on them, a fifth "
+                   "is held out for verification unless --inputs is given.")
+@click.option("--share", type=BudgetType(), default=0.25, show_default=True, metavar="FRACTION|auto",
+              help="Share of each pair's channels removed; auto: the largest that passes verification.")
+@click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME",
+              help="Leave the pair this convolution belongs to whole (repeatable).")
+@click.option("--atol", type=click.FloatRange(0), default=None, help="Absolute tolerance of the check.")
+@click.option("--rtol", type=click.FloatRange(0), default=None, help="Relative tolerance of the check.")
+@click.option("--seed", type=click.IntRange(0), default=DEFAULTS.seed, show_default=True,
+              help="Seed of the held-out rows.")
+@click.option("--inputs", type=click.Path(dir_okay=False), default=None,
+              help=".npz to verify on instead of held-out calibration rows.")
+@click.option("--metric", type=click.Choice(METRICS), default=DEFAULTS.metric, show_default=True,
+              help="What must hold (see optimize --help); pruning needs top1, sequence or ctc, or --atol/--rtol.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=DEFAULTS.min_agreement, show_default=True,
+              help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree.")
+@click.option("--max-verify-memory", metavar="SIZE", default=None,
+              help="Memory the data may take (e.g. 4G); default: half the available memory.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Write weights to a data file beside OUT (default: as the input, or when over 1.8 GB).")
+@click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@quiet_option
+def prune(input_path, output_path, calibrate, share, keep_layers, atol, rtol, seed, inputs, metric, min_agreement,
+          max_verify_memory, external_data, overwrite, as_json, report_file, quiet) -> None:
+    """Prune channels of convolution pairs (pointwise -> depthwise -> pointwise) of IN.onnx, refitted on
+    --calibrate, and write the verified result to OUT.onnx."""
+    with running(quiet) as done:
+        from . import io
+        from .prune import prune as prune_model
+
+        src, dst = Path(input_path), Path(output_path)
+        _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
+                     io.data_files(inputs, calibrate))
+        note_idle_options(quiet, [check_notes(metric, inputs)[0],
+                                  (inputs is not None, ("seed",), "with --inputs (no rows are held out)")])
+        options = Options(atol=atol, rtol=rtol, seed=seed, inputs=inputs, metric=metric, min_agreement=min_agreement,
+                          calibrate=calibrate,
+                          max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
+        _, report = prune_model(src, options, share=share, keep_layers=tuple(keep_layers), output=dst,
+                                external_data=external_data)
+    with one_line_errors():
+        from .prune import render_prune
+
+        _emit(report.to_dict(), render_prune(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json,
+              report_file)
     if report.verification is not None and not report.verification.passed:
         click.echo("onnx-collapse: verification failed; no output written", err=True)
         sys.exit(1)
