@@ -1,0 +1,199 @@
+"""Channel pruning of convolution pairs: which pairs are found, that a redundant pair is pruned without loss,
+that each reader's refit is the least-squares optimum on the pruned model's own inputs, and the command's
+criterion, search and refusals."""
+
+import hashlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_collapse.errors import CollapseError
+from onnx_collapse.prune import constant_tensors, find_pairs, prune
+from tests.common import assert_one_line_error, cli
+
+
+def _init(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def pair_model(dup=4, c_in=3, c=12, c_out=10, seed=0, second=False, tweak=None) -> onnx.ModelProto:
+    """x -> Conv 3x3 (c) -> Mul 0.5 -> HardSwish -> Mul per channel -> depthwise 3x3 -> BatchNorm -> Relu ->
+    Conv 1x1 (c_out) [-> HardSwish -> depthwise -> Conv 1x1 (6)]. ``dup`` channels of the first pair repeat
+    their neighbours exactly, so the pair loses nothing when pruned to c - dup channels."""
+    rng = np.random.default_rng(seed)
+
+    copies = np.arange(1, c, max(c // max(dup, 1), 1))[:dup]  # channels 1, 4, 7, 10 repeat 0, 3, 6, 9
+
+    def dup_rows(a):
+        a = np.array(a)
+        a[copies] = a[copies - 1]
+        return a
+
+    inits = [
+        _init("wa", dup_rows(rng.normal(size=(c, c_in, 3, 3)) * 0.4)), _init("ba", dup_rows(rng.normal(size=c) * 0.1)),
+        _init("half", [0.5]),
+        _init("scale", dup_rows(rng.uniform(0.5, 1.5, size=c)).reshape(1, c, 1, 1)),
+        _init("wd", dup_rows(rng.normal(size=(c, 1, 3, 3)) * 0.5)), _init("bd", dup_rows(rng.normal(size=c) * 0.1)),
+        _init("bn_s", dup_rows(rng.uniform(0.5, 1.5, size=c))), _init("bn_b", dup_rows(rng.normal(size=c) * 0.1)),
+        _init("bn_m", dup_rows(rng.normal(size=c) * 0.1)), _init("bn_v", dup_rows(rng.uniform(0.5, 1.5, size=c))),
+        _init("wb", rng.normal(size=(c_out, c, 1, 1)) * 0.4), _init("bb", rng.normal(size=c_out) * 0.1),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["a", "half"], ["a2"], name="mul"),
+        helper.make_node("HardSwish", ["a2"], ["a3"], name="hs"),
+        helper.make_node("Mul", ["a3", "scale"], ["a4"], name="scale_mul"),
+        helper.make_node("Conv", ["a4", "wd", "bd"], ["d"], name="DW", group=c, pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["d", "bn_s", "bn_b", "bn_m", "bn_v"], ["n"], name="BN"),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "wb", "bb"], ["b"], name="B"),
+    ]
+    out, width = "b", c_out
+    if second:
+        inits += [_init("wd2", rng.normal(size=(c_out, 1, 3, 3)) * 0.5),
+                  _init("wc", rng.normal(size=(6, c_out, 1, 1)) * 0.4)]
+        nodes += [helper.make_node("HardSwish", ["b"], ["b2"], name="hs2"),
+                  helper.make_node("Conv", ["b2", "wd2"], ["d2"], name="DW2", group=c_out, pads=[1, 1, 1, 1]),
+                  helper.make_node("Conv", ["d2", "wc"], ["y"], name="C")]
+        out, width = "y", 6
+    if tweak is not None:
+        tweak(nodes, inits)
+    graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, 6, 6])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", width, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _rows(n, seed, c_in=3):
+    return {"x": np.random.default_rng(seed).normal(size=(n, c_in, 6, 6)).astype(np.float32)}
+
+
+def _run(model, feed, names=None):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(names, feed)
+
+
+def _with_output(model, name):
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return copy
+
+
+def test_the_pair_is_found_through_per_channel_ops_depthwise_and_batchnorm():
+    model = pair_model()
+    pairs = find_pairs(model)
+    assert len(pairs) == 1
+    p = pairs[0]
+    names = [model.graph.node[k].name for k in (p.producer, p.reader, *p.depthwise)]
+    assert names == ["A", "B", "DW"] and p.channels == 12
+    assert dict(p.sliced) == {"scale": 1, "bn_s": 0, "bn_b": 0, "bn_m": 0, "bn_v": 0, "wd": 0, "bd": 0}
+
+
+def _refuse(tweak):
+    return find_pairs(pair_model(tweak=tweak)) == []
+
+
+def test_pairs_that_cannot_be_pruned_alone_are_not_found():
+    def shared_weight(nodes, inits):  # another node reads the producer's weight
+        nodes.append(helper.make_node("Conv", ["x", "wa"], ["other"], name="other"))
+
+    def transposed(nodes, inits):  # a node that moves channels reads the region
+        nodes.append(helper.make_node("Identity", ["a3"], ["seen"]))
+        nodes.append(helper.make_node("Transpose", ["seen"], ["t"], perm=[0, 1, 3, 2]))
+
+    def spatial_constant(nodes, inits):  # varies along the width, not per channel
+        inits[3].CopyFrom(_init("scale", np.linspace(0.5, 1.5, 6).reshape(1, 1, 1, 6)))
+
+    def wide_reader(nodes, inits):  # a 3x3 reader mixes positions: not a 1x1 least-squares problem
+        inits[10].CopyFrom(_init("wb", np.ones((10, 12, 3, 3))))
+
+    def shared_scale(nodes, inits):  # the per-channel constant is read elsewhere too
+        nodes.append(helper.make_node("Mul", ["x", "scale"], ["also"]))
+
+    for tweak in (shared_weight, transposed, spatial_constant, wide_reader, shared_scale):
+        assert _refuse(tweak), tweak.__name__
+    seen = pair_model()  # the region is also a model output: its channels are not the reader's alone
+    seen.graph.output.append(helper.make_tensor_value_info("a3", TensorProto.FLOAT, None))
+    assert find_pairs(seen) == []
+
+
+def test_a_redundant_pair_is_pruned_to_its_distinct_channels_without_loss():
+    model = pair_model()
+    calib, held = _rows(96, 1), _rows(16, 2)
+    out, report = prune(model, share=1 / 3, calibrate=calib, inputs=held, atol=1e-3, rtol=1e-3)
+    assert report.verification.passed and [(p.channels, p.kept) for p in report.pairs] == [(12, 8)]
+    consts = {k: numpy_helper.to_array(v) for k, v in constant_tensors(out.graph).items()}
+    assert consts["wa"].shape == (8, 3, 3, 3) and consts["wd"].shape == (8, 1, 3, 3)
+    assert consts["wb"].shape == (10, 8, 1, 1) and consts["scale"].shape == (1, 8, 1, 1)
+    assert all(consts[k].shape == (8,) for k in ("bn_s", "bn_b", "bn_m", "bn_v", "bd", "ba"))
+    group = next(a.i for n in out.graph.node if n.name == "DW" for a in n.attribute if a.name == "group")
+    assert group == 8
+    want, = _run(model, held)
+    got, = _run(out, held)
+    assert np.max(np.abs(got - want)) < 1e-3 * np.max(np.abs(want))
+    assert report.after.linear_macs < report.before.linear_macs and report.after.params < report.before.params
+
+
+def test_each_reader_is_refitted_by_least_squares_on_the_pruned_models_own_inputs():
+    model = pair_model(dup=0, seed=5, second=True)
+    calib = _rows(128, 3)
+    out, report = prune(model, share=0.25, calibrate=calib, inputs=_rows(16, 4), atol=10.0)
+    assert [(p.channels, p.kept) for p in report.pairs] == [(12, 9), (10, 8)]  # sequential: B is pair 2's producer
+    x, = _run(_with_output(out, "d2"), calib, ["d2"])       # C's input, in the pruned model
+    y, = _run(model, calib)                                 # C's output, in the original
+    rows_x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]).astype(np.float64)
+    rows_y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]).astype(np.float64)
+    design = np.column_stack([rows_x, np.ones(len(rows_x))])
+    coef, *_ = np.linalg.lstsq(design, rows_y, rcond=None)
+    best = float(np.sum((design @ coef - rows_y) ** 2))
+    got, = _run(out, calib)
+    tool = float(np.sum((np.moveaxis(got, 1, -1).reshape(rows_y.shape) - rows_y) ** 2))
+    assert best <= tool <= 1.01 * best + 1e-9
+    assert tool < 0.5 * float(np.sum((rows_y - rows_y.mean(0)) ** 2))  # it explains most of the output
+
+
+def test_pruning_refuses_a_run_whose_check_could_only_fail_or_that_has_too_few_rows():
+    model = pair_model()
+    with pytest.raises(CollapseError, match="metric"):
+        prune(model, share=0.25, calibrate=_rows(96, 1))
+    with pytest.raises(CollapseError, match="calibrate"):
+        prune(model, share=0.25, metric="top1")
+    with pytest.raises(CollapseError, match="at least 64"):
+        prune(model, share=0.25, calibrate=_rows(40, 1), inputs=_rows(8, 2), atol=1.0)
+    with pytest.raises(CollapseError, match="share"):
+        prune(model, share=1.5, calibrate=_rows(96, 1), atol=1.0)
+
+
+def test_share_auto_finds_the_largest_share_that_passes():
+    model = pair_model()
+    out, report = prune(model, share="auto", calibrate=_rows(96, 1), inputs=_rows(16, 2), atol=1e-3, rtol=1e-3)
+    assert report.verification.passed and report.search and report.search[0]["share"] == 0.75
+    assert not report.search[0]["passed"]
+    assert [p.kept for p in report.pairs] == [8]  # exactly the distinct channels: one fewer fails
+    assert all(not s["passed"] for s in report.search if s["share"] > report.share)
+
+
+@pytest.mark.slow
+def test_the_command_writes_a_verified_model_and_refuses_what_fails(tmp_path):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(pair_model(), src)
+    np.savez(tmp_path / "calib.npz", **_rows(96, 1))
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    r = cli("prune", src, out, "--calibrate", tmp_path / "calib.npz")
+    assert_one_line_error(r, 2, "--metric")
+    r = cli("prune", src, out, "--calibrate", tmp_path / "calib.npz", "--share", "0.5", "--atol", "1e-9",
+            "--rtol", "0")
+    assert r.returncode == 1 and "no output written" in r.stderr and not out.exists()
+    r = cli("prune", src, out, "--calibrate", tmp_path / "calib.npz", "--share", "auto", "--atol", "1e-3")
+    assert r.returncode == 0, r.stderr
+    assert "A -> B: 12 -> 8 channels" in r.stdout and "PASSED" in r.stdout
+    onnx.checker.check_model(onnx.load(out))
+    r = cli("prune", src, src, "--calibrate", tmp_path / "calib.npz", "--atol", "1")
+    assert_one_line_error(r, 2, "input file")
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == before
