@@ -82,6 +82,20 @@ METHODS: dict[str, dict] = {
              "budget": False,
              "note": "accuracy target: the smallest MAC budget whose top-1 agreement with the original on 8 "
                      "held-out rows is at least 98 % (output-aware allocation)"},
+    "prune": {"command": "prune", "flags": ["--calibrate", "{calib}", "--no-verify"], "metrics": ["share"],
+              "budgets": [0.2, 0.3, 0.4],
+              "note": "channel pruning of pointwise -> depthwise -> pointwise pairs (budget: share of each pair's "
+                      "channels removed), each reader refitted in graph order, verification off"},
+    "prune+params": {"prune": ["--calibrate", "{calib}", "--no-verify", "--share", "0.3"],
+                     "flags": ["--low-rank", "all", "--calibrate", "{calib}", "--allocator", "output", "--no-verify"],
+                     "metrics": ["params"], "budgets": [0.8, 0.7],
+                     "note": "channel pruning at share 0.3, then the output-aware low-rank pass at a weight budget "
+                             "(of the pruned model's weights), verification off"},
+    "prune-auto": {"command": "prune", "models": ["rec"], "budget": False,
+                   "flags": ["--calibrate", "{calib}", "--inputs", "{verify}", "--share", "auto", "--metric", "ctc",
+                             "--min-agreement", "0.96"],
+                   "note": "accuracy target: the largest share whose CTC-decoded lines agree with the original's on "
+                           "at least 96 % of the 32 verification lines"},
 }
 BUDGETS = [0.8, 0.7, 0.6, 0.5]
 METRICS = ["params", "macs"]
@@ -136,12 +150,13 @@ print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, wall)
 """
 
 
-def run_tool(repo_root: Path, args: list[str], err_file: Path, timeout: float) -> tuple[int, int, float, str]:
-    """(exit code, peak resident bytes, wall seconds, stderr) of ``python -m onnx_collapse optimize ARGS``;
+def run_tool(repo_root: Path, args: list[str], err_file: Path, timeout: float, command: str = "optimize"
+             ) -> tuple[int, int, float, str]:
+    """(exit code, peak resident bytes, wall seconds, stderr) of ``python -m onnx_collapse COMMAND ARGS``;
     a small launcher measures the child so nothing of this process is counted. ``-P``: the working directory
     is not put before ``repo_root`` (run from another checkout, ``-m`` would import that one's package)."""
     env = dict(os.environ, PYTHONPATH=str(repo_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-c", LAUNCHER, str(err_file), sys.executable, "-P", "-m", "onnx_collapse", "optimize",
+    cmd = [sys.executable, "-c", LAUNCHER, str(err_file), sys.executable, "-P", "-m", "onnx_collapse", command,
            *args]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=True).stdout.split()
@@ -246,7 +261,7 @@ def tool_summary(report: dict, layer_macs: dict[str, int]) -> dict:
     return {"params": [b.get("params"), a.get("params")], "linear_macs": [b.get("linear_macs"), a.get("linear_macs")],
             "file_bytes": [b.get("file_bytes"), a.get("file_bytes")], "truncated": layers,
             "verification": ver.get("passed") if isinstance(ver, dict) else None,
-            "notes": report.get("notes", [])}
+            "notes": report.get("notes", []), "share": report.get("share")}
 
 
 def measure_model(task: Task, path: str, reference: np.ndarray | None) -> dict:
@@ -292,14 +307,33 @@ def bench_task(task: Task, methods: dict, budgets, metrics, repo_root: Path, wor
     seen: dict[str, dict] = {}
     for name, budget, metric in rows_for(methods, budgets, metrics):
         m = methods[name]
-        flags = [f.format(calib=calib, verify=verify, verify8=verify8) for f in m["flags"]]
-        if budget is not None:
+        if task.key not in m.get("models", [task.key]):
+            continue
+
+        def filled(flags):
+            return [f.format(calib=calib, verify=verify, verify8=verify8) for f in flags]
+
+        flags = filled(m["flags"])
+        if metric == "share":
+            flags += ["--share", str(budget)]
+        elif budget is not None:
             flags += ["--rank-budget", str(budget), "--budget-metric", metric]
         out = work / f"{task.key}_{name}_{budget}_{metric}.onnx".replace("+", "_")
         report = out.with_suffix(".json")
         row = {"method": name, "budget": budget, "metric": metric, "flags": flags, "note": m.get("note", "")}
-        code, peak, wall, err = run_tool(repo_root, [task.file, str(out), *flags, "--quiet", "--report",
-                                                     str(report), "--overwrite"], out.with_suffix(".err"), timeout)
+        source, first = task.file, (0, 0, 0.0, "")
+        if "prune" in m:  # a prune run first; the command below reads its output
+            source = str(out.with_suffix(".pruned.onnx"))
+            row["prune_flags"] = filled(m["prune"])
+            first = run_tool(repo_root, [task.file, source, *row["prune_flags"], "--quiet", "--overwrite"],
+                             out.with_suffix(".prune.err"), timeout, "prune")
+        if first[0] == 0:
+            code, peak, wall, err = run_tool(repo_root, [source, str(out), *flags, "--quiet", "--report",
+                                                         str(report), "--overwrite"], out.with_suffix(".err"),
+                                             timeout, m.get("command", "optimize"))
+            peak, wall = max(peak, first[1]), wall + first[2]
+        else:
+            code, peak, wall, err = first
         row.update(exit_code=code, optimizer_s=wall, optimizer_peak_bytes=peak)
         if code != 0:
             bad = unknown_option(err) if code == 2 else None
@@ -330,7 +364,7 @@ def bench_task(task: Task, methods: dict, budgets, metrics, repo_root: Path, wor
             f"{fmt_scores(row['scores'])} speed-up {row['latency']['speedup_median']:.2f}x "
             f"opt {wall:.1f}s {peak / 2**20:.0f} MiB ({row['status']})")
         result["rows"].append(row)
-        for p in (out, Path(str(out) + ".data")):
+        for p in (out, Path(str(out) + ".data"), out.with_suffix(".pruned.onnx")):
             if p.exists():
                 p.unlink()
     result["original"]["macs_by_kind"] = macs_by_kind(orig["macs"]["layers"])

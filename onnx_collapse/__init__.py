@@ -1,6 +1,6 @@
 """onnx-collapse: fold near-linear Gemm/MatMul chains of exported ONNX models, verified in onnxruntime.
 
-The API (``optimize``, ``analyze``, ``verify``, the report classes) is loaded on first use, so that the
+The API (``optimize``, ``analyze``, ``verify``, ``prune``, the report classes) is loaded on first use, so that the
 command line can show its progress display before onnx and onnxruntime are imported.
 """
 
@@ -17,7 +17,7 @@ _API = {"Options": "options", "analyze": "pipeline", "optimize": "pipeline", "Er
 
 __all__ = [
     "CollapseError", "ErrorStats", "FoldRecord", "ModelStats", "Options", "Report", "Verification",
-    "analyze", "optimize", "verify",
+    "analyze", "optimize", "prune", "verify",
 ]
 __version__ = "0.1.0"
 
@@ -34,21 +34,26 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API, "verify"])
+    return sorted([*globals(), *_API, *_SAME_NAME])
+
+
+_SAME_NAME = ("prune", "verify")  # functions named as the submodule that holds them
+
+
+def _same_name(name: str) -> property:
+    """``onnx_collapse.<name>`` stays the function when the submodule of that name is imported (the import
+    system sets the submodule as the package's attribute; an eager ``from .verify import verify`` would
+    rebind it to the function)."""
+
+    def setter(self, value) -> None:  # the import system recording the submodule: it stays in sys.modules
+        pass
+
+    return property(lambda self: getattr(importlib.import_module(f".{name}", __name__), name), setter)
 
 
 class _Package(types.ModuleType):
-    """``onnx_collapse.verify`` stays the function when the submodule of that name is imported (the import
-    system sets the submodule as the package's attribute; the eager ``from .verify import verify`` of old
-    rebound it to the function)."""
-
-    @property
-    def verify(self):
-        return importlib.import_module(".verify", __name__).verify
-
-    @verify.setter
-    def verify(self, value) -> None:  # the import system recording the submodule: it stays in sys.modules
-        pass
+    verify = _same_name("verify")
+    prune = _same_name("prune")
 
 
 sys.modules[__name__].__class__ = _Package

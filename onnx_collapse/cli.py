@@ -408,6 +408,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
               help="Share of each pair's channels removed; auto: the largest that passes verification.")
 @click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME",
               help="Leave the pair this convolution belongs to whole (repeatable).")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check (what the pruning costs is NOT checked).")
 @click.option("--atol", type=click.FloatRange(0), default=None, help="Absolute tolerance of the check.")
 @click.option("--rtol", type=click.FloatRange(0), default=None, help="Relative tolerance of the check.")
 @click.option("--seed", type=click.IntRange(0), default=DEFAULTS.seed, show_default=True,
@@ -426,8 +427,8 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 @quiet_option
-def prune(input_path, output_path, calibrate, share, keep_layers, atol, rtol, seed, inputs, metric, min_agreement,
-          max_verify_memory, external_data, overwrite, as_json, report_file, quiet) -> None:
+def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, atol, rtol, seed, inputs, metric,
+          min_agreement, max_verify_memory, external_data, overwrite, as_json, report_file, quiet) -> None:
     """Prune channels of convolution pairs (pointwise -> depthwise -> pointwise) of IN.onnx, refitted on
     --calibrate, and write the verified result to OUT.onnx."""
     with running(quiet) as done:
@@ -438,8 +439,11 @@ def prune(input_path, output_path, calibrate, share, keep_layers, atol, rtol, se
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
                      io.data_files(inputs, calibrate))
         note_idle_options(quiet, [check_notes(metric, inputs)[0],
-                                  (inputs is not None, ("seed",), "with --inputs (no rows are held out)")])
-        options = Options(atol=atol, rtol=rtol, seed=seed, inputs=inputs, metric=metric, min_agreement=min_agreement,
+                                  (inputs is not None, ("seed",), "with --inputs (no rows are held out)"),
+                                  (no_verify, ("atol", "rtol", "seed", "inputs", "metric", "min_agreement"),
+                                   "with --no-verify")])
+        options = Options(verify=not no_verify, atol=atol, rtol=rtol, seed=seed, inputs=inputs, metric=metric,
+                          min_agreement=min_agreement,
                           calibrate=calibrate,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = prune_model(src, options, share=share, keep_layers=tuple(keep_layers), output=dst,

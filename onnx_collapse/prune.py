@@ -33,7 +33,7 @@ from . import macs
 from .calibrate import Moments, empty_moments, fit_chain, sse, total
 from .channels import columns, centred, removal_order
 from .compare import compare_outputs, output_mismatches
-from .errors import CollapseError, Param
+from .errors import CollapseError, Param, one_line
 from .graph import proto_subgraphs
 from .inputs import make_feeds
 from .io import ModelSource, StagedOutput, TensorStore, data_files, open_model, uses_external
@@ -51,8 +51,9 @@ BATCH = 8  # calibration rows per onnxruntime run
 AUTO_STEPS = 5  # bisection steps of share="auto" after trying the largest share
 MAX_SHARE = 0.75  # share="auto" searches (0, MAX_SHARE]
 # Pairs with no depthwise convolution on the way (squeeze-and-excitation layers, dense necks) are found but not
-# pruned: on PP-OCRv4 rec, pruning its two neck pairs as well at share 0.3 read 86.5 % of 480 lines against
-# 93.5 % without them, for 0.4 % of the MACs (docs/results.md).
+# pruned unless this is False: on PP-OCRv4 rec, its two neck pairs cost 7 points of exact lines at share 0.3
+# for 0.4 % of the MACs (benchmarks/rec_prune.py --all-pairs, docs/results.md).
+DEPTHWISE_ONLY = True
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,15 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
     consts = constant_tensors(graph)
     consumers: dict[str, list[int]] = {}
     uses: Counter = Counter()
+    outputs = {o.name for o in graph.output}  # and what subgraphs read: a region reaching them is not ours
     for k, node in enumerate(graph.node):
         for name in node.input:
             consumers.setdefault(name, []).append(k)
             uses[name] += 1
         for sub in proto_subgraphs(node):
-            uses.update({i: 2 for inner in sub.node for i in inner.input})  # read in a subgraph: never ours
-    outputs = {o.name for o in graph.output}
+            read = _subgraph_reads(sub)
+            uses.update({i: 2 for i in read})
+            outputs |= read
     pairs = []
     for k, node in enumerate(graph.node):
         if _dense_conv(node, consts):
@@ -158,6 +161,16 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
             if pair is not None:
                 pairs.append(pair)
     return pairs
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name the nodes of ``graph`` and of its own subgraphs read."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for sub in proto_subgraphs(node):
+            names |= _subgraph_reads(sub)
+    return names
 
 
 def _pair_from(start: int, graph, consts, consumers, uses, outputs) -> Pair | None:
@@ -245,14 +258,15 @@ def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: 
     ys = session(ModelSource(probe_model(original.model, [y_name], {}), original.base_dir),
                  "original model", optimized=True)
     n = calibration.row_count(rows)
+    batch = max(1, min(BATCH, n // FOLDS))  # at least FOLDS batches, for the reader's cross-validation
     parts: list[Moments] = []
-    for b, start in enumerate(range(0, n, BATCH)):
-        feed = {k: v[start:start + BATCH] for k, v in rows.items()}
+    for b, start in enumerate(range(0, n, batch)):
+        feed = {k: v[start:start + batch] for k, v in rows.items()}
         try:
             x, = xs.run([x_name], feed)
             y, = ys.run([y_name], feed)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            raise CollapseError(f"onnxruntime cannot run the calibration rows: {exc}") from None
+            raise CollapseError(f"onnxruntime cannot run the calibration rows: {one_line(exc)}") from None
         x, y = _rows(x, strides), _rows(y)
         if b < FOLDS:
             parts.append(empty_moments(x.shape[1], y.shape[1]))
@@ -324,6 +338,12 @@ def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: in
     return float(error)
 
 
+def kept_channels(channels: int, share: float) -> int:
+    """Channels a pair of ``channels`` keeps at ``share`` (at least one). Rounding the count to a multiple
+    of 8 or 16 for onnxruntime's blocked convolutions was measured and changed nothing beyond timing noise."""
+    return max(1, min(channels, int(round(channels * (1 - share)))))
+
+
 def prune_model(source: ModelSource, pairs: list[Pair], share: float, rows: Mapping[str, np.ndarray]
                 ) -> tuple[ModelSource, list[PrunedPair]]:
     """A copy of ``source`` with every pair pruned by ``share`` of its channels, in graph order."""
@@ -334,7 +354,7 @@ def prune_model(source: ModelSource, pairs: list[Pair], share: float, rows: Mapp
         node = source.model.graph.node
         record = PrunedPair(node[pair.producer].name or node[pair.producer].output[0],
                             node[pair.reader].name or node[pair.reader].output[0], pair.channels, pair.channels)
-        keep = max(1, int(round(pair.channels * (1 - share))))
+        keep = kept_channels(pair.channels, share)
         if keep < pair.channels:
             with stage(f"pruning {record.producer} -> {record.reader}"):
                 record.error = prune_pair(source, current, pair, keep, rows)
@@ -378,14 +398,14 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     named = data_files(options.inputs, options.calibrate)
     options, held_out = calibration_split(source.model, options)
     rows = calibration.load_arrays(source.model, options.calibrate, max_memory=options.max_verify_memory)
-    if calibration.row_count(rows) < 2 * FOLDS * BATCH:
-        raise CollapseError(f"pruning needs at least {2 * FOLDS * BATCH} calibration rows to fit and "
-                            f"cross-validate, {Param('calibrate')} gave {calibration.row_count(rows)}"
+    if calibration.row_count(rows) < FOLDS:
+        raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
+                            Param("calibrate"), f" gave {calibration.row_count(rows)}"
                             + (" after holding out rows for verification" if held_out else ""))
     probe = macs.probe_for(source.model, options.calibrate, options.inputs, options.input_shapes, options.seed,
                            options.max_verify_memory)
-    pairs = [p for p in find_pairs(source.model)  # through a depthwise convolution (see PAIRS_WITHOUT_DEPTHWISE)
-             if p.depthwise and not _names(source.model, p) & set(keep_layers)]
+    pairs = [p for p in find_pairs(source.model)
+             if (p.depthwise or not DEPTHWISE_ONLY) and not _names(source.model, p) & set(keep_layers)]
     notes = [] if pairs else ["no convolution pair to prune: nothing changed"]
     expected, where = None, ""
     if options.verify and pairs:

@@ -121,6 +121,12 @@ def test_pairs_that_cannot_be_pruned_alone_are_not_found():
     seen = pair_model()  # the region is also a model output: its channels are not the reader's alone
     seen.graph.output.append(helper.make_tensor_value_info("a3", TensorProto.FLOAT, None))
     assert find_pairs(seen) == []
+    inner = pair_model()  # a branch of an If reads the region from the outer scope
+    branch = helper.make_graph([helper.make_node("Identity", ["a3"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    inner.graph.initializer.append(numpy_helper.from_array(np.array(True), "flag"))
+    inner.graph.node.append(helper.make_node("If", ["flag"], ["picked"], then_branch=branch, else_branch=branch))
+    assert find_pairs(inner) == []
 
 
 def test_a_redundant_pair_is_pruned_to_its_distinct_channels_without_loss():
@@ -164,8 +170,8 @@ def test_pruning_refuses_a_run_whose_check_could_only_fail_or_that_has_too_few_r
         prune(model, share=0.25, calibrate=_rows(96, 1))
     with pytest.raises(CollapseError, match="calibrate"):
         prune(model, share=0.25, metric="top1")
-    with pytest.raises(CollapseError, match="at least 64"):
-        prune(model, share=0.25, calibrate=_rows(40, 1), inputs=_rows(8, 2), atol=1.0)
+    with pytest.raises(CollapseError, match="at least 4"):
+        prune(model, share=0.25, calibrate=_rows(3, 1), inputs=_rows(8, 2), atol=1.0)
     with pytest.raises(CollapseError, match="share"):
         prune(model, share=1.5, calibrate=_rows(96, 1), atol=1.0)
 
@@ -196,4 +202,8 @@ def test_the_command_writes_a_verified_model_and_refuses_what_fails(tmp_path):
     onnx.checker.check_model(onnx.load(out))
     r = cli("prune", src, src, "--calibrate", tmp_path / "calib.npz", "--atol", "1")
     assert_one_line_error(r, 2, "input file")
+    calib_bytes = (tmp_path / "calib.npz").read_bytes()
+    r = cli("prune", src, tmp_path / "calib.npz", "--calibrate", tmp_path / "calib.npz", "--atol", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "calib.npz").read_bytes() == calib_bytes
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
