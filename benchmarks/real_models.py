@@ -473,9 +473,11 @@ def markdown(meta: dict, results: dict, methods: dict) -> str:
              f"onnx-collapse from {meta['repo_root']} (commit {meta['commit']})",
              f"- date (UTC): {meta['date']}; full run {meta['total_s']:.0f} s; command: `{meta['command']}`",
              f"- font: {meta['font']}", "",
-             "Methods (flags appended: `--rank-budget B --budget-metric M --quiet --report R`):", ""]
+             "Methods (`optimize` unless said; flags appended: `--rank-budget B --budget-metric M --quiet --report R`, "
+             "for `prune` `--share B`):", ""]
     for name, m in methods.items():
-        parts.append(f"- `{name}`: `{' '.join(m['flags'])}` — {m.get('note', '')}")
+        steps = f"prune `{' '.join(m['prune'])}`, then " if "prune" in m else ""
+        parts.append(f"- `{name}`: {steps}{m.get('command', 'optimize')} `{' '.join(m['flags'])}` — {m.get('note', '')}")
     parts += ["", "Speed-up: original / compressed seconds per run, median and best of interleaved rounds, "
               "onnxruntime CPU, intra_op_num_threads 2, inter_op 1, sequential; "
               "batch 8 lines for the recogniser, 1 page for the detector. Weights: float parameters stored "

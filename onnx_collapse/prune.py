@@ -51,8 +51,8 @@ BATCH = 8  # calibration rows per onnxruntime run
 AUTO_STEPS = 5  # bisection steps of share="auto" after trying the largest share
 MAX_SHARE = 0.75  # share="auto" searches (0, MAX_SHARE]
 # Pairs with no depthwise convolution on the way (squeeze-and-excitation layers, dense necks) are found but not
-# pruned unless this is False: on PP-OCRv4 rec, its two neck pairs cost 7 points of exact lines at share 0.3
-# for 0.4 % of the MACs (benchmarks/rec_prune.py --all-pairs, docs/results.md).
+# pruned unless this is False: on PP-OCRv4 rec, its two neck pairs cost 7.5 points of exact lines at share 0.3
+# for 0.5 % of the MACs (benchmarks/rec_prune.py --all-pairs, docs/results.md).
 DEPTHWISE_ONLY = True
 
 
