@@ -36,7 +36,7 @@ from .compare import compare_outputs, output_mismatches
 from .errors import CollapseError, Param, one_line
 from .graph import proto_subgraphs
 from .inputs import make_feeds
-from .io import ModelSource, StagedOutput, TensorStore, data_files, open_model, uses_external
+from .io import ModelSource, StagedOutput, TensorStore, data_files, embed_external_data, open_model, uses_external
 from .options import Options
 from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
@@ -454,12 +454,16 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         before = model_stats(source, probe)
         after = model_stats(pruned, probe) if pruned is not source else before
     report = PruneReport(chosen, records, before, after, verification, search, notes)
+    result = pruned.model
     if output is not None and (verification is None or verification.passed):
         with stage("writing the output"), StagedOutput(output, external_data, source.base_dir, source,
                                                       named) as staged:
             staged.write(pruned.model)
             staged.commit()
-    return pruned.model, report
+        result = onnx.load(str(output), load_external_data=False)  # its data, if any, beside the output
+    elif uses_external(result):
+        embed_external_data(result, source.base_dir)  # self-contained, as optimize returns it
+    return result, report
 
 
 def render_prune(report: PruneReport, width: int | None = None) -> str:

@@ -207,3 +207,25 @@ def test_the_command_writes_a_verified_model_and_refuses_what_fails(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (tmp_path / "calib.npz").read_bytes() == calib_bytes
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
+
+
+def test_an_external_data_model_is_pruned_into_a_complete_output_and_its_data_is_untouched(tmp_path):
+    src, out = tmp_path / "in" / "model.onnx", tmp_path / "out" / "model.onnx"
+    src.parent.mkdir()
+    out.parent.mkdir()
+    model = pair_model()
+    onnx.save(model, src, save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data",
+              size_threshold=0)
+    data = src.with_name("model.onnx.data")
+    before = hashlib.sha256(data.read_bytes()).hexdigest()
+    held = _rows(16, 2)
+    pruned, report = prune(str(src), share=1 / 3, calibrate=_rows(96, 1), inputs=held, atol=1e-3, rtol=1e-3,
+                           output=out)
+    assert report.verification.passed and hashlib.sha256(data.read_bytes()).hexdigest() == before
+    written = onnx.load(str(out))  # loads its own data file, beside it
+    unsaved, _ = prune(str(src), share=1 / 3, calibrate=_rows(96, 1), verify=False)
+    assert np.allclose(_run(unsaved, held)[0], _run(written, held)[0], atol=1e-5)  # returned self-contained
+    assert any(p.name.endswith(".data") for p in out.parent.iterdir())
+    want, = _run(pair_model(), held)  # onnx.save moved ``model``'s tensors out to the file
+    got, = _run(written, held)
+    assert np.max(np.abs(got - want)) < 1e-3 * np.max(np.abs(want))
