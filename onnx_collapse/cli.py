@@ -196,6 +196,22 @@ def check_options(f):
     return f
 
 
+def output_options(f):
+    """Options of the commands that write a model: external data, overwriting, the report, quiet."""
+    decorators = [
+        click.option("--external-data/--no-external-data", default=None,
+                     help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB)."),
+        click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+        click.option("--report", "report_file", type=click.Path(dir_okay=False),
+                     help="Also write the JSON report here."),
+        quiet_option,
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
 def quiet_option(f):
     """``--quiet``: nothing on stderr but errors."""
     return click.option("-q", "--quiet", is_flag=True,
@@ -353,12 +369,7 @@ def cli(ctx: click.Context) -> None:
               help=".npz with one array per model input (rows along axis 0): fit chains with slopes near 1 to "
                    "their real outputs and make low-rank truncation activation-aware. Verification uses "
                    "--inputs, or a held-out fifth of these rows.")
-@click.option("--external-data/--no-external-data", default=None,
-              help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB).")
-@click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
-@quiet_option
+@output_options
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
              metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
              allocator, sequential, max_verify_memory, calibrate, external_data, overwrite, as_json, report_file,
@@ -421,12 +432,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
               help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree.")
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Memory the data may take (e.g. 4G); default: half the available memory.")
-@click.option("--external-data/--no-external-data", default=None,
-              help="Write weights to a data file beside OUT (default: as the input, or when over 1.8 GB).")
-@click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
-@quiet_option
+@output_options
 def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, atol, rtol, seed, inputs, metric,
           min_agreement, max_verify_memory, external_data, overwrite, as_json, report_file, quiet) -> None:
     """Prune channels of convolution pairs (pointwise -> depthwise -> pointwise) of IN.onnx, refitted on
