@@ -34,7 +34,7 @@ from .calibrate import Moments, empty_moments, fit_chain, sse, total
 from .channels import columns, centred, removal_order
 from .compare import compare_outputs, output_mismatches
 from .errors import CollapseError, Param, one_line
-from .graph import proto_subgraphs
+from .graph import fixed_batch, proto_subgraphs
 from .inputs import make_feeds
 from .io import ModelSource, StagedOutput, TensorStore, data_files, embed_external_data, open_model, uses_external
 from .options import Options
@@ -115,8 +115,12 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _standard(node: onnx.NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
 def _dense_conv(node: onnx.NodeProto, consts: Mapping[str, onnx.TensorProto]) -> bool:
-    return (node.op_type == "Conv" and _attrs(node).get("group", 1) == 1 and len(node.input) > 1
+    return (node.op_type == "Conv" and _standard(node) and _attrs(node).get("group", 1) == 1 and len(node.input) > 1
             and node.input[1] in consts and consts[node.input[1]].data_type in FLOAT_TYPES
             and (len(node.input) < 3 or not node.input[2] or node.input[2] in consts))
 
@@ -140,9 +144,12 @@ def _channel_axis(dims, rank: int, channels: int) -> int | None:
 
 
 def find_pairs(model: onnx.ModelProto) -> list[Pair]:
-    """Every pair of the main graph (see the module docstring) whose tensors no other node reads."""
+    """Every pair of the main graph (see the module docstring) whose tensors no other node reads. A weight
+    that is also a graph input (a caller may override it) is not a constant; nodes of other domains
+    (onnxruntime's blocked ``com.microsoft.nchwc`` Conv, say) are not recognised."""
     graph = model.graph
-    consts = constant_tensors(graph)
+    overridable = {i.name for i in graph.input}
+    consts = {k: v for k, v in constant_tensors(graph).items() if k not in overridable}
     consumers: dict[str, list[int]] = {}
     uses: Counter = Counter()
     outputs = {o.name for o in graph.output}  # and what subgraphs read: a region reaching them is not ours
@@ -187,6 +194,8 @@ def _pair_from(start: int, graph, consts, consumers, uses, outputs) -> Pair | No
             node = graph.node[k]
             if k in region or k in readers:
                 continue
+            if not _standard(node):
+                return None
             if _dense_conv(node, consts) and node.input[0] == tensor:
                 if not _pointwise(node, consts) or consts[node.input[1]].dims[1] != channels:
                     return None
@@ -234,10 +243,14 @@ def _pair_from(start: int, graph, consts, consumers, uses, outputs) -> Pair | No
 
 # --- fitting --------------------------------------------------------------------------------------------------
 
+def _label(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
+
+
 def _names(model: onnx.ModelProto, pair: Pair) -> set[str]:
-    """The node names of ``pair``'s producer and reader (their first outputs where a node has no name)."""
+    """The names of every node of ``pair`` (a node's first output where it has no name)."""
     nodes = model.graph.node
-    return {nodes[k].name or nodes[k].output[0] for k in (pair.producer, pair.reader)}
+    return {_label(nodes[k]) for k in (pair.producer, pair.reader, *pair.region)}
 
 
 def _rows(value: np.ndarray, strides=None) -> np.ndarray:
@@ -258,15 +271,19 @@ def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: 
     ys = session(ModelSource(probe_model(original.model, [y_name], {}), original.base_dir),
                  "original model", optimized=True)
     n = calibration.row_count(rows)
-    batch = max(1, min(BATCH, n // FOLDS))  # at least FOLDS batches, for the reader's cross-validation
+    fixed = fixed_batch(original.model.graph)  # a model that fixes axis 0 is fed that many rows at a time
+    batch = fixed or max(1, min(BATCH, n // FOLDS))  # else at least FOLDS batches, for the cross-validation
     parts: list[Moments] = []
-    for b, start in enumerate(range(0, n, batch)):
+    for b, start in enumerate(range(0, n - n % batch if fixed else n, batch)):
         feed = {k: v[start:start + batch] for k, v in rows.items()}
         try:
             x, = xs.run([x_name], feed)
             y, = ys.run([y_name], feed)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise CollapseError(f"onnxruntime cannot run the calibration rows: {one_line(exc)}") from None
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise CollapseError(f"the calibration rows give non-finite values at {x_name!r} or {y_name!r}; "
+                                "give rows on which the model is finite (", Param("calibrate"), ")")
         x, y = _rows(x, strides), _rows(y)
         if b < FOLDS:
             parts.append(empty_moments(x.shape[1], y.shape[1]))
@@ -335,6 +352,10 @@ def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: in
                 a.i = len(kept)
     for name, axis in dict(sliced).items():
         _set(graph, name, np.take(read(name), kept, axis=axis), consts[name])
+    shrunk = {producer.output[0], *(o for k in pair.region for o in graph.node[k].output)}
+    stale = [v for v in graph.value_info if v.name in shrunk]  # stored shapes of what now has fewer channels
+    for v in stale:
+        graph.value_info.remove(v)
     return float(error)
 
 
@@ -404,6 +425,10 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
                             + (" after holding out rows for verification" if held_out else ""))
     probe = macs.probe_for(source.model, options.calibrate, options.inputs, options.input_shapes, options.seed,
                            options.max_verify_memory)
+    known = {_label(n) for n in source.model.graph.node if n.output}
+    for name in keep_layers:
+        if name not in known:
+            raise CollapseError(Param("keep_layers"), f" {name!r} names no node of the model")
     pairs = [p for p in find_pairs(source.model)
              if (p.depthwise or not DEPTHWISE_ONLY) and not _names(source.model, p) & set(keep_layers)]
     notes = [] if pairs else ["no convolution pair to prune: nothing changed"]
@@ -427,7 +452,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
 
     search: list[dict] = []
     if not pairs:
-        best = (source, [], None)
+        best = (source, [], Verification(True, 0, "the model is unchanged") if options.verify else None)
         chosen = 0.0
     elif share == "auto":
         best, chosen, lo, hi = None, 0.0, 0.0, MAX_SHARE
@@ -444,9 +469,10 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
                     break
             else:
                 hi = value
-        if best is None:
-            best = (source, [], Verification(True, 0, "no share tried passed verification; the model is unchanged"))
-            notes.append(f"share auto: no share in (0, {MAX_SHARE}] passed verification; nothing pruned")
+        if best is None or all(r.kept == r.channels for r in best[1]):
+            best, chosen = (source, [], Verification(True, 0, "the model is unchanged")), 0.0
+            notes.append(f"share auto: no share in (0, {MAX_SHARE}] that removes a channel passed verification; "
+                         "nothing pruned")
     else:
         best, chosen = attempt(float(share)), float(share)
     pruned, records, verification = best

@@ -229,3 +229,30 @@ def test_an_external_data_model_is_pruned_into_a_complete_output_and_its_data_is
     want, = _run(pair_model(), held)  # onnx.save moved ``model``'s tensors out to the file
     got, = _run(written, held)
     assert np.max(np.abs(got - want)) < 1e-3 * np.max(np.abs(want))
+
+
+def test_models_as_exporters_and_tools_write_them_are_pruned_or_left_alone_correctly():
+    held = _rows(8, 2)
+    inferred = onnx.shape_inference.infer_shapes(pair_model())  # stored shapes of the tensors that shrink
+    assert any(v.name == "a4" for v in inferred.graph.value_info)
+    out, report = prune(inferred, share=1 / 3, calibrate=_rows(96, 1), inputs=held, atol=1e-3, rtol=1e-3)
+    assert report.verification.passed and not any(v.name == "a4" for v in out.graph.value_info)
+    fixed = pair_model()  # a model that fixes its batch at 1 is fed one row at a time
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    out, report = prune(fixed, share=1 / 3, calibrate=_rows(40, 1), verify=False)
+    assert [p.kept for p in report.pairs] == [8]
+    overridable = pair_model()  # weights a caller may override (initializers listed as inputs) are not constants
+    overridable.graph.input.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, list(t.dims))
+                                   for n, t in [("bn_v", overridable.graph.initializer[9])])
+    assert find_pairs(overridable) == []
+    blocked = pair_model()  # onnxruntime's own blocked-layout Conv is not an ONNX Conv
+    blocked.graph.node[0].domain = "com.microsoft.nchwc"
+    assert find_pairs(blocked) == []
+
+
+def test_keep_layer_names_any_node_of_the_pair_and_must_name_one():
+    model = pair_model()
+    _, report = prune(model, share=1 / 3, calibrate=_rows(96, 1), verify=False, keep_layers=("DW",))
+    assert report.pairs == []
+    with pytest.raises(CollapseError, match="'nope' names no node"):
+        prune(model, share=1 / 3, calibrate=_rows(96, 1), verify=False, keep_layers=("nope",))
