@@ -91,6 +91,11 @@ METHODS: dict[str, dict] = {
                      "metrics": ["params"], "budgets": [0.8, 0.7],
                      "note": "channel pruning at share 0.3, then the output-aware low-rank pass at a weight budget "
                              "(of the pruned model's weights), verification off"},
+    "prune0.25+params": {"prune": ["--calibrate", "{calib}", "--no-verify", "--share", "0.25"],
+                         "flags": ["--low-rank", "all", "--calibrate", "{calib}", "--allocator", "output",
+                                   "--no-verify"],
+                         "models": ["rec"], "metrics": ["params"], "budgets": [0.8],
+                         "note": "the same with pruning at share 0.25"},
     "prune-auto": {"command": "prune", "models": ["rec"], "budget": False,
                    "flags": ["--calibrate", "{calib}", "--inputs", "{verify}", "--share", "auto", "--metric", "ctc",
                              "--min-agreement", "0.96"],
