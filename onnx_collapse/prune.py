@@ -31,12 +31,20 @@ from onnx import numpy_helper
 from . import calibrate as calibration
 from . import macs
 from .calibrate import Moments, empty_moments, fit_chain, sse, total
-from .channels import columns, centred, removal_order
+from .channels import centred, columns, removal_order
 from .compare import compare_outputs, output_mismatches
 from .errors import CollapseError, Param, one_line
 from .graph import fixed_batch, proto_subgraphs
 from .inputs import make_feeds
-from .io import ModelSource, StagedOutput, TensorStore, data_files, embed_external_data, open_model, uses_external
+from .io import (
+    ModelSource,
+    StagedOutput,
+    TensorStore,
+    data_files,
+    embed_external_data,
+    open_model,
+    uses_external,
+)
 from .options import Options
 from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
