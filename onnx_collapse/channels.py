@@ -13,13 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from .calibrate import Moments
+from .linalg import covariance, mean_eigenvalue
 
 
 def regularised(cov: np.ndarray, ridge: float) -> np.ndarray:
     """``cov`` plus ``ridge`` x its mean eigenvalue on the diagonal (a floor keeps it invertible)."""
-    n = len(cov)
-    lam = ridge * max(float(np.trace(cov)) / max(n, 1), np.finfo(np.float64).tiny)
-    return cov + lam * np.eye(n)
+    return cov + ridge * mean_eigenvalue(cov) * np.eye(len(cov))
 
 
 def removal_order(cov: np.ndarray, cross: np.ndarray, keep: int, ridge: float = 1e-6
@@ -54,5 +53,5 @@ def centred(m: Moments) -> tuple[np.ndarray, np.ndarray, float]:
     """Covariance of x, cross-covariance of x and y, and the total variance of y, per row of ``m``."""
     n = max(m.count, 1)
     mx, my = m.sum_x / n, m.sum_y / n
-    cov = m.gram / n - np.outer(mx, mx)
-    return (cov + cov.T) / 2, m.cross / n - np.outer(mx, my), m.sum_yy / n - float(my @ my)
+    return (covariance(m.count, m.sum_x, m.gram), m.cross / n - np.outer(mx, my),
+            m.sum_yy / n - float(my @ my))

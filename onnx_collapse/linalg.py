@@ -498,6 +498,12 @@ def covariance(count: int, total: np.ndarray, gram_sum: np.ndarray, centered: bo
     return (cov + cov.T) / 2
 
 
+def mean_eigenvalue(cov: np.ndarray) -> float:
+    """The mean variance of ``cov`` (its trace over its size), floored at the smallest positive float64: the
+    scale that ridges and dampings are relative to."""
+    return max(float(np.trace(cov)) / max(cov.shape[0], 1), np.finfo(np.float64).tiny)
+
+
 def whitening(count: int, total: np.ndarray, gram_sum: np.ndarray, damping: float | None = None,
               centered: bool = True) -> Whitening:
     """The Whitening of inputs with ``count`` rows, column sums ``total`` and ``X^T X`` ``gram_sum``.
@@ -508,7 +514,7 @@ def whitening(count: int, total: np.ndarray, gram_sum: np.ndarray, damping: floa
     cov = covariance(count, total, gram_sum, centered)
     n = cov.shape[0]
     damping = WHITEN_DAMPING if damping is None else damping
-    scale = max(float(np.trace(cov)) / max(n, 1), np.finfo(np.float64).tiny)
+    scale = mean_eigenvalue(cov)
     damped = cov + (damping + n * np.finfo(np.float64).eps) * scale * np.eye(n)
     mean = total / max(count, 1) if centered else np.zeros_like(total, dtype=np.float64)
     return Whitening(np.linalg.cholesky(damped).T, mean, damped)
@@ -544,9 +550,8 @@ def mean_output(weight: np.ndarray | Factored, mean: np.ndarray) -> np.ndarray:
 def ridge_toward(cov_xx: np.ndarray, cov_xy: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
     """``argmin_W ||X W - Y||^2 + lam ||W - prior||^2`` from ``X^T X`` and ``X^T Y``, lam = alpha x the
     mean eigenvalue of ``cov_xx``. Directions the data never excites keep ``prior`` exactly."""
-    n = cov_xx.shape[0]
-    lam = alpha * max(float(np.trace(cov_xx)) / max(n, 1), np.finfo(np.float64).tiny)
-    return np.linalg.solve(cov_xx + lam * np.eye(n), cov_xy + lam * prior)
+    lam = alpha * mean_eigenvalue(cov_xx)
+    return np.linalg.solve(cov_xx + lam * np.eye(cov_xx.shape[0]), cov_xy + lam * prior)
 
 
 def truncate(exact: Factored, rank: int, metric: Whitening | None = None

@@ -299,21 +299,11 @@ def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: 
     return parts
 
 
-def _set(graph: onnx.GraphProto, name: str, value: np.ndarray, like: onnx.TensorProto) -> None:
-    """Replace constant ``name`` (an initializer or a Constant node's tensor) by ``value``, in its dtype."""
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(like.data_type)
-    tensor = numpy_helper.from_array(np.asarray(value).astype(dtype), name)
-    for init in graph.initializer:
-        if init.name == name:
-            init.CopyFrom(tensor)
-            return
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output and node.output[0] == name:
-            for a in node.attribute:
-                if a.name == "value":
-                    a.t.CopyFrom(tensor)
-                    return
-    raise AssertionError(f"constant {name!r} not found")
+def _set(tensor: onnx.TensorProto, value: np.ndarray) -> None:
+    """Replace constant ``tensor`` (an initializer or a Constant node's tensor, edited in place) by ``value``,
+    in its dtype and under its name."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    tensor.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), tensor.name))
 
 
 def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: int,
@@ -340,9 +330,9 @@ def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: in
     bias = prior_bias if fit.bias is None else fit.bias
     error = sse(columns(whole, kept), weight, bias) / max(whole.count * var, np.finfo(np.float64).tiny)
     like = consts[reader.input[1]]
-    _set(graph, reader.input[1], weight.T.reshape(len(weight.T), len(kept), *w_reader.shape[2:]), like)
+    _set(like, weight.T.reshape(len(weight.T), len(kept), *w_reader.shape[2:]))
     if has_bias:
-        _set(graph, reader.input[2], bias, consts[reader.input[2]])
+        _set(consts[reader.input[2]], bias)
     else:
         taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
         name = next(f"{reader.input[1]}_bias{k or ''}" for k in range(len(taken) + 1)
@@ -359,7 +349,7 @@ def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: in
             if a.name == "group":
                 a.i = len(kept)
     for name, axis in dict(sliced).items():
-        _set(graph, name, np.take(read(name), kept, axis=axis), consts[name])
+        _set(consts[name], np.take(read(name), kept, axis=axis))
     shrunk = {producer.output[0], *(o for k in pair.region for o in graph.node[k].output)}
     stale = [v for v in graph.value_info if v.name in shrunk]  # stored shapes of what now has fewer channels
     for v in stale:
@@ -381,8 +371,7 @@ def prune_model(source: ModelSource, pairs: list[Pair], share: float, rows: Mapp
     records = []
     for pair in pairs:
         node = source.model.graph.node
-        record = PrunedPair(node[pair.producer].name or node[pair.producer].output[0],
-                            node[pair.reader].name or node[pair.reader].output[0], pair.channels, pair.channels)
+        record = PrunedPair(_label(node[pair.producer]), _label(node[pair.reader]), pair.channels, pair.channels)
         keep = kept_channels(pair.channels, share)
         if keep < pair.channels:
             with stage(f"pruning {record.producer} -> {record.reader}"):
