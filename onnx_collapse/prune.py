@@ -53,6 +53,7 @@ from .runner import probe_model, run, session
 ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
                "Sigmoid", "Tanh", "Identity", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Erf", "Mish",
                "Neg", "Abs", "Exp", "Sqrt", "Pow", "Max", "Min"}
+POOLS = {"GlobalAveragePool", "GlobalMaxPool"}  # per channel, to one position: where an excitation branch starts
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 FOLDS = 4  # cross-validation parts (calibration batches dealt round-robin) for the reader's ridge
 BATCH = 8  # calibration rows per onnxruntime run
@@ -75,6 +76,8 @@ class Pair:
     depthwise: tuple[int, ...]
     sliced: tuple[tuple[str, int], ...]
     channels: int
+    squeezes: tuple[int, ...] = ()  # each squeeze-and-excitation branch's first conv: its columns are cut
+    excites: tuple[int, ...] = ()  # and its last conv, back to the pair's channels: its rows are cut
 
 
 @dataclass
@@ -193,6 +196,7 @@ def _pair_from(start: int, graph, consts, consumers, uses, outputs) -> Pair | No
     weight = consts[producer.input[1]]
     channels, rank = int(weight.dims[0]), len(weight.dims)
     values, region, readers, depthwise, sliced = {producer.output[0]}, [], [], [], {}
+    pooled, squeezes, excites, side = set(), [], [], set()
     front = [producer.output[0]]
     while front:
         tensor = front.pop()
@@ -200,11 +204,21 @@ def _pair_from(start: int, graph, consts, consumers, uses, outputs) -> Pair | No
             return None
         for k in consumers.get(tensor, []):
             node = graph.node[k]
-            if k in region or k in readers:
+            if k in region or k in readers or k in side:
                 continue
             if not _standard(node):
                 return None
             if _dense_conv(node, consts) and node.input[0] == tensor:
+                branch = _excitation(k, graph, consts, consumers, outputs, channels) if tensor in pooled else None
+                if branch is not None:  # pooled -> squeeze conv -> ... -> excite conv: channels again
+                    squeezes.append(k)
+                    excites.append(branch[-1])
+                    side.update(branch)
+                    excite = graph.node[branch[-1]]
+                    sliced.update({name: 0 for name in excite.input[1:3] if name})
+                    values.add(excite.output[0])
+                    front.append(excite.output[0])
+                    continue
                 if not _pointwise(node, consts) or consts[node.input[1]].dims[1] != channels:
                     return None
                 readers.append(k)
@@ -219,6 +233,8 @@ def _pair_from(start: int, graph, consts, consumers, uses, outputs) -> Pair | No
                 if node.input[0] != tensor or len(node.output) > 1 and any(node.output[1:]):
                     return None
                 sliced.update({name: 0 for name in node.input[1:5]})
+            elif node.op_type in POOLS:
+                pooled.add(node.output[0])
             elif node.op_type not in ELEMENTWISE:
                 return None
             region.append(k)
@@ -242,11 +258,35 @@ def _pair_from(start: int, graph, consts, consumers, uses, outputs) -> Pair | No
                 sliced[name] = axis
     for k in depthwise:
         sliced.update({name: 0 for name in graph.node[k].input[1:3] if name})
-    weights = [n for n in (*producer.input[1:3], *graph.node[readers[0]].input[1:3]) if n]
+    weights = [n for k in (start, readers[0], *squeezes) for n in graph.node[k].input[1:3] if n]
     if any(uses[name] != 1 or name not in consts for name in [*weights, *sliced]):
         return None  # a tensor another node reads (or a subgraph): slicing it would change that node too
     return Pair(start, readers[0], tuple(region), tuple(depthwise),
-                tuple((n, a) for n, a in sliced.items() if n not in weights), channels)
+                tuple((n, a) for n, a in sliced.items() if n not in weights), channels, tuple(squeezes),
+                tuple(excites))
+
+
+def _excitation(start: int, graph, consts, consumers, outputs, channels: int) -> list[int] | None:
+    """The nodes of a squeeze-and-excitation branch from squeeze conv ``start`` (reading a pooled region
+    tensor) through ops with scalar constants only to a 1x1 conv back to ``channels``, or None."""
+    if not _pointwise(graph.node[start], consts):
+        return None
+    chain, tensor = [start], graph.node[start].output[0]
+    while True:
+        if tensor in outputs or len(consumers.get(tensor, [])) != 1:
+            return None
+        k = consumers[tensor][0]
+        node = graph.node[k]
+        if not _standard(node):
+            return None
+        if _dense_conv(node, consts) and node.input[0] == tensor:
+            return [*chain, k] if _pointwise(node, consts) and consts[node.input[1]].dims[0] == channels else None
+        scalar = [n in consts and int(np.prod(consts[n].dims, dtype=np.int64)) == 1
+                  for n in node.input if n and n != tensor]
+        if node.op_type not in ELEMENTWISE or not all(scalar):
+            return None
+        chain.append(k)
+        tensor = node.output[0]
 
 
 # --- fitting --------------------------------------------------------------------------------------------------
@@ -268,13 +308,14 @@ def _rows(value: np.ndarray, strides=None) -> np.ndarray:
     return np.moveaxis(value, 1, -1).reshape(-1, value.shape[1])
 
 
-def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: Mapping[str, np.ndarray]
-                 ) -> list[Moments]:
-    """Per fold, the sums of the reader's input in ``current`` against its output in ``original``."""
+def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: Mapping[str, np.ndarray],
+                 means: tuple[str, ...] = ()) -> tuple[list[Moments], dict[str, np.ndarray]]:
+    """Per fold, the sums of the reader's input in ``current`` against its output in ``original``; and the
+    per-channel means over the rows (and positions) of the ``means`` tensors of ``current``."""
     reader = current.model.graph.node[pair.reader]
     x_name, y_name = reader.input[0], reader.output[0]
     strides = _attrs(reader).get("strides")
-    xs = session(ModelSource(probe_model(current.model, [x_name], {}), current.base_dir),
+    xs = session(ModelSource(probe_model(current.model, [x_name, *means], {}), current.base_dir),
                  "model being pruned", optimized=True)
     ys = session(ModelSource(probe_model(original.model, [y_name], {}), original.base_dir),
                  "original model", optimized=True)
@@ -282,21 +323,27 @@ def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: 
     fixed = fixed_batch(original.model.graph)  # a model that fixes axis 0 is fed that many rows at a time
     batch = fixed or max(1, min(BATCH, n // FOLDS))  # else at least FOLDS batches, for the cross-validation
     parts: list[Moments] = []
+    sums: dict[str, np.ndarray] = {}
+    counts: Counter = Counter()
     for b, start in enumerate(range(0, n - n % batch if fixed else n, batch)):
         feed = {k: v[start:start + batch] for k, v in rows.items()}
         try:
-            x, = xs.run([x_name], feed)
+            x, *extra = xs.run([x_name, *means], feed)
             y, = ys.run([y_name], feed)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise CollapseError(f"onnxruntime cannot run the calibration rows: {one_line(exc)}") from None
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        if not all(np.all(np.isfinite(v)) for v in (x, y, *extra)):
             raise CollapseError(f"the calibration rows give non-finite values at {x_name!r} or {y_name!r}; "
                                 "give rows on which the model is finite (", Param("calibrate"), ")")
+        for name, value in zip(means, extra):
+            flat = _rows(value).astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + flat.sum(axis=0)
+            counts[name] += len(flat)
         x, y = _rows(x, strides), _rows(y)
         if b < FOLDS:
             parts.append(empty_moments(x.shape[1], y.shape[1]))
         parts[b % FOLDS].add(x, y)
-    return parts
+    return parts, {name: sums[name] / counts[name] for name in sums}
 
 
 def _set(tensor: onnx.TensorProto, value: np.ndarray) -> None:
@@ -306,42 +353,50 @@ def _set(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), tensor.name))
 
 
+def _set_bias(graph: onnx.GraphProto, consts, conv: onnx.NodeProto, bias: np.ndarray) -> None:
+    """Set the bias of ``conv`` to ``bias``, adding an initializer (a fresh name, the weight's dtype) if it has none."""
+    if len(conv.input) > 2 and conv.input[2]:
+        _set(consts[conv.input[2]], bias)
+        return
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    name = next(f"{conv.input[1]}_bias{k or ''}" for k in range(len(taken) + 1)
+                if f"{conv.input[1]}_bias{k or ''}" not in taken)
+    graph.initializer.append(numpy_helper.from_array(
+        bias.astype(onnx.helper.tensor_dtype_to_np_dtype(consts[conv.input[1]].data_type)), name))
+    while len(conv.input) < 3:
+        conv.input.append("")
+    conv.input[2] = name
+
+
 def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: int,
                rows: Mapping[str, np.ndarray]) -> float:
-    """Prune ``pair`` of ``current`` (edited in place) to ``keep`` channels; the reader's relative error."""
+    """Prune ``pair`` of ``current`` (edited in place) to ``keep`` channels; the reader's relative error.
+
+    A squeeze conv loses the columns of the removed channels, their calibration mean moved into its bias.
+    Its gates then change for the kept channels too, so a pair with squeezes refits its reader on a second
+    pass over the pruned model's own inputs; other pairs refit from the first pass's kept columns."""
     graph = current.model.graph
     consts = constant_tensors(graph)
     store = TensorStore(current.base_dir)
     producer, reader = graph.node[pair.producer], graph.node[pair.reader]
+    squeezes = [graph.node[k] for k in pair.squeezes]
 
     def read(name):
         return store.read(consts[name]).astype(np.float64)
 
-    parts = pair_moments(original, current, pair, rows)
-    whole = total(parts)
-    cov, cross, var = centred(whole)
+    parts, means = pair_moments(original, current, pair, rows, tuple(node.input[0] for node in squeezes))
+    cov, cross, var = centred(total(parts))
     kept, _ = removal_order(cov, cross, keep)
+    removed = np.setdiff1d(np.arange(pair.channels), kept)
     w_reader = read(reader.input[1])
     prior = w_reader.reshape(w_reader.shape[0], w_reader.shape[1]).T[kept]
     has_bias = len(reader.input) > 2 and bool(reader.input[2])
     prior_bias = read(reader.input[2]) if has_bias else np.zeros(w_reader.shape[0])
-    fit = fit_chain([columns(p, kept) for p in parts], prior, prior_bias)
-    weight = prior if fit.weight is None else fit.weight
-    bias = prior_bias if fit.bias is None else fit.bias
-    error = sse(columns(whole, kept), weight, bias) / max(whole.count * var, np.finfo(np.float64).tiny)
-    like = consts[reader.input[1]]
-    _set(like, weight.T.reshape(len(weight.T), len(kept), *w_reader.shape[2:]))
-    if has_bias:
-        _set(consts[reader.input[2]], bias)
-    else:
-        taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-        name = next(f"{reader.input[1]}_bias{k or ''}" for k in range(len(taken) + 1)
-                    if f"{reader.input[1]}_bias{k or ''}" not in taken)
-        graph.initializer.append(numpy_helper.from_array(
-            bias.astype(onnx.helper.tensor_dtype_to_np_dtype(like.data_type)), name))
-        while len(reader.input) < 3:
-            reader.input.append("")
-        reader.input[2] = name
+    for node in squeezes:
+        w = read(node.input[1])
+        bias = read(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0])
+        _set_bias(graph, consts, node, bias + w[:, removed, 0, 0] @ means[node.input[0]][removed])
+        _set(consts[node.input[1]], w[:, kept])
     sliced = [(name, 0) for name in producer.input[1:3] if name] + list(pair.sliced)
     for k in pair.depthwise:
         sliced += [(name, 0) for name in graph.node[k].input[1:3] if name]
@@ -350,10 +405,21 @@ def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: in
                 a.i = len(kept)
     for name, axis in dict(sliced).items():
         _set(consts[name], np.take(read(name), kept, axis=axis))
-    shrunk = {producer.output[0], *(o for k in pair.region for o in graph.node[k].output)}
+    like = consts[reader.input[1]]
+    _set(like, prior.T.reshape(len(prior.T), len(kept), *w_reader.shape[2:]))
+    shrunk = {o for k in (pair.producer, *pair.excites, *pair.region) for o in graph.node[k].output}
     stale = [v for v in graph.value_info if v.name in shrunk]  # stored shapes of what now has fewer channels
     for v in stale:
         graph.value_info.remove(v)
+    fit_parts = pair_moments(original, current, pair, rows)[0] if squeezes else [columns(p, kept) for p in parts]
+    fit = fit_chain(fit_parts, prior, prior_bias)
+    weight = prior if fit.weight is None else fit.weight
+    bias = prior_bias if fit.bias is None else fit.bias
+    whole = total(fit_parts)
+    error = sse(whole, weight, bias) / max(whole.count * var, np.finfo(np.float64).tiny)
+    _set(like, weight.T.reshape(len(weight.T), len(kept), *w_reader.shape[2:]))
+    if has_bias or fit.bias is not None:
+        _set_bias(graph, consts, reader, bias)
     return float(error)
 
 

@@ -256,3 +256,59 @@ def test_keep_layer_names_any_node_of_the_pair_and_must_name_one():
     assert report.pairs == []
     with pytest.raises(CollapseError, match="'nope' names no node"):
         prune(model, share=1 / 3, calibrate=_rows(96, 1), verify=False, keep_layers=("nope",))
+
+
+def se_model(c=12, hidden=4, c_out=10, seed=7, gate_input="p") -> onnx.ModelProto:
+    """x -> Conv 3x3 (c) -> HardSwish -> depthwise 3x3 -> s; s * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(s)))))
+    -> Conv 1x1 (c_out): the squeeze-and-excitation block of MobileNetV3 and PP-LCNet."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("wa", rng.normal(size=(c, 3, 3, 3)) * 0.4), _init("ba", rng.normal(size=c) * 0.1),
+             _init("wd", rng.normal(size=(c, 1, 3, 3)) * 0.5),
+             _init("wq", rng.normal(size=(hidden, c, 1, 1)) * 2.0), _init("bq", rng.normal(size=hidden) * 0.1),
+             _init("we", rng.normal(size=(c, hidden, 1, 1)) * 2.0), _init("be", rng.normal(size=c) * 0.1),
+             _init("wb", rng.normal(size=(c_out, c, 1, 1)) * 0.4)]
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["a"], ["h"], name="hs"),
+             helper.make_node("Conv", ["h", "wd"], ["s"], name="DW", group=c, pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["s"], ["p"], name="pool"),
+             helper.make_node("Conv", [gate_input, "wq", "bq"], ["q"], name="squeeze"),
+             helper.make_node("Relu", ["q"], ["q2"], name="relu"),
+             helper.make_node("Conv", ["q2", "we", "be"], ["e"], name="excite"),
+             helper.make_node("HardSigmoid", ["e"], ["g"], name="gate", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["s", "g"], ["m"], name="scale"),
+             helper.make_node("Conv", ["m", "wb"], ["y"], name="B")]
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_pair_through_a_squeeze_and_excitation_branch_is_found_and_pruned_with_the_branch():
+    model = se_model()
+    pairs = [p for p in find_pairs(model) if p.depthwise]
+    assert len(pairs) == 1
+    p = pairs[0]
+    node = model.graph.node
+    assert [node[k].name for k in (p.producer, p.reader, *p.squeezes, *p.excites)] == ["A", "B", "squeeze", "excite"]
+    assert {"we": 0, "be": 0, "wd": 0}.items() <= dict(p.sliced).items()
+    assert not [q for q in find_pairs(se_model(gate_input="s")) if q.depthwise]  # unpooled: a second reader
+    calib = _rows(128, 3)
+    out, report = prune(model, share=0.25, calibrate=calib, inputs=_rows(16, 4), atol=10.0)
+    assert [(q.channels, q.kept) for q in report.pairs] == [(12, 9)]
+    consts = {k: numpy_helper.to_array(v) for k, v in constant_tensors(out.graph).items()}
+    assert consts["wq"].shape == (4, 9, 1, 1) and consts["we"].shape == (9, 4, 1, 1) and consts["be"].shape == (9,)
+    # the removed channels' mean moved into the squeeze's bias: its output's mean over the rows is unchanged
+    q_before, = _run(_with_output(model, "q"), calib, ["q"])
+    q_after, = _run(_with_output(out, "q"), calib, ["q"])
+    assert np.allclose(q_after.mean(axis=(0, 2, 3)), q_before.mean(axis=(0, 2, 3)), atol=1e-5)
+    # the gates of the kept channels changed, so B is refitted on the pruned model's own inputs
+    x, = _run(_with_output(out, "m"), calib, ["m"])
+    y, = _run(model, calib)
+    rows_x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]).astype(np.float64)
+    rows_y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]).astype(np.float64)
+    design = np.column_stack([rows_x, np.ones(len(rows_x))])
+    coef, *_ = np.linalg.lstsq(design, rows_y, rcond=None)
+    best = float(np.sum((design @ coef - rows_y) ** 2))
+    got, = _run(out, calib)
+    assert best <= float(np.sum((np.moveaxis(got, 1, -1).reshape(rows_y.shape) - rows_y) ** 2)) <= 1.01 * best + 1e-9
