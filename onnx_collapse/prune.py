@@ -2,10 +2,12 @@
 
 A **pair** is a dense convolution (the *producer*) whose output channels reach exactly one dense 1x1
 convolution (the *reader*) through per-channel operations only: elementwise ops whose constants are scalars
-or per-channel, BatchNormalization, depthwise convolutions. That is the pointwise -> depthwise -> pointwise
-pattern of mobile networks (MobileNet, PP-LCNet), where 1x1 convolutions carry most of the MACs. Removing
-channel c removes the producer's output row c, channel c of everything on the way, and the reader's input
-column c; nothing else in the graph changes.
+or per-channel, BatchNormalization, depthwise convolutions, and squeeze-and-excitation branches (a global
+pool, a 1x1 *squeeze* conv, ops with scalar constants, a 1x1 *excite* conv back to the channels, a gate).
+That is the pointwise -> depthwise -> pointwise pattern of mobile networks (MobileNet, PP-LCNet), where 1x1
+convolutions carry most of the MACs. Removing channel c removes the producer's output row c, channel c of
+everything on the way, the squeeze's input column c (its calibration mean moved into the squeeze's bias),
+the excite's output row c, and the reader's input column c; nothing else in the graph changes.
 
 Pairs are pruned in graph order (sequentially: each sees the pairs before it already pruned). For each, the
 reader's input in the model being pruned and its output in the original are summed over the calibration
@@ -59,7 +61,7 @@ FOLDS = 4  # cross-validation parts (calibration batches dealt round-robin) for 
 BATCH = 8  # calibration rows per onnxruntime run
 AUTO_STEPS = 5  # bisection steps of share="auto" after trying the largest share
 MAX_SHARE = 0.75  # share="auto" searches (0, MAX_SHARE]
-# Pairs with no depthwise convolution on the way (squeeze-and-excitation layers, dense necks) are found but not
+# Pairs with no depthwise convolution on the way (a squeeze conv and its excite conv, dense necks) are found but not
 # pruned unless this is False: on PP-OCRv4 rec, its two neck pairs cost 7.5 points of exact lines at share 0.3
 # for 0.5 % of the MACs (benchmarks/rec_prune.py --all-pairs, docs/results.md).
 DEPTHWISE_ONLY = True
