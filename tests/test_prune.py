@@ -85,6 +85,20 @@ def _with_output(model, name):
     return copy
 
 
+def _fit_errors(model, out, reader_input, rows):
+    """The last reader's squared error in ``out`` against ``model``'s output on ``rows``, the least-squares
+    optimum of that error given the reader's input in ``out``, and the output's total squared spread."""
+    x, = _run(_with_output(out, reader_input), rows, [reader_input])  # the reader's input, in the pruned model
+    y, = _run(model, rows)                                           # its output, in the original
+    rows_x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]).astype(np.float64)
+    rows_y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]).astype(np.float64)
+    design = np.column_stack([rows_x, np.ones(len(rows_x))])
+    coef, *_ = np.linalg.lstsq(design, rows_y, rcond=None)
+    got, = _run(out, rows)
+    tool = float(np.sum((np.moveaxis(got, 1, -1).reshape(rows_y.shape) - rows_y) ** 2))
+    return tool, float(np.sum((design @ coef - rows_y) ** 2)), float(np.sum((rows_y - rows_y.mean(0)) ** 2))
+
+
 def test_the_pair_is_found_through_per_channel_ops_depthwise_and_batchnorm():
     model = pair_model()
     pairs = find_pairs(model)
@@ -151,17 +165,9 @@ def test_each_reader_is_refitted_by_least_squares_on_the_pruned_models_own_input
     calib = _rows(128, 3)
     out, report = prune(model, share=0.25, calibrate=calib, inputs=_rows(16, 4), atol=10.0)
     assert [(p.channels, p.kept) for p in report.pairs] == [(12, 9), (10, 8)]  # sequential: B is pair 2's producer
-    x, = _run(_with_output(out, "d2"), calib, ["d2"])       # C's input, in the pruned model
-    y, = _run(model, calib)                                 # C's output, in the original
-    rows_x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]).astype(np.float64)
-    rows_y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]).astype(np.float64)
-    design = np.column_stack([rows_x, np.ones(len(rows_x))])
-    coef, *_ = np.linalg.lstsq(design, rows_y, rcond=None)
-    best = float(np.sum((design @ coef - rows_y) ** 2))
-    got, = _run(out, calib)
-    tool = float(np.sum((np.moveaxis(got, 1, -1).reshape(rows_y.shape) - rows_y) ** 2))
+    tool, best, spread = _fit_errors(model, out, "d2", calib)
     assert best <= tool <= 1.01 * best + 1e-9
-    assert tool < 0.5 * float(np.sum((rows_y - rows_y.mean(0)) ** 2))  # it explains most of the output
+    assert tool < 0.5 * spread  # it explains most of the output
 
 
 def test_pruning_refuses_a_run_whose_check_could_only_fail_or_that_has_too_few_rows():
@@ -258,7 +264,7 @@ def test_keep_layer_names_any_node_of_the_pair_and_must_name_one():
         prune(model, share=1 / 3, calibrate=_rows(96, 1), verify=False, keep_layers=("nope",))
 
 
-def se_model(c=12, hidden=4, c_out=10, seed=7, gate_input="p") -> onnx.ModelProto:
+def se_model(c=12, hidden=4, c_out=10, seed=7, gate_input="p", squeeze_bias=True) -> onnx.ModelProto:
     """x -> Conv 3x3 (c) -> HardSwish -> depthwise 3x3 -> s; s * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(s)))))
     -> Conv 1x1 (c_out): the squeeze-and-excitation block of MobileNetV3 and PP-LCNet."""
     rng = np.random.default_rng(seed)
@@ -271,7 +277,7 @@ def se_model(c=12, hidden=4, c_out=10, seed=7, gate_input="p") -> onnx.ModelProt
              helper.make_node("HardSwish", ["a"], ["h"], name="hs"),
              helper.make_node("Conv", ["h", "wd"], ["s"], name="DW", group=c, pads=[1, 1, 1, 1]),
              helper.make_node("GlobalAveragePool", ["s"], ["p"], name="pool"),
-             helper.make_node("Conv", [gate_input, "wq", "bq"], ["q"], name="squeeze"),
+             helper.make_node("Conv", [gate_input, "wq", *(["bq"] if squeeze_bias else [])], ["q"], name="squeeze"),
              helper.make_node("Relu", ["q"], ["q2"], name="relu"),
              helper.make_node("Conv", ["q2", "we", "be"], ["e"], name="excite"),
              helper.make_node("HardSigmoid", ["e"], ["g"], name="gate", alpha=1 / 6, beta=0.5),
@@ -302,13 +308,12 @@ def test_a_pair_through_a_squeeze_and_excitation_branch_is_found_and_pruned_with
     q_before, = _run(_with_output(model, "q"), calib, ["q"])
     q_after, = _run(_with_output(out, "q"), calib, ["q"])
     assert np.allclose(q_after.mean(axis=(0, 2, 3)), q_before.mean(axis=(0, 2, 3)), atol=1e-5)
+    unbiased = se_model(squeeze_bias=False)  # a squeeze conv without a bias gets one, under a fresh name
+    thin, _ = prune(unbiased, share=0.25, calibrate=calib, verify=False)
+    onnx.checker.check_model(thin, full_check=True)
+    q_before, = _run(_with_output(unbiased, "q"), calib, ["q"])
+    q_after, = _run(_with_output(thin, "q"), calib, ["q"])
+    assert np.allclose(q_after.mean(axis=(0, 2, 3)), q_before.mean(axis=(0, 2, 3)), atol=1e-5)
     # the gates of the kept channels changed, so B is refitted on the pruned model's own inputs
-    x, = _run(_with_output(out, "m"), calib, ["m"])
-    y, = _run(model, calib)
-    rows_x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]).astype(np.float64)
-    rows_y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]).astype(np.float64)
-    design = np.column_stack([rows_x, np.ones(len(rows_x))])
-    coef, *_ = np.linalg.lstsq(design, rows_y, rcond=None)
-    best = float(np.sum((design @ coef - rows_y) ** 2))
-    got, = _run(out, calib)
-    assert best <= float(np.sum((np.moveaxis(got, 1, -1).reshape(rows_y.shape) - rows_y) ** 2)) <= 1.01 * best + 1e-9
+    tool, best, _ = _fit_errors(model, out, "m", calib)
+    assert best <= tool <= 1.01 * best + 1e-9
