@@ -57,12 +57,14 @@ def main(argv=None) -> int:
     reference = rd.ctc_greedy(run_batches(session(path), "x", x, 8), labels)
     text = rd.ctc_greedy(run_batches(session(model.SerializeToString()), "x", x, 8), labels)
     scores, base = rd.rec_scores(text, truth, reference), rd.rec_scores(reference, truth)
+    raw = sum(a == b for a, b in zip(text, reference)) / len(text)  # unstripped: what --metric ctc compares
     weights = rd.count_weights(model)
     macs = rd.measured_macs(model, {"x": x[:1]})["total"]
     print(f"{vars(args)}: share {report.share:g}, {sum(q.kept < q.channels for q in report.pairs)} pairs pruned, "
           f"weights {weights:,} ({weights / rd.count_weights(original) - 1:+.1%}), "
           f"MACs {macs:,} ({macs / rd.measured_macs(original, {'x': x[:1]})['total'] - 1:+.1%}), "
-          f"exact {scores['exact']:.1%} (original {base['exact']:.1%}), same decode {scores['same_decode']:.1%}, "
+          f"exact {scores['exact']:.1%} (original {base['exact']:.1%}), same decode {scores['same_decode']:.1%} "
+          f"(unstripped {raw:.1%}), "
           f"{seconds:.0f} s")
     return 0
 
