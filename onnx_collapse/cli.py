@@ -81,9 +81,11 @@ FLAGS = {
     "check_n": "--check-n", "inputs": "--inputs", "input_shapes": "--input-shape", "rank_budget": "--rank-budget",
     "max_error": "--max-error", "low_rank": "--low-rank", "budget_metric": "--budget-metric",
     "error_metric": "--error-metric", "max_groups": "--max-groups", "allocator": "--allocator",
-    "metric": "--metric", "min_agreement": "--min-agreement", "max_verify_memory": "--max-verify-memory",
+    "metric": "--metric", "min_agreement": "--min-agreement", "ctc_strip": "--ctc-strip",
+    "max_verify_memory": "--max-verify-memory",
     "calibrate": "--calibrate", "external_data": "--external-data", "sequential": "--sequential",
     "share": "--share", "keep_layers": "--keep-layer",
+    "reference": "--reference",
 }
 VALUE_FLAGS = {("verify", False): "--no-verify", ("external_data", False): "--no-external-data"}
 
@@ -171,6 +173,12 @@ class BudgetType(click.ParamType):
         return number
 
 
+ctc_strip_option = click.option(
+    "--ctc-strip", "ctc_strip", type=click.IntRange(1), multiple=True, metavar="CLASS",
+    help="With --metric ctc: a class dropped from both ends of each decoding before comparing (a recogniser's "
+         "space class, read at a crop's margins now and then; repeatable).")
+
+
 def check_options(f):
     """Options shared by commands that run onnxruntime."""
     decorators = [
@@ -190,6 +198,7 @@ def check_options(f):
                           "recognisers)."),
         click.option("--min-agreement", type=click.FloatRange(0, 1), default=DEFAULTS.min_agreement, show_default=True,
                      help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree."),
+        ctc_strip_option,
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -259,6 +268,7 @@ def note_idle_options(quiet: bool, rules: list[tuple[bool, tuple[str, ...], str]
 def check_notes(metric: str, inputs: str | None) -> list[tuple[bool, tuple[str, ...], str]]:
     """Rules for the options of :func:`check_options` (see :func:`note_idle_options`)."""
     return [(metric == "allclose", ("min_agreement",), "without --metric top1, sequence or ctc"),
+            (metric != "ctc", ("ctc_strip",), "without --metric ctc"),
             (inputs is not None, ("seed", "check_n", "input_shape"), "with --inputs (no random inputs are made)")]
 
 
@@ -369,11 +379,14 @@ def cli(ctx: click.Context) -> None:
               help=".npz with one array per model input (rows along axis 0): fit chains with slopes near 1 to "
                    "their real outputs and make low-rank truncation activation-aware. Verification uses "
                    "--inputs, or a held-out fifth of these rows.")
+@click.option("--reference", metavar="REF.onnx", default=None,
+              help="Verify against this model's outputs instead of IN.onnx's: the network before an earlier step "
+                   "(prune), so that --metric/--min-agreement hold against it. Same inputs and outputs.")
 @output_options
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
-             metric, min_agreement, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
-             allocator, sequential, max_verify_memory, calibrate, external_data, overwrite, as_json, report_file,
-             quiet) -> None:
+             metric, min_agreement, ctc_strip, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
+             allocator, sequential, max_verify_memory, calibrate, reference, external_data, overwrite, as_json,
+             report_file, quiet) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with running(quiet) as done:
         from . import io
@@ -381,12 +394,12 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 
         src, dst = Path(input_path), Path(output_path)
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
-                     io.data_files(inputs, calibrate))
+                     io.data_files(inputs, calibrate, reference))
         refuse_both_goals(rank_budget, max_error)
         no_budget = rank_budget is None and max_error is None
         note_idle_options(quiet, [
-            (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "metric", "min_agreement",
-                         "max_verify_memory"),
+            (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "metric", "min_agreement", "ctc_strip",
+                         "reference", "max_verify_memory"),
              "with --no-verify"),
             *check_notes(metric, inputs),
             (no_budget, ("low_rank", "max_groups", "budget_metric", "error_metric", "sequential"),
@@ -395,9 +408,11 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
         ])
         options = Options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
-                          min_agreement=min_agreement, rank_budget=rank_budget, max_error=max_error,
+                          min_agreement=min_agreement, ctc_strip=tuple(ctc_strip), rank_budget=rank_budget,
+                          max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
                           max_groups=max_groups, allocator=allocator, sequential=sequential, calibrate=calibrate,
+                          reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = optimize_model(src, options, output=dst, external_data=external_data)
     with one_line_errors():
@@ -431,11 +446,12 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
               help="What must hold (see optimize --help); pruning needs top1, sequence or ctc, or --atol/--rtol.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=DEFAULTS.min_agreement, show_default=True,
               help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree.")
+@ctc_strip_option
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Memory the data may take (e.g. 4G); default: half the available memory.")
 @output_options
 def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, atol, rtol, seed, inputs, metric,
-          min_agreement, max_verify_memory, external_data, overwrite, as_json, report_file, quiet) -> None:
+          min_agreement, ctc_strip, max_verify_memory, external_data, overwrite, as_json, report_file, quiet) -> None:
     """Prune channels of convolution pairs (pointwise -> depthwise -> pointwise) of IN.onnx, refitted on
     --calibrate, and write the verified result to OUT.onnx."""
     with running(quiet) as done:
@@ -445,12 +461,13 @@ def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, ato
         src, dst = Path(input_path), Path(output_path)
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
                      io.data_files(inputs, calibrate))
-        note_idle_options(quiet, [check_notes(metric, inputs)[0],
+        note_idle_options(quiet, [*check_notes(metric, inputs)[:2],
                                   (inputs is not None, ("seed",), "with --inputs (no rows are held out)"),
-                                  (no_verify, ("atol", "rtol", "seed", "inputs", "metric", "min_agreement"),
+                                  (no_verify, ("atol", "rtol", "seed", "inputs", "metric", "min_agreement",
+                                               "ctc_strip"),
                                    "with --no-verify")])
         options = Options(verify=not no_verify, atol=atol, rtol=rtol, seed=seed, inputs=inputs, metric=metric,
-                          min_agreement=min_agreement,
+                          min_agreement=min_agreement, ctc_strip=tuple(ctc_strip),
                           calibrate=calibrate,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = prune_model(src, options, share=share, keep_layers=tuple(keep_layers), output=dst,
@@ -537,7 +554,7 @@ def _check_plot_path(src: Path, picture: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @quiet_option
 def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape, metric, min_agreement,
-           as_json, quiet) -> None:
+           ctc_strip, as_json, quiet) -> None:
     """Compare B.onnx with A.onnx in onnxruntime; exit 1 if any output differs beyond tolerance."""
     with one_line_errors():
         note_idle_options(quiet, check_notes(metric, inputs))
@@ -545,7 +562,8 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
         from .verify import verify as verify_models
 
         result = verify_models(reference, candidate, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
-                               check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement)
+                               check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
+                               ctc_strip=tuple(ctc_strip))
     with one_line_errors():
         from .report import render_verification
 

@@ -90,23 +90,30 @@ def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarra
     return count
 
 
-def ctc_decode(labels: np.ndarray, blank: int = 0) -> list[int]:
-    """A CTC label path read as its output: repeats merged, then the ``blank`` class dropped."""
+def ctc_decode(labels: np.ndarray, blank: int = 0, strip: Sequence[int] = ()) -> list[int]:
+    """A CTC label path read as its output: repeats merged, then the ``blank`` class dropped, then the
+    ``strip`` classes (a recogniser's space, say) dropped from both ends."""
     out, last = [], None
     for label in labels.tolist():
         if label != last and label != blank:
             out.append(label)
         last = label
-    return out
+    start, end = 0, len(out)
+    while start < end and out[start] in strip:
+        start += 1
+    while end > start and out[end - 1] in strip:
+        end -= 1
+    return out[start:end]
 
 
 def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
-                   unit: str = "row") -> float:
+                   unit: str = "row", strip: Sequence[int] = ()) -> float:
     """Fraction of units whose argmax over the last axis agrees. ``unit`` "row": every row (all axes but the
     last); "sample" (metric "sequence"): an item along axis 0 agrees when the argmax agrees at every one of
     its positions (a tagger's labels); "ctc" (metric "ctc"): a sample [positions, classes] agrees when its
     CTC decoding (argmax path, repeats merged, blank class 0 dropped: a text or speech recogniser's output)
-    is the same. Units whose reference holds NaN or infinity do not count. CollapseError for an output
+    is the same, ``strip`` classes dropped from both ends. Units whose reference holds NaN or infinity do
+    not count. CollapseError for an output
     without an axis of at least two classes (its argmax would always agree), of the wrong rank for the unit,
     or with nothing to compare."""
     metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
@@ -129,7 +136,8 @@ def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
             axes = tuple(range(1, finite.ndim))
             finite = finite.all(axis=axes)
             if unit == "ctc":
-                hits = np.array([ctc_decode(w) == ctc_decode(g) for w, g in zip(want, got)]) & finite
+                hits = np.array([ctc_decode(w, strip=strip) == ctc_decode(g, strip=strip)
+                                 for w, g in zip(want, got)]) & finite
             else:
                 hits = hits.all(axis=axes)
         same += int(hits.sum())
@@ -149,9 +157,17 @@ def tolerance_of(tolerance: Tolerance, name: str) -> float | None:
     return tolerance.get(name) if isinstance(tolerance, Mapping) else tolerance
 
 
+def judge(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]], where: str,
+          options) -> Verification:
+    """``compare_outputs`` with the criterion an ``Options`` asks for (tolerances, metric, agreement, strip)."""
+    return compare_outputs(expected, actual, options.atol, options.rtol, where, options.metric,
+                           options.min_agreement, options.ctc_strip)
+
+
 def compare_outputs(
     expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]],
     atol: Tolerance, rtol: Tolerance, source: str, metric: str = "allclose", min_agreement: float = 0.99,
+    ctc_strip: Sequence[int] = (),
 ) -> Verification:
     """Compare two models' outputs (lists of input sets), output by output.
 
@@ -160,7 +176,8 @@ def compare_outputs(
     ``metric="top1"``: float outputs pass when their argmax over the last axis agrees on at least
     ``min_agreement`` of the rows (error statistics are still reported); other outputs use allclose.
     ``metric="sequence"``: the same, counting whole samples (every position's argmax must agree);
-    ``metric="ctc"``: samples whose CTC decoding agrees (see ``top1_agreement``).
+    ``metric="ctc"``: samples whose CTC decoding agrees (see ``top1_agreement``), the ``ctc_strip``
+    classes dropped from both ends of each.
     """
     stats, compared = [], 0
     tolerances = atol, rtol
@@ -188,7 +205,7 @@ def compare_outputs(
                                 "is finite (", Param("inputs"), ")")
         compared += count
         if metric in AGREEMENT_METRICS and tensors and np.asarray(exp[0]).dtype.kind == "f":
-            stat.agreement = top1_agreement(exp, act, name, AGREEMENT_METRICS[metric])
+            stat.agreement = top1_agreement(exp, act, name, AGREEMENT_METRICS[metric], ctc_strip)
             stat.passed = stat.agreement >= min_agreement
         stats.append(stat)
     if stats and all(s.passed for s in stats) and not compared:
@@ -200,6 +217,9 @@ def compare_outputs(
         source += f", metric whole-sample top-1 agreement >= {100 * min_agreement:g}%"
     elif metric == "ctc":
         source += f", metric same CTC decoding >= {100 * min_agreement:g}%"
+        if ctc_strip:
+            source += f" (class{'es' if len(ctc_strip) > 1 else ''} {', '.join(map(str, ctc_strip))} stripped " \
+                      "from both ends)"
     return Verification(all(s.passed for s in stats), len(expected), source, stats)
 
 

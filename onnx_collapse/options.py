@@ -6,10 +6,14 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import CollapseError, Param
+
+if TYPE_CHECKING:
+    import onnx
 
 ALLOCATORS = ("alds", "output", "uniform", "energy")
 METRICS = ("allclose", "top1", "sequence", "ctc")
@@ -51,6 +55,11 @@ class Options:
         same per sample: every position's argmax agrees, e.g. a tagger's labels) or "ctc" (per sample
         [positions, classes]: the CTC decoding agrees, repeats merged and blank class 0 dropped: a text or
         speech recogniser's output).
+    ctc_strip: with metric "ctc", classes dropped from both ends of each decoding before comparing (a
+        recogniser's space classes: margins read as spaces now and then do not count).
+    reference: a model (path or ModelProto) whose outputs verification compares with instead of the
+        input's: the same network before an earlier step (e.g. ``prune``), so that a criterion holds against
+        it; it must take the same inputs and give the same outputs.
     max_verify_memory: refuse to verify (CollapseError) when the inputs and the tensors computed from them
         would need more than this many bytes, as estimated from the shapes; None: half the available memory.
     calibrate: an .npz file (or a dict) with one array per graph input, rows along axis 0: chains with
@@ -77,6 +86,8 @@ class Options:
     sequential: bool = False
     metric: str = "allclose"
     min_agreement: float = 0.99
+    ctc_strip: tuple[int, ...] = ()
+    reference: str | os.PathLike | onnx.ModelProto | None = None
     max_verify_memory: int | None = None
     calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None = None
 
@@ -95,6 +106,13 @@ class Options:
         refuse_both_goals(self.rank_budget, self.max_error)
         if not (_is_number(self.min_agreement) and 0 <= self.min_agreement <= 1):
             raise CollapseError(Param("min_agreement"), f" must be a fraction in [0, 1], not {self.min_agreement!r}")
+        if not isinstance(self.ctc_strip, (tuple, list)) or not all(
+                isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1 for c in self.ctc_strip):
+            raise CollapseError(Param("ctc_strip"), " must be class indices >= 1 (0 is the blank), not "
+                                f"{self.ctc_strip!r}")
+        if self.reference is not None and not isinstance(self.reference, (str, os.PathLike)) and \
+                type(self.reference).__name__ != "ModelProto":
+            raise CollapseError(Param("reference"), f" must be a path or an onnx.ModelProto, not {self.reference!r}")
         for name, low in (("check_n", 1), ("max_groups", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:

@@ -34,7 +34,7 @@ from . import calibrate as calibration
 from . import macs
 from .calibrate import Moments, empty_moments, fit_chain, sse, total
 from .channels import centred, columns, removal_order
-from .compare import compare_outputs, output_mismatches
+from .compare import judge, output_mismatches
 from .errors import CollapseError, Param, one_line
 from .graph import fixed_batch, proto_subgraphs
 from .inputs import make_feeds
@@ -510,8 +510,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
             return pruned, records, None
         with stage("verifying in onnxruntime"):
             actual = run(pruned, feeds, "pruned model")
-        result = compare_outputs(expected, actual, options.atol, options.rtol,
-                                 held_out or where, options.metric, options.min_agreement)
+        result = judge(expected, actual, held_out or where, options)
         result.problems = output_mismatches(expected[0], actual[0], ("the original model", "the pruned model"))
         return pruned, records, result
 

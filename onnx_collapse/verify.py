@@ -9,12 +9,43 @@ from pathlib import Path
 import onnx
 
 from .compare import compare_outputs, output_mismatches
-from .inputs import make_feeds
-from .io import open_model
+from .errors import CollapseError, Param
+from .inputs import graph_inputs, make_feeds
+from .io import ModelSource, open_model
 from .options import DEFAULTS, Options
 from .progress import reported, stage
 from .report import Verification
 from .runner import run
+
+
+def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | None:
+    """The model of ``options.reference`` (None without one), checked to take the inputs and give the
+    outputs that ``model`` does; CollapseError naming the option otherwise."""
+    if options.reference is None:
+        return None
+    ref = open_model(options.reference)
+    for what, mine, theirs in (("inputs", [i.name for i in graph_inputs(model)], [i.name for i in graph_inputs(ref.model)]),
+                               ("outputs", [o.name for o in model.graph.output], [o.name for o in ref.model.graph.output])):
+        if sorted(mine) != sorted(theirs):
+            raise CollapseError(Param("reference"), f" has {what} {', '.join(map(repr, theirs)) or 'none'}, but the "
+                                f"model has {', '.join(map(repr, mine)) or 'none'}: it must be the same network before "
+                                "an earlier step")
+    return ref
+
+
+def reference_outputs(options: Options, model: onnx.ModelProto, feeds: list[dict]) -> list[dict] | None:
+    """The outputs of ``options.reference`` on ``feeds`` (None without one); see ``open_reference``."""
+    ref = open_reference(options, model)
+    return None if ref is None else run(ref, feeds, "reference model")
+
+
+def reference_text(options: Options) -> str:
+    """How a verification against ``options.reference`` is described ('' without one)."""
+    ref = options.reference
+    if ref is None:
+        return ""
+    return f", compared with the reference {Path(ref).name!r}" if isinstance(ref, (str, os.PathLike)) else \
+        ", compared with the reference model"
 
 
 @reported
@@ -23,13 +54,13 @@ def verify(
     inputs: str | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     seed: int = DEFAULTS.seed, check_n: int = DEFAULTS.check_n, atol: float | None = None,
     rtol: float | None = None, metric: str = DEFAULTS.metric, min_agreement: float = DEFAULTS.min_agreement,
-    max_memory: int | None = DEFAULTS.max_verify_memory,
+    max_memory: int | None = DEFAULTS.max_verify_memory, ctc_strip: tuple[int, ...] = (),
 ) -> Verification:
     """Run both models (paths or ModelProtos) in onnxruntime on the same inputs and compare every output
     of ``reference`` (``max_memory``: see ``make_feeds``). Bad values raise CollapseError naming the
     keyword (checked as in ``Options``)."""
     Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
-            max_verify_memory=max_memory)
+            max_verify_memory=max_memory, ctc_strip=ctc_strip)
     with stage("loading the models"):
         ref, cand = open_model(reference), open_model(candidate)
     names = tuple(repr(Path(m).name) if isinstance(m, (str, os.PathLike)) else what
@@ -39,6 +70,6 @@ def verify(
         expected = run(ref, feeds, names[0])
     with stage("running the optimized model"):
         actual = run(cand, feeds, names[1])
-    result = compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement)
+    result = compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement, ctc_strip)
     result.problems = output_mismatches(expected[0], actual[0], names)
     return result

@@ -11,10 +11,12 @@ from onnx_collapse.compare import (
     compared_elements,
     ctc_decode,
     default_tolerance,
+    judge,
     output_mismatches,
     top1_agreement,
 )
 from onnx_collapse.errors import CollapseError
+from onnx_collapse.options import Options
 
 
 def _sets(**outputs):
@@ -135,6 +137,25 @@ def test_ctc_agreement_compares_the_decoding_not_the_path():
     assert verdict.passed and "CTC" in verdict.inputs
     with pytest.raises(CollapseError, match="ctc"):
         top1_agreement([np.ones((2, 4))], [np.ones((2, 4))], unit="ctc")
+
+
+def test_ctc_strip_drops_a_class_only_at_the_ends_of_each_decoding():
+    """A recogniser that reads a margin space now and then ("_ab" for "ab", class 3 the space) agrees once
+    the space is stripped from both ends; a space inside the text still counts."""
+    def onehot(path):
+        out = np.full((len(path), 4), -5.0)
+        out[np.arange(len(path)), path] = 5.0
+        return out
+
+    want = np.stack([onehot([1, 0, 2, 0, 0]), onehot([1, 0, 3, 0, 2]), onehot([1, 0, 2, 0, 3])])
+    got = np.stack([onehot([3, 0, 1, 0, 2]), onehot([1, 0, 0, 0, 2]), onehot([1, 0, 2, 0, 0])])
+    assert ctc_decode(np.array([3, 0, 3, 1, 0, 3, 2, 3]), strip=(3,)) == [1, 3, 2]
+    assert ctc_decode(np.array([3, 3, 0]), strip=(3,)) == []
+    assert top1_agreement([want], [got], unit="ctc") == 0.0
+    assert top1_agreement([want], [got], unit="ctc", strip=(3,)) == pytest.approx(2 / 3)  # not the inner space
+    assert not compare_outputs([{"p": want}], [{"p": got}], 1e-3, 1e-3, "here", "ctc", 0.6).passed
+    verdict = judge([{"p": want}], [{"p": got}], "here", Options(metric="ctc", min_agreement=0.6, ctc_strip=(3,)))
+    assert verdict.passed and "class 3 stripped from both ends" in verdict.inputs
 
 
 def test_statistics_taken_a_slice_at_a_time_equal_those_of_the_whole(monkeypatch):

@@ -33,6 +33,7 @@ def notes(result) -> list[str]:
     (["--low-rank", "all"], "--low-rank", "without --rank-budget or --max-error"),
     (["--max-error", "0.5", "--allocator", "uniform"], "--allocator", "without --rank-budget"),
     (["--no-verify", "--atol", "1"], "--atol", "with --no-verify"),
+    (["--metric", "top1", "--ctc-strip", "3"], "--ctc-strip", "without --metric ctc"),
 ])
 def test_optimize_notes_options_without_effect(tmp_path, args, flags, why):
     lines = notes(cli("optimize", MODEL, tmp_path / "o.onnx", *args))

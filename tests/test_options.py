@@ -21,6 +21,8 @@ from tests.common import MODELS
     ("check_n", 0, "check_n"),
     ("max_groups", 0, "max_groups"),
     ("min_agreement", 2.0, "min_agreement"),
+    ("ctc_strip", (0,), "ctc_strip must be class indices >= 1"),
+    ("ctc_strip", 3, "ctc_strip"),
     ("no_such_option", 1, "unknown option 'no_such_option'"),
 ])
 def test_api_refuses_bad_values_naming_the_keyword(keyword, value, words):

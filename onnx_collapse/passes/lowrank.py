@@ -16,7 +16,7 @@ import onnx
 
 from .. import allocate, calibrate, linalg, sensitivity, sequential, timing
 from ..candidates import Candidate, Outcome
-from ..compare import compare_outputs
+from ..compare import judge
 from ..emit import RangeError, cast_checked
 from ..errors import one_line
 from ..graph import fixed_batch, sized
@@ -27,6 +27,7 @@ from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import PlanApplier, apply_plans
 from ..runner import BatchCache, capture_batches, chain_model, probed_session, run
+from ..verify import reference_outputs, reference_text
 from .chains import candidate_for
 from .context import Context
 from .fold import written_around
@@ -431,7 +432,8 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
     model, base_dir = main.model, main.view.store.base_dir
     feeds, where = make_feeds(model, opts.inputs, opts.input_shapes, opts.seed, opts.check_n,
                               opts.max_verify_memory)
-    expected = run(ModelSource(model, base_dir), feeds, "original model")
+    expected = reference_outputs(opts, model, feeds) or run(ModelSource(model, base_dir), feeds, "original model")
+    where += reference_text(opts)
     candidates = [c for ctx in contexts for c in ctx.candidates]
     cache: dict = {}
     lo, hi, best = 0.0, 1.0, None
@@ -446,7 +448,7 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
             plans = [c.applied for c in candidates if c.applied is not None and id(c) not in replaced]
             plans += [plan for _, _, plan in truncated]
             actual = run(ModelSource(apply_plans(model, plans), base_dir), feeds, f"model at budget {budget:g}")
-            verdict = compare_outputs(expected, actual, opts.atol, opts.rtol, where, opts.metric, opts.min_agreement)
+            verdict = judge(expected, actual, where, opts)
             frontier.append(f"{budget:.3g}: " + _verdict_text(verdict))
             if verdict.passed:
                 hi, best = budget, (budget, chosen, truncated, notes)

@@ -1,0 +1,97 @@
+"""optimize --reference: verification (and the budget search) judged against an earlier model's outputs,
+so that a criterion holds for a two-step recipe (prune, then truncate) as a whole."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnx_collapse import optimize, verify
+from onnx_collapse.errors import CollapseError
+from tests.builders import decaying_classifier
+from tests.common import assert_one_line_error, cli
+
+
+def _perturbed(model: onnx.ModelProto, scale: float) -> onnx.ModelProto:
+    """``model`` with seeded noise on its second weight: a stand-in for an earlier lossy step."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    w2 = numpy_helper.to_array(out.graph.initializer[1])
+    noisy = w2 + scale * w2.std() * np.random.default_rng(9).standard_normal(w2.shape)
+    out.graph.initializer[1].CopyFrom(numpy_helper.from_array(noisy.astype(np.float32), "w2"))
+    return out
+
+
+def _rows():
+    rng = np.random.default_rng(5)
+    return ({"x": rng.standard_normal((n, 32)).astype(np.float32)} for n in (200, 100))
+
+
+def _auto(model, reference=None, **kw):
+    calib, held = _rows()
+    return optimize(model, low_rank="all", rank_budget="auto", calibrate=calib, inputs=held, metric="top1",
+                    min_agreement=0.9, reference=reference, **kw)
+
+
+def test_the_budget_search_meets_the_target_against_the_reference():
+    original = decaying_classifier()
+    step1 = _perturbed(original, 0.1)  # agrees with the original on about 92 % of the held-out rows
+    _, held = _rows()
+
+    def agreement(model):
+        return verify(original, model, inputs=held, metric="top1").outputs[0].agreement
+
+    assert 0.9 < agreement(step1) < 0.95
+    alone, _ = _auto(step1)  # judged against step1 only: the two losses add up past the target
+    assert agreement(alone) < 0.9
+    out, report = _auto(step1, reference=original)
+    assert report.verification.passed and agreement(out) >= 0.9
+    assert report.after.params < report.before.params  # still truncated, just less
+    assert "compared with the reference model" in report.verification.inputs
+    assert any(n.startswith("budget search") and "compared with the reference" in n for n in report.notes)
+
+
+def test_an_input_that_already_fails_against_the_reference_is_not_written(tmp_path):
+    original, step1 = tmp_path / "original.onnx", tmp_path / "step1.onnx"
+    onnx.save(decaying_classifier(), original)
+    onnx.save(_perturbed(decaying_classifier(), 0.3), step1)  # agrees on about 68 %
+    calib, held = _rows()
+    np.savez(tmp_path / "calib.npz", **calib)
+    np.savez(tmp_path / "held.npz", **held)
+    out = tmp_path / "out.onnx"
+    result = cli("optimize", step1, out, "--low-rank", "all", "--rank-budget", "auto", "--calibrate",
+                 tmp_path / "calib.npz", "--inputs", tmp_path / "held.npz", "--metric", "top1", "--min-agreement",
+                 "0.9", "--reference", original, "--quiet")
+    assert result.returncode == 1 and "verification failed; no output written" in result.stderr
+    assert not out.exists()
+
+
+def test_a_reference_with_other_outputs_is_refused_before_any_work(tmp_path):
+    other = decaying_classifier()
+    other.graph.output[0].name = "logits"
+    other.graph.node[-1].output[0] = "logits"
+    with pytest.raises(CollapseError, match="reference.*'logits'"):
+        _auto(decaying_classifier(), reference=other)
+    model, ref = tmp_path / "m.onnx", tmp_path / "ref.onnx"
+    onnx.save(decaying_classifier(), model)
+    onnx.save(other, ref)
+    assert_one_line_error(cli("optimize", model, tmp_path / "o.onnx", "--reference", ref), 2, "--reference",
+                          "'logits'")
+    assert_one_line_error(cli("optimize", model, tmp_path / "o.onnx", "--reference", tmp_path / "missing.onnx"),
+                          2, "missing.onnx")
+
+
+def test_the_output_may_not_replace_the_reference(tmp_path):
+    model, ref = tmp_path / "m.onnx", tmp_path / "ref.onnx"
+    onnx.save(decaying_classifier(), model)
+    onnx.save(decaying_classifier(), ref)
+    before = ref.read_bytes()
+    assert_one_line_error(cli("optimize", model, ref, "--reference", ref, "--overwrite"), 2, "reference")
+    assert ref.read_bytes() == before
+
+
+def test_reference_is_idle_without_verification(tmp_path):
+    model = tmp_path / "m.onnx"
+    onnx.save(decaying_classifier(), model)
+    result = cli("optimize", model, tmp_path / "o.onnx", "--no-verify", "--reference", model)
+    assert result.returncode == 0 and "--reference" in result.stderr and "--no-verify" in result.stderr
