@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import realdata as rd
 
-# A method: the tool's flags (placeholders {calib}, {verify}); optional "budgets" / "metrics" restrict the
+# A method: the tool's flags (placeholders {calib}, {verify}, {model}: the original; "{strip}" becomes --ctc-strip for each of the
+# task's space classes); optional "budgets" / "metrics" restrict the
 # rows it gets, "budget": False runs it once without --rank-budget/--budget-metric. "note" goes in the table.
 METHODS: dict[str, dict] = {
     "alds": {"flags": ["--low-rank", "all", "--no-verify"],
@@ -106,6 +107,29 @@ METHODS: dict[str, dict] = {
                              "--min-agreement", "0.96"],
                    "note": "accuracy target: the largest share whose CTC-decoded lines agree with the original's on "
                            "at least 96 % of the 32 verification lines"},
+    "prune-auto-strip": {"command": "prune", "models": ["rec"], "budget": False,
+                         "flags": ["--calibrate", "{calib}", "--inputs", "{verify}", "--share", "auto", "--metric",
+                                   "ctc", "{strip}", "--min-agreement", "0.96"],
+                         "note": "the same, spaces stripped from both ends of each decoding before comparing "
+                                 "(--ctc-strip with the recogniser's two space classes)"},
+    "prune-auto+auto-params": {
+        "prune": ["--calibrate", "{calib}", "--inputs", "{verify}", "--share", "auto", "--metric", "ctc", "{strip}",
+                  "--min-agreement", "0.97"],
+        "flags": ["--low-rank", "all", "--calibrate", "{calib}", "--inputs", "{verify}", "--allocator", "output",
+                  "--budget-metric", "params", "--rank-budget", "auto", "--metric", "ctc", "{strip}",
+                  "--min-agreement", "0.96", "--reference", "{model}"],
+        "models": ["rec"], "budget": False,
+        "note": "accuracy target in two steps: the largest prune share that agrees with the original on 97 % of "
+                "the verification lines (spaces stripped), then the smallest weight budget whose model still "
+                "agrees with the original (--reference) on 96 % of them"},
+    "prune-auto+auto-params-tight": {
+        "prune": ["--calibrate", "{calib}", "--inputs", "{verify}", "--share", "auto", "--metric", "ctc", "{strip}",
+                  "--min-agreement", "0.975"],
+        "flags": ["--low-rank", "all", "--calibrate", "{calib}", "--inputs", "{verify}", "--allocator", "output",
+                  "--budget-metric", "params", "--rank-budget", "auto", "--metric", "ctc", "{strip}",
+                  "--min-agreement", "0.965", "--reference", "{model}"],
+        "models": ["rec"], "budget": False,
+        "note": "the same at 97.5 % and 96.5 %"},
 }
 BUDGETS = [0.8, 0.7, 0.6, 0.5]
 METRICS = ["params", "macs"]
@@ -204,6 +228,7 @@ class Task:
     x: np.ndarray | None = None
     truth: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)
+    strip: list = field(default_factory=list)  # classes a decoding's ends may drop (a recogniser's spaces)
 
     def scores(self, outputs: np.ndarray, reference_outputs: np.ndarray | None) -> dict:
         raise NotImplementedError
@@ -223,6 +248,7 @@ class RecTask(Task):
         self.verify, _ = rd.rec_dataset(self.labels, n_verify, seed=202)
         self.x, self.truth = rd.rec_dataset(self.labels, n_eval, seed=303)
         self.counts = {"calibration lines": n_calib, "verification lines": n_verify, "evaluation lines": n_eval}
+        self.strip = [i for i, c in enumerate(self.labels) if i and not c.strip()]  # what str.strip() drops
         self._ref_text = None
 
     def scores(self, outputs, reference_outputs):
@@ -321,7 +347,10 @@ def bench_task(task: Task, methods: dict, budgets, metrics, repo_root: Path, wor
             continue
 
         def filled(flags):
-            return [f.format(calib=calib, verify=verify, verify8=verify8) for f in flags]
+            spaces = [w for c in task.strip for w in ("--ctc-strip", str(c))]
+            return [w for f in flags
+                    for w in (spaces if f == "{strip}" else
+                              [f.format(calib=calib, verify=verify, verify8=verify8, model=task.file)])]
 
         flags = filled(m["flags"])
         if metric == "share":
