@@ -657,7 +657,8 @@ class StagedOutput:
         check_destination(self.path, {p: d for p, d in keep.items() if p != getattr(inputs, "path", None)}
                           | (data or {}), "output")
         replaces_input = inputs is not None and inputs.path is not None and same_file(self.path, inputs.path)
-        self.keep = set() if replaces_input else set(keep)  # the old output's files that must stay
+        # the old output's files that must stay: the input's (unless the output replaces it) and the run's others
+        self.keep = (set() if replaces_input else set(keep)) | set(data or {})
         self.source_dir = None if source_dir is None else Path(source_dir)
         self.external_data = external_data
         self.data_name = data_file_name(self.folder, self.path.name, secrets.token_hex(6))

@@ -1,6 +1,8 @@
 """optimize --reference: verification (and the budget search) judged against an earlier model's outputs,
 so that a criterion holds for a two-step recipe (prune, then truncate) as a whole."""
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -95,3 +97,19 @@ def test_reference_is_idle_without_verification(tmp_path):
     onnx.save(decaying_classifier(), model)
     result = cli("optimize", model, tmp_path / "o.onnx", "--no-verify", "--reference", model)
     assert result.returncode == 0 and "--reference" in result.stderr and "--no-verify" in result.stderr
+
+
+def test_replacing_an_output_keeps_the_data_file_the_reference_reads(tmp_path):
+    """ref.onnx is a copy of an earlier output and reads that output's data file: writing the output again
+    must not delete the file as the old output's own stale data."""
+    model, out, ref = tmp_path / "m.onnx", tmp_path / "out.onnx", tmp_path / "ref.onnx"
+    onnx.save(decaying_classifier(), model)
+    assert cli("optimize", model, out, "--external-data", "--quiet").returncode == 0
+    shutil.copy(out, ref)
+    data = [p for p in tmp_path.iterdir() if p.name.endswith(".data")]
+    assert len(data) == 1
+    result = cli("optimize", model, out, "--external-data", "--reference", ref, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert data[0].exists()
+    _, held = _rows()
+    assert verify(str(ref), str(out), inputs=held).passed  # both still load and run
