@@ -179,6 +179,12 @@ ctc_strip_option = click.option(
          "space class, read at a crop's margins now and then; repeatable).")
 
 
+reference_option = click.option(
+    "--reference", metavar="REF.onnx", type=click.Path(dir_okay=False), default=None,
+    help="Verify against this model's outputs instead of IN.onnx's: the network before an earlier lossy step, "
+         "so that --metric/--min-agreement hold for both steps together. Same inputs and outputs.")
+
+
 def check_options(f):
     """Options shared by commands that run onnxruntime."""
     decorators = [
@@ -379,9 +385,7 @@ def cli(ctx: click.Context) -> None:
               help=".npz with one array per model input (rows along axis 0): fit chains with slopes near 1 to "
                    "their real outputs and make low-rank truncation activation-aware. Verification uses "
                    "--inputs, or a held-out fifth of these rows.")
-@click.option("--reference", metavar="REF.onnx", default=None,
-              help="Verify against this model's outputs instead of IN.onnx's: the network before an earlier step "
-                   "(prune), so that --metric/--min-agreement hold against it. Same inputs and outputs.")
+@reference_option
 @output_options
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
              metric, min_agreement, ctc_strip, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
@@ -449,9 +453,11 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 @ctc_strip_option
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Memory the data may take (e.g. 4G); default: half the available memory.")
+@reference_option
 @output_options
 def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, atol, rtol, seed, inputs, metric,
-          min_agreement, ctc_strip, max_verify_memory, external_data, overwrite, as_json, report_file, quiet) -> None:
+          min_agreement, ctc_strip, max_verify_memory, reference, external_data, overwrite, as_json, report_file,
+          quiet) -> None:
     """Prune channels of convolution pairs (pointwise -> depthwise -> pointwise) of IN.onnx, refitted on
     --calibrate, and write the verified result to OUT.onnx."""
     with running(quiet) as done:
@@ -460,15 +466,15 @@ def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, ato
 
         src, dst = Path(input_path), Path(output_path)
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
-                     io.data_files(inputs, calibrate))
+                     io.data_files(inputs, calibrate, reference))
         note_idle_options(quiet, [*check_notes(metric, inputs)[:2],
                                   (inputs is not None, ("seed",), "with --inputs (no rows are held out)"),
                                   (no_verify, ("atol", "rtol", "seed", "inputs", "metric", "min_agreement",
-                                               "ctc_strip"),
+                                               "ctc_strip", "reference"),
                                    "with --no-verify")])
         options = Options(verify=not no_verify, atol=atol, rtol=rtol, seed=seed, inputs=inputs, metric=metric,
                           min_agreement=min_agreement, ctc_strip=tuple(ctc_strip),
-                          calibrate=calibrate,
+                          calibrate=calibrate, reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = prune_model(src, options, share=share, keep_layers=tuple(keep_layers), output=dst,
                                 external_data=external_data)

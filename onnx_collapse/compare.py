@@ -50,7 +50,8 @@ def compare(
         for start in range(0, e.size, CHUNK):  # float64 copies of a slice at a time, not of the whole output
             diff, mag = _differences(e[start:start + CHUNK], a[start:start + CHUNK])
             max_abs = max(max_abs, float(diff.max()))
-            max_rel = max(max_rel, float((diff / np.maximum(mag, tiny)).max()))
+            with np.errstate(over="ignore"):  # a difference where the reference is ~0: inf, as documented
+                max_rel = max(max_rel, float((diff / np.maximum(mag, tiny)).max()))
             required = max(required, float((diff - rtol * mag).max()))
             total += float(diff.sum())
             count += diff.size
@@ -162,6 +163,15 @@ def judge(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping
     """``compare_outputs`` with the criterion an ``Options`` asks for (tolerances, metric, agreement, strip)."""
     return compare_outputs(expected, actual, options.atol, options.rtol, where, options.metric,
                            options.min_agreement, options.ctc_strip)
+
+
+def verdict_text(verdict: Verification) -> str:
+    """A verdict in a few words: the worst output's agreement (or max abs error), passed or failed."""
+    worst = min(verdict.outputs, key=lambda s: (s.passed, -(s.agreement or 0.0)), default=None)
+    if worst is None:
+        return "passed" if verdict.passed else "failed"
+    shown = f"agreement {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"
+    return f"{shown} {'passed' if verdict.passed else 'failed'}"
 
 
 def compare_outputs(

@@ -48,7 +48,7 @@ from .progress import reported, stage
 from .report import Analysis, ModelStats, Report, Verification, truncation_outcome
 from .revert import return_free_memory, verify_and_revert
 from .rewrite import apply_plans
-from .verify import open_reference, reference_text
+from .verify import check_reference, reference_text
 
 
 def views_for(source: ModelSource, probe: macs.ShapeProbe | None = None) -> list[tuple[tuple, GraphView]]:
@@ -188,7 +188,7 @@ def optimize(
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference)  # files the output must not replace
     options, held_out = calibration_split(model, options)
-    open_reference(options, model)  # a reference that cannot be compared with fails before any work
+    check_reference(source, options)  # a reference that cannot be met fails before any work
     probe = shape_probe(model, options)
     contexts = run_passes(source, options, probe=probe)
     return_free_memory()  # the passes' float64 work, before the output is built
@@ -197,7 +197,7 @@ def optimize(
     staging = StagedOutput(output, external_data, source.base_dir, source, named) if output is not None else nullcontext()
     held = sum(dense_bytes(t) for p in plans for t in p.initializers)  # the plans' new tensors in memory
     with staging as staged:
-        if not plans and (options.reference is None or not options.verify):
+        if not plans:
             out, verification = model, Verification(True, 0, "the model is unchanged")
         elif options.verify:
             with stage("verifying in onnxruntime"):

@@ -51,6 +51,7 @@ from .options import Options
 from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
 from .runner import probe_model, run, session
+from .verify import check_reference, reference_outputs, reference_text
 
 ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
                "Sigmoid", "Tanh", "Identity", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Erf", "Mish",
@@ -180,7 +181,8 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
             pair = _pair_from(k, graph, consts, consumers, uses, outputs)
             if pair is not None:
                 pairs.append(pair)
-    return pairs
+    owned = {k for p in pairs for k in (*p.squeezes, *p.excites)}  # a branch's convs belong to its pair alone
+    return [p for p in pairs if p.producer not in owned and p.reader not in owned]
 
 
 def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
@@ -298,9 +300,10 @@ def _label(node: onnx.NodeProto) -> str:
 
 
 def _names(model: onnx.ModelProto, pair: Pair) -> set[str]:
-    """The names of every node of ``pair`` (a node's first output where it has no name)."""
+    """The names of every node of ``pair``, its squeeze-and-excitation convolutions included (a node's first
+    output where it has no name)."""
     nodes = model.graph.node
-    return {_label(nodes[k]) for k in (pair.producer, pair.reader, *pair.region)}
+    return {_label(nodes[k]) for k in (pair.producer, pair.reader, *pair.region, *pair.squeezes, *pair.excites)}
 
 
 def _rows(value: np.ndarray, strides=None) -> np.ndarray:
@@ -481,8 +484,9 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         source = open_model(model_or_path)
     if external_data is None and uses_external(source.model):
         external_data = True
-    named = data_files(options.inputs, options.calibrate)
+    named = data_files(options.inputs, options.calibrate, options.reference)
     options, held_out = calibration_split(source.model, options)
+    check_reference(source, options)
     rows = calibration.load_arrays(source.model, options.calibrate, max_memory=options.max_verify_memory)
     if calibration.row_count(rows) < FOLDS:
         raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
@@ -502,7 +506,8 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         feeds, where = make_feeds(source.model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                   options.max_verify_memory)
         with stage("running the original model"):
-            expected = run(source, feeds, "original model")
+            expected = reference_outputs(options, source.model, feeds) or run(source, feeds, "original model")
+        where = (held_out or where) + reference_text(options)
 
     def attempt(value: float) -> tuple[ModelSource, list[PrunedPair], Verification | None]:
         pruned, records = prune_model(source, pairs, value, rows)
@@ -510,7 +515,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
             return pruned, records, None
         with stage("verifying in onnxruntime"):
             actual = run(pruned, feeds, "pruned model")
-        result = judge(expected, actual, held_out or where, options)
+        result = judge(expected, actual, where, options)
         result.problems = output_mismatches(expected[0], actual[0], ("the original model", "the pruned model"))
         return pruned, records, result
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from .compare import compare_outputs, output_mismatches
+from .compare import compare_outputs, judge, output_mismatches, verdict_text
 from .errors import CollapseError, Param
 from .inputs import graph_inputs, make_feeds
 from .io import ModelSource, open_model
@@ -23,7 +23,10 @@ def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | No
     outputs that ``model`` does; CollapseError naming the option otherwise."""
     if options.reference is None:
         return None
-    ref = open_model(options.reference)
+    try:
+        ref = open_model(options.reference)
+    except CollapseError as exc:
+        raise exc.prefixed(Param("reference"), ": ") from None
     for what, mine, theirs in (("inputs", [i.name for i in graph_inputs(model)], [i.name for i in graph_inputs(ref.model)]),
                                ("outputs", [o.name for o in model.graph.output], [o.name for o in ref.model.graph.output])):
         if sorted(mine) != sorted(theirs):
@@ -31,6 +34,23 @@ def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | No
                                 f"model has {', '.join(map(repr, mine)) or 'none'}: it must be the same network before "
                                 "an earlier step")
     return ref
+
+
+def check_reference(source: ModelSource, options: Options) -> None:
+    """With ``options.reference`` (and verification on): the input model itself judged against it on the
+    verification rows, before any work; CollapseError naming the option when it fails, as no output could
+    then pass."""
+    if options.reference is None or not options.verify:
+        return
+    model = source.model
+    with stage("checking the input against the reference"):
+        feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
+                                  options.max_verify_memory)
+        verdict = judge(reference_outputs(options, model, feeds), run(source, feeds, "input model"), where, options)
+    if not verdict.passed:
+        raise CollapseError("the input model itself fails verification against ", Param("reference"), " (",
+                            verdict_text(verdict), f" on {where}), so no output could pass; a looser criterion "
+                            "or the right reference model is needed")
 
 
 def reference_outputs(options: Options, model: onnx.ModelProto, feeds: list[dict]) -> list[dict] | None:

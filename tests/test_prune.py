@@ -299,6 +299,7 @@ def test_a_pair_through_a_squeeze_and_excitation_branch_is_found_and_pruned_with
     assert [node[k].name for k in (p.producer, p.reader, *p.squeezes, *p.excites)] == ["A", "B", "squeeze", "excite"]
     assert {"we": 0, "be": 0, "wd": 0}.items() <= dict(p.sliced).items()
     assert not [q for q in find_pairs(se_model(gate_input="s")) if q.depthwise]  # unpooled: a second reader
+    assert len(find_pairs(model)) == 1  # squeeze -> excite is no pair of its own: the branch belongs to A -> B
     calib = _rows(128, 3)
     out, report = prune(model, share=0.25, calibrate=calib, inputs=_rows(16, 4), atol=10.0)
     assert [(q.channels, q.kept) for q in report.pairs] == [(12, 9)]
@@ -317,3 +318,42 @@ def test_a_pair_through_a_squeeze_and_excitation_branch_is_found_and_pruned_with
     # the gates of the kept channels changed, so B is refitted on the pruned model's own inputs
     tool, best, _ = _fit_errors(model, out, "m", calib)
     assert best <= tool <= 1.01 * best + 1e-9
+    for conv in ("squeeze", "excite"):  # naming a branch's convolution leaves its pair whole
+        assert prune(model, share=0.25, calibrate=calib, verify=False, keep_layers=(conv,))[1].pairs == []
+
+
+def test_prune_with_a_reference_is_judged_against_it():
+    """prune --reference: the pruned model's verification is its error against the reference (the network
+    before an earlier lossy step), not against its input; an input that fails against it alone is refused."""
+    original = pair_model(dup=1, c=12, seed=3)
+    calib, held = _rows(200, 1), _rows(64, 2)
+    first, _ = prune(original, share=0.25, calibrate=calib, verify=False)  # an earlier lossy step
+    changed = float(np.abs(_run(first, held)[0] - _run(original, held)[0]).max())
+    for reference, against in ((None, first), (original, original)):
+        out, report = prune(first, share=0.2, calibrate=calib, inputs=held, atol=2 * changed, rtol=0.0,
+                            reference=reference)
+        error = float(np.abs(_run(out, held)[0] - _run(against, held)[0]).max())
+        assert report.verification.outputs[0].max_abs == pytest.approx(error, rel=1e-5)
+        assert ("compared with the reference model" in report.verification.inputs) == (reference is not None)
+    with pytest.raises(CollapseError, match="input model itself fails verification against reference"):
+        prune(first, share="auto", calibrate=calib, inputs=held, atol=0.5 * changed, rtol=0.0, reference=original)
+
+
+def test_a_head_after_a_global_pool_is_a_reader_fitted_on_the_pooled_rows():
+    rng = np.random.default_rng(0)
+    inits = [_init("wa", rng.normal(size=(12, 3, 3, 3)) * 0.4), _init("wd", rng.normal(size=(12, 1, 3, 3)) * 0.5),
+             _init("wb", rng.normal(size=(10, 12, 1, 1)) * 0.4)]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="A", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("Conv", ["h", "wd"], ["s"], name="DW", group=12, pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["s"], ["p"]),
+             helper.make_node("Conv", ["p", "wb"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "pooled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10, 1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    calib = _rows(96, 1)
+    out, report = prune(model, share=0.25, calibrate=calib, verify=False)
+    assert [(p.producer, p.reader, p.channels, p.kept) for p in report.pairs] == [("A", "head", 12, 9)]
+    tool, best, _ = _fit_errors(model, out, "p", calib)
+    assert best <= tool <= 1.05 * best  # a cross-validated ridge on 96 rows of 9 inputs: near least squares

@@ -16,7 +16,7 @@ import onnx
 
 from .. import allocate, calibrate, linalg, sensitivity, sequential, timing
 from ..candidates import Candidate, Outcome
-from ..compare import judge
+from ..compare import judge, verdict_text
 from ..emit import RangeError, cast_checked
 from ..errors import one_line
 from ..graph import fixed_batch, sized
@@ -449,7 +449,7 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
             plans += [plan for _, _, plan in truncated]
             actual = run(ModelSource(apply_plans(model, plans), base_dir), feeds, f"model at budget {budget:g}")
             verdict = judge(expected, actual, where, opts)
-            frontier.append(f"{budget:.3g}: " + _verdict_text(verdict))
+            frontier.append(f"{budget:.3g}: " + verdict_text(verdict))
             if verdict.passed:
                 hi, best = budget, (budget, chosen, truncated, notes)
             else:
@@ -462,14 +462,6 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
     budget, chosen, truncated, notes = best
     main.notes += notes
     return budget, chosen, truncated
-
-
-def _verdict_text(verdict) -> str:
-    worst = min(verdict.outputs, key=lambda s: (s.passed, -(s.agreement or 0.0)), default=None)
-    if worst is None:
-        return "passed" if verdict.passed else "failed"
-    shown = f"agreement {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"
-    return f"{shown} {'passed' if verdict.passed else 'failed'}"
 
 
 def output_changes(contexts: list[Context], owners: list[Context], targets: list[Candidate],
