@@ -116,7 +116,7 @@ def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
     is the same, ``strip`` classes dropped from both ends. Units whose reference holds NaN or infinity do
     not count. CollapseError for an output
     without an axis of at least two classes (its argmax would always agree), of the wrong rank for the unit,
-    or with nothing to compare."""
+    with nothing to compare, or without a ``strip`` class."""
     metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
     same = total = 0
     for e, a in zip(expected, actual):
@@ -128,6 +128,10 @@ def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
             raise CollapseError(Param("metric", metric), f": output {name!r} has shape {dims_text(e.shape)}, so "
                                 f"its argmax compares nothing; {metric} needs a last axis of at least 2 classes"
                                 f"{need} (use ", Param("metric", "allclose"), ")")
+        beyond = [c for c in strip if c >= e.shape[-1]]
+        if unit == "ctc" and beyond:
+            raise CollapseError(Param("ctc_strip"), f" names class {beyond[0]}, but output {name!r} has "
+                                f"{e.shape[-1]} classes (0 to {e.shape[-1] - 1})")
         if e.shape != a.shape or e.size == 0:
             continue
         finite = np.isfinite(e).all(axis=-1)

@@ -171,3 +171,9 @@ def test_statistics_taken_a_slice_at_a_time_equal_those_of_the_whole(monkeypatch
     sliced = compare("y", expected, actual)
     assert sliced == whole
     assert whole.max_abs == np.inf and not whole.passed
+
+
+def test_a_ctc_strip_class_the_output_does_not_have_is_refused():
+    scores = np.zeros((2, 4, 5), np.float32)
+    with pytest.raises(CollapseError, match="ctc_strip names class 7, but output 'p' has 5 classes"):
+        judge([{"p": scores}], [{"p": scores}], "here", Options(metric="ctc", ctc_strip=(4, 7)))
