@@ -188,7 +188,8 @@ def optimize(
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference)  # files the output must not replace
     options, held_out = calibration_split(model, options)
-    check_reference(source, options)  # a reference that cannot be met fails before any work
+    # a reference that cannot be met fails before any work; its outputs are not held through the passes
+    check_reference(source, options)
     probe = shape_probe(model, options)
     contexts = run_passes(source, options, probe=probe)
     return_free_memory()  # the passes' float64 work, before the output is built

@@ -51,7 +51,7 @@ from .options import Options
 from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
 from .runner import probe_model, run, session
-from .verify import check_reference, reference_outputs, reference_text
+from .verify import check_reference, reference_text
 
 ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
                "Sigmoid", "Tanh", "Identity", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Erf", "Mish",
@@ -486,7 +486,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference)
     options, held_out = calibration_split(source.model, options)
-    check_reference(source, options)
+    checked = check_reference(source, options)  # the reference's outputs on the verification rows, if any
     rows = calibration.load_arrays(source.model, options.calibrate, max_memory=options.max_verify_memory)
     if calibration.row_count(rows) < FOLDS:
         raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
@@ -506,7 +506,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         feeds, where = make_feeds(source.model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                   options.max_verify_memory)
         with stage("running the original model"):
-            expected = reference_outputs(options, source.model, feeds) or run(source, feeds, "original model")
+            expected = checked or run(source, feeds, "original model")
         where = (held_out or where) + reference_text(options)
 
     def attempt(value: float) -> tuple[ModelSource, list[PrunedPair], Verification | None]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from .compare import compare_outputs, judge, output_mismatches, verdict_text
+from .compare import judge, output_mismatches, verdict_text
 from .errors import CollapseError, Param
 from .inputs import graph_inputs, make_feeds
 from .io import ModelSource, open_model
@@ -36,19 +36,21 @@ def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | No
     return ref
 
 
-def check_reference(source: ModelSource, options: Options) -> None:
+def check_reference(source: ModelSource, options: Options) -> list[dict] | None:
     """With ``options.reference`` (and verification on): the input model itself judged against it on the
     verification rows, before any work; CollapseError naming the option when it fails, as no output could
-    then pass."""
+    then pass. Returns the reference's outputs on those rows (None without a check)."""
     if options.reference is None or not options.verify:
-        return
+        return None
     model = source.model
     with stage("checking the input against the reference"):
         feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                   options.max_verify_memory)
-        verdict = judge(reference_outputs(options, model, feeds), run(source, feeds, "input model"), where, options)
-    if not verdict.passed:
-        raise CollapseError("the input model itself fails verification against ", Param("reference"), " (",
+        expected = reference_outputs(options, model, feeds)
+        verdict = judge(expected, run(source, feeds, "input model"), where, options)
+    if verdict.passed:
+        return expected
+    raise CollapseError("the input model itself fails verification against ", Param("reference"), " (",
                             verdict_text(verdict), f" on {where}), so no output could pass; a looser criterion "
                             "or the right reference model is needed")
 
@@ -79,8 +81,8 @@ def verify(
     """Run both models (paths or ModelProtos) in onnxruntime on the same inputs and compare every output
     of ``reference`` (``max_memory``: see ``make_feeds``). Bad values raise CollapseError naming the
     keyword (checked as in ``Options``)."""
-    Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
-            max_verify_memory=max_memory, ctc_strip=ctc_strip)
+    criterion = Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric,
+                        min_agreement=min_agreement, max_verify_memory=max_memory, ctc_strip=ctc_strip)
     with stage("loading the models"):
         ref, cand = open_model(reference), open_model(candidate)
     names = tuple(repr(Path(m).name) if isinstance(m, (str, os.PathLike)) else what
@@ -90,6 +92,6 @@ def verify(
         expected = run(ref, feeds, names[0])
     with stage("running the optimized model"):
         actual = run(cand, feeds, names[1])
-    result = compare_outputs(expected, actual, atol, rtol, source, metric, min_agreement, ctc_strip)
+    result = judge(expected, actual, source, criterion)
     result.problems = output_mismatches(expected[0], actual[0], names)
     return result
