@@ -68,7 +68,9 @@ def option_seconds(options: Sequence[Option], dense_seconds: float,
                    measured: Sequence[tuple[int, float]]) -> list[float]:
     """Each option's predicted seconds: the dense one as measured; a factor form interpolated linearly in MACs
     through the measured factor forms ((MACs, seconds) pairs; extended as a line through the ends, below the
-    smallest at least in proportion to MACs; one point: proportional to MACs), never below zero."""
+    smallest at least in proportion to MACs, above the largest at least the largest's time; one point:
+    proportional to MACs). Timing noise can tilt the line through the ends either way; it never makes a form
+    free or a bigger form faster than a measured smaller one."""
     points = sorted(measured)
     out = []
     for o in options:
@@ -89,7 +91,9 @@ def option_seconds(options: Sequence[Option], dense_seconds: float,
                 value = ys[i] + slope * (o.macs - xs[i])
                 if o.macs < xs[0]:  # a noisy slope must not make a smaller form free: at least proportional
                     value = max(value, ys[0] * o.macs / max(xs[0], 1.0))
+                else:  # nor a larger form cheaper than the largest one measured
+                    value = max(value, ys[-1])
             else:
                 value = float(np.interp(o.macs, xs, ys))
-            out.append(max(float(value), 0.0))
+            out.append(float(value))
     return out

@@ -38,6 +38,13 @@ def test_a_noisy_slope_never_makes_a_smaller_form_free():
     assert all(g > 0 for g in got)
 
 
+def test_a_noisy_falling_slope_never_makes_a_larger_form_free():
+    # the larger of two tiny forms timed faster (noise): the line through them falls to zero above; a form
+    # beyond the largest measured one costs at least what that one measured (CI once saw 0.0 s here)
+    got = timing.option_seconds([_option(8, 800), _option(16, 1600)], 5.0, [(200, 2e-6), (400, 1e-6)])
+    assert got == [pytest.approx(1e-6), pytest.approx(1e-6)]
+
+
 def test_a_time_budget_counts_seconds():
     """The knapsack spends seconds, not MACs: a layer whose factors are slow is kept dense."""
     from onnx_collapse.allocate import LayerSpectrum
