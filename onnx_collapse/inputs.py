@@ -22,6 +22,7 @@ INPUTS, SHAPES, MAX_MEMORY = Param("inputs"), Param("input_shapes"), Param("max_
 NO_VERIFY = Param("verify", False)
 
 DEFAULT_DIM = 2  # value used for a dynamic dim the user did not set
+SET_BYTES = 256 * 2**20  # rows of a file or of given arrays go to further input sets beyond this per run
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -182,7 +183,10 @@ def make_feeds(
         defaulted = [f"{i.name}[{k}]" for i in graph_inputs(model) if i.name not in shapes
                      for k, d in enumerate(i.type.tensor_type.shape.dim) if fixed_dim(d) is None]
         note = f"; dynamic dims set to {DEFAULT_DIM}: {', '.join(defaulted)}" if defaulted else ""
-        return random_feeds(model, shapes, seed, count), f"random inputs (seed {seed}{note})"
+        sets = [part for feed in random_feeds(model, shapes, seed, count) for part in split_rows(model, feed)]
+        if len(sets) > count:
+            note += f"; each set's {batch_rows(model, planned)} rows run in sets of up to {_rows_of(sets[0])}"
+        return sets, f"random inputs (seed {seed}{note})"
     if isinstance(inputs, Mapping):
         feed, notes = _checked_feed(model, dict(inputs), "inputs")
         feeds, where = [feed], "the given inputs"
@@ -191,8 +195,11 @@ def make_feeds(
         where = f"inputs from {Path(inputs).name}"
     _refuse_empty((name, np.shape(value)) for name, value in feeds[0].items())
     check_shapes(model, feeds[0], INPUTS if isinstance(inputs, Mapping) else (INPUTS, f" {str(inputs)!r}"))
-    check_memory(model, [(n, np.asarray(v).dtype, np.shape(v)) for n, v in feeds[0].items()], 1, max_memory)
-    return feeds, where + (f" ({'; '.join(notes)})" if notes else "")
+    check_memory(model, _planned_of(feeds[0]), 1, max_memory)
+    sets = split_rows(model, feeds[0])
+    if len(sets) > 1:
+        notes.append(f"its {batch_rows(model, _planned_of(feeds[0]))} rows run in sets of up to {_rows_of(sets[0])}")
+    return sets, where + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _refuse_empty(shapes: Iterable[tuple[str, tuple[int, ...]]]) -> None:
@@ -265,11 +272,23 @@ def _inputs_declared_as(model: onnx.ModelProto, shapes: Mapping[str, Sequence[in
 
 def verification_bytes(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, Sequence[int]]],
                        count: int) -> int:
-    """A conservative estimate of the memory verification needs: ``count`` input sets, and per set the peak
-    of the main-graph tensors alive at once in a run (``peak_live_bytes``, over the tensors whose shapes
-    inference finds from the inputs' shapes; kept once per set for the comparisons, plus once for the run
-    in progress), at the inputs' largest item size."""
+    """A conservative estimate of the memory verification needs for ``count`` input sets of the ``planned``
+    shapes: the inputs; per set, the outputs of two models kept for the comparisons (where inference sizes
+    every output; else every tensor alive at a run's peak); and one run in progress, on one of the sets of
+    rows ``split_rows`` makes (``run_bytes``)."""
     inputs = sum(_nbytes(shape, np.dtype(dtype).itemsize) for _, dtype, shape in planned)
+    values, outputs = _run_sizes(model, planned)
+    kept = 2 * outputs if outputs is not None else values
+    per_set = rows_per_set(model, planned)
+    running = values if per_set is None else run_bytes(model, _with_rows(planned, per_set))
+    return count * (inputs + kept) + running
+
+
+def _run_sizes(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, Sequence[int]]]
+               ) -> tuple[int, int | None]:
+    """The peak bytes of the main-graph tensors alive at once in one run on inputs of the ``planned`` shapes
+    (``peak_live_bytes``, over the tensors whose shapes inference finds from them, at the inputs' largest
+    item size; 0 when it finds none), and the bytes of the graph's outputs (None when one is not sized)."""
     itemsize = max((np.dtype(dtype).itemsize for _, dtype, _ in planned), default=4)
     shapes = {name: shape for name, _, shape in planned}
     with _inputs_declared_as(model, shapes):
@@ -277,8 +296,70 @@ def verification_bytes(model: onnx.ModelProto, planned: Sequence[tuple[str, np.d
     stored = {t.name for t in model.graph.initializer} | set(shapes)
     sizes = {name: _nbytes(dims, itemsize) for name, dims in inferred.items()
              if name not in stored and dims and None not in dims}
-    values = peak_live_bytes(model.graph, sizes)
-    return count * (inputs + values) + values
+    outputs = [sizes.get(o.name, shapes.get(o.name) and _nbytes(shapes[o.name], itemsize))
+               for o in model.graph.output]
+    return peak_live_bytes(model.graph, sizes), None if None in outputs else sum(outputs)
+
+
+def run_bytes(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, Sequence[int]]]) -> int:
+    """The peak bytes of the tensors alive at once in one run on inputs of the ``planned`` shapes (see
+    ``_run_sizes``)."""
+    return _run_sizes(model, planned)[0]
+
+
+def batch_rows(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, Sequence[int]]]) -> int | None:
+    """How many rows inputs of the ``planned`` shapes hold when axis 0 of every model input is one batch
+    axis: dynamic in the model (under one name, where inputs name it) and of one length in ``planned``;
+    None otherwise."""
+    shapes = {name: tuple(shape) for name, _, shape in planned}
+    lengths, names = set(), set()
+    for info in graph_inputs(model):
+        tensor = info.type.tensor_type
+        shape = shapes.get(info.name)
+        if not shape or not tensor.HasField("shape") or not tensor.shape.dim \
+                or fixed_dim(tensor.shape.dim[0]) is not None:
+            return None
+        lengths.add(shape[0])
+        names.add(tensor.shape.dim[0].dim_param or None)
+    return lengths.pop() if len(lengths) == 1 and len(names - {None}) <= 1 else None
+
+
+def rows_per_set(model: onnx.ModelProto, planned: Sequence[tuple[str, np.dtype, Sequence[int]]],
+                 limit: int | None = None) -> int | None:
+    """How many rows of a batch (``batch_rows``) of the ``planned`` shapes one run may take so that its
+    tensors (``run_bytes``) stay within ``limit`` bytes (default ``SET_BYTES``), at least one; None when they
+    need no split (no batch axis, all rows fit, or the estimate sizes no tensor)."""
+    limit = SET_BYTES if limit is None else limit
+    rows = batch_rows(model, planned)
+    if rows is None or rows < 2:
+        return None
+    one = run_bytes(model, _with_rows(planned, 1))
+    per_set = max(1, limit // one) if one else rows
+    return per_set if per_set < rows else None
+
+
+def _with_rows(planned, rows: int) -> list[tuple[str, np.dtype, tuple]]:
+    return [(name, dtype, (rows, *shape[1:])) for name, dtype, shape in planned]
+
+
+def _rows_of(feed: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(feed.values())))
+
+
+def _planned_of(feed: Mapping[str, np.ndarray]) -> list[tuple[str, np.dtype, tuple]]:
+    return [(n, np.asarray(v).dtype, np.shape(v)) for n, v in feed.items()]
+
+
+def split_rows(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], limit: int | None = None
+               ) -> list[dict[str, np.ndarray]]:
+    """``feed`` as input sets of ``rows_per_set`` rows each (the last one: the rest), or as one set when it
+    needs no split. Each set views ``feed``'s arrays (nothing is copied); the comparisons and agreements
+    count rows over all sets, so a split changes only the peak memory of a run."""
+    per_set = rows_per_set(model, _planned_of(feed), limit)
+    if per_set is None:
+        return [dict(feed)]
+    rows = batch_rows(model, _planned_of(feed))
+    return [{n: v[start:start + per_set] for n, v in feed.items()} for start in range(0, rows, per_set)]
 
 
 def peak_live_bytes(graph: onnx.GraphProto, sizes: Mapping[str, int]) -> int:

@@ -133,3 +133,73 @@ def test_the_memory_refusal_names_parameters_for_the_api_and_flags_for_the_cli()
     assert "(--max-verify-memory); set smaller dims with --input-shape, give real data with --inputs, or raise " \
            "--max-verify-memory" in cli
     check_memory(CHAIN, planned, 1, limit=20000)  # exactly the estimate: allowed
+
+
+WIDE = onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+wide (float[rows, 256] x) => (float[rows, 256] y) {
+    a = Relu(x)
+    y = Relu(a)
+}
+""")
+
+
+def _rows(sets):
+    return [len(s["x"]) for s in sets]
+
+
+def test_a_batch_too_big_for_one_run_goes_in_sets_of_rows_that_fit():
+    from onnx_collapse.inputs import run_bytes, split_rows
+    one = run_bytes(WIDE, [("x", F32, (1, 256))])
+    assert one == 2 * 256 * 4  # a and y alive at once, per row
+    x = np.arange(100 * 256, dtype=np.float32).reshape(100, 256)
+    sets = split_rows(WIDE, {"x": x}, limit=30 * one)
+    assert _rows(sets) == [30, 30, 30, 10]
+    assert all(np.shares_memory(s["x"], x) for s in sets)  # views: the rows are not copied
+    assert np.array_equal(np.concatenate([s["x"] for s in sets]), x)
+    assert _rows(split_rows(WIDE, {"x": x}, limit=1)) == [1] * 100  # at least one row a set
+    assert _rows(split_rows(WIDE, {"x": x}, limit=100 * one)) == [100]  # all rows fit: one set
+
+
+def test_rows_are_split_only_along_a_batch_axis_every_input_shares():
+    from onnx_collapse.inputs import split_rows
+    fixed = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[100, 256] x) => (float[100, 256] y) { y = Relu(x) }""")
+    two_names = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[n, 256] x, float[m, 256] z) => (float[n, 256] y) { y = Relu(x) }""")
+    x = np.zeros((100, 256), np.float32)
+    assert _rows(split_rows(fixed, {"x": x}, limit=1)) == [100]
+    assert _rows(split_rows(two_names, {"x": x, "z": x}, limit=1)) == [100]  # two axes that may differ
+    assert _rows(split_rows(DYNAMIC, {"x": np.zeros((6, 4), np.float32), "k": np.zeros(5, np.int64)},
+                            limit=1)) == [6]  # rows of unequal counts
+    both = split_rows(DYNAMIC, {"x": np.zeros((6, 4), np.float32), "k": np.arange(6)}, limit=1)
+    assert [(len(s["x"]), s["k"].tolist()) for s in both] == [(1, [k]) for k in range(6)]
+
+
+def test_verification_over_sets_of_rows_counts_every_row_and_says_so(tmp_path, monkeypatch):
+    """A verification file too big for one run: the rows run in sets, and the verdict is the one the whole
+    batch gives (the agreement over all rows: one row of 40 disagrees)."""
+    from onnx_collapse import inputs
+    from onnx_collapse.verify import verify
+    flip = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[rows, 256] x) => (float[rows, 256] y) { y = Neg(x) }""")
+    ident = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[rows, 256] x) => (float[rows, 256] y) { y = Identity(x) }""")
+    x = np.zeros((40, 256), np.float32)
+    x[:, 0] = 1.0
+    x[7, :] = 0.0  # one row whose argmax cannot be told from its negation's: it alone agrees
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=x)
+    whole = verify(ident, flip, inputs=str(data), metric="top1", min_agreement=0.01)
+    monkeypatch.setattr(inputs, "SET_BYTES", 256 * 4 * 6)  # six rows a run
+    split = verify(ident, flip, inputs=str(data), metric="top1", min_agreement=0.01)
+    assert whole.n_input_sets == 1 and split.n_input_sets == 7
+    assert split.outputs[0].agreement == whole.outputs[0].agreement == pytest.approx(1 / 40)
+    assert split.outputs[0].max_abs == whole.outputs[0].max_abs == 2.0
+    assert "its 40 rows run in sets of up to 6" in split.inputs
+    report = verify(ident, ident, inputs=str(data))
+    assert report.passed
