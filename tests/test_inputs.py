@@ -203,3 +203,13 @@ def test_verification_over_sets_of_rows_counts_every_row_and_says_so(tmp_path, m
     assert "its 40 rows run in sets of up to 6" in split.inputs
     report = verify(ident, ident, inputs=str(data))
     assert report.passed
+
+
+def test_the_memory_estimate_of_a_split_batch_counts_one_set_running_and_the_outputs_kept(monkeypatch):
+    from onnx_collapse import inputs
+    rows, row = 1000, 256 * 4
+    planned = [("x", F32, (rows, 256))]
+    whole = verification_bytes(WIDE, planned, 1)
+    assert whole == rows * row + 2 * rows * row + 2 * rows * row  # inputs, two models' outputs, a run of all rows
+    monkeypatch.setattr(inputs, "SET_BYTES", 2 * row * 10)  # ten rows a run
+    assert verification_bytes(WIDE, planned, 1) == rows * row + 2 * rows * row + 2 * 10 * row
