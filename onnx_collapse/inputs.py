@@ -22,7 +22,7 @@ INPUTS, SHAPES, MAX_MEMORY = Param("inputs"), Param("input_shapes"), Param("max_
 NO_VERIFY = Param("verify", False)
 
 DEFAULT_DIM = 2  # value used for a dynamic dim the user did not set
-SET_BYTES = 256 * 2**20  # rows of a file or of given arrays go to further input sets beyond this per run
+SET_BYTES = 256 * 2**20  # the tensors one verification run may hold: further rows of a batch go to further sets
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
