@@ -132,6 +132,8 @@ METHODS: dict[str, dict] = {
     "prune-auto+auto-params": two_step_target(0.97, 0.96),
     "prune-auto+auto-params-0.965-0.955": two_step_target(0.965, 0.955),
     "prune-auto+auto-params-0.965-0.95": two_step_target(0.965, 0.95),
+    "prune-auto+auto-params-0.97-0.97": two_step_target(0.97, 0.97),
+    "prune-auto+auto-params-0.975-0.97": two_step_target(0.975, 0.97),
 }
 BUDGETS = [0.8, 0.7, 0.6, 0.5]
 METRICS = ["params", "macs"]
