@@ -355,10 +355,11 @@ def split_rows(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], limit: in
     """``feed`` as input sets of ``rows_per_set`` rows each (the last one: the rest), or as one set when it
     needs no split. Each set views ``feed``'s arrays (nothing is copied); the comparisons and agreements
     count rows over all sets, so a split changes only the peak memory of a run."""
-    per_set = rows_per_set(model, _planned_of(feed), limit)
+    planned = _planned_of(feed)
+    per_set = rows_per_set(model, planned, limit)
     if per_set is None:
         return [dict(feed)]
-    rows = batch_rows(model, _planned_of(feed))
+    rows = batch_rows(model, planned)
     return [{n: v[start:start + per_set] for n, v in feed.items()} for start in range(0, rows, per_set)]
 
 
