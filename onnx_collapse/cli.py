@@ -81,7 +81,7 @@ FLAGS = {
     "check_n": "--check-n", "inputs": "--inputs", "input_shapes": "--input-shape", "rank_budget": "--rank-budget",
     "max_error": "--max-error", "low_rank": "--low-rank", "budget_metric": "--budget-metric",
     "error_metric": "--error-metric", "max_groups": "--max-groups", "allocator": "--allocator",
-    "metric": "--metric", "min_agreement": "--min-agreement", "ctc_strip": "--ctc-strip",
+    "metric": "--metric", "min_agreement": "--min-agreement", "confidence": "--confidence", "ctc_strip": "--ctc-strip",
     "max_verify_memory": "--max-verify-memory",
     "calibrate": "--calibrate", "external_data": "--external-data", "sequential": "--sequential",
     "share": "--share", "keep_layers": "--keep-layer",
@@ -179,6 +179,13 @@ ctc_strip_option = click.option(
          "space class, read at a crop's margins now and then; repeatable).")
 
 
+confidence_option = click.option(
+    "--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=None, metavar="P",
+    help="With --metric top1, sequence or ctc: judge --min-agreement by the agreement's lower bound at this "
+         "confidence (e.g. 0.9; one-sided Wilson bound over the verification rows), so that a budget or share "
+         "search keeps a model that meets it on unseen rows, not one that was lucky on these.")
+
+
 reference_option = click.option(
     "--reference", metavar="REF.onnx", type=click.Path(dir_okay=False), default=None,
     help="Verify against this model's outputs instead of IN.onnx's: the network before an earlier lossy step, "
@@ -204,6 +211,7 @@ def check_options(f):
                           "recognisers)."),
         click.option("--min-agreement", type=click.FloatRange(0, 1), default=DEFAULTS.min_agreement, show_default=True,
                      help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree."),
+        confidence_option,
         ctc_strip_option,
     ]
     for decorator in reversed(decorators):
@@ -273,7 +281,7 @@ def note_idle_options(quiet: bool, rules: list[tuple[bool, tuple[str, ...], str]
 
 def check_notes(metric: str, inputs: str | None) -> list[tuple[bool, tuple[str, ...], str]]:
     """Rules for the options of :func:`check_options` (see :func:`note_idle_options`)."""
-    return [(metric == "allclose", ("min_agreement",), "without --metric top1, sequence or ctc"),
+    return [(metric == "allclose", ("min_agreement", "confidence"), "without --metric top1, sequence or ctc"),
             (metric != "ctc", ("ctc_strip",), "without --metric ctc"),
             (inputs is not None, ("seed", "check_n", "input_shape"), "with --inputs (no random inputs are made)")]
 
@@ -388,7 +396,8 @@ def cli(ctx: click.Context) -> None:
 @reference_option
 @output_options
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
-             metric, min_agreement, ctc_strip, rank_budget, max_error, low_rank, budget_metric, error_metric, max_groups,
+             metric, min_agreement, confidence, ctc_strip, rank_budget, max_error, low_rank, budget_metric,
+             error_metric, max_groups,
              allocator, sequential, max_verify_memory, calibrate, reference, external_data, overwrite, as_json,
              report_file, quiet) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
@@ -402,8 +411,8 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
         refuse_both_goals(rank_budget, max_error)
         no_budget = rank_budget is None and max_error is None
         note_idle_options(quiet, [
-            (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "metric", "min_agreement", "ctc_strip",
-                         "reference", "max_verify_memory"),
+            (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "metric", "min_agreement", "confidence",
+                         "ctc_strip", "reference", "max_verify_memory"),
              "with --no-verify"),
             *check_notes(metric, inputs),
             (no_budget, ("low_rank", "max_groups", "budget_metric", "error_metric", "sequential"),
@@ -412,7 +421,8 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
         ])
         options = Options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
-                          min_agreement=min_agreement, ctc_strip=tuple(ctc_strip), rank_budget=rank_budget,
+                          min_agreement=min_agreement, confidence=confidence, ctc_strip=tuple(ctc_strip),
+                          rank_budget=rank_budget,
                           max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
                           max_groups=max_groups, allocator=allocator, sequential=sequential, calibrate=calibrate,
@@ -450,14 +460,15 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
               help="What must hold (see optimize --help); pruning needs top1, sequence or ctc, or --atol/--rtol.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=DEFAULTS.min_agreement, show_default=True,
               help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree.")
+@confidence_option
 @ctc_strip_option
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Memory the data may take (e.g. 4G); default: half the available memory.")
 @reference_option
 @output_options
 def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, atol, rtol, seed, inputs, metric,
-          min_agreement, ctc_strip, max_verify_memory, reference, external_data, overwrite, as_json, report_file,
-          quiet) -> None:
+          min_agreement, confidence, ctc_strip, max_verify_memory, reference, external_data, overwrite, as_json,
+          report_file, quiet) -> None:
     """Prune channels of convolution pairs (pointwise -> depthwise -> pointwise) of IN.onnx, refitted on
     --calibrate, and write the verified result to OUT.onnx."""
     with running(quiet) as done:
@@ -470,10 +481,10 @@ def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, ato
         note_idle_options(quiet, [*check_notes(metric, inputs)[:2],
                                   (inputs is not None, ("seed",), "with --inputs (no rows are held out)"),
                                   (no_verify, ("atol", "rtol", "seed", "inputs", "metric", "min_agreement",
-                                               "ctc_strip", "reference"),
+                                               "confidence", "ctc_strip", "reference"),
                                    "with --no-verify")])
         options = Options(verify=not no_verify, atol=atol, rtol=rtol, seed=seed, inputs=inputs, metric=metric,
-                          min_agreement=min_agreement, ctc_strip=tuple(ctc_strip),
+                          min_agreement=min_agreement, confidence=confidence, ctc_strip=tuple(ctc_strip),
                           calibrate=calibrate, reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = prune_model(src, options, share=share, keep_layers=tuple(keep_layers), output=dst,
@@ -560,7 +571,7 @@ def _check_plot_path(src: Path, picture: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @quiet_option
 def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape, metric, min_agreement,
-           ctc_strip, as_json, quiet) -> None:
+           confidence, ctc_strip, as_json, quiet) -> None:
     """Compare B.onnx with A.onnx in onnxruntime; exit 1 if any output differs beyond tolerance."""
     with one_line_errors():
         note_idle_options(quiet, check_notes(metric, inputs))
@@ -569,7 +580,7 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
 
         result = verify_models(reference, candidate, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
                                check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
-                               ctc_strip=tuple(ctc_strip))
+                               ctc_strip=tuple(ctc_strip), confidence=confidence)
     with one_line_errors():
         from .report import render_verification
 

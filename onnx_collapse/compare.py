@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -109,7 +111,28 @@ def ctc_decode(labels: np.ndarray, blank: int = 0, strip: Sequence[int] = ()) ->
 
 def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
                    unit: str = "row", strip: Sequence[int] = ()) -> float:
-    """Fraction of units whose argmax over the last axis agrees. ``unit`` "row": every row (all axes but the
+    """Fraction of units whose argmax over the last axis agrees (see ``agreement_counts``)."""
+    same, total = agreement_counts(expected, actual, name, unit, strip)
+    return same / total
+
+
+def agreement_lower_bound(same: int, total: int, confidence: float) -> float:
+    """The one-sided Wilson score lower bound, at ``confidence``, of a rate measured as ``same`` of ``total``:
+    the agreement the model has on unseen rows like these with that probability (the measured rate itself
+    at confidence 0.5). A search that keeps the smallest model passing on its held-out rows keeps, near the
+    boundary, the ones that were lucky there; judging the bound instead of the rate undoes that."""
+    if not total:
+        return 0.0
+    z = NormalDist().inv_cdf(confidence)
+    p, z2 = same / total, z * z
+    centre = p + z2 / (2 * total)
+    spread = z * math.sqrt(max(p * (1 - p) / total + z2 / (4 * total * total), 0.0))
+    return min(max((centre - spread) / (1 + z2 / total), 0.0), p)  # never above the rate (rounding)
+
+
+def agreement_counts(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
+                     unit: str = "row", strip: Sequence[int] = ()) -> tuple[int, int]:
+    """How many units agree, and how many were compared: a unit agrees when its argmax over the last axis does. ``unit`` "row": every row (all axes but the
     last); "sample" (metric "sequence"): an item along axis 0 agrees when the argmax agrees at every one of
     its positions (a tagger's labels); "ctc" (metric "ctc"): a sample [positions, classes] agrees when its
     CTC decoding (argmax path, repeats merged, blank class 0 dropped: a text or speech recogniser's output)
@@ -149,7 +172,7 @@ def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
         total += int(finite.sum())
     if not total:
         raise CollapseError(Param("metric", metric), f": output {name!r} has no row with finite values to compare")
-    return same / total
+    return same, total
 
 
 AGREEMENT_METRICS = {"top1": "row", "sequence": "sample", "ctc": "ctc"}  # metric -> what one unit of agreement is  # metrics judged by argmax agreement (and min_agreement)
@@ -166,7 +189,7 @@ def judge(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping
           options) -> Verification:
     """``compare_outputs`` with the criterion an ``Options`` asks for (tolerances, metric, agreement, strip)."""
     return compare_outputs(expected, actual, options.atol, options.rtol, where, options.metric,
-                           options.min_agreement, options.ctc_strip)
+                           options.min_agreement, options.ctc_strip, options.confidence)
 
 
 def verdict_text(verdict: Verification) -> str:
@@ -175,13 +198,15 @@ def verdict_text(verdict: Verification) -> str:
     if worst is None:
         return "passed" if verdict.passed else "failed"
     shown = f"agreement {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"
+    if worst.agreement_bound is not None:
+        shown += f" (bound {100 * worst.agreement_bound:.1f}%)"
     return f"{shown} {'passed' if verdict.passed else 'failed'}"
 
 
 def compare_outputs(
     expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]],
     atol: Tolerance, rtol: Tolerance, source: str, metric: str = "allclose", min_agreement: float = 0.99,
-    ctc_strip: Sequence[int] = (),
+    ctc_strip: Sequence[int] = (), confidence: float | None = None,
 ) -> Verification:
     """Compare two models' outputs (lists of input sets), output by output.
 
@@ -191,7 +216,9 @@ def compare_outputs(
     ``min_agreement`` of the rows (error statistics are still reported); other outputs use allclose.
     ``metric="sequence"``: the same, counting whole samples (every position's argmax must agree);
     ``metric="ctc"``: samples whose CTC decoding agrees (see ``top1_agreement``), the ``ctc_strip``
-    classes dropped from both ends of each.
+    classes dropped from both ends of each. With ``confidence``, an agreement metric passes when the lower
+    confidence bound of the agreement (``agreement_lower_bound``, kept as ``agreement_bound``) is at least
+    ``min_agreement``, not the measured fraction.
     """
     stats, compared = [], 0
     tolerances = atol, rtol
@@ -219,18 +246,22 @@ def compare_outputs(
                                 "is finite (", Param("inputs"), ")")
         compared += count
         if metric in AGREEMENT_METRICS and tensors and np.asarray(exp[0]).dtype.kind == "f":
-            stat.agreement = top1_agreement(exp, act, name, AGREEMENT_METRICS[metric], ctc_strip)
-            stat.passed = stat.agreement >= min_agreement
+            same, total = agreement_counts(exp, act, name, AGREEMENT_METRICS[metric], ctc_strip)
+            stat.agreement = same / total
+            if confidence is not None:
+                stat.agreement_bound = agreement_lower_bound(same, total, confidence)
+            stat.passed = (stat.agreement if confidence is None else stat.agreement_bound) >= min_agreement
         stats.append(stat)
     if stats and all(s.passed for s in stats) and not compared:
         raise CollapseError("verification compared no element: every output of the original model is empty, "
                             "so it would prove nothing; give inputs that make them non-empty")
+    bound = "" if confidence is None else f" (its {100 * confidence:g}% lower bound)"
     if metric == "top1":
-        source += f", metric top-1 agreement >= {100 * min_agreement:g}%"
+        source += f", metric top-1 agreement{bound} >= {100 * min_agreement:g}%"
     elif metric == "sequence":
-        source += f", metric whole-sample top-1 agreement >= {100 * min_agreement:g}%"
+        source += f", metric whole-sample top-1 agreement{bound} >= {100 * min_agreement:g}%"
     elif metric == "ctc":
-        source += f", metric same CTC decoding >= {100 * min_agreement:g}%"
+        source += f", metric same CTC decoding{bound} >= {100 * min_agreement:g}%"
         if ctc_strip:
             source += f" (class{'es' if len(ctc_strip) > 1 else ''} {', '.join(map(str, ctc_strip))} stripped " \
                       "from both ends)"

@@ -55,6 +55,10 @@ class Options:
         same per sample: every position's argmax agrees, e.g. a tagger's labels) or "ctc" (per sample
         [positions, classes]: the CTC decoding agrees, repeats merged and blank class 0 dropped: a text or
         speech recogniser's output).
+    confidence: with an agreement metric, judge ``min_agreement`` by the one-sided Wilson lower bound of the
+        measured agreement at this confidence in (0.5, 1) instead of the measured fraction, so that a search
+        over budgets or shares keeps a model that meets the target on unseen rows with that probability
+        rather than one that was lucky on the held-out rows (None: the measured fraction).
     ctc_strip: with metric "ctc", classes dropped from both ends of each decoding before comparing (a
         recogniser's space classes: margins read as spaces now and then do not count).
     reference: a model (path or ModelProto) whose outputs verification compares with instead of the
@@ -86,6 +90,7 @@ class Options:
     sequential: bool = False
     metric: str = "allclose"
     min_agreement: float = 0.99
+    confidence: float | None = None
     ctc_strip: tuple[int, ...] = ()
     reference: str | os.PathLike | onnx.ModelProto | None = None
     max_verify_memory: int | None = None
@@ -106,6 +111,8 @@ class Options:
         refuse_both_goals(self.rank_budget, self.max_error)
         if not (_is_number(self.min_agreement) and 0 <= self.min_agreement <= 1):
             raise CollapseError(Param("min_agreement"), f" must be a fraction in [0, 1], not {self.min_agreement!r}")
+        if self.confidence is not None and not (_is_number(self.confidence) and 0.5 <= self.confidence < 1):
+            raise CollapseError(Param("confidence"), f" must be a probability in [0.5, 1), not {self.confidence!r}")
         if not isinstance(self.ctc_strip, (tuple, list)) or not all(
                 isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1 for c in self.ctc_strip):
             raise CollapseError(Param("ctc_strip"), " must be class indices >= 1 (0 is the blank), not "

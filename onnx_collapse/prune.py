@@ -531,6 +531,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
             passed = tried[2].passed
             search.append({"share": value, "passed": passed,
                            "agreement": [s.agreement for s in tried[2].outputs],
+                           "agreement_bound": [s.agreement_bound for s in tried[2].outputs],
                            "max_abs": [s.max_abs for s in tried[2].outputs]})
             if passed:
                 best, chosen, lo = tried, value, value
@@ -573,7 +574,9 @@ def render_prune(report: PruneReport, width: int | None = None) -> str:
         lines += ["", "share auto, tried:"]
         for s in report.search:
             agree = [a for a in s["agreement"] if a is not None]
+            bounds = [b for b in s["agreement_bound"] if b is not None]
             shown = f", agreement {min(agree):.1%}" if agree else f", largest error {max(s['max_abs']):.3g}"
+            shown += f" (bound {min(bounds):.1%})" if bounds else ""
             lines.append(f"  {s['share']:.4g}: {'passed' if s['passed'] else 'failed'}{shown}")
     if report.notes:
         lines += ["", *(f"note: {n}" for n in report.notes)]

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 # Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
 # the minor number grows when fields are added, the major one when a field changes or goes.
-SCHEMA_VERSION = "1.2"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
+SCHEMA_VERSION = "1.3"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
 # 1.2: measured time (folds' seconds_before/seconds_after, stats' seconds) with --budget-metric time
+# 1.3: agreement_bound (the lower confidence bound of an agreement, with --confidence)
 
 
 def strict(payload: dict) -> dict:
@@ -61,6 +62,7 @@ class ErrorStats:
     rtol: float
     passed: bool
     agreement: float | None = None  # top-1 metric: fraction of rows whose argmax matches
+    agreement_bound: float | None = None  # with a confidence: the agreement's lower bound, which passing is judged by
 
 
 @dataclass
@@ -420,6 +422,8 @@ def render_verification(v: Verification | None, width: int | None = None) -> str
     rows = []
     for o in v.outputs:
         agree = "-" if o.agreement is None else f"{100 * o.agreement:.2f}%"
+        if o.agreement_bound is not None:
+            agree += f" (>= {100 * o.agreement_bound:.2f}%)"
         rows.append([o.name, f"{o.max_abs:.3e}", f"{o.max_rel:.3e}", f"{o.mean_abs:.3e}",
                      f"{o.required_atol:.3e}", f"{o.atol:.0e}", f"{o.rtol:.0e}", agree, "ok" if o.passed else "FAIL"])
     why = [_wrap(f"why: {p}", width) for p in v.problems]

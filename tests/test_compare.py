@@ -6,6 +6,7 @@ import pytest
 
 from onnx_collapse.cli import with_flags
 from onnx_collapse.compare import (
+    agreement_lower_bound,
     compare,
     compare_outputs,
     compared_elements,
@@ -177,3 +178,52 @@ def test_a_ctc_strip_class_the_output_does_not_have_is_refused():
     scores = np.zeros((2, 4, 5), np.float32)
     with pytest.raises(CollapseError, match="ctc_strip names class 7, but output 'p' has 5 classes"):
         judge([{"p": scores}], [{"p": scores}], "here", Options(metric="ctc", ctc_strip=(4, 7)))
+
+
+def _wilson_root(same: int, total: int, z: float) -> float:
+    """The Wilson lower bound by its definition: the rate p below the measured one at which the measured rate
+    is z standard errors sqrt(p (1 - p) / n) above p, found by bisection."""
+    rate, lo, hi = same / total, 0.0, same / total
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if rate - mid > z * np.sqrt(mid * (1 - mid) / total):
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("same,total,confidence,z", [(97, 100, 0.9, 1.2815516), (465, 480, 0.95, 1.6448536),
+                                                       (30, 30, 0.9, 1.2815516), (0, 12, 0.8, 0.8416212)])
+def test_agreement_lower_bound_is_the_wilson_score_bound(same, total, confidence, z):
+    bound = agreement_lower_bound(same, total, confidence)
+    assert bound == pytest.approx(_wilson_root(same, total, z), abs=1e-6)
+    assert 0.0 <= bound <= same / total
+    assert agreement_lower_bound(same, total, 0.5) == pytest.approx(same / total)  # the median: the rate itself
+
+
+def test_agreement_lower_bound_tightens_with_more_rows():
+    bounds = [agreement_lower_bound(97 * k, 100 * k, 0.9) for k in (1, 4, 16)]
+    assert bounds == sorted(bounds) and bounds[-1] < 0.97 and 0.97 - bounds[-1] < 0.01
+
+
+def test_confidence_judges_the_agreement_by_its_lower_bound():
+    want = np.zeros((100, 3), np.float32)
+    want[:, 1] = 1.0
+    got = want.copy()
+    got[:3] = [1.0, 0.0, 0.0]  # 97 of 100 rows agree
+    plain = compare_outputs(_sets(y=want), _sets(y=got), None, None, "x", metric="top1", min_agreement=0.95)
+    bounded = compare_outputs(_sets(y=want), _sets(y=got), None, None, "x", metric="top1", min_agreement=0.95,
+                              confidence=0.9)
+    assert plain.passed and plain.outputs[0].agreement_bound is None
+    assert not bounded.passed  # 97 % measured, but only 93.9 % at 90 % confidence on 100 rows
+    assert bounded.outputs[0].agreement == pytest.approx(0.97)
+    assert bounded.outputs[0].agreement_bound == pytest.approx(0.9394, abs=1e-4)
+    assert "agreement (its 90% lower bound) >= 95%" in bounded.inputs
+    assert judge(_sets(y=want), _sets(y=got), "x", Options(metric="top1", min_agreement=0.93, confidence=0.9)).passed
+
+
+@pytest.mark.parametrize("value", [0.3, 1.0, float("nan"), "high"])
+def test_confidence_outside_half_to_one_is_refused(value):
+    with pytest.raises(CollapseError, match="confidence"):
+        Options(metric="top1", confidence=value)

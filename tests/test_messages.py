@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onnx_collapse.cli import cli as command_group
-from tests.common import MODELS
+from tests.common import MODELS, assert_one_line_error
 
 EXE = shutil.which("onnx-collapse")
 pytestmark = pytest.mark.skipif(EXE is None, reason="console script not installed (pip install -e .)")
@@ -34,6 +34,7 @@ def notes(result) -> list[str]:
     (["--max-error", "0.5", "--allocator", "uniform"], "--allocator", "without --rank-budget"),
     (["--no-verify", "--atol", "1"], "--atol", "with --no-verify"),
     (["--metric", "top1", "--ctc-strip", "3"], "--ctc-strip", "without --metric ctc"),
+    (["--confidence", "0.9"], "--confidence", "without --metric top1, sequence or ctc"),
 ])
 def test_optimize_notes_options_without_effect(tmp_path, args, flags, why):
     lines = notes(cli("optimize", MODEL, tmp_path / "o.onnx", *args))
@@ -94,3 +95,10 @@ def test_analyze_json_has_the_predicted_after_block():
     before, after = payload["before"], payload["after"]
     assert after["params"] == 2080 < before["params"] and after["linear_macs"] < before["linear_macs"]
     assert after["op_counts"] == {"Gemm": 1} and before["op_counts"]["PRelu"] == 2
+
+
+@pytest.mark.parametrize("value", ["1", "0.2", "ninety"])
+def test_confidence_outside_its_range_is_a_one_line_error(tmp_path, value):
+    result = cli("optimize", MODEL, tmp_path / "o.onnx", "--metric", "top1", "--confidence", value)
+    assert_one_line_error(result, 2, "--confidence")
+    assert not (tmp_path / "o.onnx").exists()

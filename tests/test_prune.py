@@ -191,6 +191,16 @@ def test_share_auto_finds_the_largest_share_that_passes():
     assert all(not s["passed"] for s in report.search if s["share"] > report.share)
 
 
+def test_share_auto_with_confidence_keeps_a_share_whose_agreement_bound_passes():
+    kw = dict(share="auto", calibrate=_rows(96, 1), inputs=_rows(64, 2), metric="top1", min_agreement=0.91)
+    _, plain = prune(pair_model(), **kw)
+    _, bounded = prune(pair_model(), confidence=0.9, **kw)
+    lucky = [s for s in plain.search if s["passed"] and s["agreement"][0] < 0.915]
+    assert lucky and plain.share >= lucky[0]["share"]  # plain keeps a share that barely measured 91 %
+    assert bounded.share < plain.share and bounded.verification.outputs[0].agreement_bound >= 0.91
+    assert all(s["passed"] == (s["agreement_bound"][0] >= 0.91) for s in bounded.search)
+
+
 @pytest.mark.slow
 def test_the_command_writes_a_verified_model_and_refuses_what_fails(tmp_path):
     src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"

@@ -133,3 +133,19 @@ def test_rank_budget_auto_meets_the_target_on_the_held_out_rows(allocator):
     assert search.count(":") >= 6 and "passed" in search
     truncated = [f for f in report.folds if f.status == "folded" and f.form in ("truncated", "grouped")]
     assert truncated
+
+
+def test_rank_budget_auto_with_confidence_keeps_a_model_whose_bound_meets_the_target():
+    rng = np.random.default_rng(5)
+    calib, held = (rng.standard_normal((n, 32)).astype(np.float32) for n in (200, 400))
+    kw = dict(low_rank="all", rank_budget="auto", allocator="alds", calibrate={"x": calib}, inputs={"x": held},
+              metric="top1", min_agreement=0.9)
+    _, plain = optimize(decaying_classifier(), **kw)
+    _, bounded = optimize(decaying_classifier(), confidence=0.9, **kw)
+    worst = bounded.verification.outputs[0]
+    assert bounded.verification.passed and worst.agreement_bound >= 0.9 and worst.agreement > worst.agreement_bound
+    assert "(its 90% lower bound) >= 90%" in bounded.verification.inputs
+    # plain keeps a budget that measured 91 % on these rows; the bound asks for more, so more weights stay
+    assert plain.before.params > bounded.after.params > plain.after.params
+    search = next(n for n in bounded.notes if n.startswith("budget search"))
+    assert search.count("(bound ") == 6
