@@ -42,10 +42,13 @@ import numpy as np
 import realdata as rd
 
 
-def two_step_target(prune_agreement: float, agreement: float) -> dict:
+def two_step_target(prune_agreement: float, agreement: float, confidence: float | None = None) -> dict:
     """A method: prune --share auto at ``prune_agreement``, then the smallest weight budget whose model agrees
-    with the original (--reference) on ``agreement`` of the verification lines, spaces stripped (rec only)."""
+    with the original (--reference) on ``agreement`` of the verification lines, spaces stripped (rec only);
+    with ``confidence``, both steps judge the agreement's lower bound at that confidence (--confidence)."""
     ctc = ["--inputs", "{verify}", "--metric", "ctc", "{strip}"]
+    if confidence is not None:
+        ctc += ["--confidence", str(confidence)]
     return {"prune": ["--calibrate", "{calib}", "--share", "auto", *ctc, "--min-agreement", str(prune_agreement)],
             "flags": ["--low-rank", "all", "--calibrate", "{calib}", "--allocator", "output", "--budget-metric",
                       "params", "--rank-budget", "auto", *ctc, "--min-agreement", str(agreement), "--reference",
@@ -54,7 +57,9 @@ def two_step_target(prune_agreement: float, agreement: float) -> dict:
             "note": f"accuracy target in two steps: the largest prune share whose CTC decodings agree with the "
                     f"original's on {prune_agreement:.1%} of the verification lines (spaces stripped), then the "
                     f"smallest weight budget whose model still agrees with the original (--reference) on "
-                    f"{agreement:.1%} of them"}
+                    f"{agreement:.1%} of them"
+                    + ("" if confidence is None else
+                       f", each judged by its {confidence:.0%} lower confidence bound (--confidence {confidence})")}
 
 
 
@@ -134,6 +139,8 @@ METHODS: dict[str, dict] = {
     "prune-auto+auto-params-0.965-0.95": two_step_target(0.965, 0.95),
     "prune-auto+auto-params-0.97-0.97": two_step_target(0.97, 0.97),
     "prune-auto+auto-params-0.975-0.97": two_step_target(0.975, 0.97),
+    "prune-auto+auto-params-0.97-0.96-c0.9": two_step_target(0.97, 0.96, 0.9),
+    "prune-auto+auto-params-0.965-0.955-c0.9": two_step_target(0.965, 0.955, 0.9),
 }
 BUDGETS = [0.8, 0.7, 0.6, 0.5]
 METRICS = ["params", "macs"]
