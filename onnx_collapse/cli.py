@@ -181,9 +181,9 @@ ctc_strip_option = click.option(
 
 confidence_option = click.option(
     "--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=None, metavar="P",
-    help="With --metric top1, sequence or ctc: judge --min-agreement by the agreement's lower bound at this "
-         "confidence (e.g. 0.9; one-sided Wilson bound over the verification rows), so that a budget or share "
-         "search keeps a model that meets it on unseen rows, not one that was lucky on these.")
+    help="With --metric top1, sequence or ctc: judge --min-agreement by the agreement's one-sided Wilson lower "
+         "bound at this confidence (e.g. 0.9), which counts each row (sample) as independent, so that a budget or "
+         "share search does not keep a model only because it was lucky on the verification rows.")
 
 
 reference_option = click.option(

@@ -192,9 +192,16 @@ def judge(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping
                            options.min_agreement, options.ctc_strip, options.confidence)
 
 
+def _judged_agreement(stat) -> float:
+    """The agreement an output was judged by (its bound, with a confidence); 1 for an allclose output."""
+    if stat.agreement_bound is not None:
+        return stat.agreement_bound
+    return 1.0 if stat.agreement is None else stat.agreement
+
+
 def verdict_text(verdict: Verification) -> str:
     """A verdict in a few words: the worst output's agreement (or max abs error), passed or failed."""
-    worst = min(verdict.outputs, key=lambda s: (s.passed, -(s.agreement or 0.0)), default=None)
+    worst = min(verdict.outputs, key=lambda s: (s.passed, _judged_agreement(s)), default=None)
     if worst is None:
         return "passed" if verdict.passed else "failed"
     shown = f"agreement {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"

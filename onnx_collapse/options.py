@@ -56,9 +56,10 @@ class Options:
         [positions, classes]: the CTC decoding agrees, repeats merged and blank class 0 dropped: a text or
         speech recogniser's output).
     confidence: with an agreement metric, judge ``min_agreement`` by the one-sided Wilson lower bound of the
-        measured agreement at this confidence in (0.5, 1) instead of the measured fraction, so that a search
-        over budgets or shares keeps a model that meets the target on unseen rows with that probability
-        rather than one that was lucky on the held-out rows (None: the measured fraction).
+        measured agreement at this confidence in [0.5, 1) instead of the measured fraction, so that a search
+        over budgets or shares does not keep a model only because it was lucky on the held-out rows (None: the
+        measured fraction). The bound counts every unit (a row for "top1", a sample for "sequence" and "ctc")
+        as independent: for "top1" over a sequence's positions, which are not, it is too tight.
     ctc_strip: with metric "ctc", classes dropped from both ends of each decoding before comparing (a
         recogniser's space classes: margins read as spaces now and then do not count).
     reference: a model (path or ModelProto) whose outputs verification compares with instead of the
@@ -113,6 +114,9 @@ class Options:
             raise CollapseError(Param("min_agreement"), f" must be a fraction in [0, 1], not {self.min_agreement!r}")
         if self.confidence is not None and not (_is_number(self.confidence) and 0.5 <= self.confidence < 1):
             raise CollapseError(Param("confidence"), f" must be a probability in [0.5, 1), not {self.confidence!r}")
+        if self.confidence is not None and self.confidence > 0.5 and self.min_agreement >= 1:
+            raise CollapseError(Param("confidence"), " with ", Param("min_agreement"), " 1 can never pass: the "
+                                "lower bound of an agreement measured on finitely many rows is below 1")
         if not isinstance(self.ctc_strip, (tuple, list)) or not all(
                 isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1 for c in self.ctc_strip):
             raise CollapseError(Param("ctc_strip"), " must be class indices >= 1 (0 is the blank), not "

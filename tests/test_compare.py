@@ -15,6 +15,7 @@ from onnx_collapse.compare import (
     judge,
     output_mismatches,
     top1_agreement,
+    verdict_text,
 )
 from onnx_collapse.errors import CollapseError
 from onnx_collapse.options import Options
@@ -227,3 +228,22 @@ def test_confidence_judges_the_agreement_by_its_lower_bound():
 def test_confidence_outside_half_to_one_is_refused(value):
     with pytest.raises(CollapseError, match="confidence"):
         Options(metric="top1", confidence=value)
+
+
+def test_min_agreement_one_with_confidence_is_refused():
+    with pytest.raises(CollapseError, match="can never pass"):
+        Options(metric="top1", min_agreement=1.0, confidence=0.9)
+    assert Options(metric="top1", min_agreement=1.0, confidence=0.5).confidence == 0.5  # the rate itself
+
+
+def test_verdict_text_names_the_worst_output():
+    want = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 5]
+    worse, bad = want.copy(), want.copy()
+    worse[:12] = want[0]  # 11 of 20 rows agree (rows 0, 4 and 8 already point at class 0)
+    bad[:6] = want[0]  # 16 of 20
+    verdict = compare_outputs(_sets(a=want, b=want, c=want), _sets(a=bad, b=worse, c=want), None, None, "x",
+                              metric="top1", min_agreement=0.9)
+    assert verdict_text(verdict) == "agreement 55.0% failed"
+    bounded = compare_outputs(_sets(a=want), _sets(a=bad), None, None, "x", metric="top1", min_agreement=0.5,
+                              confidence=0.9)
+    assert verdict_text(bounded).startswith("agreement 80.0% (bound ") and bounded.passed

@@ -63,6 +63,8 @@ def reports(tmp_path_factory) -> dict[str, dict]:
         "analyze, spectrum": command("analyze", MODELS / "bottleneck.onnx", "--spectrum", "--low-rank", "all",
                                      "--json"),
         "verify": command("verify", MODELS / "three_layer.onnx", tmp / "a.onnx", "--json"),
+        "verify, confidence": command("verify", MODELS / "mlp_prelu_channel.onnx", tmp / "e.onnx", "--inputs",
+                                      tmp / "val.npz", "--metric", "top1", "--confidence", "0.9", "--json"),
         "verify, failed": command("verify", MODELS / "leaky_1.onnx", MODELS / "leaky_099.onnx", "--json",
                                   codes=(1,)),
     }
@@ -73,7 +75,7 @@ def reports(tmp_path_factory) -> dict[str, dict]:
 KINDS = ["optimize", "optimize --report FILE", "optimize, not verified", "optimize, nothing to fold",
          "optimize, truncated",
          "optimize, reverted", "optimize, budget not met", "optimize, top1", "analyze", "analyze, remarks", "analyze, spectrum", "verify",
-         "verify, failed"]
+         "verify, confidence", "verify, failed"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -92,6 +94,7 @@ def test_the_reports_cover_the_optional_parts(reports):
     assert any(f["predicted_error"] is not None for f in folds) and any(f["error"] is None for f in folds)
     outputs = [o for r in reports.values() for o in (r.get("verification") or r).get("outputs", [])]
     assert {o["agreement"] is None for o in outputs} == {True, False}
+    assert {o["agreement_bound"] is None for o in outputs} == {True, False}
     assert reports["optimize, not verified"]["verification"] is None
     assert reports["optimize, nothing to fold"]["verification"]["n_input_sets"] == 0
     assert reports["analyze, remarks"]["remarks"] and reports["analyze, spectrum"]["spectra"]
