@@ -130,6 +130,16 @@ def agreement_lower_bound(same: int, total: int, confidence: float) -> float:
     return min(max((centre - spread) / (1 + z2 / total), 0.0), p)  # never above the rate (rounding)
 
 
+def units_needed(min_agreement: float, confidence: float) -> int:
+    """The fewest units that can show ``min_agreement`` at ``confidence`` (all of them agreeing): the bound
+    of n of n is n / (n + z^2)."""
+    z2 = NormalDist().inv_cdf(confidence) ** 2
+    n = max(1, math.ceil(z2 * min_agreement / max(1 - min_agreement, 1e-12)))
+    while agreement_lower_bound(n, n, confidence) < min_agreement:
+        n += 1
+    return n
+
+
 def agreement_counts(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
                      unit: str = "row", strip: Sequence[int] = ()) -> tuple[int, int]:
     """How many units agree, and how many were compared: a unit agrees when its argmax over the last axis does. ``unit`` "row": every row (all axes but the
@@ -227,7 +237,7 @@ def compare_outputs(
     confidence bound of the agreement (``agreement_lower_bound``, kept as ``agreement_bound``) is at least
     ``min_agreement``, not the measured fraction.
     """
-    stats, compared = [], 0
+    stats, compared, problems = [], 0, []
     tolerances = atol, rtol
     for name in expected[0]:
         atol, rtol = (tolerance_of(t, name) for t in tolerances)
@@ -257,6 +267,12 @@ def compare_outputs(
             stat.agreement = same / total
             if confidence is not None:
                 stat.agreement_bound = agreement_lower_bound(same, total, confidence)
+                if agreement_lower_bound(total, total, confidence) < min_agreement:
+                    unit = "rows" if metric == "top1" else "samples"
+                    problems.append(f"output {name!r}: at --confidence {confidence:g}, {total} {unit} cannot show "
+                                    f"{100 * min_agreement:g}% agreement (all of them agreeing give a bound of "
+                                    f"{100 * agreement_lower_bound(total, total, confidence):.1f}%); it needs "
+                                    f"at least {units_needed(min_agreement, confidence)}")
             stat.passed = (stat.agreement if confidence is None else stat.agreement_bound) >= min_agreement
         stats.append(stat)
     if stats and all(s.passed for s in stats) and not compared:
@@ -272,7 +288,7 @@ def compare_outputs(
         if ctc_strip:
             source += f" (class{'es' if len(ctc_strip) > 1 else ''} {', '.join(map(str, ctc_strip))} stripped " \
                       "from both ends)"
-    return Verification(all(s.passed for s in stats), len(expected), source, stats)
+    return Verification(all(s.passed for s in stats), len(expected), source, stats, problems)
 
 
 def _mismatch(name: str, atol: float | None, rtol: float | None) -> ErrorStats:

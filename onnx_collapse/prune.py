@@ -516,7 +516,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         with stage("verifying in onnxruntime"):
             actual = run(pruned, feeds, "pruned model")
         result = judge(expected, actual, where, options)
-        result.problems = output_mismatches(expected[0], actual[0], ("the original model", "the pruned model"))
+        result.problems += output_mismatches(expected[0], actual[0], ("the original model", "the pruned model"))
         return pruned, records, result
 
     search: list[dict] = []
@@ -542,7 +542,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         if best is None or all(r.kept == r.channels for r in best[1]):
             best, chosen = (source, [], Verification(True, 0, "the model is unchanged")), 0.0
             notes.append(f"share auto: no share in (0, {MAX_SHARE}] that removes a channel passed verification; "
-                         "nothing pruned")
+                         "nothing pruned" + "".join(f"; {p}" for p in tried[2].problems))
     else:
         best, chosen = attempt(float(share)), float(share)
     pruned, records, verification = best

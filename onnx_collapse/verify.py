@@ -95,5 +95,5 @@ def verify(
     with stage("running the optimized model"):
         actual = run(cand, feeds, names[1])
     result = judge(expected, actual, source, criterion)
-    result.problems = output_mismatches(expected[0], actual[0], names)
+    result.problems += output_mismatches(expected[0], actual[0], names)
     return result

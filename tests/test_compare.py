@@ -15,6 +15,7 @@ from onnx_collapse.compare import (
     judge,
     output_mismatches,
     top1_agreement,
+    units_needed,
     verdict_text,
 )
 from onnx_collapse.errors import CollapseError
@@ -247,3 +248,22 @@ def test_verdict_text_names_the_worst_output():
     bounded = compare_outputs(_sets(a=want), _sets(a=bad), None, None, "x", metric="top1", min_agreement=0.5,
                               confidence=0.9)
     assert verdict_text(bounded).startswith("agreement 80.0% (bound ") and bounded.passed
+
+
+@pytest.mark.parametrize("target,confidence", [(0.99, 0.9), (0.95, 0.9), (0.97, 0.95), (0.5, 0.8)])
+def test_units_needed_is_the_fewest_that_can_show_the_target(target, confidence):
+    n = units_needed(target, confidence)
+    assert agreement_lower_bound(n, n, confidence) >= target
+    assert n == 1 or agreement_lower_bound(n - 1, n - 1, confidence) < target
+
+
+def test_too_few_rows_for_the_bound_are_named_in_the_verdict():
+    want = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 4]  # 16 rows, all agreeing
+    verdict = compare_outputs(_sets(y=want), _sets(y=want), None, None, "x", metric="top1", min_agreement=0.99,
+                              confidence=0.9)
+    assert not verdict.passed and verdict.outputs[0].agreement == 1.0
+    assert verdict.problems == ["output 'y': at --confidence 0.9, 16 rows cannot show 99% agreement (all of them "
+                                "agreeing give a bound of 90.7%); it needs at least 163"]
+    enough = compare_outputs(_sets(y=want), _sets(y=want), None, None, "x", metric="top1", min_agreement=0.9,
+                             confidence=0.9)
+    assert enough.passed and not enough.problems

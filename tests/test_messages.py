@@ -102,3 +102,11 @@ def test_confidence_outside_its_range_is_a_one_line_error(tmp_path, value):
     result = cli("optimize", MODEL, tmp_path / "o.onnx", "--metric", "top1", "--confidence", value)
     assert_one_line_error(result, 2, "--confidence")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_verify_with_too_few_rows_for_the_bound_says_how_many_it_needs(tmp_path):
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32))
+    result = cli("verify", MODEL, MODEL, "--inputs", tmp_path / "x.npz", "--metric", "top1", "--confidence", "0.9")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "why: output 'y': at --confidence 0.9, 16 rows cannot show 99% agreement" in result.stdout
+    assert "it needs at least 163" in result.stdout

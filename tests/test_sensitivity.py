@@ -149,3 +149,13 @@ def test_rank_budget_auto_with_confidence_keeps_a_model_whose_bound_meets_the_ta
     assert plain.before.params > bounded.after.params > plain.after.params
     search = next(n for n in bounded.notes if n.startswith("budget search"))
     assert search.count("(bound ") == 6
+
+
+def test_rank_budget_auto_says_when_the_rows_cannot_show_the_target():
+    rng = np.random.default_rng(5)
+    calib, held = (rng.standard_normal((n, 32)).astype(np.float32) for n in (200, 16))
+    _, report = optimize(decaying_classifier(), low_rank="all", rank_budget="auto", calibrate={"x": calib},
+                         inputs={"x": held}, metric="top1", min_agreement=0.95, confidence=0.9)
+    assert report.after.params == report.before.params  # nothing can pass, so every layer stays dense
+    note = next(n for n in report.notes if n.startswith("no budget tried passed"))
+    assert "16 rows cannot show 95% agreement" in note and "at least 32" in note

@@ -436,7 +436,7 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
     where += reference_text(opts)
     candidates = [c for ctx in contexts for c in ctx.candidates]
     cache: dict = {}
-    lo, hi, best = 0.0, 1.0, None
+    lo, hi, best, why = 0.0, 1.0, None, []
     frontier = []
     with stage("searching the smallest budget that passes verification", total=SEARCH_STEPS):
         for _ in range(SEARCH_STEPS):
@@ -450,6 +450,7 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
             actual = run(ModelSource(apply_plans(model, plans), base_dir), feeds, f"model at budget {budget:g}")
             verdict = judge(expected, actual, where, opts)
             frontier.append(f"{budget:.3g}: " + verdict_text(verdict))
+            why = verdict.problems
             if verdict.passed:
                 hi, best = budget, (budget, chosen, truncated, notes)
             else:
@@ -457,7 +458,8 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
             advance()
     main.notes.append(f"budget search on {where}: " + "; ".join(frontier))
     if best is None:
-        main.notes.append("no budget tried passed verification: every layer stays dense (the exact folds stay)")
+        main.notes.append("no budget tried passed verification: every layer stays dense (the exact folds stay)"
+                          + "".join(f"; {p}" for p in why))
         return 1.0, [s.dense for s in spectra], []
     budget, chosen, truncated, notes = best
     main.notes += notes
