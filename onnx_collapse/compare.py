@@ -118,8 +118,8 @@ def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
 
 def agreement_lower_bound(same: int, total: int, confidence: float) -> float:
     """The one-sided Wilson score lower bound, at ``confidence``, of a rate measured as ``same`` of ``total``:
-    the agreement the model has on unseen rows like these with that probability (the measured rate itself
-    at confidence 0.5). A search that keeps the smallest model passing on its held-out rows keeps, near the
+    a rate that the model's true agreement, on independent rows drawn like these, exceeds with about that
+    probability (the measured rate itself at confidence 0.5). A search that keeps the smallest model passing on its held-out rows keeps, near the
     boundary, the ones that were lucky there; judging the bound instead of the rate undoes that."""
     if not total:
         return 0.0
@@ -142,8 +142,8 @@ def units_needed(min_agreement: float, confidence: float) -> int:
 
 def agreement_counts(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
                      unit: str = "row", strip: Sequence[int] = ()) -> tuple[int, int]:
-    """How many units agree, and how many were compared: a unit agrees when its argmax over the last axis does. ``unit`` "row": every row (all axes but the
-    last); "sample" (metric "sequence"): an item along axis 0 agrees when the argmax agrees at every one of
+    """How many units agree, and how many were compared: a unit agrees when its argmax over the last axis
+    does. ``unit`` "row": every row (all axes but the last); "sample" (metric "sequence"): an item along axis 0 agrees when the argmax agrees at every one of
     its positions (a tagger's labels); "ctc" (metric "ctc"): a sample [positions, classes] agrees when its
     CTC decoding (argmax path, repeats merged, blank class 0 dropped: a text or speech recogniser's output)
     is the same, ``strip`` classes dropped from both ends. Units whose reference holds NaN or infinity do
