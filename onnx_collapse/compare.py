@@ -119,8 +119,9 @@ def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
 def agreement_lower_bound(same: int, total: int, confidence: float) -> float:
     """The one-sided Wilson score lower bound, at ``confidence``, of a rate measured as ``same`` of ``total``:
     a rate that the model's true agreement, on independent rows drawn like these, exceeds with about that
-    probability (the measured rate itself at confidence 0.5). A search that keeps the smallest model passing on its held-out rows keeps, near the
-    boundary, the ones that were lucky there; judging the bound instead of the rate undoes that."""
+    probability (the measured rate itself at confidence 0.5). A search that keeps the smallest model passing
+    on its held-out rows keeps, near the boundary, the ones that were lucky there; judging the bound instead
+    of the rate undoes that."""
     if not total:
         return 0.0
     z = NormalDist().inv_cdf(confidence)
@@ -143,13 +144,13 @@ def units_needed(min_agreement: float, confidence: float) -> int:
 def agreement_counts(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
                      unit: str = "row", strip: Sequence[int] = ()) -> tuple[int, int]:
     """How many units agree, and how many were compared: a unit agrees when its argmax over the last axis
-    does. ``unit`` "row": every row (all axes but the last); "sample" (metric "sequence"): an item along axis 0 agrees when the argmax agrees at every one of
-    its positions (a tagger's labels); "ctc" (metric "ctc"): a sample [positions, classes] agrees when its
-    CTC decoding (argmax path, repeats merged, blank class 0 dropped: a text or speech recogniser's output)
-    is the same, ``strip`` classes dropped from both ends. Units whose reference holds NaN or infinity do
-    not count. CollapseError for an output
-    without an axis of at least two classes (its argmax would always agree), of the wrong rank for the unit,
-    with nothing to compare, or without a ``strip`` class."""
+    does. ``unit`` "row": every row (all axes but the last); "sample" (metric "sequence"): an item along
+    axis 0 agrees when the argmax agrees at every one of its positions (a tagger's labels); "ctc" (metric
+    "ctc"): a sample [positions, classes] agrees when its CTC decoding (argmax path, repeats merged, blank
+    class 0 dropped: a text or speech recogniser's output) is the same, ``strip`` classes dropped from both
+    ends. Units whose reference holds NaN or infinity do not count. CollapseError for an output without an
+    axis of at least two classes (its argmax would always agree), of the wrong rank for the unit, with
+    nothing to compare, or without a ``strip`` class."""
     metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
     same = total = 0
     for e, a in zip(expected, actual):
@@ -185,7 +186,8 @@ def agreement_counts(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray
     return same, total
 
 
-AGREEMENT_METRICS = {"top1": "row", "sequence": "sample", "ctc": "ctc"}  # metric -> what one unit of agreement is  # metrics judged by argmax agreement (and min_agreement)
+# the metrics judged by argmax agreement (and min_agreement): metric -> what one unit of agreement is
+AGREEMENT_METRICS = {"top1": "row", "sequence": "sample", "ctc": "ctc"}
 
 Tolerance = float | Mapping[str, float] | None  # one for all outputs, or by output name
 
@@ -267,12 +269,13 @@ def compare_outputs(
             stat.agreement = same / total
             if confidence is not None:
                 stat.agreement_bound = agreement_lower_bound(same, total, confidence)
-                if agreement_lower_bound(total, total, confidence) < min_agreement:
+                needed = units_needed(min_agreement, confidence)
+                if total < needed:
                     unit = "rows" if metric == "top1" else "samples"
                     problems.append(f"output {name!r}: at --confidence {confidence:g}, {total} {unit} cannot show "
                                     f"{100 * min_agreement:g}% agreement (all of them agreeing give a bound of "
                                     f"{100 * agreement_lower_bound(total, total, confidence):.1f}%); it needs "
-                                    f"at least {units_needed(min_agreement, confidence)}")
+                                    f"at least {needed}")
             stat.passed = (stat.agreement if confidence is None else stat.agreement_bound) >= min_agreement
         stats.append(stat)
     if stats and all(s.passed for s in stats) and not compared:
