@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from statistics import NormalDist
 
 import numpy as np
@@ -28,7 +28,7 @@ def default_tolerance(dtype: np.dtype) -> tuple[float, float]:
 
 
 def compare(
-    name: str, expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
+    name: str, expected: Iterable[np.ndarray], actual: Iterable[np.ndarray],
     atol: float | None = None, rtol: float | None = None,
 ) -> ErrorStats:
     """Error statistics of ``actual`` against ``expected`` over all input sets.
@@ -36,30 +36,56 @@ def compare(
     Passes when every element satisfies |a - e| <= atol + rtol * |e| (NaN matches NaN, inf matches
     the same inf); ``required_atol`` is the smallest atol that would pass at this rtol.
     """
-    dtype = np.asarray(expected[0]).dtype
-    d_atol, d_rtol = default_tolerance(dtype)
-    atol = d_atol if atol is None else atol
-    rtol = d_rtol if rtol is None else rtol
-    max_abs = max_rel = required = total = 0.0
-    count = 0
-    tiny = np.finfo(np.float64).tiny
+    tally = ErrorTally(atol, rtol)
     for e, a in zip(expected, actual):
-        e = np.asarray(e)
-        a = np.asarray(a)
+        tally.add(np.asarray(e), np.asarray(a))
+    return tally.stats(name)
+
+
+class ErrorTally:
+    """The error statistics of ``compare``, merged input set by input set as they come (an output's
+    values for all sets are never needed at once); the first array added sets the default tolerance."""
+
+    def __init__(self, atol: float | None, rtol: float | None):
+        self.atol, self.rtol = atol, rtol
+        self.max_abs = self.max_rel = self.required = self.total = 0.0
+        self.count = self.compared = self.elements = 0
+        self.differs = False  # shapes differed in some set: the output fails, at infinite error
+        self.dtype_kind = ""  # the first array's dtype kind
+
+    def add(self, e: np.ndarray, a: np.ndarray) -> None:
+        """Take in one input set's arrays (the reference's ``e``, the candidate's ``a``)."""
+        self.dtype_kind = self.dtype_kind or e.dtype.kind
+        if self.atol is None or self.rtol is None:
+            d_atol, d_rtol = default_tolerance(e.dtype)
+            self.atol = d_atol if self.atol is None else self.atol
+            self.rtol = d_rtol if self.rtol is None else self.rtol
+        self.elements += e.size
         if e.shape != a.shape:
-            return ErrorStats(name, float("inf"), float("inf"), float("inf"), float("inf"), atol, rtol, False)
+            self.differs = True
+            self.compared += 1  # a mismatch of shapes is a real difference
+            return
+        self.compared += _compared(e, a)
+        tiny = np.finfo(np.float64).tiny
         e, a = e.reshape(-1), a.reshape(-1)
         for start in range(0, e.size, CHUNK):  # float64 copies of a slice at a time, not of the whole output
             diff, mag = _differences(e[start:start + CHUNK], a[start:start + CHUNK])
-            max_abs = max(max_abs, float(diff.max()))
+            self.max_abs = max(self.max_abs, float(diff.max()))
             with np.errstate(over="ignore"):  # a difference where the reference is ~0: inf, as documented
-                max_rel = max(max_rel, float((diff / np.maximum(mag, tiny)).max()))
-            required = max(required, float((diff - rtol * mag).max()))
-            total += float(diff.sum())
-            count += diff.size
-    mean = total / count if count else 0.0
-    required = max(required, 0.0)
-    return ErrorStats(name, max_abs, max_rel, mean, required, atol, rtol, required <= atol)
+                self.max_rel = max(self.max_rel, float((diff / np.maximum(mag, tiny)).max()))
+            self.required = max(self.required, float((diff - self.rtol * mag).max()))
+            self.total += float(diff.sum())
+            self.count += diff.size
+
+    def stats(self, name: str) -> ErrorStats:
+        """The statistics of what was added, as output ``name``'s."""
+        atol, rtol = self.atol or 0.0, self.rtol or 0.0
+        if self.differs:
+            inf = float("inf")
+            return ErrorStats(name, inf, inf, inf, inf, atol, rtol, False)
+        required = max(self.required, 0.0)
+        mean = self.total / self.count if self.count else 0.0
+        return ErrorStats(name, self.max_abs, self.max_rel, mean, required, atol, rtol, required <= atol)
 
 
 def _differences(e: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +102,7 @@ def _differences(e: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return diff, np.where(np.isfinite(e64), np.abs(e64), 0.0)
 
 
-def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> int:
+def compared_elements(expected: Iterable[np.ndarray], actual: Iterable[np.ndarray]) -> int:
     """How many elements a comparison of ``actual`` with ``expected`` really tests: those whose reference
     value is finite, or that differ from it (NaN matching NaN, or an inf matching itself, proves nothing)."""
     count = 0
@@ -84,13 +110,17 @@ def compared_elements(expected: Sequence[np.ndarray], actual: Sequence[np.ndarra
         e, a = np.asarray(e), np.asarray(a)
         if e.shape != a.shape:
             return max(count, 1)  # a mismatch of shapes is a real difference
-        if e.dtype.kind not in "fc":
-            count += e.size
-            continue
-        with np.errstate(invalid="ignore"):
-            same = (e == a) | (np.isnan(e) & np.isnan(a))
-        count += int(np.count_nonzero(np.isfinite(e) | ~same))
+        count += _compared(e, a)
     return count
+
+
+def _compared(e: np.ndarray, a: np.ndarray) -> int:
+    """``compared_elements`` of one pair of arrays of the same shape."""
+    if e.dtype.kind not in "fc":
+        return e.size
+    with np.errstate(invalid="ignore"):
+        same = (e == a) | (np.isnan(e) & np.isnan(a))
+    return int(np.count_nonzero(np.isfinite(e) | ~same))
 
 
 def ctc_decode(labels: np.ndarray, blank: int = 0, strip: Sequence[int] = ()) -> list[int]:
@@ -151,39 +181,48 @@ def agreement_counts(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray
     ends. Units whose reference holds NaN or infinity do not count. CollapseError for an output without an
     axis of at least two classes (its argmax would always agree), of the wrong rank for the unit, with
     nothing to compare, or without a ``strip`` class."""
-    metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
     same = total = 0
     for e, a in zip(expected, actual):
-        e, a = np.asarray(e), np.asarray(a)
-        wrong_rank = (unit == "sample" and e.ndim < 2) or (unit == "ctc" and e.ndim != 3)
-        if e.ndim == 0 or e.shape[-1] < 2 or wrong_rank:
-            need = {"row": "", "sample": " after the samples' axis",
-                    "ctc": " in an output of shape [samples, positions, classes]"}[unit]
-            raise CollapseError(Param("metric", metric), f": output {name!r} has shape {dims_text(e.shape)}, so "
-                                f"its argmax compares nothing; {metric} needs a last axis of at least 2 classes"
-                                f"{need} (use ", Param("metric", "allclose"), ")")
-        beyond = [c for c in strip if c >= e.shape[-1]]
-        if unit == "ctc" and beyond:
-            raise CollapseError(Param("ctc_strip"), f" names class {beyond[0]}, but output {name!r} has "
-                                f"{e.shape[-1]} classes (0 to {e.shape[-1] - 1})")
-        if e.shape != a.shape or e.size == 0:
-            continue
-        finite = np.isfinite(e).all(axis=-1)
-        want, got = np.argmax(e, axis=-1), np.argmax(a, axis=-1)
-        hits = (want == got) & finite
-        if unit != "row":  # one unit per sample: every position must agree (an empty axes tuple keeps rows)
-            axes = tuple(range(1, finite.ndim))
-            finite = finite.all(axis=axes)
-            if unit == "ctc":
-                hits = np.array([ctc_decode(w, strip=strip) == ctc_decode(g, strip=strip)
-                                 for w, g in zip(want, got)]) & finite
-            else:
-                hits = hits.all(axis=axes)
-        same += int(hits.sum())
-        total += int(finite.sum())
+        hits, units = _agreement_of(np.asarray(e), np.asarray(a), name, unit, strip)
+        same, total = same + hits, total + units
     if not total:
-        raise CollapseError(Param("metric", metric), f": output {name!r} has no row with finite values to compare")
+        raise _nothing_finite(name, unit)
     return same, total
+
+
+def _agreement_of(e: np.ndarray, a: np.ndarray, name: str, unit: str, strip: Sequence[int]) -> tuple[int, int]:
+    """``agreement_counts`` of one input set's arrays (no unit when the shapes differ)."""
+    metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
+    wrong_rank = (unit == "sample" and e.ndim < 2) or (unit == "ctc" and e.ndim != 3)
+    if e.ndim == 0 or e.shape[-1] < 2 or wrong_rank:
+        need = {"row": "", "sample": " after the samples' axis",
+                "ctc": " in an output of shape [samples, positions, classes]"}[unit]
+        raise CollapseError(Param("metric", metric), f": output {name!r} has shape {dims_text(e.shape)}, so "
+                            f"its argmax compares nothing; {metric} needs a last axis of at least 2 classes"
+                            f"{need} (use ", Param("metric", "allclose"), ")")
+    beyond = [c for c in strip if c >= e.shape[-1]]
+    if unit == "ctc" and beyond:
+        raise CollapseError(Param("ctc_strip"), f" names class {beyond[0]}, but output {name!r} has "
+                            f"{e.shape[-1]} classes (0 to {e.shape[-1] - 1})")
+    if e.shape != a.shape or e.size == 0:
+        return 0, 0
+    finite = np.isfinite(e).all(axis=-1)
+    want, got = np.argmax(e, axis=-1), np.argmax(a, axis=-1)
+    hits = (want == got) & finite
+    if unit != "row":  # one unit per sample: every position must agree (an empty axes tuple keeps rows)
+        axes = tuple(range(1, finite.ndim))
+        finite = finite.all(axis=axes)
+        if unit == "ctc":
+            hits = np.array([ctc_decode(w, strip=strip) == ctc_decode(g, strip=strip)
+                             for w, g in zip(want, got)], dtype=bool) & finite
+        else:
+            hits = hits.all(axis=axes)
+    return int(hits.sum()), int(finite.sum())
+
+
+def _nothing_finite(name: str, unit: str) -> CollapseError:
+    metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
+    return CollapseError(Param("metric", metric), f": output {name!r} has no row with finite values to compare")
 
 
 # the metrics judged by argmax agreement (and min_agreement): metric -> what one unit of agreement is
@@ -197,11 +236,11 @@ def tolerance_of(tolerance: Tolerance, name: str) -> float | None:
     return tolerance.get(name) if isinstance(tolerance, Mapping) else tolerance
 
 
-def judge(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]], where: str,
-          options) -> Verification:
+def judge(expected: Iterable[Mapping[str, np.ndarray]], actual: Iterable[Mapping[str, np.ndarray]], where: str,
+          options, names: tuple[str, str] | None = None) -> Verification:
     """``compare_outputs`` with the criterion an ``Options`` asks for (tolerances, metric, agreement, strip)."""
     return compare_outputs(expected, actual, options.atol, options.rtol, where, options.metric,
-                           options.min_agreement, options.ctc_strip, options.confidence)
+                           options.min_agreement, options.ctc_strip, options.confidence, names)
 
 
 def _judged_agreement(stat) -> float:
@@ -223,11 +262,12 @@ def verdict_text(verdict: Verification) -> str:
 
 
 def compare_outputs(
-    expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]],
+    expected: Iterable[Mapping[str, np.ndarray]], actual: Iterable[Mapping[str, np.ndarray]],
     atol: Tolerance, rtol: Tolerance, source: str, metric: str = "allclose", min_agreement: float = 0.99,
-    ctc_strip: Sequence[int] = (), confidence: float | None = None,
+    ctc_strip: Sequence[int] = (), confidence: float | None = None, names: tuple[str, str] | None = None,
 ) -> Verification:
-    """Compare two models' outputs (lists of input sets), output by output.
+    """Compare two models' outputs (sequences of input sets, or iterables that give them one at a time:
+    one set of each is in memory at a time), output by output.
 
     ``atol`` and ``rtol``: one value for every output, or a value per output name (an output not named,
     or None: the default for its dtype, see ``default_tolerance``).
@@ -237,61 +277,114 @@ def compare_outputs(
     ``metric="ctc"``: samples whose CTC decoding agrees (see ``top1_agreement``), the ``ctc_strip``
     classes dropped from both ends of each. With ``confidence``, an agreement metric passes when the lower
     confidence bound of the agreement (``agreement_lower_bound``, kept as ``agreement_bound``) is at least
-    ``min_agreement``, not the measured fraction.
+    ``min_agreement``, not the measured fraction. With ``names`` (the two models', as the problems name
+    them), outputs missing from one model or of another shape or dtype in the first set are problems too.
     """
-    stats, compared, problems = [], 0, []
-    tolerances = atol, rtol
-    for name in expected[0]:
-        atol, rtol = (tolerance_of(t, name) for t in tolerances)
-        if name not in actual[0]:
-            stats.append(_mismatch(name, atol, rtol))
-            continue
-        exp, act = [e[name] for e in expected], [a[name] for a in actual]
-        tensors = all(isinstance(v, np.ndarray) for v in [*exp, *act])
-        if not tensors:  # a sequence (or an optional) output: compared item by item
-            exp, act = _items(exp), _items(act)
-            if exp is None or act is None or [len(e) for e in exp] != [len(a) for a in act]:
-                stats.append(_mismatch(name, atol, rtol))
+    comparison = Comparison(atol, rtol, metric, min_agreement, ctc_strip, confidence, names)
+    for e, a in zip(expected, actual):
+        comparison.add(e, a)
+    return comparison.verdict(source)
+
+
+class _Output:
+    """What ``Comparison`` has merged of one output so far."""
+
+    def __init__(self, atol: float | None, rtol: float | None):
+        self.tally = ErrorTally(atol, rtol)
+        self.failed = False  # missing in the candidate, or a sequence of another length: fails at infinite error
+        self.tensors = True  # every value so far an array (a sequence or an optional output is not judged by agreement)
+        self.same = self.units = 0
+
+
+class Comparison:
+    """Two models' outputs compared input set by input set (``add``), the statistics merged as they come,
+    so that neither model's outputs for every set need be in memory at once; ``verdict`` judges what was
+    added (see ``compare_outputs``, which is this over two sequences)."""
+
+    def __init__(self, atol: Tolerance, rtol: Tolerance, metric: str = "allclose", min_agreement: float = 0.99,
+                 ctc_strip: Sequence[int] = (), confidence: float | None = None,
+                 names: tuple[str, str] | None = None):
+        self.atol, self.rtol, self.metric, self.min_agreement = atol, rtol, metric, min_agreement
+        self.ctc_strip, self.confidence, self.names = tuple(ctc_strip), confidence, names
+        self.sets = 0
+        self.outputs: dict[str, _Output] = {}
+        self.problems: list[str] = []
+
+    def add(self, expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> None:
+        """Take in one input set's outputs (the reference's, then the candidate's), by output name."""
+        if not self.sets and self.names is not None:
+            self.problems += output_mismatches(expected, actual, self.names)
+        self.sets += 1
+        for name, e in expected.items():
+            out = self.outputs.get(name)
+            if out is None:
+                out = self.outputs[name] = _Output(tolerance_of(self.atol, name), tolerance_of(self.rtol, name))
+            if out.failed:
                 continue
-            exp, act = [v for e in exp for v in e], [v for a in act for v in a]
-            if not exp:  # empty sequences or optionals on both sides: nothing to compare, nothing differs
-                stats.append(ErrorStats(name, 0.0, 0.0, 0.0, 0.0, atol or 0.0, rtol or 0.0, True))
+            if name not in actual:
+                out.failed = True
                 continue
-        stat = compare(name, exp, act, atol, rtol)
-        count = compared_elements(exp, act)
-        if stat.passed and not count and sum(np.size(e) for e in exp):
-            raise CollapseError(f"output {name!r} compared no element: the original model's values are all "
-                                "NaN or infinite, so verification would prove nothing; give inputs on which it "
-                                "is finite (", Param("inputs"), ")")
-        compared += count
-        if metric in AGREEMENT_METRICS and tensors and np.asarray(exp[0]).dtype.kind == "f":
-            same, total = agreement_counts(exp, act, name, AGREEMENT_METRICS[metric], ctc_strip)
-            stat.agreement = same / total
-            if confidence is not None:
-                stat.agreement_bound = agreement_lower_bound(same, total, confidence)
-                needed = units_needed(min_agreement, confidence)
-                if total < needed:
-                    unit = "rows" if metric == "top1" else "samples"
-                    problems.append(f"output {name!r}: at --confidence {confidence:g}, {total} {unit} cannot show "
-                                    f"{100 * min_agreement:g}% agreement (all of them agreeing give a bound of "
-                                    f"{100 * agreement_lower_bound(total, total, confidence):.1f}%); it needs "
-                                    f"at least {needed}")
-            stat.passed = (stat.agreement if confidence is None else stat.agreement_bound) >= min_agreement
-        stats.append(stat)
-    if stats and all(s.passed for s in stats) and not compared:
-        raise CollapseError("verification compared no element: every output of the original model is empty, "
-                            "so it would prove nothing; give inputs that make them non-empty")
-    bound = "" if confidence is None else f" (its {100 * confidence:g}% lower bound)"
-    if metric == "top1":
-        source += f", metric top-1 agreement{bound} >= {100 * min_agreement:g}%"
-    elif metric == "sequence":
-        source += f", metric whole-sample top-1 agreement{bound} >= {100 * min_agreement:g}%"
-    elif metric == "ctc":
-        source += f", metric same CTC decoding{bound} >= {100 * min_agreement:g}%"
-        if ctc_strip:
-            source += f" (class{'es' if len(ctc_strip) > 1 else ''} {', '.join(map(str, ctc_strip))} stripped " \
-                      "from both ends)"
-    return Verification(all(s.passed for s in stats), len(expected), source, stats, problems)
+            a = actual[name]
+            if isinstance(e, np.ndarray) and isinstance(a, np.ndarray):
+                pairs = [(e, a)]
+            else:  # a sequence (or an optional) output: compared item by item
+                out.tensors = False
+                items = _items([e]), _items([a])
+                if items[0] is None or items[1] is None or len(items[0][0]) != len(items[1][0]):
+                    out.failed = True
+                    continue
+                pairs = list(zip(items[0][0], items[1][0]))
+            for x, y in pairs:
+                x, y = np.asarray(x), np.asarray(y)
+                out.tally.add(x, y)
+                if self.metric in AGREEMENT_METRICS and out.tensors and x.dtype.kind == "f":
+                    same, units = _agreement_of(x, y, name, AGREEMENT_METRICS[self.metric], self.ctc_strip)
+                    out.same, out.units = out.same + same, out.units + units
+
+    def verdict(self, source: str) -> Verification:
+        """The verification of everything added, on inputs described by ``source``."""
+        stats, compared, problems = [], 0, list(self.problems)
+        confidence, target = self.confidence, self.min_agreement
+        for name, out in self.outputs.items():
+            if out.failed:
+                stats.append(_mismatch(name, out.tally.atol, out.tally.rtol))
+                continue
+            stat = out.tally.stats(name)
+            if stat.passed and not out.tally.compared and out.tally.elements:
+                raise CollapseError(f"output {name!r} compared no element: the original model's values are all "
+                                    "NaN or infinite, so verification would prove nothing; give inputs on which it "
+                                    "is finite (", Param("inputs"), ")")
+            compared += out.tally.compared
+            if self.metric in AGREEMENT_METRICS and out.tensors and out.tally.dtype_kind == "f":
+                if not out.units:
+                    raise _nothing_finite(name, AGREEMENT_METRICS[self.metric])
+                stat.agreement = out.same / out.units
+                if confidence is not None:
+                    stat.agreement_bound = agreement_lower_bound(out.same, out.units, confidence)
+                    needed = units_needed(target, confidence)
+                    if out.units < needed:
+                        unit = "rows" if self.metric == "top1" else "samples"
+                        problems.append(f"output {name!r}: at --confidence {confidence:g}, {out.units} {unit} cannot "
+                                        f"show {100 * target:g}% agreement (all of them agreeing give a bound of "
+                                        f"{100 * agreement_lower_bound(out.units, out.units, confidence):.1f}%); "
+                                        f"it needs at least {needed}")
+                stat.passed = (stat.agreement if confidence is None else stat.agreement_bound) >= target
+            stats.append(stat)
+        if stats and all(s.passed for s in stats) and not compared:
+            raise CollapseError("verification compared no element: every output of the original model is empty, "
+                                "so it would prove nothing; give inputs that make them non-empty")
+        bound = "" if confidence is None else f" (its {100 * confidence:g}% lower bound)"
+        if self.metric == "top1":
+            source += f", metric top-1 agreement{bound} >= {100 * target:g}%"
+        elif self.metric == "sequence":
+            source += f", metric whole-sample top-1 agreement{bound} >= {100 * target:g}%"
+        elif self.metric == "ctc":
+            strip = self.ctc_strip
+            source += f", metric same CTC decoding{bound} >= {100 * target:g}%"
+            if strip:
+                source += f" (class{'es' if len(strip) > 1 else ''} {', '.join(map(str, strip))} stripped " \
+                          "from both ends)"
+        return Verification(all(s.passed for s in stats), self.sets, source, stats, problems)
 
 
 def _mismatch(name: str, atol: float | None, rtol: float | None) -> ErrorStats:

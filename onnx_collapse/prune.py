@@ -22,9 +22,11 @@ for the largest share that meets it.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,7 +36,7 @@ from . import calibrate as calibration
 from . import macs
 from .calibrate import Moments, empty_moments, fit_chain, sse, total
 from .channels import centred, columns, removal_order
-from .compare import judge, output_mismatches
+from .compare import judge
 from .errors import CollapseError, Param, one_line
 from .graph import fixed_batch, proto_subgraphs
 from .inputs import make_feeds
@@ -45,12 +47,13 @@ from .io import (
     data_files,
     embed_external_data,
     open_model,
+    scratch_dir,
     uses_external,
 )
 from .options import Options
 from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
-from .runner import probe_model, run, session
+from .runner import StoredOutputs, iter_outputs, probe_model, session, stored
 from .verify import check_reference, reference_text
 
 ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
@@ -486,65 +489,67 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference)
     options, held_out = calibration_split(source.model, options)
-    checked = check_reference(source, options)  # the reference's outputs on the verification rows, if any
-    rows = calibration.load_arrays(source.model, options.calibrate, max_memory=options.max_verify_memory)
-    if calibration.row_count(rows) < FOLDS:
-        raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
-                            Param("calibrate"), f" gave {calibration.row_count(rows)}"
-                            + (" after holding out rows for verification" if held_out else ""))
-    probe = macs.probe_for(source.model, options.calibrate, options.inputs, options.input_shapes, options.seed,
-                           options.max_verify_memory)
-    known = {_label(n) for n in source.model.graph.node if n.output}
-    for name in keep_layers:
-        if name not in known:
-            raise CollapseError(Param("keep_layers"), f" {name!r} names no node of the model")
-    pairs = [p for p in find_pairs(source.model)
-             if (p.depthwise or not DEPTHWISE_ONLY) and not _names(source.model, p) & set(keep_layers)]
-    notes = [] if pairs else ["no convolution pair to prune: nothing changed"]
-    expected, where = None, ""
-    if options.verify and pairs:
-        feeds, where = make_feeds(source.model, options.inputs, options.input_shapes, options.seed, options.check_n,
-                                  options.max_verify_memory)
-        with stage("running the original model"):
-            expected = checked or run(source, feeds, "original model")
-        where = (held_out or where) + reference_text(options)
+    with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-") as tmp:
+        scratch = Path(tmp)
+        # the original's (or the reference's) outputs on the verification rows, on disk; each pruned model's are
+        # compared with them set by set, never all in memory
+        checked = check_reference(source, options, StoredOutputs(scratch / "reference"))
+        rows = calibration.load_arrays(source.model, options.calibrate, max_memory=options.max_verify_memory)
+        if calibration.row_count(rows) < FOLDS:
+            raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
+                                Param("calibrate"), f" gave {calibration.row_count(rows)}"
+                                + (" after holding out rows for verification" if held_out else ""))
+        probe = macs.probe_for(source.model, options.calibrate, options.inputs, options.input_shapes, options.seed,
+                               options.max_verify_memory)
+        known = {_label(n) for n in source.model.graph.node if n.output}
+        for name in keep_layers:
+            if name not in known:
+                raise CollapseError(Param("keep_layers"), f" {name!r} names no node of the model")
+        pairs = [p for p in find_pairs(source.model)
+                 if (p.depthwise or not DEPTHWISE_ONLY) and not _names(source.model, p) & set(keep_layers)]
+        notes = [] if pairs else ["no convolution pair to prune: nothing changed"]
+        expected, where = None, ""
+        if options.verify and pairs:
+            feeds, where = make_feeds(source.model, options.inputs, options.input_shapes, options.seed, options.check_n,
+                                      options.max_verify_memory)
+            with stage("running the original model"):
+                expected = checked or stored(iter_outputs(source, feeds, "original model"), scratch / "expected")
+            where = (held_out or where) + reference_text(options)
 
-    def attempt(value: float) -> tuple[ModelSource, list[PrunedPair], Verification | None]:
-        pruned, records = prune_model(source, pairs, value, rows)
-        if expected is None:
-            return pruned, records, None
-        with stage("verifying in onnxruntime"):
-            actual = run(pruned, feeds, "pruned model")
-        result = judge(expected, actual, where, options)
-        result.problems += output_mismatches(expected[0], actual[0], ("the original model", "the pruned model"))
-        return pruned, records, result
+        def attempt(value: float) -> tuple[ModelSource, list[PrunedPair], Verification | None]:
+            pruned, records = prune_model(source, pairs, value, rows)
+            if expected is None:
+                return pruned, records, None
+            with stage("verifying in onnxruntime"):
+                return pruned, records, judge(expected, iter_outputs(pruned, feeds, "pruned model"), where, options,
+                                              ("the original model", "the pruned model"))
 
-    search: list[dict] = []
-    if not pairs:
-        best = (source, [], Verification(True, 0, "the model is unchanged") if options.verify else None)
-        chosen = 0.0
-    elif share == "auto":
-        best, chosen, lo, hi = None, 0.0, 0.0, MAX_SHARE
-        for step in range(AUTO_STEPS + 1):
-            value = hi if step == 0 else (lo + hi) / 2
-            tried = attempt(value)
-            passed = tried[2].passed
-            search.append({"share": value, "passed": passed,
-                           "agreement": [s.agreement for s in tried[2].outputs],
-                           "agreement_bound": [s.agreement_bound for s in tried[2].outputs],
-                           "max_abs": [s.max_abs for s in tried[2].outputs]})
-            if passed:
-                best, chosen, lo = tried, value, value
-                if step == 0:
-                    break
-            else:
-                hi = value
-        if best is None or all(r.kept == r.channels for r in best[1]):
-            best, chosen = (source, [], Verification(True, 0, "the model is unchanged")), 0.0
-            notes.append(f"share auto: no share in (0, {MAX_SHARE}] that removes a channel passed verification; "
-                         "nothing pruned" + "".join(f"; {p}" for p in tried[2].problems))
-    else:
-        best, chosen = attempt(float(share)), float(share)
+        search: list[dict] = []
+        if not pairs:
+            best = (source, [], Verification(True, 0, "the model is unchanged") if options.verify else None)
+            chosen = 0.0
+        elif share == "auto":
+            best, chosen, lo, hi = None, 0.0, 0.0, MAX_SHARE
+            for step in range(AUTO_STEPS + 1):
+                value = hi if step == 0 else (lo + hi) / 2
+                tried = attempt(value)
+                passed = tried[2].passed
+                search.append({"share": value, "passed": passed,
+                               "agreement": [s.agreement for s in tried[2].outputs],
+                               "agreement_bound": [s.agreement_bound for s in tried[2].outputs],
+                               "max_abs": [s.max_abs for s in tried[2].outputs]})
+                if passed:
+                    best, chosen, lo = tried, value, value
+                    if step == 0:
+                        break
+                else:
+                    hi = value
+            if best is None or all(r.kept == r.channels for r in best[1]):
+                best, chosen = (source, [], Verification(True, 0, "the model is unchanged")), 0.0
+                notes.append(f"share auto: no share in (0, {MAX_SHARE}] that removes a channel passed verification; "
+                             "nothing pruned" + "".join(f"; {p}" for p in tried[2].problems))
+        else:
+            best, chosen = attempt(float(share)), float(share)
     pruned, records, verification = best
     with stage("counting parameters and MACs"):
         before = model_stats(source, probe)

@@ -25,7 +25,16 @@ from .passes.context import Context
 from .plans import FoldPlan
 from .report import ErrorStats, Verification
 from .rewrite import STUB_BYTES, PlanApplier
-from .runner import BatchCache, capture_batches, chain_model, run, session
+from .runner import (
+    BatchCache,
+    StoredOutputs,
+    capture_batches,
+    chain_model,
+    iter_outputs,
+    run,
+    session,
+    stored,
+)
 from .verify import reference_outputs
 
 
@@ -66,7 +75,8 @@ def _elem(plan: FoldPlan) -> int:
 
 def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feeds, options: Options,
                    parked: Path):
-    """Every plan's own error in onnxruntime, and the original model's outputs (captured in the same run).
+    """Every plan's own error in onnxruntime, and the original model's outputs (captured in the same run,
+    kept on disk in ``parked``).
 
     Main-graph folds run on the inputs their chain really saw, captured on disk in ``parked`` (one input
     set's tensors in memory while the original model runs, then one fold's); folds inside subgraphs (whose
@@ -77,7 +87,8 @@ def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feed
     elems = {n: _elem(p) for p in main for n in (p.input, p.output)}
     outputs = [o.name for o in model.graph.output]
     cache = BatchCache(parked / "captured")
-    expected = capture_batches(source, list(elems), elems, feeds, cache, optimized=False, keep=outputs)
+    expected = capture_batches(source, list(elems), elems, feeds, cache, optimized=False, keep=outputs,
+                               into=StoredOutputs(parked / "expected"))
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
     for plan in main:
         plan.outcome.error = local_error(opsets, model.ir_version,
@@ -130,7 +141,7 @@ class _Trials:
         else:
             candidate = self.applier.apply(plans)
             runnable = ModelSource(candidate, self.source.base_dir)
-        actual = run(runnable, self.feeds, "optimized model")
+        actual = iter_outputs(runnable, self.feeds, "optimized model")  # compared set by set, never all kept
         verification = judge(self.expected, actual, self.where, self.options)
         if verification.passed:
             self.passed = ([id(p) for p in plans], candidate, verification)
@@ -181,7 +192,9 @@ def verify_and_revert(source: ModelSource, contexts: list[Context], options: Opt
                 folder = Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-parked-")))
         parked = park(every, folder)
         expected = _measure_folds(source, views, every, feeds, options, parked)
-        expected = reference_outputs(options, model, feeds) or expected
+        reference = reference_outputs(options, model, feeds)
+        if reference is not None:
+            expected = stored(reference, parked / "reference")
         trials = _Trials(source, feeds, expected, where, options, staged, parked)
         accepted, reverts = without_local_failures(plans, exempt_main_graph=options.metric != "allclose")
         if accepted and not trials.passes(accepted):

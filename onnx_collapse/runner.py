@@ -4,7 +4,7 @@ intermediate tensors."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,17 +67,67 @@ def run(source: ModelSource, feeds: Sequence[Mapping[str, np.ndarray]], what: st
         ) -> list[dict[str, np.ndarray]]:
     """Outputs of the model for each input set, by output name (``optimized``: see ``session``), each in
     memory of its own (``owned``)."""
+    return list(iter_outputs(source, feeds, what, optimized))
+
+
+def iter_outputs(source: ModelSource, feeds: Iterable[Mapping[str, np.ndarray]], what: str,
+                 optimized: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """``run``, one input set's outputs at a time: what a comparison set by set needs, so that a model's
+    outputs for all the verification rows are never in memory together. The session is made at once."""
     sess = session(source, what, optimized)
     names = [o.name for o in sess.get_outputs()]
-    results = []
-    for feed in feeds:
-        try:
-            values = sess.run(names, dict(feed))
-        except Exception as exc:  # noqa: BLE001
-            raise CollapseError(f"onnxruntime cannot run the {what}: {one_line(exc)}") from None
-        results.append({name: owned(value) for name, value in zip(names, values)})
-        del values
-    return results
+
+    def outputs() -> Iterator[dict[str, np.ndarray]]:
+        for feed in feeds:
+            try:
+                values = sess.run(names, dict(feed))
+            except Exception as exc:  # noqa: BLE001
+                raise CollapseError(f"onnxruntime cannot run the {what}: {one_line(exc)}") from None
+            yield {name: owned(value) for name, value in zip(names, values)}
+            del values
+
+    return outputs()
+
+
+class StoredOutputs(Sequence):
+    """A model's outputs for each input set, kept on disk: numeric arrays in .npy files under ``folder``,
+    read back one set at a time; other values (sequences, maps, strings) in memory."""
+
+    def __init__(self, folder: Path):
+        self.cache = BatchCache(folder)
+        self.sets: list[dict] = []  # per set: the values kept in memory, and None for each one on disk
+
+    def append(self, outputs: Mapping[str, object]) -> None:
+        b, kept = len(self.sets), {}
+        for name, value in outputs.items():
+            on_disk = isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
+            if on_disk:
+                self.cache.put(name, b, value)
+            kept[name] = None if on_disk else value
+        self.sets.append(kept)
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[k] for k in range(*b.indices(len(self)))]
+        return {name: self.cache.get(name, b) if value is None else value for name, value in self.sets[b].items()}
+
+
+def stored(outputs: Iterable[Mapping[str, object]], folder: Path) -> StoredOutputs:
+    """``outputs`` (``iter_outputs``, say) written to a ``StoredOutputs`` in ``folder``, one set at a time."""
+    kept = StoredOutputs(folder)
+    for _ in kept_in(outputs, kept):
+        pass
+    return kept
+
+
+def kept_in(outputs: Iterable[Mapping[str, object]], into: StoredOutputs) -> Iterator[Mapping[str, object]]:
+    """``outputs``, each set also appended to ``into`` as it passes (to compare them and keep them at once)."""
+    for values in outputs:
+        into.append(values)
+        yield values
 
 
 def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mapping[str, int]) -> onnx.ModelProto:
@@ -146,15 +196,16 @@ def probed_session(source: ModelSource, names: Sequence[str], elem_types: Mappin
 
 def capture_batches(source: ModelSource, names: Sequence[str], elem_types: Mapping[str, int],
                     batches: Sequence[Mapping[str, np.ndarray]], cache: BatchCache | None, optimized: bool = True,
-                    probed: Probed | None = None, keep: Sequence[str] = ()) -> list[dict]:
+                    probed: Probed | None = None, keep: Sequence[str] = (), into: StoredOutputs | None = None
+                    ) -> list[dict] | StoredOutputs:
     """Run the original model over ``batches``, caching the tensors ``names`` of each batch on disk in ``cache``
     (one batch's in memory at a time): graph inputs as fed, initializers (one that is also an input: as fed,
     else) as stored. Returns, per batch, the values of ``keep`` (the model's outputs, say, which may be
-    sequences or maps), held in memory. ``optimized``: see ``session``; ``probed``: the ``probed_session`` of
-    ``names`` and ``keep``, if made already."""
+    sequences or maps), held in memory, or appended to ``into`` (and it returned). ``optimized``: see
+    ``session``; ``probed``: the ``probed_session`` of ``names`` and ``keep``, if made already."""
     sess, wanted = probed or probed_session(source, [*names, *keep], elem_types, optimized)
     stored = {t.name: t for t in source.model.graph.initializer}
-    kept = []
+    kept = [] if into is None else into
     for b, feed in enumerate(batches):
         try:
             values = dict(zip(wanted, sess.run(wanted, dict(feed)))) if sess is not None else {}

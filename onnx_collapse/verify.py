@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnx
 
-from .compare import judge, output_mismatches, verdict_text
+from .compare import judge, verdict_text
 from .errors import CollapseError, Param
 from .inputs import graph_inputs, make_feeds
 from .io import ModelSource, open_model
 from .options import DEFAULTS, Options
 from .progress import reported, stage
 from .report import Verification
-from .runner import run
+from .runner import StoredOutputs, iter_outputs, kept_in
 
 
 def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | None:
@@ -36,10 +36,12 @@ def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | No
     return ref
 
 
-def check_reference(source: ModelSource, options: Options) -> list[dict] | None:
+def check_reference(source: ModelSource, options: Options, into: StoredOutputs | None = None
+                    ) -> StoredOutputs | None:
     """With ``options.reference`` (and verification on): the input model itself judged against it on the
-    verification rows, before any work; CollapseError naming the option when it fails, as no output could
-    then pass. Returns the reference's outputs on those rows (None without a check)."""
+    verification rows, before any work, set by set; CollapseError naming the option when it fails, as no
+    output could then pass. The reference's outputs on those rows go to ``into`` as they come, and it is
+    returned (None without a check)."""
     if options.reference is None or not options.verify:
         return None
     model = source.model
@@ -47,18 +49,21 @@ def check_reference(source: ModelSource, options: Options) -> list[dict] | None:
         feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                   options.max_verify_memory)
         expected = reference_outputs(options, model, feeds)
-        verdict = judge(expected, run(source, feeds, "input model"), where, options)
+        if into is not None:
+            expected = kept_in(expected, into)
+        verdict = judge(expected, iter_outputs(source, feeds, "input model"), where, options)
     if verdict.passed:
-        return expected
+        return into
     raise CollapseError("the input model itself fails verification against ", Param("reference"), " (",
                             verdict_text(verdict), f" on {where}), so no output could pass; a looser criterion "
                             "or the right reference model is needed")
 
 
-def reference_outputs(options: Options, model: onnx.ModelProto, feeds: list[dict]) -> list[dict] | None:
-    """The outputs of ``options.reference`` on ``feeds`` (None without one); see ``open_reference``."""
+def reference_outputs(options: Options, model: onnx.ModelProto, feeds: list[dict]) -> Iterator[dict] | None:
+    """The outputs of ``options.reference`` on ``feeds``, one input set at a time (``iter_outputs``; None
+    without a reference); see ``open_reference``."""
     ref = open_reference(options, model)
-    return None if ref is None else run(ref, feeds, "reference model")
+    return None if ref is None else iter_outputs(ref, feeds, "reference model")
 
 
 def reference_text(options: Options) -> str:
@@ -90,10 +95,6 @@ def verify(
     names = tuple(repr(Path(m).name) if isinstance(m, (str, os.PathLike)) else what
                   for m, what in ((reference, "the reference model"), (candidate, "the candidate model")))
     feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n, max_memory)
-    with stage("running the original model"):
-        expected = run(ref, feeds, names[0])
-    with stage("running the optimized model"):
-        actual = run(cand, feeds, names[1])
-    result = judge(expected, actual, source, criterion)
-    result.problems += output_mismatches(expected[0], actual[0], names)
-    return result
+    with stage("running both models, one input set at a time"):  # neither's outputs for every set in memory
+        return judge(iter_outputs(ref, feeds, names[0]), iter_outputs(cand, feeds, names[1]), source, criterion,
+                     names)

@@ -267,3 +267,53 @@ def test_too_few_rows_for_the_bound_are_named_in_the_verdict():
     enough = compare_outputs(_sets(y=want), _sets(y=want), None, None, "x", metric="top1", min_agreement=0.9,
                              confidence=0.9)
     assert enough.passed and not enough.problems
+
+
+def _split(values: dict, parts: int) -> list[dict]:
+    """One input set of ``values`` cut into ``parts`` sets along axis 0."""
+    return [{name: v[k::parts] for name, v in values.items()} for k in range(parts)]
+
+
+@pytest.mark.parametrize("metric", ["allclose", "top1", "ctc"])
+def test_statistics_merged_set_by_set_equal_those_of_one_set(metric):
+    rng = np.random.default_rng(3)
+    want = rng.normal(size=(24, 9, 5)).astype(np.float32)
+    got = want + rng.normal(scale=0.3, size=want.shape).astype(np.float32)
+    got[5] = np.nan  # a row that fails everywhere, and a NaN the reference has too
+    want[7, 0, 0] = got[7, 0, 0] = np.nan
+    whole = compare_outputs([{"y": want}], [{"y": got}], 1e-3, 1e-3, "x", metric, 0.5, confidence=0.9)
+    merged = compare_outputs(_split({"y": want}, 5), _split({"y": got}, 5), 1e-3, 1e-3, "x", metric, 0.5,
+                             confidence=0.9)
+    one, many = whole.outputs[0], merged.outputs[0]
+    assert (one.max_abs, one.max_rel, one.required_atol, one.passed) == \
+        (many.max_abs, many.max_rel, many.required_atol, many.passed)
+    assert many.mean_abs == pytest.approx(one.mean_abs, rel=1e-12)
+    assert (one.agreement, one.agreement_bound) == (many.agreement, many.agreement_bound)
+    assert merged.n_input_sets == 5 and whole.n_input_sets == 1
+
+
+def test_a_comparison_holds_one_input_set_at_a_time():
+    """Given iterables, compare_outputs takes each set's outputs as they come and keeps none of them, so
+    neither model's outputs for all the verification rows are in memory together."""
+    import gc
+    import weakref
+
+    def sets():
+        alive: list[weakref.ref] = []
+        for k in range(6):
+            gc.collect()  # the set before this one may still be the comparison's loop variable; no older one
+            assert sum(r() is not None for r in alive) <= 1, "earlier sets are still held"
+            values = {"y": np.full((4, 3), float(k))}
+            alive.append(weakref.ref(values["y"]))
+            yield values
+            del values
+
+    verdict = compare_outputs(sets(), sets(), None, None, "x")
+    assert verdict.passed and verdict.n_input_sets == 6
+
+
+def test_names_add_the_first_sets_kind_mismatches_to_the_problems():
+    verdict = compare_outputs(_sets(y=np.zeros((2, 3))), _sets(y=np.zeros((3, 3))), None, None, "x",
+                              names=("the original model", "the pruned model"))
+    assert not verdict.passed
+    assert verdict.problems == ["output 'y' has shape 2x3 in the original model but 3x3 in the pruned model"]

@@ -119,3 +119,42 @@ def test_outputs_held_after_a_run_own_their_memory():
     for feed, kept in zip(feeds, capture_batches(ModelSource(sequence), (), {}, feeds, None, keep=["y", "s"])):
         assert kept["y"].flags.owndata and all(v.flags.owndata for v in kept["s"])
         np.testing.assert_array_equal(kept["s"][1], feed["x"])
+
+
+def test_stored_outputs_keep_arrays_on_disk_and_give_each_set_back(tmp_path):
+    """A model's outputs for many verification rows are kept on disk, one set read back at a time; a
+    sequence output stays in memory (it is not one array)."""
+    sequence = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 3] x) => (float[2, 3] y, seq(float[2, 3]) s) {
+        y = Relu(x)
+        s = SequenceConstruct(y, x)
+    }
+    """)
+    feeds = _feeds(3)
+    kept = runner.stored(runner.iter_outputs(ModelSource(sequence), feeds, "model"), tmp_path / "kept")
+    assert len(kept) == 3 and len(list((tmp_path / "kept").glob("*.npy"))) == 3  # y of each set; s in memory
+    for feed, got in zip(feeds, kept):
+        np.testing.assert_array_equal(got["y"], np.maximum(feed["x"], 0))
+        np.testing.assert_array_equal(got["s"][1], feed["x"])
+    assert [g["y"].shape for g in kept[1:]] == [(2, 3), (2, 3)]
+
+
+def test_iter_outputs_runs_a_set_only_when_it_is_asked_for():
+    calls = []
+
+    def feeds():
+        for feed in _feeds(3):
+            calls.append(1)
+            yield feed
+
+    outputs = runner.iter_outputs(ModelSource(MODEL), feeds(), "model")
+    assert calls == []  # the session exists, nothing ran yet
+    next(outputs)
+    assert len(calls) == 1
+    assert len(list(outputs)) == 2 and len(calls) == 3
+
+
+def test_iter_outputs_names_a_model_that_cannot_load_before_any_set_runs():
+    with pytest.raises(CollapseError, match="model"):
+        runner.iter_outputs(ModelSource(onnx.ModelProto()), [], "broken model")

@@ -26,7 +26,7 @@ from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import PlanApplier, apply_plans
-from ..runner import BatchCache, capture_batches, chain_model, probed_session, run
+from ..runner import BatchCache, capture_batches, chain_model, iter_outputs, probed_session, run, stored
 from ..verify import reference_outputs, reference_text
 from .chains import candidate_for
 from .context import Context
@@ -432,13 +432,16 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
     model, base_dir = main.model, main.view.store.base_dir
     feeds, where = make_feeds(model, opts.inputs, opts.input_shapes, opts.seed, opts.check_n,
                               opts.max_verify_memory)
-    expected = reference_outputs(opts, model, feeds) or run(ModelSource(model, base_dir), feeds, "original model")
     where += reference_text(opts)
     candidates = [c for ctx in contexts for c in ctx.candidates]
     cache: dict = {}
     lo, hi, best, why = 0.0, 1.0, None, []
     frontier = []
-    with stage("searching the smallest budget that passes verification", total=SEARCH_STEPS):
+    with stage("searching the smallest budget that passes verification", total=SEARCH_STEPS), \
+            scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-") as tmp:
+        # the original's outputs on disk, every budget's compared set by set: none of them all in memory
+        expected = stored(reference_outputs(opts, model, feeds) or
+                          iter_outputs(ModelSource(model, base_dir), feeds, "original model"), Path(tmp))
         for _ in range(SEARCH_STEPS):
             budget = (lo + hi) / 2
             chosen = allocate_at(budget)
@@ -447,7 +450,7 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
             replaced = {id(t) for _, t, _ in truncated}
             plans = [c.applied for c in candidates if c.applied is not None and id(c) not in replaced]
             plans += [plan for _, _, plan in truncated]
-            actual = run(ModelSource(apply_plans(model, plans), base_dir), feeds, f"model at budget {budget:g}")
+            actual = iter_outputs(ModelSource(apply_plans(model, plans), base_dir), feeds, f"model at budget {budget:g}")
             verdict = judge(expected, actual, where, opts)
             frontier.append(f"{budget:.3g}: " + verdict_text(verdict))
             why = verdict.problems
