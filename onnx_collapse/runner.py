@@ -115,19 +115,14 @@ class StoredOutputs(Sequence):
         return {name: self.cache.get(name, b) if value is None else value for name, value in self.sets[b].items()}
 
 
-def stored(outputs: Iterable[Mapping[str, object]], folder: Path) -> StoredOutputs:
-    """``outputs`` (``iter_outputs``, say) written to a ``StoredOutputs`` in ``folder``, one set at a time."""
-    kept = StoredOutputs(folder)
-    for _ in kept_in(outputs, kept):
-        pass
-    return kept
-
-
-def kept_in(outputs: Iterable[Mapping[str, object]], into: StoredOutputs) -> Iterator[Mapping[str, object]]:
-    """``outputs``, each set also appended to ``into`` as it passes (to compare them and keep them at once)."""
+def stored(outputs: Iterable[Mapping[str, object]], folder: Path, into: StoredOutputs | None = None
+           ) -> StoredOutputs:
+    """``outputs`` (``iter_outputs``, say) written one set at a time to ``into``, or to a new
+    ``StoredOutputs`` in ``folder``, which is returned."""
+    kept = StoredOutputs(folder) if into is None else into
     for values in outputs:
-        into.append(values)
-        yield values
+        kept.append(values)
+    return kept
 
 
 def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mapping[str, int]) -> onnx.ModelProto:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -11,11 +13,11 @@ import onnx
 from .compare import judge, verdict_text
 from .errors import CollapseError, Param
 from .inputs import graph_inputs, make_feeds
-from .io import ModelSource, open_model
+from .io import ModelSource, open_model, scratch_dir
 from .options import DEFAULTS, Options
 from .progress import reported, stage
 from .report import Verification
-from .runner import StoredOutputs, iter_outputs, kept_in
+from .runner import StoredOutputs, iter_outputs, stored
 
 
 def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | None:
@@ -48,10 +50,11 @@ def check_reference(source: ModelSource, options: Options, into: StoredOutputs |
     with stage("checking the input against the reference"):
         feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                   options.max_verify_memory)
-        expected = reference_outputs(options, model, feeds)
-        if into is not None:
-            expected = kept_in(expected, into)
-        verdict = judge(expected, iter_outputs(source, feeds, "input model"), where, options)
+        with contextlib.ExitStack() as stack:  # the reference's outputs on disk, then one session at a time
+            folder = into.cache.folder if into is not None else \
+                Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-")))
+            expected = stored(reference_outputs(options, model, feeds), folder, into)
+            verdict = judge(expected, iter_outputs(source, feeds, "input model"), where, options)
     if verdict.passed:
         return into
     raise CollapseError("the input model itself fails verification against ", Param("reference"), " (",
@@ -95,6 +98,8 @@ def verify(
     names = tuple(repr(Path(m).name) if isinstance(m, (str, os.PathLike)) else what
                   for m, what in ((reference, "the reference model"), (candidate, "the candidate model")))
     feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n, max_memory)
-    with stage("running both models, one input set at a time"):  # neither's outputs for every set in memory
-        return judge(iter_outputs(ref, feeds, names[0]), iter_outputs(cand, feeds, names[1]), source, criterion,
-                     names)
+    with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-") as tmp:
+        with stage("running the original model"):  # its outputs on disk, then one session at a time
+            expected = stored(iter_outputs(ref, feeds, names[0]), Path(tmp))
+        with stage("running the optimized model"):  # compared set by set: neither's outputs all in memory
+            return judge(expected, iter_outputs(cand, feeds, names[1]), source, criterion, names)

@@ -84,7 +84,7 @@ def test_analyze_counts_one_step_per_layer_spectrum():
 def test_verify_reports_its_runs():
     rec = Recorder()
     oc.verify(MODELS / "leaky_1.onnx", MODELS / "leaky_1.onnx", progress=rec)
-    assert rec.labels() == ["loading the models", "running both models, one input set at a time"]
+    assert rec.labels() == ["loading the models", "running the original model", "running the optimized model"]
 
 
 def test_stages_end_and_progress_stops_when_the_work_fails(tmp_path):
