@@ -84,7 +84,7 @@ FLAGS = {
     "metric": "--metric", "min_agreement": "--min-agreement", "confidence": "--confidence", "ctc_strip": "--ctc-strip",
     "max_verify_memory": "--max-verify-memory",
     "calibrate": "--calibrate", "external_data": "--external-data", "sequential": "--sequential",
-    "share": "--share", "keep_layers": "--keep-layer",
+    "share": "--share", "keep_layers": "--keep-layer", "prune_share": "--prune-share",
     "reference": "--reference",
 }
 VALUE_FLAGS = {("verify", False): "--no-verify", ("external_data", False): "--no-external-data"}
@@ -393,13 +393,18 @@ def cli(ctx: click.Context) -> None:
               help=".npz with one array per model input (rows along axis 0): fit chains with slopes near 1 to "
                    "their real outputs and make low-rank truncation activation-aware. Verification uses "
                    "--inputs, or a held-out fifth of these rows.")
+@click.option("--prune-share", type=BudgetType(), default=None, metavar="FRACTION|auto",
+              help="With --calibrate: first prune this share of the channels of every convolution pair (as the "
+                   "prune command does), then fold and truncate the pruned model, verified against the original; "
+                   "auto: the largest share that passes alone, and with --rank-budget auto also fractions of it, "
+                   "each with its own budget search, keeping the smallest passing model.")
 @reference_option
 @output_options
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
              metric, min_agreement, confidence, ctc_strip, rank_budget, max_error, low_rank, budget_metric,
              error_metric, max_groups,
-             allocator, sequential, max_verify_memory, calibrate, reference, external_data, overwrite, as_json,
-             report_file, quiet) -> None:
+             allocator, sequential, max_verify_memory, calibrate, prune_share, reference, external_data, overwrite,
+             as_json, report_file, quiet) -> None:
     """Fold chains of IN.onnx and write the verified result to OUT.onnx."""
     with running(quiet) as done:
         from . import io
@@ -426,7 +431,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
                           max_groups=max_groups, allocator=allocator, sequential=sequential, calibrate=calibrate,
-                          reference=reference,
+                          prune_share=prune_share, reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = optimize_model(src, options, output=dst, external_data=external_data)
     with one_line_errors():

@@ -67,6 +67,11 @@ class Options:
         it; it must take the same inputs and give the same outputs.
     max_verify_memory: refuse to verify (CollapseError) when the inputs and the tensors computed from them
         would need more than this many bytes, as estimated from the shapes; None: half the available memory.
+    prune_share: with ``calibrate``, first prune this share of the channels of every convolution pair
+        (``prune.py``), then fold and truncate the pruned model, every verification against the original (or
+        ``reference``). "auto" (with verification): the largest share that passes alone, and with
+        ``rank_budget="auto"`` fractions of it too, each with its own budget search, keeping the passing model
+        that is smallest in ``budget_metric`` (``joint.py``). None: no pruning.
     calibrate: an .npz file (or a dict) with one array per graph input, rows along axis 0: chains with
         slopes near 1 are fitted to their real outputs on it, and low-rank spectra are those of the weights
         whitened by their inputs (activation-aware ALDS). Verification then uses ``inputs``, or rows held
@@ -96,6 +101,7 @@ class Options:
     reference: str | os.PathLike | onnx.ModelProto | None = None
     max_verify_memory: int | None = None
     calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None = None
+    prune_share: float | str | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the keyword (CollapseError)."""
@@ -110,6 +116,9 @@ class Options:
             raise CollapseError(Param("rank_budget"), " 'auto' searches for the smallest model that passes "
                                 "verification: it needs verification on")
         refuse_both_goals(self.rank_budget, self.max_error)
+        if self.prune_share is not None and self.prune_share != "auto" and \
+                not (_is_number(self.prune_share) and 0 < self.prune_share < 1):
+            raise CollapseError(Param("prune_share"), f" must be a fraction in (0, 1) or 'auto', not {self.prune_share!r}")
         if not (_is_number(self.min_agreement) and 0 <= self.min_agreement <= 1):
             raise CollapseError(Param("min_agreement"), f" must be a fraction in [0, 1], not {self.min_agreement!r}")
         if self.confidence is not None and not (_is_number(self.confidence) and 0.5 <= self.confidence < 1):

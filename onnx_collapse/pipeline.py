@@ -188,6 +188,10 @@ def optimize(
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference)  # files the output must not replace
     options, held_out = calibration_split(model, options)
+    if options.prune_share is not None:  # pruning first, then all of the below on the pruned model
+        from .joint import prune_then_optimize
+
+        return prune_then_optimize(source, options, output, external_data, named, held_out)
     # a reference that cannot be met fails before any work; its outputs are not held through the passes
     check_reference(source, options)
     probe = shape_probe(model, options)
@@ -227,7 +231,8 @@ def optimize(
             budget = options.rank_budget
             goal = (f"--max-error {options.max_error:g}" if budget is None else
                     f"--rank-budget {budget if isinstance(budget, str) else format(budget, 'g')}")
-            report.truncation = truncation_outcome(goal, records, verification, options.inputs is not None)
+            report.truncation = truncation_outcome(goal, records, verification, options.inputs is not None,
+                                                   contexts[0].budget if contexts else None)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
         written = None
         if staged is not None and (verification is None or verification.passed):

@@ -431,6 +431,13 @@ def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: in
     return float(error)
 
 
+def prunable_pairs(model: onnx.ModelProto, keep_layers: tuple[str, ...] = ()) -> list[Pair]:
+    """The pairs that pruning prunes: those with a depthwise convolution on the way (``DEPTHWISE_ONLY``)
+    and no node named in ``keep_layers``."""
+    return [p for p in find_pairs(model)
+            if (p.depthwise or not DEPTHWISE_ONLY) and not _names(model, p) & set(keep_layers)]
+
+
 def kept_channels(channels: int, share: float) -> int:
     """Channels a pair of ``channels`` keeps at ``share`` (at least one). Rounding the count to a multiple
     of 8 or 16 for onnxruntime's blocked convolutions was measured and changed nothing beyond timing noise."""
@@ -457,10 +464,11 @@ def prune_model(source: ModelSource, pairs: list[Pair], share: float, rows: Mapp
 
 # --- the command -----------------------------------------------------------------------------------------------
 
-def check_criterion(options: Options, share) -> None:
-    """Pruning always changes the outputs: refuse a run whose verification could only fail."""
+def check_criterion(options: Options, share, name: str = "share") -> None:
+    """Pruning always changes the outputs: refuse a run whose verification could only fail (``name``: the
+    keyword the share was given by)."""
     if share != "auto" and not (isinstance(share, (int, float)) and 0 < share < 1):
-        raise CollapseError(Param("share"), f" must be a fraction in (0, 1) or 'auto', got {share!r}")
+        raise CollapseError(Param(name), f" must be a fraction in (0, 1) or 'auto', got {share!r}")
     if options.calibrate is None:
         raise CollapseError("pruning fits the layers it prunes to calibration data: give ", Param("calibrate"))
     if options.verify and options.metric == "allclose" and options.atol is None and options.rtol is None:
@@ -468,7 +476,7 @@ def check_criterion(options: Options, share) -> None:
                             "say what must hold: ", Param("metric"), " top1, sequence or ctc with ",
                             Param("min_agreement"), ", or ", Param("atol"), "/", Param("rtol"))
     if share == "auto" and not options.verify:
-        raise CollapseError(Param("share", "auto"), " searches for what passes verification; it needs it on")
+        raise CollapseError(Param(name, "auto"), " searches for what passes verification; it needs it on")
 
 
 def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
@@ -505,8 +513,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         for name in keep_layers:
             if name not in known:
                 raise CollapseError(Param("keep_layers"), f" {name!r} names no node of the model")
-        pairs = [p for p in find_pairs(source.model)
-                 if (p.depthwise or not DEPTHWISE_ONLY) and not _names(source.model, p) & set(keep_layers)]
+        pairs = prunable_pairs(source.model, keep_layers)
         notes = [] if pairs else ["no convolution pair to prune: nothing changed"]
         expected, where = None, ""
         if options.verify and pairs:

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
 # Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
 # the minor number grows when fields are added, the major one when a field changes or goes.
-SCHEMA_VERSION = "1.3"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
+SCHEMA_VERSION = "1.4"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
 # 1.2: measured time (folds' seconds_before/seconds_after, stats' seconds) with --budget-metric time
 # 1.3: agreement_bound (the lower confidence bound of an agreement, with --confidence)
+# 1.4: pruning (optimize --prune-share), truncation.budget
 
 
 def strict(payload: dict) -> dict:
@@ -163,6 +164,7 @@ class Truncation:
     met: bool  # every planned truncation is in the output
     summary: str  # what happened and, when not met, what it would take
     needs: list[Need] = field(default_factory=list)
+    budget: float | None = None  # the rank budget used: the one given, or the one --rank-budget auto found
 
 
 @dataclass
@@ -178,6 +180,28 @@ class ModelStats:
 
 
 @dataclass
+class PruneTrial:
+    """One share ``optimize --prune-share auto`` pruned and then optimized (with its own budget search)."""
+
+    share: float
+    passed: bool  # the optimized model passed verification against the original
+    budget: float | None  # the rank budget its search found (None: no truncation goal, or it failed early)
+    params: int | None  # the optimized model's weights and MACs (None when it failed early)
+    linear_macs: int | None
+    verdict: str  # its verification in a few words, or why it failed
+
+
+@dataclass
+class Pruning:
+    """``optimize --prune-share``: the share of each convolution pair's channels removed, and the search."""
+
+    share: float  # in the output (0: nothing pruned)
+    pairs: int  # the pairs that share applies to
+    search: list[dict] = field(default_factory=list)  # share auto: prune's share search (see PruneReport.search)
+    tried: list[PruneTrial] = field(default_factory=list)  # share auto: each share optimized, cheapest passing kept
+
+
+@dataclass
 class Report:
     before: ModelStats
     after: ModelStats
@@ -186,6 +210,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     unfolded: list[Unfolded] = field(default_factory=list)
     truncation: Truncation | None = None  # with --rank-budget or --max-error
+    pruning: Pruning | None = None  # with --prune-share
 
     @property
     def folded(self) -> list[FoldRecord]:
@@ -486,7 +511,7 @@ TRUNCATED_FORMS = ("truncated", "grouped")
 
 
 def truncation_outcome(goal: str, folds: list[FoldRecord], verification: Verification | None,
-                       real_inputs: bool) -> Truncation:
+                       real_inputs: bool, budget: float | None = None) -> Truncation:
     """What became of the truncations ``goal`` (``--rank-budget 0.5``) planned, once verification decided:
     how many are in the output, how many were undone, and what it would take to keep them."""
     kept = [f for f in folds if f.form in TRUNCATED_FORMS and f.status == "folded"]
@@ -520,4 +545,4 @@ def truncation_outcome(goal: str, folds: list[FoldRecord], verification: Verific
         else:
             summary += (" Random inputs are a strict test; to keep them, verify on real data with a task metric "
                         f"(--inputs data.npz --metric top1 for a classifier), or {allow}.")
-    return Truncation(goal, planned, len(kept), len(undone), met, summary, needs)
+    return Truncation(goal, planned, len(kept), len(undone), met, summary, needs, budget)

@@ -38,6 +38,14 @@ def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | No
     return ref
 
 
+class ReferenceFailed(CollapseError):
+    """The input model itself fails verification against ``--reference`` (``verdict`` says by how much)."""
+
+    def __init__(self, verdict: Verification, *parts) -> None:
+        super().__init__(*parts)
+        self.verdict = verdict
+
+
 def check_reference(source: ModelSource, options: Options, into: StoredOutputs | None = None
                     ) -> StoredOutputs | None:
     """With ``options.reference`` (and verification on): the input model itself judged against it on the
@@ -57,7 +65,7 @@ def check_reference(source: ModelSource, options: Options, into: StoredOutputs |
             verdict = judge(expected, iter_outputs(source, feeds, "input model"), where, options)
     if verdict.passed:
         return into
-    raise CollapseError("the input model itself fails verification against ", Param("reference"), " (",
+    raise ReferenceFailed(verdict, "the input model itself fails verification against ", Param("reference"), " (",
                             verdict_text(verdict), f" on {where}), so no output could pass; a looser criterion "
                             "or the right reference model is needed")
 

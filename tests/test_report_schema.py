@@ -14,6 +14,7 @@ import pytest
 
 from onnx_collapse.report import SCHEMA_VERSION
 from tests.common import MODELS
+from tests.test_prune import _rows, pair_model
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,9 @@ def reports(tmp_path_factory) -> dict[str, dict]:
     onnx.save(onnx.parser.parse_model(f"""
         <ir_version: {onnx.IR_VERSION}, opset_import: ["" : 17]>
         g (float[2, 2] x, float[2, 2] w) => (float[2, 2] y) {{ [mm] y = MatMul (x, w) }}"""), tmp / "remark.onnx")
+    onnx.save(pair_model(second=True), tmp / "pairs.onnx")
+    np.savez(tmp / "calib.npz", **_rows(96, 1))
+    np.savez(tmp / "held.npz", **_rows(32, 2))
     out = {
         "optimize": command("optimize", MODELS / "three_layer.onnx", tmp / "a.onnx", "--json",
                             "--report", tmp / "a.json"),
@@ -58,6 +62,9 @@ def reports(tmp_path_factory) -> dict[str, dict]:
                                             "all", "--rank-budget", "0.5", "--json"),
         "optimize, top1": command("optimize", MODELS / "mlp_prelu_channel.onnx", tmp / "e.onnx", "--inputs",
                                   tmp / "val.npz", "--metric", "top1", "--json"),
+        "optimize, pruned": command("optimize", tmp / "pairs.onnx", tmp / "p.onnx", "--calibrate", tmp / "calib.npz",
+                                    "--inputs", tmp / "held.npz", "--atol", "0.05", "--rtol", "0", "--prune-share",
+                                    "auto", "--rank-budget", "auto", "--low-rank", "all", "--json"),
         "analyze": command("analyze", MODELS / "no_fold_shared.onnx", "--json"),
         "analyze, remarks": command("analyze", tmp / "remark.onnx", "--json"),
         "analyze, spectrum": command("analyze", MODELS / "bottleneck.onnx", "--spectrum", "--low-rank", "all",
@@ -75,7 +82,7 @@ def reports(tmp_path_factory) -> dict[str, dict]:
 
 KINDS = ["optimize", "optimize --report FILE", "optimize, not verified", "optimize, nothing to fold",
          "optimize, truncated",
-         "optimize, reverted", "optimize, budget not met", "optimize, top1", "analyze", "analyze, remarks", "analyze, spectrum", "verify",
+         "optimize, reverted", "optimize, budget not met", "optimize, top1", "optimize, pruned", "analyze", "analyze, remarks", "analyze, spectrum", "verify",
          "verify, confidence", "verify, failed"]
 
 
@@ -103,7 +110,10 @@ def test_the_reports_cover_the_optional_parts(reports):
     assert [a["form"] for f in folds for a in f["attempts"]] == ["truncated"]
     assert {r["truncation"]["met"] for r in reports.values() if r.get("truncation")} == {True, False}
     assert all(r["truncation"] is None for k, r in reports.items() if "optimize" in k and "budget" not in k
-               and "truncated" not in k) and reports["analyze"]["verdict"]
+               and "truncated" not in k and "pruned" not in k) and reports["analyze"]["verdict"]
+    pruning = [r["pruning"] for r in reports.values() if "pruning" in r]
+    assert None in pruning and any(p and p["search"] and len(p["tried"]) == 3 for p in pruning)
+    assert {r["truncation"]["budget"] is None for r in reports.values() if r.get("truncation")} == {False}
     assert {u["ended_by"] is None for r in reports.values() for u in r.get("unfolded", [])} == {True, False}
 
 

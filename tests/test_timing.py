@@ -11,6 +11,7 @@ import pytest
 
 from onnx_collapse import optimize, timing
 from onnx_collapse.allocate import Option, allocate_min_total, total_cost
+from onnx_collapse.report import SCHEMA_VERSION
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -76,7 +77,7 @@ def test_optimize_with_a_time_budget_reports_measured_times(tmp_path):
     assert report.before.seconds > 0 and report.after.seconds > 0
     assert any("seconds per sample" in n for n in report.notes)
     payload = json.loads(report_file.read_text())
-    assert payload["schema_version"] == "1.3" and payload["before"]["seconds"] == report.before.seconds
+    assert payload["schema_version"] == SCHEMA_VERSION and payload["before"]["seconds"] == report.before.seconds
 
 
 def test_convolutions_of_dynamic_size_are_timed_at_their_measured_input_shape(tmp_path):

@@ -42,6 +42,7 @@ class Context:
     calibration: Statistics | None = None  # streamed statistics of the calibration data (main graph only)
     keep_exact: bool = True  # forms keep their float64 exact maps (False when no pass will read them)
     whitenings: dict = field(default_factory=dict)  # low-rank targets' calibrated metrics, by what they read
+    budget: float | None = None  # the rank budget the low-rank pass used (the one a budget search found)
 
     def unchained_layers(self) -> list[Layer]:
         """The layers in no segment (single-layer truncation targets with ``low_rank="all"``)."""

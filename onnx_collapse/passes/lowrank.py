@@ -343,6 +343,7 @@ class LowRank:
                 budget, chosen, picked = search_budget(contexts, owners, targets, spectra, allocate_at)
             else:
                 budget, chosen = opts.rank_budget, allocate_at(opts.rank_budget)
+            main.budget = budget
             if describe is not None:
                 main.notes.append(describe(chosen))
             m = opts.budget_metric

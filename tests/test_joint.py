@@ -1,0 +1,99 @@
+"""optimize --prune-share (onnx_collapse.joint): pruning, then folding and truncation, in one run judged against
+the original; with auto shares and budgets, the split between the two searched and the smallest passing model
+kept."""
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx_collapse as oc
+from onnx_collapse.errors import CollapseError
+from onnx_collapse.joint import FRACTIONS, shares_to_try
+from onnx_collapse.prune import prune
+from tests.common import assert_one_line_error, cli
+from tests.test_prune import _rows, _run, pair_model
+
+CALIB, HELD = _rows(96, 1), _rows(32, 2)
+LOOSE = dict(atol=0.05, rtol=0.0)
+
+
+def _weights(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+
+
+def test_the_shares_tried_are_the_largest_and_fractions_of_it_only_with_a_budget_search():
+    assert shares_to_try(0.4, True) == [0.4, *(0.4 * f for f in sorted(FRACTIONS, reverse=True))]
+    assert shares_to_try(0.4, False) == [0.4]
+    assert shares_to_try(0.0, True) == [0.0]
+
+
+def test_a_given_share_is_pruning_then_optimizing_judged_against_the_original():
+    model = pair_model(dup=1)  # a quarter of its channels cannot go without loss
+    out, report = oc.optimize(model, prune_share=0.25, calibrate=CALIB, inputs=HELD, atol=10.0, rtol=0.0)
+    pruned, _ = prune(model, share=0.25, calibrate=CALIB, verify=False)
+    np.testing.assert_allclose(_run(out, HELD)[0], _run(pruned, HELD)[0], atol=1e-5)  # exact folds on top
+    assert report.pruning.share == 0.25 and report.pruning.pairs == 1 and not report.pruning.tried
+    assert report.before.params == _weights(model) > report.after.params
+    error = float(np.abs(_run(out, HELD)[0] - _run(model, HELD)[0]).max())
+    assert error > 1e-2  # the check is against the original, not against the pruned model it optimized
+    assert report.verification.passed and report.verification.outputs[0].max_abs == pytest.approx(error, rel=1e-3)
+    assert "compared with the reference model" in report.verification.inputs
+
+
+def test_auto_shares_and_budgets_keep_the_smallest_model_that_passes_against_the_original():
+    model = pair_model(dup=4, second=True)
+    out, report = oc.optimize(model, prune_share="auto", rank_budget="auto", low_rank="all", calibrate=CALIB,
+                              inputs=HELD, **LOOSE)
+    largest = max(s["share"] for s in report.pruning.search if s["passed"])
+    tried = report.pruning.tried
+    assert [t.share for t in tried] == shares_to_try(largest, True)
+    passing = [t for t in tried if t.passed]
+    assert passing and report.after.params == min(t.params for t in passing) == _weights(out)
+    assert report.pruning.share == min(passing, key=lambda t: t.params).share
+    assert all(t.budget is not None for t in passing)
+    checked = oc.verify(model, out, inputs=HELD, **LOOSE)  # the output holds the criterion against the original
+    assert checked.passed
+    assert any("--prune-share auto: largest share passing alone" in n for n in report.notes)
+
+
+def test_with_held_out_calibration_rows_the_verification_says_so():
+    _, report = oc.optimize(pair_model(dup=4), prune_share=0.25, calibrate=_rows(120, 1), **LOOSE)
+    assert report.verification.passed and "held out" in report.verification.inputs
+
+
+def test_a_share_that_fails_alone_is_one_error_naming_the_option():
+    with pytest.raises(CollapseError, match="prune_share=0.5 fails verification on its own"):
+        oc.optimize(pair_model(dup=0), prune_share=0.5, calibrate=CALIB, inputs=HELD, atol=1e-6, rtol=0.0)
+
+
+@pytest.mark.parametrize("kwargs, flag", [(dict(inputs=HELD, **LOOSE), "calibrate"),
+                                          (dict(calibrate=CALIB, inputs=HELD), "metric")])
+def test_pruning_without_data_or_a_criterion_is_refused(kwargs, flag):
+    with pytest.raises(CollapseError, match=flag):
+        oc.optimize(pair_model(), prune_share=0.25, **kwargs)
+
+
+def test_a_share_outside_zero_to_one_is_refused():
+    with pytest.raises(CollapseError, match="prune_share"):
+        oc.Options(prune_share=1.5)
+
+
+@pytest.mark.slow
+def test_the_command_writes_the_kept_model_and_leaves_its_inputs_alone(tmp_path):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(pair_model(dup=4, second=True), src)
+    np.savez(tmp_path / "calib.npz", **CALIB)
+    np.savez(tmp_path / "held.npz", **HELD)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    r = cli("optimize", src, out, "--prune-share", "0.3", "--inputs", tmp_path / "held.npz", "--atol", "0.05")
+    assert_one_line_error(r, 2, "--calibrate")
+    r = cli("optimize", src, out, "--prune-share", "2", "--calibrate", tmp_path / "calib.npz")
+    assert r.returncode == 2 and "not a fraction" in r.stderr and not out.exists()
+    r = cli("optimize", src, out, "--prune-share", "auto", "--rank-budget", "auto", "--low-rank", "all",
+            "--calibrate", tmp_path / "calib.npz", "--inputs", tmp_path / "held.npz", "--atol", "0.05", "--rtol", "0")
+    assert r.returncode == 0, r.stderr
+    assert "PASSED" in r.stdout and "--prune-share auto: largest share passing alone" in r.stdout
+    assert oc.verify(src, out, inputs=str(tmp_path / "held.npz"), **LOOSE).passed
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in before} == before
