@@ -62,6 +62,23 @@ def two_step_target(prune_agreement: float, agreement: float, confidence: float 
                        f", each judged by its {confidence:.0%} lower confidence bound (--confidence {confidence})")}
 
 
+def joint_target(agreement: float, confidence: float | None = None, metric: str = "params") -> dict:
+    """A method: one optimize run with --prune-share auto and --rank-budget auto at one agreement target (the
+    tool searches the split between pruning and truncation), spaces stripped (rec only); ``confidence``: as
+    in ``two_step_target``."""
+    ctc = ["--inputs", "{verify}", "--metric", "ctc", "{strip}"]
+    if confidence is not None:
+        ctc += ["--confidence", str(confidence)]
+    unit = {"params": "weight", "macs": "MAC"}[metric]
+    return {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--allocator", "output", "--budget-metric",
+                      metric, "--prune-share", "auto", "--rank-budget", "auto", *ctc, "--min-agreement",
+                      str(agreement)],
+            "models": ["rec"], "budget": False,
+            "note": f"accuracy target in one run: the largest prune share that agrees with the original on "
+                    f"{agreement:.1%} of the verification lines alone, and fractions of it, each with its own "
+                    f"{unit}-budget search at the same target, the passing model with the fewest {unit}s kept"
+                    + ("" if confidence is None else f", judged by the {confidence:.0%} lower confidence bound")}
+
 
 # A method: the tool's flags (placeholders {calib}, {verify}, {model}: the original; "{strip}" becomes --ctc-strip for each of the
 # task's space classes); optional "budgets" / "metrics" restrict the
@@ -141,6 +158,9 @@ METHODS: dict[str, dict] = {
     "prune-auto+auto-params-0.975-0.97": two_step_target(0.975, 0.97),
     "prune-auto+auto-params-0.97-0.96-c0.9": two_step_target(0.97, 0.96, 0.9),
     "prune-auto+auto-params-0.965-0.955-c0.9": two_step_target(0.965, 0.955, 0.9),
+    "joint-params-0.955-c0.9": joint_target(0.955, 0.9),
+    "joint-params-0.95-c0.9": joint_target(0.95, 0.9),
+    "joint-macs-0.955-c0.9": joint_target(0.955, 0.9, "macs"),
 }
 BUDGETS = [0.8, 0.7, 0.6, 0.5]
 METRICS = ["params", "macs"]
@@ -308,7 +328,8 @@ def tool_summary(report: dict, layer_macs: dict[str, int]) -> dict:
     return {"params": [b.get("params"), a.get("params")], "linear_macs": [b.get("linear_macs"), a.get("linear_macs")],
             "file_bytes": [b.get("file_bytes"), a.get("file_bytes")], "truncated": layers,
             "verification": ver.get("passed") if isinstance(ver, dict) else None,
-            "notes": report.get("notes", []), "share": report.get("share")}
+            "notes": report.get("notes", []), "share": report.get("share"),
+            "pruning": report.get("pruning"), "budget": (report.get("truncation") or {}).get("budget")}
 
 
 def measure_model(task: Task, path: str, reference: np.ndarray | None) -> dict:
@@ -470,7 +491,8 @@ def found(row: dict) -> str:
     """What a row's searches chose: the prune share and the rank budget ('' when none searched)."""
     tool = row.get("tool", {})
     budget = next((n.split()[2] for n in tool.get("notes", []) if n.startswith("rank budget ")), None)
-    chosen = [f"prune share {v:.3g}" for v in (row.get("prune_share"), tool.get("share")) if v is not None]
+    joint = (tool.get("pruning") or {}).get("share")
+    chosen = [f"prune share {v:.3g}" for v in (row.get("prune_share"), tool.get("share"), joint) if v is not None]
     chosen += [f"rank budget {float(budget):.3g}"] if budget and row.get("budget") is None else []
     return "; " + ", ".join(chosen) if chosen else ""
 
@@ -568,7 +590,28 @@ def markdown(meta: dict, results: dict, methods: dict) -> str:
         bl = budget_lines(res)
         if bl:
             parts += ["Where the budget went (tool's report, with measured MACs of those layers):", "", *bl, ""]
+        joint = joint_lines(res)
+        if joint:
+            parts += ["What the joint searches tried (tool's report, `pruning`; weights and MACs as the tool "
+                      "counts them):", "", *joint, ""]
     return "\n".join(parts)
+
+
+def joint_lines(res: dict) -> list[str]:
+    """Per --prune-share auto row: the share search, then each share optimized with its own budget search."""
+    out = []
+    for r in res["rows"]:
+        pruning = (r.get("tool") or {}).get("pruning") or {}
+        if not pruning.get("search") and not pruning.get("tried"):
+            continue
+        search = ", ".join(f"{s['share']:.3g} {'passed' if s['passed'] else 'failed'}"
+                           + (f" ({min(s['agreement_bound']):.1%})" if s["agreement_bound"] and
+                              None not in s["agreement_bound"] else "") for s in pruning["search"])
+        tried = "; ".join(f"{t['share']:.3g}: " + (f"budget {t['budget']:.3g}, " if t["budget"] is not None else "")
+                          + (f"{t['params']:,} weights, {t['linear_macs']:,} MACs, " if t["params"] is not None
+                             else "") + t["verdict"] for t in pruning["tried"])
+        out.append(f"- {r['method']}: share search {search}; then {tried}; kept share {pruning['share']:.3g}")
+    return out
 
 
 # ---------------------------------------------------------------- main
