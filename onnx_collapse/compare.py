@@ -192,7 +192,7 @@ def agreement_counts(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray
 
 def _agreement_of(e: np.ndarray, a: np.ndarray, name: str, unit: str, strip: Sequence[int]) -> tuple[int, int]:
     """``agreement_counts`` of one input set's arrays (no unit when the shapes differ)."""
-    metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
+    metric = _METRIC_OF[unit]
     wrong_rank = (unit == "sample" and e.ndim < 2) or (unit == "ctc" and e.ndim != 3)
     if e.ndim == 0 or e.shape[-1] < 2 or wrong_rank:
         need = {"row": "", "sample": " after the samples' axis",
@@ -221,12 +221,12 @@ def _agreement_of(e: np.ndarray, a: np.ndarray, name: str, unit: str, strip: Seq
 
 
 def _nothing_finite(name: str, unit: str) -> CollapseError:
-    metric = {"row": "top1", "sample": "sequence", "ctc": "ctc"}[unit]
-    return CollapseError(Param("metric", metric), f": output {name!r} has no row with finite values to compare")
+    return CollapseError(Param("metric", _METRIC_OF[unit]), f": output {name!r} has no row with finite values to compare")
 
 
 # the metrics judged by argmax agreement (and min_agreement): metric -> what one unit of agreement is
 AGREEMENT_METRICS = {"top1": "row", "sequence": "sample", "ctc": "ctc"}
+_METRIC_OF = {unit: metric for metric, unit in AGREEMENT_METRICS.items()}
 
 Tolerance = float | Mapping[str, float] | None  # one for all outputs, or by output name
 
@@ -281,7 +281,7 @@ def compare_outputs(
     them), outputs missing from one model or of another shape or dtype in the first set are problems too.
     """
     comparison = Comparison(atol, rtol, metric, min_agreement, ctc_strip, confidence, names)
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=True):  # strict: a generator is run to its end, its session freed
         comparison.add(e, a)
     return comparison.verdict(source)
 
@@ -343,6 +343,8 @@ class Comparison:
 
     def verdict(self, source: str) -> Verification:
         """The verification of everything added, on inputs described by ``source``."""
+        if not self.sets:
+            raise CollapseError("verification compared nothing: there was no input set")
         stats, compared, problems = [], 0, list(self.problems)
         confidence, target = self.confidence, self.min_agreement
         for name, out in self.outputs.items():

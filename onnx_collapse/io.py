@@ -459,9 +459,13 @@ def _remove_stale(folder: Path, prefix: str) -> None:
 
 
 def scratch_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
-    """A temporary folder in ``folder`` named ``prefix<host>-<pid>-<random>`` (stale ones removed first)."""
+    """A temporary folder in ``folder`` named ``prefix<host>-<pid>-<random>`` (stale ones removed first);
+    CollapseError naming the folder when it cannot be made (read-only, full, missing)."""
     _remove_stale(folder, prefix)
-    return tempfile.TemporaryDirectory(dir=folder, prefix=f"{prefix}{HOST}-{os.getpid()}-")
+    try:
+        return tempfile.TemporaryDirectory(dir=folder, prefix=f"{prefix}{HOST}-{os.getpid()}-")
+    except OSError as exc:
+        raise CollapseError(f"cannot make a scratch folder in {str(folder)!r}: {_first_line(exc)}") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

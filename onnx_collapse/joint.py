@@ -15,20 +15,34 @@ smallest in the budget metric (weights, MACs, or measured time). Each share trie
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
+from pathlib import Path
 
 import onnx
 
-from .calibrate import load_arrays
+from . import timing
+from .calibrate import load_arrays, row_count
 from .compare import verdict_text
 from .errors import CollapseError, Param
-from .io import ModelSource, StagedOutput, embed_external_data, file_size, uses_external
+from .graph import fixed_batch
+from .io import (
+    PROTOBUF_LIMIT,
+    ModelSource,
+    StagedOutput,
+    TensorStore,
+    embed_external_data,
+    external_tensors,
+    file_size,
+    uses_external,
+)
 from .options import Options
 from .progress import stage
-from .prune import check_criterion, prunable_pairs, prune, prune_model
-from .report import PruneTrial, Pruning, Report
-from .verify import ReferenceFailed
+from .prune import FOLDS, check_criterion, prunable_pairs, prune, prune_model
+from .report import PruneTrial, Pruning, Report, Verification
+from .verify import ReferenceFailed, reference_text, verify
 
 FRACTIONS = (0.5, 0.75)  # with --rank-budget auto: shares tried beside the largest that passes alone
+UNITS = {"params": "weights", "macs": "MACs", "time": "seconds per sample"}
 
 
 def shares_to_try(largest: float, searched: bool) -> list[float]:
@@ -55,13 +69,38 @@ def prune_then_optimize(source: ModelSource, options: Options, output: str | os.
     """``optimize`` with ``options.prune_share`` (see the module docstring); ``options`` have the verification
     rows split off already (``held_out`` says how, or None), ``named`` are the data files the output must
     not replace. The input is never modified; the output is written only if the kept model passed."""
-    from .pipeline import model_stats, optimize, shape_probe
-
     share = options.prune_share
     check_criterion(options, share, "prune_share")
-    model = source.model
+    refuse_too_large(source.model)
+    staging = StagedOutput(output, external_data, source.base_dir, source, named) if output is not None \
+        else nullcontext()  # the destination is checked before any work
+    with staging as staged:
+        out, report, passed = _search(source, options)
+        if report.verification is not None:
+            where = report.verification.inputs
+            if held_out is not None and where.startswith("the given inputs"):
+                where = held_out + where.removeprefix("the given inputs")
+            if options.reference is None:  # the inner runs compared with the input model itself
+                where = where.replace(reference_text(options.with_overrides(reference=source.path or source.model)),
+                                      ", compared with the original model")
+            report.verification.inputs = where
+        if staged is not None and passed:
+            with stage("writing the output"):
+                staged.write(out)
+                staged.commit()
+            out = onnx.load(str(output), load_external_data=False)
+            report.after.file_bytes = file_size(output)
+    return out, report
+
+
+def _search(source: ModelSource, options: Options) -> tuple[onnx.ModelProto, Report, bool]:
+    """The shares tried, each pruned and optimized; the kept model, its report (before: the original's), and
+    whether it passed."""
+    from .pipeline import model_stats, optimize, shape_probe
+
+    share, model = options.prune_share, source.model
+    original = source.path or model
     pairs = prunable_pairs(model)
-    reference = options.reference if options.reference is not None else (source.path or model)
     plain = options.with_overrides(prune_share=None)
     search: list[dict] = []
     notes: list[str] = []
@@ -70,27 +109,34 @@ def prune_then_optimize(source: ModelSource, options: Options, output: str | os.
         notes.append("--prune-share: no convolution pair to prune; optimized without pruning")
     elif share == "auto":
         with stage("finding the largest prune share that passes alone"):
-            _, found = prune(source.path or model, plain, share="auto")
+            _, found = prune(original, plain, share="auto")
         largest, search = found.share, found.search
+        notes += [f"--prune-share auto: {n}" for n in found.notes]
     else:
         largest = float(share)
-    rows = load_arrays(model, options.calibrate, max_memory=options.max_verify_memory) if pairs and largest > 0 \
-        else None
+    rows = None
+    if pairs and largest > 0:
+        rows = load_arrays(model, options.calibrate, max_memory=options.max_verify_memory)
+        if row_count(rows) < FOLDS:
+            raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
+                                Param("calibrate"), f" gave {row_count(rows)}")
+    inner = plain.with_overrides(reference=options.reference if options.reference is not None else original)
     tried: list[PruneTrial] = []
-    best = None  # (cost, share, model, report)
+    best = None  # (cost, share, model, report, passed)
     for value in shares_to_try(largest, share == "auto" and options.rank_budget == "auto"):
         with stage(f"pruning share {value:.3g}, then optimizing"):
-            pruned = prune_model(source, pairs, value, rows)[0] if value > 0 else source
-            if uses_external(pruned.model):
-                embed_external_data(pruned.model, pruned.base_dir)  # the copy optimize reads is self-contained
-            inner = plain.with_overrides(reference=reference) if value > 0 else plain
-            try:
-                out, report = optimize(pruned.model if value > 0 else (source.path or model), inner)
-            except ReferenceFailed as exc:  # the pruned model alone already fails against the original
-                if value <= 0:
-                    raise
-                tried.append(PruneTrial(value, False, None, None, None, "pruned alone: " + verdict_text(exc.verdict)))
-                continue
+            if value > 0:
+                pruned = _in_memory(source, prune_model(source, pairs, value, rows)[0])
+                try:
+                    out, report = optimize(pruned, inner)
+                except ReferenceFailed as exc:  # the pruned model alone already fails against the original
+                    tried.append(PruneTrial(value, False, None, None, None,
+                                            "pruned alone: " + verdict_text(exc.verdict)))
+                    continue
+                if report.verification is not None and not report.verification.n_input_sets:
+                    report.verification = _judged(original, out, options)  # nothing to fold: the pruning's verdict
+            else:
+                out, report = optimize(original, plain)
         passed = report.verification is None or report.verification.passed
         budget = report.truncation.budget if report.truncation is not None else None
         verdict = "not verified" if report.verification is None else verdict_text(report.verification)
@@ -103,27 +149,49 @@ def prune_then_optimize(source: ModelSource, options: Options, output: str | os.
         raise CollapseError("the model pruned at ", Param("prune_share", tried[0].share), " fails verification on "
                             f"its own ({tried[0].verdict.removeprefix('pruned alone: ')}), so no output could pass; "
                             "a smaller share or a looser criterion is needed")
-    _, kept_share, out, report, passed = best
-    report.pruning = Pruning(kept_share, len(pairs) if kept_share > 0 else 0, search,
-                             tried if len(tried) > 1 else [])
+    _, kept, out, report, passed = best
+    report.pruning = Pruning(kept, len(pairs) if kept > 0 else 0, search, tried if len(tried) > 1 else [])
+    if kept > 0:
+        notes.append(f"pruned {kept:.3g} of the channels of each of {len(pairs)} convolution pair(s), then optimized; "
+                     "verified against the original model")
     if len(tried) > 1:
-        unit = {"params": "weights", "macs": "MACs", "time": "seconds per sample"}[options.budget_metric]
         shown = "; ".join(f"{t.share:.3g}: " + (f"budget {t.budget:.3g}, " if t.budget is not None else "")
                           + (f"{t.params:,} weights, {t.linear_macs:,} MACs, " if t.params is not None else "")
                           + t.verdict for t in tried)
+        outcome = (f"kept share {kept:.3g} (the fewest {UNITS[options.budget_metric]} that passed)" if passed else
+                   "none passed")
         notes.append(f"--prune-share auto: largest share passing alone {largest:.3g}; each share tried with its "
-                     f"own budget search: {shown}; kept share {kept_share:.3g} (the fewest {unit} that passed)")
+                     f"own budget search: {shown}; {outcome}")
     report.notes = notes + report.notes
+    probe = shape_probe(model, options)
     with stage("counting parameters and MACs"):
-        report.before = model_stats(source, shape_probe(model, options))
+        report.before = model_stats(source, probe)
     report.before.file_bytes = file_size(source.path) if source.path is not None else None
-    if report.verification is not None and held_out is not None:
-        report.verification.inputs = held_out + report.verification.inputs.removeprefix("the given inputs")
-    if output is not None and passed:
-        with stage("writing the output"), StagedOutput(output, external_data, source.base_dir, source,
-                                                      named) as staged:
-            staged.write(out)
-            staged.commit()
-        out = onnx.load(str(output), load_external_data=False)
-        report.after.file_bytes = file_size(output)
-    return out, report
+    if options.budget_metric == "time" and probe is not None and not probe.problem:
+        with stage("timing the original model"):
+            report.before.seconds = timing.model_seconds(source, probe, fixed_batch(model.graph))
+    return out, report, passed
+
+
+def _in_memory(source: ModelSource, pruned: ModelSource) -> onnx.ModelProto:
+    """A pruned model as ``optimize`` reads it here: one protobuf, its external data (if any) embedded."""
+    if uses_external(pruned.model):
+        embed_external_data(pruned.model, source.base_dir)
+    return pruned.model
+
+
+def refuse_too_large(model: onnx.ModelProto) -> None:
+    """CollapseError for a model whose pruned copies could not be one protobuf (over 2 GB with its data)."""
+    size = model.ByteSize() + sum(TensorStore.nbytes(t) for t in external_tensors(model))
+    if size > PROTOBUF_LIMIT:
+        raise CollapseError(Param("prune_share"), " works on models up to 2 GB (this one is "
+                            f"{size / 2**30:.1f} GB): run prune IN PRUNED, then optimize PRUNED with ",
+                            Param("reference"), " IN")
+
+
+def _judged(reference: onnx.ModelProto | Path, out: onnx.ModelProto, options: Options) -> Verification:
+    """``out`` judged against ``reference`` on the verification rows, by the options' criterion."""
+    return verify(reference, out, inputs=options.inputs, input_shapes=options.input_shapes, seed=options.seed,
+                  check_n=options.check_n, atol=options.atol, rtol=options.rtol, metric=options.metric,
+                  min_agreement=options.min_agreement, max_memory=options.max_verify_memory,
+                  ctc_strip=options.ctc_strip, confidence=options.confidence)

@@ -87,7 +87,8 @@ def _measure_folds(source: ModelSource, views: dict, plans: list[FoldPlan], feed
     elems = {n: _elem(p) for p in main for n in (p.input, p.output)}
     outputs = [o.name for o in model.graph.output]
     cache = BatchCache(parked / "captured")
-    expected = capture_batches(source, list(elems), elems, feeds, cache, optimized=False, keep=outputs,
+    kept = outputs if options.reference is None else []  # with a reference, its outputs are the ones compared
+    expected = capture_batches(source, list(elems), elems, feeds, cache, optimized=False, keep=kept,
                                into=StoredOutputs(parked / "expected"))
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
     for plan in main:

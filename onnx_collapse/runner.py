@@ -112,6 +112,7 @@ class StoredOutputs(Sequence):
     def __getitem__(self, b):
         if isinstance(b, slice):
             return [self[k] for k in range(*b.indices(len(self)))]
+        b = range(len(self))[b]  # a negative index counts from the end; IndexError beyond it
         return {name: self.cache.get(name, b) if value is None else value for name, value in self.sets[b].items()}
 
 

@@ -317,3 +317,12 @@ def test_names_add_the_first_sets_kind_mismatches_to_the_problems():
                               names=("the original model", "the pruned model"))
     assert not verdict.passed
     assert verdict.problems == ["output 'y' has shape 2x3 in the original model but 3x3 in the pruned model"]
+
+
+def test_an_output_missing_from_a_later_set_fails_and_zero_sets_are_refused():
+    want = {"y": np.zeros((2, 3)), "z": np.ones(2)}
+    verdict = compare_outputs([want, want], [want, {"y": np.zeros((2, 3))}], None, None, "x")
+    assert not verdict.passed and [s.passed for s in verdict.outputs] == [True, False]
+    assert verdict.outputs[1].max_abs == float("inf")
+    with pytest.raises(CollapseError, match="no input set"):
+        compare_outputs([], [], None, None, "x")

@@ -39,7 +39,7 @@ def test_a_given_share_is_pruning_then_optimizing_judged_against_the_original():
     error = float(np.abs(_run(out, HELD)[0] - _run(model, HELD)[0]).max())
     assert error > 1e-2  # the check is against the original, not against the pruned model it optimized
     assert report.verification.passed and report.verification.outputs[0].max_abs == pytest.approx(error, rel=1e-3)
-    assert "compared with the reference model" in report.verification.inputs
+    assert report.verification.inputs == "the given inputs, compared with the original model"
 
 
 def test_auto_shares_and_budgets_keep_the_smallest_model_that_passes_against_the_original():
@@ -97,3 +97,43 @@ def test_the_command_writes_the_kept_model_and_leaves_its_inputs_alone(tmp_path)
     assert "PASSED" in r.stdout and "--prune-share auto: largest share passing alone" in r.stdout
     assert oc.verify(src, out, inputs=str(tmp_path / "held.npz"), **LOOSE).passed
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in before} == before
+
+
+def test_a_model_without_a_pair_is_optimized_unpruned_and_said_so():
+    from tests.common import MODELS
+
+    out, report = oc.optimize(str(MODELS / "three_layer.onnx"), prune_share="auto", calibrate={
+        "x": np.random.default_rng(0).normal(size=(40, 64)).astype(np.float32)}, **LOOSE)
+    assert report.pruning.share == 0 and report.pruning.pairs == 0 and report.verification.passed
+    assert any("no convolution pair to prune" in n for n in report.notes) and report.after.params < report.before.params
+
+
+def test_an_external_data_model_is_pruned_and_optimized_and_its_data_is_untouched(tmp_path):
+    src = tmp_path / "in" / "model.onnx"
+    src.parent.mkdir()
+    model = pair_model(dup=4, second=True)
+    onnx.save(model, src, save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data",
+              size_threshold=0)
+    data = {p: p.read_bytes() for p in src.parent.iterdir()}
+    out_path = tmp_path / "out" / "model.onnx"
+    out_path.parent.mkdir()
+    _, report = oc.optimize(str(src), output=str(out_path), prune_share=0.25, calibrate=CALIB, inputs=HELD,
+                            atol=10.0, rtol=0.0)
+    assert report.verification.passed and report.verification.n_input_sets >= 1
+    assert {p: p.read_bytes() for p in src.parent.iterdir()} == data
+    model = pair_model(dup=4, second=True)  # onnx.save moved the data of the one above out to the file
+    assert oc.verify(model, str(out_path), inputs=HELD, atol=10.0, rtol=0.0).passed
+    assert report.after.params < report.before.params == _weights(model)
+
+
+def test_a_failing_share_leaves_an_existing_output_as_it_was(tmp_path):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(pair_model(dup=0), src)
+    out.write_bytes(b"an older output")
+    np.savez(tmp_path / "calib.npz", **CALIB)
+    np.savez(tmp_path / "held.npz", **HELD)
+    r = cli("optimize", src, out, "--prune-share", "0.5", "--calibrate", tmp_path / "calib.npz", "--inputs",
+            tmp_path / "held.npz", "--atol", "1e-6", "--rtol", "0", "--overwrite")
+    assert_one_line_error(r, 2, "--prune-share 0.5 fails verification on its own")
+    assert out.read_bytes() == b"an older output" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "calib.npz", "held.npz", "in.onnx", "out.onnx"]

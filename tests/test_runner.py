@@ -158,3 +158,29 @@ def test_iter_outputs_runs_a_set_only_when_it_is_asked_for():
 def test_iter_outputs_names_a_model_that_cannot_load_before_any_set_runs():
     with pytest.raises(CollapseError, match="model"):
         runner.iter_outputs(ModelSource(onnx.ModelProto()), [], "broken model")
+
+
+def test_stored_outputs_count_a_negative_index_from_the_end(tmp_path):
+    kept = runner.stored(runner.iter_outputs(ModelSource(MODEL), _feeds(3), "model"), tmp_path / "kept")
+    np.testing.assert_array_equal(kept[-1]["y"], kept[2]["y"])
+    with pytest.raises(IndexError):
+        kept[3]
+
+
+def test_verification_leaves_no_scratch_folder_and_an_unwritable_one_is_one_line(tmp_path, monkeypatch):
+    import tempfile
+
+    import onnx_collapse as oc
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = tmp_path / "m.onnx"
+    onnx.save(MODEL, path)
+    assert oc.verify(path, path).passed
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # the stored outputs went with the run
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refused)
+    with pytest.raises(CollapseError, match="cannot make a scratch folder in .*Permission denied"):
+        oc.verify(path, path)
