@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -223,10 +224,19 @@ def run_tool(repo_root: Path, args: list[str], err_file: Path, timeout: float, c
     env = dict(os.environ, PYTHONPATH=str(repo_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-c", LAUNCHER, str(err_file), sys.executable, "-P", "-m", "onnx_collapse", command,
            *args]
+    # its own process group, so that a timeout stops the tool too, not only the launcher (an orphaned run
+    # would go on competing for the machine with every row measured after it)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=True).stdout.split()
+        stdout, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return 124, 0, timeout, f"timed out after {timeout:.0f} s"
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    out = stdout.split()
     return int(out[0]), int(out[1]), float(out[2]), err_file.read_text(errors="replace")
 
 
