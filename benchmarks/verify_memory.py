@@ -1,7 +1,8 @@
 """Peak memory and time of verifying on many rows: set by set (since de006b8) against the commit before, which
 kept every model's outputs for all the verification rows in memory.
 
-    python benchmarks/verify_memory.py [--lines 480,1920] [--before ffb5622] [--after HEAD] [--out FILE.md]
+    python benchmarks/verify_memory.py [--lines 480,1920] [--before ffb5622] [--after HEAD] [--only verify|optimize]
+        [--out FILE.md]
 
 A real network: PP-OCRv4 rec from ``rapidocr-onnxruntime==1.4.4`` (``pip install rapidocr-onnxruntime==1.4.4
 pillow``), on text lines rendered offline with Pillow (realdata.py; 96 calibration lines, seed 1, and N
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--before", default="ffb5622", help="the commit that kept every set's outputs")
     p.add_argument("--after", default="HEAD")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    p.add_argument("--only", choices=["verify", "optimize"], default=None, help="run one of the two commands")
     args = p.parse_args(argv)
     model_file = realdata.model_path(REC)
     model = onnx.load(model_file)
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
                         "0.96", "--confidence", "0.9", "--quiet"],
                 }
                 for what, command in commands.items():
+                    if args.only and not what.startswith(args.only):
+                        continue
                     got = {}
                     for label, tree in trees.items():
                         out = tmp / f"{label}-{n}.onnx"
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                                capture_output=True)
     table = [
-        f"# Verification memory, set by set (`python benchmarks/verify_memory.py --lines {args.lines}`)",
+        f"# Verification memory, set by set (`python benchmarks/verify_memory.py --lines {args.lines}"
+        + (f" --only {args.only}" if args.only else "") + "`)",
         "",
         f"- model: {REC} from rapidocr-onnxruntime {realdata.package_version()}; before: {commits['before']} "
         f"(every set's outputs in memory), after: {commits['after']} (compared set by set, the original's "
