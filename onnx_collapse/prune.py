@@ -22,7 +22,6 @@ for the largest share that meets it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -47,13 +46,12 @@ from .io import (
     data_files,
     embed_external_data,
     open_model,
-    scratch_dir,
     uses_external,
 )
 from .options import Options
 from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
-from .runner import StoredOutputs, iter_outputs, probe_model, session, stored
+from .runner import StoredOutputs, iter_outputs, outputs_scratch, probe_model, session, stored
 from .verify import check_reference, reference_text
 
 ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
@@ -497,7 +495,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference)
     options, held_out = calibration_split(source.model, options)
-    with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-") as tmp:
+    with outputs_scratch() as tmp:
         scratch = Path(tmp)
         # the original's (or the reference's) outputs on the verification rows, on disk; each pruned model's are
         # compared with them set by set, never all in memory

@@ -106,6 +106,12 @@ class StoredOutputs(Sequence):
             kept[name] = None if on_disk else value
         self.sets.append(kept)
 
+    def extend(self, outputs: Iterable[Mapping[str, object]]) -> StoredOutputs:
+        """Append every set of ``outputs``, one at a time; returns self."""
+        for values in outputs:
+            self.append(values)
+        return self
+
     def __len__(self) -> int:
         return len(self.sets)
 
@@ -116,14 +122,14 @@ class StoredOutputs(Sequence):
         return {name: self.cache.get(name, b) if value is None else value for name, value in self.sets[b].items()}
 
 
-def stored(outputs: Iterable[Mapping[str, object]], folder: Path, into: StoredOutputs | None = None
-           ) -> StoredOutputs:
-    """``outputs`` (``iter_outputs``, say) written one set at a time to ``into``, or to a new
-    ``StoredOutputs`` in ``folder``, which is returned."""
-    kept = StoredOutputs(folder) if into is None else into
-    for values in outputs:
-        kept.append(values)
-    return kept
+def stored(outputs: Iterable[Mapping[str, object]], folder: Path) -> StoredOutputs:
+    """``outputs`` (``iter_outputs``, say) written one set at a time to a new ``StoredOutputs`` in ``folder``."""
+    return StoredOutputs(folder).extend(outputs)
+
+
+def outputs_scratch() -> tempfile.TemporaryDirectory:
+    """The temporary folder a run's stored outputs go to (``StoredOutputs``), removed with it."""
+    return scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-")
 
 
 def probe_model(model: onnx.ModelProto, names: Sequence[str], elem_types: Mapping[str, int]) -> onnx.ModelProto:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -13,11 +12,11 @@ import onnx
 from .compare import judge, verdict_text
 from .errors import CollapseError, Param
 from .inputs import graph_inputs, make_feeds
-from .io import ModelSource, open_model, scratch_dir
+from .io import ModelSource, open_model
 from .options import DEFAULTS, Options
 from .progress import reported, stage
 from .report import Verification
-from .runner import StoredOutputs, iter_outputs, stored
+from .runner import StoredOutputs, iter_outputs, outputs_scratch, stored
 
 
 def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | None:
@@ -59,9 +58,8 @@ def check_reference(source: ModelSource, options: Options, into: StoredOutputs |
         feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                   options.max_verify_memory)
         with contextlib.ExitStack() as stack:  # the reference's outputs on disk, then one session at a time
-            folder = into.cache.folder if into is not None else \
-                Path(stack.enter_context(scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-")))
-            expected = stored(reference_outputs(options, model, feeds), folder, into)
+            kept = into if into is not None else StoredOutputs(Path(stack.enter_context(outputs_scratch())))
+            expected = kept.extend(reference_outputs(options, model, feeds))
             verdict = judge(expected, iter_outputs(source, feeds, "input model"), where, options)
     if verdict.passed:
         return into
@@ -106,7 +104,7 @@ def verify(
     names = tuple(repr(Path(m).name) if isinstance(m, (str, os.PathLike)) else what
                   for m, what in ((reference, "the reference model"), (candidate, "the candidate model")))
     feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n, max_memory)
-    with scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-") as tmp:
+    with outputs_scratch() as tmp:
         with stage("running the original model"):  # its outputs on disk, then one session at a time
             expected = stored(iter_outputs(ref, feeds, names[0]), Path(tmp))
         with stage("running the optimized model"):  # compared set by set: neither's outputs all in memory

@@ -26,7 +26,16 @@ from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
 from ..rewrite import PlanApplier, apply_plans
-from ..runner import BatchCache, capture_batches, chain_model, iter_outputs, probed_session, run, stored
+from ..runner import (
+    BatchCache,
+    capture_batches,
+    chain_model,
+    iter_outputs,
+    outputs_scratch,
+    probed_session,
+    run,
+    stored,
+)
 from ..verify import reference_outputs, reference_text
 from .chains import candidate_for
 from .context import Context
@@ -439,7 +448,7 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
     lo, hi, best, why = 0.0, 1.0, None, []
     frontier = []
     with stage("searching the smallest budget that passes verification", total=SEARCH_STEPS), \
-            scratch_dir(Path(tempfile.gettempdir()), "onnx-collapse-expected-") as tmp:
+            outputs_scratch() as tmp:
         # the original's outputs on disk, every budget's compared set by set: none of them all in memory
         expected = stored(reference_outputs(opts, model, feeds) or
                           iter_outputs(ModelSource(model, base_dir), feeds, "original model"), Path(tmp))
