@@ -21,7 +21,6 @@ from pathlib import Path
 import onnx
 
 from . import timing
-from .calibrate import load_arrays, row_count
 from .compare import verdict_text
 from .errors import CollapseError, Param
 from .graph import fixed_batch
@@ -37,7 +36,7 @@ from .io import (
 )
 from .options import Options
 from .progress import stage
-from .prune import FOLDS, check_criterion, prunable_pairs, prune, prune_model
+from .prune import calibration_rows, check_criterion, prunable_pairs, prune, prune_model
 from .report import PruneTrial, Pruning, Report, Verification
 from .verify import ReferenceFailed, reference_text, verify
 
@@ -104,29 +103,30 @@ def _search(source: ModelSource, options: Options) -> tuple[onnx.ModelProto, Rep
     plain = options.with_overrides(prune_share=None)
     search: list[dict] = []
     notes: list[str] = []
+    first = None  # the model the share search pruned at the largest share: not pruned again
     if not pairs:
         largest = 0.0
         notes.append("--prune-share: no convolution pair to prune; optimized without pruning")
     elif share == "auto":
         with stage("finding the largest prune share that passes alone"):
-            _, found = prune(original, plain, share="auto")
+            first, found = prune(original, plain, share="auto")
         largest, search = found.share, found.search
+        first = first if largest > 0 else None
         notes += [f"--prune-share auto: {n}" for n in found.notes]
     else:
         largest = float(share)
-    rows = None
-    if pairs and largest > 0:
-        rows = load_arrays(model, options.calibrate, max_memory=options.max_verify_memory)
-        if row_count(rows) < FOLDS:
-            raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
-                                Param("calibrate"), f" gave {row_count(rows)}")
+    rows = None  # read when a share is first pruned here
     inner = plain.with_overrides(reference=options.reference if options.reference is not None else original)
     tried: list[PruneTrial] = []
     best = None  # (cost, share, model, report, passed)
     for value in shares_to_try(largest, share == "auto" and options.rank_budget == "auto"):
         with stage(f"pruning share {value:.3g}, then optimizing"):
             if value > 0:
-                pruned = _in_memory(source, prune_model(source, pairs, value, rows)[0])
+                if value == largest and first is not None:
+                    pruned, first = first, None
+                else:
+                    rows = rows if rows is not None else calibration_rows(model, options)
+                    pruned = _in_memory(source, prune_model(source, pairs, value, rows)[0])
                 try:
                     out, report = optimize(pruned, inner)
                 except ReferenceFailed as exc:  # the pruned model alone already fails against the original

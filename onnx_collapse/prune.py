@@ -477,6 +477,17 @@ def check_criterion(options: Options, share, name: str = "share") -> None:
         raise CollapseError(Param(name, "auto"), " searches for what passes verification; it needs it on")
 
 
+def calibration_rows(model: onnx.ModelProto, options: Options, held_out: bool = False) -> Mapping[str, np.ndarray]:
+    """The calibration rows pruning fits on; CollapseError when they are too few to cross-validate (``held_out``:
+    verification rows were split off them)."""
+    rows = calibration.load_arrays(model, options.calibrate, max_memory=options.max_verify_memory)
+    if calibration.row_count(rows) < FOLDS:
+        raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
+                            Param("calibrate"), f" gave {calibration.row_count(rows)}"
+                            + (" after holding out rows for verification" if held_out else ""))
+    return rows
+
+
 def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
           share: float | str = 0.25, keep_layers: tuple[str, ...] = (), output: str | os.PathLike | None = None,
           external_data: bool | None = None, **overrides) -> tuple[onnx.ModelProto, PruneReport]:
@@ -500,11 +511,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         # the original's (or the reference's) outputs on the verification rows, on disk; each pruned model's are
         # compared with them set by set, never all in memory
         checked = check_reference(source, options, StoredOutputs(scratch / "reference"))
-        rows = calibration.load_arrays(source.model, options.calibrate, max_memory=options.max_verify_memory)
-        if calibration.row_count(rows) < FOLDS:
-            raise CollapseError("pruning needs at least ", str(FOLDS), " calibration rows to fit and cross-validate, ",
-                                Param("calibrate"), f" gave {calibration.row_count(rows)}"
-                                + (" after holding out rows for verification" if held_out else ""))
+        rows = calibration_rows(source.model, options, held_out is not None)
         probe = macs.probe_for(source.model, options.calibrate, options.inputs, options.input_shapes, options.seed,
                                options.max_verify_memory)
         known = {_label(n) for n in source.model.graph.node if n.output}
