@@ -17,7 +17,8 @@ weights, multiply-accumulates from the shapes onnxruntime really produces, accur
 agreement with the original, and onnxruntime latency beside the original (interleaved, 2 intra-op threads,
 sequential). A method is a name and a list of CLI flags (METHODS below, or ``--tool-args NAME=FLAGS``);
 placeholders {calib} and {verify} name .npz files of calibration rows and of verification rows (disjoint from
-the evaluation rows; {verify8}: the first 8 of those). A method whose flags the tool does not know gives a "not available" row.
+the evaluation rows; {verify8}: the first 8 of those; {labels}: the true labels of the verification rows, for
+--labels). A method whose flags the tool does not know gives a "not available" row.
 """
 
 from __future__ import annotations
@@ -81,7 +82,24 @@ def joint_target(agreement: float, confidence: float | None = None, metric: str 
                     + ("" if confidence is None else f", judged by the {confidence:.0%} lower confidence bound")}
 
 
-# A method: the tool's flags (placeholders {calib}, {verify}, {model}: the original; "{strip}" becomes --ctc-strip for each of the
+def drop_target(max_drop: float, confidence: float | None = 0.9, metric: str = "params") -> dict:
+    """A method: one optimize run with --prune-share auto and --rank-budget auto judged by accuracy against the
+    verification lines' true text (--labels, --max-drop: at most ``max_drop`` below the original's accuracy,
+    the drop's upper bound at ``confidence``), spaces stripped (rec only)."""
+    judged = ["--inputs", "{verify}", "--metric", "ctc", "{strip}", "--labels", "{labels}", "--max-drop",
+              str(max_drop)] + ([] if confidence is None else ["--confidence", str(confidence)])
+    unit = {"params": "weight", "macs": "MAC"}[metric]
+    return {"flags": ["--low-rank", "all", "--calibrate", "{calib}", "--allocator", "output", "--budget-metric",
+                      metric, "--prune-share", "auto", "--rank-budget", "auto", *judged],
+            "models": ["rec"], "budget": False,
+            "note": f"accuracy target in one run, against the true text: every model the searches try must read the "
+                    f"verification lines at most {100 * max_drop:g} point(s) less accurately than the original"
+                    + ("" if confidence is None else f" (the drop's {confidence:.0%} upper bound)")
+                    + f"; prune shares and {unit} budgets searched as in joint-*, the passing model with the fewest "
+                      f"{unit}s kept"}
+
+
+# A method: the tool's flags (placeholders {calib}, {verify}, {labels}, {model}: the original; "{strip}" becomes --ctc-strip for each of the
 # task's space classes); optional "budgets" / "metrics" restrict the
 # rows it gets, "budget": False runs it once without --rank-budget/--budget-metric. "note" goes in the table.
 METHODS: dict[str, dict] = {
@@ -162,6 +180,9 @@ METHODS: dict[str, dict] = {
     "joint-params-0.955-c0.9": joint_target(0.955, 0.9),
     "joint-params-0.95-c0.9": joint_target(0.95, 0.9),
     "joint-macs-0.955-c0.9": joint_target(0.955, 0.9, "macs"),
+    "drop-params-0.01-c0.9": drop_target(0.01),
+    "drop-macs-0.01-c0.9": drop_target(0.01, metric="macs"),
+    "drop-params-0.01": drop_target(0.01, None),
 }
 BUDGETS = [0.8, 0.7, 0.6, 0.5]
 METRICS = ["params", "macs"]
@@ -270,6 +291,7 @@ class Task:
     truth: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     strip: list = field(default_factory=list)  # classes a decoding's ends may drop (a recogniser's spaces)
+    verify_labels: dict = field(default_factory=dict)  # the verification rows' true labels by output ({labels})
 
     def scores(self, outputs: np.ndarray, reference_outputs: np.ndarray | None) -> dict:
         raise NotImplementedError
@@ -286,7 +308,11 @@ class RecTask(Task):
         import onnx
         self.labels = rd.ctc_labels(onnx.load(self.file, load_external_data=False))
         self.calib, _ = rd.rec_dataset(self.labels, n_calib, seed=101)
-        self.verify, _ = rd.rec_dataset(self.labels, n_verify, seed=202)
+        self.verify, verify_text = rd.rec_dataset(self.labels, n_verify, seed=202)
+        import onnxruntime as ort
+
+        output = ort.InferenceSession(self.file, providers=["CPUExecutionProvider"]).get_outputs()[0].name
+        self.verify_labels = {output: rd.ctc_targets(verify_text, self.labels)}
         self.x, self.truth = rd.rec_dataset(self.labels, n_eval, seed=303)
         self.counts = {"calibration lines": n_calib, "verification lines": n_verify, "evaluation lines": n_eval}
         self.strip = [i for i, c in enumerate(self.labels) if i and not c.strip()]  # what str.strip() drops
@@ -368,10 +394,13 @@ def bench_task(task: Task, methods: dict, budgets, metrics, repo_root: Path, wor
                timeout: float, log) -> dict:
     calib = work / f"{task.key}_calib.npz"
     verify = work / f"{task.key}_verify.npz"
+    labels = work / f"{task.key}_labels.npz"
     verify8 = work / f"{task.key}_verify8.npz"
     np.savez(calib, **{task.input_name: task.calib})
     np.savez(verify, **{task.input_name: task.verify})
     np.savez(verify8, **{task.input_name: task.verify[:8]})
+    if task.verify_labels:
+        np.savez(labels, **task.verify_labels)
     log(f"[{task.key}] original: measuring")
     orig = measure_model(task, task.file, None)
     orig_sess = session(task.file)
@@ -393,7 +422,7 @@ def bench_task(task: Task, methods: dict, budgets, metrics, repo_root: Path, wor
             spaces = [w for c in task.strip for w in ("--ctc-strip", str(c))]
             return [w for f in flags
                     for w in (spaces if f == "{strip}" else
-                              [f.format(calib=calib, verify=verify, verify8=verify8, model=task.file)])]
+                              [f.format(calib=calib, verify=verify, verify8=verify8, model=task.file, labels=labels)])]
 
         flags = filled(m["flags"])
         if metric == "share":

@@ -223,6 +223,18 @@ def rec_dataset(labels: list[str], n: int, seed: int) -> tuple[np.ndarray, list[
     return np.stack(rows), texts
 
 
+def ctc_targets(texts: list[str], labels: list[str]) -> np.ndarray:
+    """The true class sequences of ``texts`` as onnx-collapse's ``--labels`` reads a CTC output: one row per
+    line, each character's class (its first index in ``labels``, never the blank), padded with -1."""
+    index: dict[str, int] = {}
+    for i, c in enumerate(labels[1:], 1):
+        index.setdefault(c, i)
+    out = np.full((len(texts), max(1, max(map(len, texts), default=1))), -1, np.int64)
+    for row, text in enumerate(texts):
+        out[row, :len(text)] = [index[c] for c in text]
+    return out
+
+
 def ctc_greedy(probs: np.ndarray, labels: list[str]) -> list[str]:
     """Greedy CTC decode of (N, T, C) scores: argmax per step, merge repeats, drop the blank (index 0)."""
     best = np.asarray(probs).argmax(axis=-1)

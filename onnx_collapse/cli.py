@@ -82,6 +82,7 @@ FLAGS = {
     "max_error": "--max-error", "low_rank": "--low-rank", "budget_metric": "--budget-metric",
     "error_metric": "--error-metric", "max_groups": "--max-groups", "allocator": "--allocator",
     "metric": "--metric", "min_agreement": "--min-agreement", "confidence": "--confidence", "ctc_strip": "--ctc-strip",
+    "labels": "--labels", "max_drop": "--max-drop",
     "max_verify_memory": "--max-verify-memory",
     "calibrate": "--calibrate", "external_data": "--external-data", "sequential": "--sequential",
     "share": "--share", "keep_layers": "--keep-layer", "prune_share": "--prune-share",
@@ -186,6 +187,18 @@ confidence_option = click.option(
          "share search does not keep a model only because it was lucky on the verification rows.")
 
 
+def label_options(f):
+    """``--labels`` and ``--max-drop``: accuracy against the true labels of the --inputs rows."""
+    f = click.option("--max-drop", type=click.FloatRange(0, 1), default=None, metavar="D",
+                     help="With --labels: judge each labelled output by accuracy instead of agreement: it passes "
+                          "when its accuracy is at most D below the original's on the same rows (0.01: one "
+                          "point; with --confidence, the drop's upper bound must be).")(f)
+    return click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="LABELS.npz",
+                        help="With --inputs and --metric top1, sequence or ctc: the true labels of the --inputs "
+                             "rows, one integer array per output by name (ctc: [samples, length], padded with -1); "
+                             "both models' accuracies are reported.")(f)
+
+
 reference_option = click.option(
     "--reference", metavar="REF.onnx", type=click.Path(dir_okay=False), default=None,
     help="Verify against this model's outputs instead of IN.onnx's: the network before an earlier lossy step, "
@@ -213,6 +226,7 @@ def check_options(f):
                      help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree."),
         confidence_option,
         ctc_strip_option,
+        label_options,
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -401,7 +415,7 @@ def cli(ctx: click.Context) -> None:
 @reference_option
 @output_options
 def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, check_n, inputs, input_shape,
-             metric, min_agreement, confidence, ctc_strip, rank_budget, max_error, low_rank, budget_metric,
+             metric, min_agreement, confidence, ctc_strip, labels, max_drop, rank_budget, max_error, low_rank, budget_metric,
              error_metric, max_groups,
              allocator, sequential, max_verify_memory, calibrate, prune_share, reference, external_data, overwrite,
              as_json, report_file, quiet) -> None:
@@ -412,12 +426,12 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 
         src, dst = Path(input_path), Path(output_path)
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
-                     io.data_files(inputs, calibrate, reference))
+                     io.data_files(inputs, calibrate, reference, labels))
         refuse_both_goals(rank_budget, max_error)
         no_budget = rank_budget is None and max_error is None
         note_idle_options(quiet, [
             (no_verify, ("atol", "rtol", "seed", "check_n", "inputs", "metric", "min_agreement", "confidence",
-                         "ctc_strip", "reference", "max_verify_memory"),
+                         "ctc_strip", "labels", "max_drop", "reference", "max_verify_memory"),
              "with --no-verify"),
             *check_notes(metric, inputs),
             (no_budget, ("low_rank", "max_groups", "budget_metric", "error_metric", "sequential"),
@@ -427,7 +441,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
         options = Options(slope_tol=slope_tol, verify=not no_verify, atol=atol, rtol=rtol, seed=seed,
                           check_n=check_n, inputs=inputs, input_shapes=_shapes(input_shape), metric=metric,
                           min_agreement=min_agreement, confidence=confidence, ctc_strip=tuple(ctc_strip),
-                          rank_budget=rank_budget,
+                          labels=labels, max_drop=max_drop, rank_budget=rank_budget,
                           max_error=max_error,
                           low_rank=low_rank, budget_metric=budget_metric, error_metric=error_metric,
                           max_groups=max_groups, allocator=allocator, sequential=sequential, calibrate=calibrate,
@@ -467,13 +481,14 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
               help="With --metric top1, sequence or ctc: the fraction of rows (samples) that must agree.")
 @confidence_option
 @ctc_strip_option
+@label_options
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Memory the data may take (e.g. 4G); default: half the available memory.")
 @reference_option
 @output_options
 def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, atol, rtol, seed, inputs, metric,
-          min_agreement, confidence, ctc_strip, max_verify_memory, reference, external_data, overwrite, as_json,
-          report_file, quiet) -> None:
+          min_agreement, confidence, ctc_strip, labels, max_drop, max_verify_memory, reference, external_data,
+          overwrite, as_json, report_file, quiet) -> None:
     """Prune channels of convolution pairs (pointwise -> depthwise -> pointwise) of IN.onnx, refitted on
     --calibrate, and write the verified result to OUT.onnx."""
     with running(quiet) as done:
@@ -482,15 +497,15 @@ def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, ato
 
         src, dst = Path(input_path), Path(output_path)
         _check_paths(src, dst, None if report_file is None else Path(report_file), overwrite,
-                     io.data_files(inputs, calibrate, reference))
+                     io.data_files(inputs, calibrate, reference, labels))
         note_idle_options(quiet, [*check_notes(metric, inputs)[:2],
                                   (inputs is not None, ("seed",), "with --inputs (no rows are held out)"),
                                   (no_verify, ("atol", "rtol", "seed", "inputs", "metric", "min_agreement",
-                                               "confidence", "ctc_strip", "reference"),
+                                               "confidence", "ctc_strip", "labels", "max_drop", "reference"),
                                    "with --no-verify")])
         options = Options(verify=not no_verify, atol=atol, rtol=rtol, seed=seed, inputs=inputs, metric=metric,
                           min_agreement=min_agreement, confidence=confidence, ctc_strip=tuple(ctc_strip),
-                          calibrate=calibrate, reference=reference,
+                          labels=labels, max_drop=max_drop, calibrate=calibrate, reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = prune_model(src, options, share=share, keep_layers=tuple(keep_layers), output=dst,
                                 external_data=external_data)
@@ -576,7 +591,7 @@ def _check_plot_path(src: Path, picture: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @quiet_option
 def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape, metric, min_agreement,
-           confidence, ctc_strip, as_json, quiet) -> None:
+           confidence, ctc_strip, labels, max_drop, as_json, quiet) -> None:
     """Compare B.onnx with A.onnx in onnxruntime; exit 1 if any output differs beyond tolerance."""
     with one_line_errors():
         note_idle_options(quiet, check_notes(metric, inputs))
@@ -585,7 +600,8 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
 
         result = verify_models(reference, candidate, inputs=inputs, input_shapes=_shapes(input_shape), seed=seed,
                                check_n=check_n, atol=atol, rtol=rtol, metric=metric, min_agreement=min_agreement,
-                               ctc_strip=tuple(ctc_strip), confidence=confidence)
+                               ctc_strip=tuple(ctc_strip), confidence=confidence, labels=labels,
+                               max_drop=max_drop)
     with one_line_errors():
         from .report import render_verification
 

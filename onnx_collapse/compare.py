@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from statistics import NormalDist
 
 import numpy as np
 
+from .accuracy import LABELS, check_labels, ctc_decode, drop_upper_bound, load_labels, unit_correct
 from .errors import CollapseError, Param
 from .inputs import dims_text
 from .report import ErrorStats, Verification
@@ -123,22 +125,6 @@ def _compared(e: np.ndarray, a: np.ndarray) -> int:
     return int(np.count_nonzero(np.isfinite(e) | ~same))
 
 
-def ctc_decode(labels: np.ndarray, blank: int = 0, strip: Sequence[int] = ()) -> list[int]:
-    """A CTC label path read as its output: repeats merged, then the ``blank`` class dropped, then the
-    ``strip`` classes (a recogniser's space, say) dropped from both ends."""
-    out, last = [], None
-    for label in labels.tolist():
-        if label != last and label != blank:
-            out.append(label)
-        last = label
-    start, end = 0, len(out)
-    while start < end and out[start] in strip:
-        start += 1
-    while end > start and out[end - 1] in strip:
-        end -= 1
-    return out[start:end]
-
-
 def top1_agreement(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], name: str = "",
                    unit: str = "row", strip: Sequence[int] = ()) -> float:
     """Fraction of units whose argmax over the last axis agrees (see ``agreement_counts``)."""
@@ -240,11 +226,15 @@ def judge(expected: Iterable[Mapping[str, np.ndarray]], actual: Iterable[Mapping
           options, names: tuple[str, str] | None = None) -> Verification:
     """``compare_outputs`` with the criterion an ``Options`` asks for (tolerances, metric, agreement, strip)."""
     return compare_outputs(expected, actual, options.atol, options.rtol, where, options.metric,
-                           options.min_agreement, options.ctc_strip, options.confidence, names)
+                           options.min_agreement, options.ctc_strip, options.confidence, names, options.labels,
+                           options.max_drop)
 
 
 def _judged_agreement(stat) -> float:
-    """The agreement an output was judged by (its bound, with a confidence); 1 for an allclose output."""
+    """The agreement an output was judged by (its bound, with a confidence; one less the accuracy drop, or its
+    bound, for an output judged against labels); 1 for an allclose output."""
+    if stat.max_drop is not None:
+        return 1 - (stat.accuracy_drop_bound if stat.accuracy_drop_bound is not None else stat.accuracy_drop)
     if stat.agreement_bound is not None:
         return stat.agreement_bound
     return 1.0 if stat.agreement is None else stat.agreement
@@ -258,6 +248,11 @@ def verdict_text(verdict: Verification) -> str:
     shown = f"agreement {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"
     if worst.agreement_bound is not None:
         shown += f" (bound {100 * worst.agreement_bound:.1f}%)"
+    if worst.accuracy is not None:
+        shown += f", accuracy {100 * worst.accuracy:.1f}% against {100 * worst.reference_accuracy:.1f}%"
+        if worst.max_drop is not None:
+            shown += f" (drop {100 * worst.accuracy_drop:.2g}" + (
+                "" if worst.accuracy_drop_bound is None else f", bound {100 * worst.accuracy_drop_bound:.2g}") + " pt)"
     return f"{shown} {'passed' if verdict.passed else 'failed'}"
 
 
@@ -265,6 +260,7 @@ def compare_outputs(
     expected: Iterable[Mapping[str, np.ndarray]], actual: Iterable[Mapping[str, np.ndarray]],
     atol: Tolerance, rtol: Tolerance, source: str, metric: str = "allclose", min_agreement: float = 0.99,
     ctc_strip: Sequence[int] = (), confidence: float | None = None, names: tuple[str, str] | None = None,
+    labels: str | os.PathLike | Mapping[str, np.ndarray] | None = None, max_drop: float | None = None,
 ) -> Verification:
     """Compare two models' outputs (sequences of input sets, or iterables that give them one at a time:
     one set of each is in memory at a time), output by output.
@@ -279,8 +275,12 @@ def compare_outputs(
     confidence bound of the agreement (``agreement_lower_bound``, kept as ``agreement_bound``) is at least
     ``min_agreement``, not the measured fraction. With ``names`` (the two models', as the problems name
     them), outputs missing from one model or of another shape or dtype in the first set are problems too.
+    With ``labels`` (an agreement metric, see ``accuracy``), both models' accuracies against them are counted
+    in the same units, and with ``max_drop`` a labelled output passes when the candidate's accuracy is at
+    most that below the reference's (with ``confidence``: the drop's upper bound, ``drop_upper_bound``)
+    instead of by its agreement.
     """
-    comparison = Comparison(atol, rtol, metric, min_agreement, ctc_strip, confidence, names)
+    comparison = Comparison(atol, rtol, metric, min_agreement, ctc_strip, confidence, names, labels, max_drop)
     for e, a in zip(expected, actual, strict=True):  # strict: a generator is run to its end, its session freed
         comparison.add(e, a)
     return comparison.verdict(source)
@@ -294,6 +294,9 @@ class _Output:
         self.failed = False  # missing in the candidate, or a sequence of another length: fails at infinite error
         self.tensors = True  # every value so far an array (a sequence or an optional output is not judged by agreement)
         self.same = self.units = 0
+        self.rows = 0  # rows of the labels read so far
+        self.right = [0, 0]  # units the reference, the candidate read right (with labels)
+        self.worse = self.better = self.labelled = 0  # units right for the reference only, the candidate only; all
 
 
 class Comparison:
@@ -303,9 +306,12 @@ class Comparison:
 
     def __init__(self, atol: Tolerance, rtol: Tolerance, metric: str = "allclose", min_agreement: float = 0.99,
                  ctc_strip: Sequence[int] = (), confidence: float | None = None,
-                 names: tuple[str, str] | None = None):
+                 names: tuple[str, str] | None = None,
+                 labels: str | os.PathLike | Mapping[str, np.ndarray] | None = None, max_drop: float | None = None):
         self.atol, self.rtol, self.metric, self.min_agreement = atol, rtol, metric, min_agreement
         self.ctc_strip, self.confidence, self.names = tuple(ctc_strip), confidence, names
+        self.labels = {} if labels is None else load_labels(labels)
+        self.max_drop = max_drop
         self.sets = 0
         self.outputs: dict[str, _Output] = {}
         self.problems: list[str] = []
@@ -314,6 +320,8 @@ class Comparison:
         """Take in one input set's outputs (the reference's, then the candidate's), by output name."""
         if not self.sets and self.names is not None:
             self.problems += output_mismatches(expected, actual, self.names)
+        if not self.sets:
+            check_labels(self.labels, list(expected))
         self.sets += 1
         for name, e in expected.items():
             out = self.outputs.get(name)
@@ -340,6 +348,31 @@ class Comparison:
                 if self.metric in AGREEMENT_METRICS and out.tensors and x.dtype.kind == "f":
                     same, units = _agreement_of(x, y, name, AGREEMENT_METRICS[self.metric], self.ctc_strip)
                     out.same, out.units = out.same + same, out.units + units
+            if name in self.labels:
+                self._count_right(name, out, pairs)
+
+    def _count_right(self, name: str, out: _Output, pairs: list) -> None:
+        """Both models' accuracies on one input set's rows of labelled output ``name`` (see ``accuracy``)."""
+        (e, a), = pairs if out.tensors else [(None, None)]
+        if e is None or np.asarray(e).dtype.kind != "f" or np.ndim(e) < 2:
+            raise CollapseError(LABELS, f" labels output {name!r}, which is not an array of scores with rows along "
+                                "axis 0 and classes on the last axis: only such outputs can be read against labels")
+        e, a = np.asarray(e), np.asarray(a)
+        labels, rows = self.labels[name], e.shape[0]
+        if out.rows + rows > labels.shape[0]:
+            raise CollapseError(LABELS, f": array {name!r} has {labels.shape[0]} rows, fewer than the verification "
+                                "rows (one label row per row of the inputs, in their order)")
+        part = labels[out.rows:out.rows + rows]
+        out.rows += rows
+        unit = AGREEMENT_METRICS[self.metric]
+        ref, counted = unit_correct(e, part, unit, self.ctc_strip, name)
+        cand = unit_correct(a, part, unit, self.ctc_strip, name)[0] if a.shape == e.shape else np.zeros_like(ref)
+        ref, cand = ref & counted, cand & counted
+        out.right[0] += int(ref.sum())
+        out.right[1] += int(cand.sum())
+        out.worse += int((ref & ~cand).sum())
+        out.better += int((cand & ~ref).sum())
+        out.labelled += int(counted.sum())
 
     def verdict(self, source: str) -> Verification:
         """The verification of everything added, on inputs described by ``source``."""
@@ -357,6 +390,7 @@ class Comparison:
                                     "NaN or infinite, so verification would prove nothing; give inputs on which it "
                                     "is finite (", Param("inputs"), ")")
             compared += out.tally.compared
+            judged_by_labels = name in self.labels and self.max_drop is not None
             if self.metric in AGREEMENT_METRICS and out.tensors and out.tally.dtype_kind == "f":
                 if not out.units:
                     raise _nothing_finite(name, AGREEMENT_METRICS[self.metric])
@@ -364,29 +398,58 @@ class Comparison:
                 if confidence is not None:
                     stat.agreement_bound = agreement_lower_bound(out.same, out.units, confidence)
                     needed = units_needed(target, confidence)
-                    if out.units < needed:
+                    if out.units < needed and not judged_by_labels:
                         unit = "rows" if self.metric == "top1" else "samples"
                         problems.append(f"output {name!r}: at --confidence {confidence:g}, {out.units} {unit} cannot "
                                         f"show {100 * target:g}% agreement (all of them agreeing give a bound of "
                                         f"{100 * agreement_lower_bound(out.units, out.units, confidence):.1f}%); "
                                         f"it needs at least {needed}")
                 stat.passed = (stat.agreement if confidence is None else stat.agreement_bound) >= target
+            if name in self.labels:
+                self._judge_accuracy(name, out, stat)
             stats.append(stat)
         if stats and all(s.passed for s in stats) and not compared:
             raise CollapseError("verification compared no element: every output of the original model is empty, "
                                 "so it would prove nothing; give inputs that make them non-empty")
-        bound = "" if confidence is None else f" (its {100 * confidence:g}% lower bound)"
-        if self.metric == "top1":
-            source += f", metric top-1 agreement{bound} >= {100 * target:g}%"
-        elif self.metric == "sequence":
-            source += f", metric whole-sample top-1 agreement{bound} >= {100 * target:g}%"
-        elif self.metric == "ctc":
-            strip = self.ctc_strip
-            source += f", metric same CTC decoding{bound} >= {100 * target:g}%"
-            if strip:
-                source += f" (class{'es' if len(strip) > 1 else ''} {', '.join(map(str, strip))} stripped " \
-                          "from both ends)"
-        return Verification(all(s.passed for s in stats), self.sets, source, stats, problems)
+        return Verification(all(s.passed for s in stats), self.sets, source + self._criterion_text(), stats, problems)
+
+    def _criterion_text(self) -> str:
+        """How the outputs were judged, for the verification's description ('' for allclose)."""
+        if self.metric not in AGREEMENT_METRICS:
+            return ""
+        strip = self.ctc_strip
+        ends = (f" (class{'es' if len(strip) > 1 else ''} {', '.join(map(str, strip))} stripped from both ends)"
+                if self.metric == "ctc" and strip else "")
+        what = {"top1": "top-1 agreement", "sequence": "whole-sample top-1 agreement", "ctc": "same CTC decoding"}
+        level = "" if self.confidence is None else f"{100 * self.confidence:g}% "
+        agreement = (f"{what[self.metric]}{f' (its {level}lower bound)' if level else ''} >= "
+                     f"{100 * self.min_agreement:g}%")
+        if self.max_drop is None:
+            return f", metric {agreement}{ends}"
+        unlabelled = [n for n, o in self.outputs.items() if n not in self.labels and o.tensors and o.tally.dtype_kind == "f"]
+        accuracy = (f", metric {what[self.metric].removesuffix(' agreement').removeprefix('same ')} accuracy against "
+                    f"the labels at most {100 * self.max_drop:g} point(s) below the reference's"
+                    + (f" (the drop's {level}upper bound)" if level else ""))
+        return accuracy + (f"; outputs without labels: {agreement}" if unlabelled else "") + ends
+
+    def _judge_accuracy(self, name: str, out: _Output, stat: ErrorStats) -> None:
+        """Fill ``stat``'s accuracies of labelled output ``name``; with ``max_drop``, pass it by the drop."""
+        labels = self.labels[name]
+        if out.rows != labels.shape[0]:
+            raise CollapseError(LABELS, f": array {name!r} has {labels.shape[0]} rows, but verification ran "
+                                f"{out.rows} (one label row per row of the inputs, in their order)")
+        if not out.labelled:
+            raise CollapseError(LABELS, f": array {name!r} labels no unit (every label is negative)")
+        stat.reference_accuracy = out.right[0] / out.labelled
+        stat.accuracy = out.right[1] / out.labelled
+        stat.accuracy_drop = stat.reference_accuracy - stat.accuracy
+        if self.max_drop is None:
+            return
+        stat.max_drop = self.max_drop
+        if self.confidence is not None:
+            stat.accuracy_drop_bound = drop_upper_bound(out.worse, out.better, out.labelled, self.confidence)
+        judged = stat.accuracy_drop if stat.accuracy_drop_bound is None else stat.accuracy_drop_bound
+        stat.passed = judged <= self.max_drop + 1e-12
 
 
 def _mismatch(name: str, atol: float | None, rtol: float | None) -> ErrorStats:

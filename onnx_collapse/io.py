@@ -336,11 +336,11 @@ def check_destination(path: Path, keep: dict[Path, Text], what: Text) -> None:
             raise CollapseError(what, f" {str(path)!r} is ", description, f" {str(kept)!r}; refusing to replace it")
 
 
-def data_files(inputs, calibrate, reference=None) -> dict[Path, Text]:
-    """The ``inputs`` and ``calibrate`` files of a run and the ``reference`` model with its data files
-    (those given as paths), each with a description."""
+def data_files(inputs, calibrate, reference=None, labels=None) -> dict[Path, Text]:
+    """The ``inputs``, ``calibrate`` and ``labels`` files of a run and the ``reference`` model with its data
+    files (those given as paths), each with a description."""
     named: dict[Path, Text] = {}
-    for param, value in ((Param("inputs"), inputs), (Param("calibrate"), calibrate)):
+    for param, value in ((Param("inputs"), inputs), (Param("calibrate"), calibrate), (Param("labels"), labels)):
         if isinstance(value, (str, os.PathLike)):
             named[Path(value)] = ("the ", param, " file")
     if isinstance(reference, (str, os.PathLike)):

@@ -194,4 +194,5 @@ def _judged(reference: onnx.ModelProto | Path, out: onnx.ModelProto, options: Op
     return verify(reference, out, inputs=options.inputs, input_shapes=options.input_shapes, seed=options.seed,
                   check_n=options.check_n, atol=options.atol, rtol=options.rtol, metric=options.metric,
                   min_agreement=options.min_agreement, max_memory=options.max_verify_memory,
-                  ctc_strip=options.ctc_strip, confidence=options.confidence)
+                  ctc_strip=options.ctc_strip, confidence=options.confidence, labels=options.labels,
+                  max_drop=options.max_drop)

@@ -60,6 +60,12 @@ class Options:
         over budgets or shares does not keep a model only because it was lucky on the held-out rows (None: the
         measured fraction). The bound counts every unit (a row for "top1", a sample for "sequence" and "ctc")
         as independent: for "top1" over a sequence's positions, which are not, it is too tight.
+    labels: with an agreement metric and ``inputs``, the true labels of the verification rows (an .npz path or a
+        dict: one integer array per labelled output, rows in the order of ``inputs``; see ``accuracy``): both
+        models' accuracies against them are reported beside the agreement.
+    max_drop: with ``labels``, judge each labelled output by accuracy instead of agreement: it passes when the
+        candidate's accuracy is at most this fraction below the reference's on the same rows (0.01: one point;
+        with ``confidence``, the drop's upper bound at that confidence must be).
     ctc_strip: with metric "ctc", classes dropped from both ends of each decoding before comparing (a
         recogniser's space classes: margins read as spaces now and then do not count).
     reference: a model (path or ModelProto) whose outputs verification compares with instead of the
@@ -98,6 +104,8 @@ class Options:
     min_agreement: float = 0.99
     confidence: float | None = None
     ctc_strip: tuple[int, ...] = ()
+    labels: str | os.PathLike | Mapping[str, np.ndarray] | None = None
+    max_drop: float | None = None
     reference: str | os.PathLike | onnx.ModelProto | None = None
     max_verify_memory: int | None = None
     calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None = None
@@ -126,6 +134,7 @@ class Options:
         if self.confidence is not None and self.confidence > 0.5 and self.min_agreement >= 1:
             raise CollapseError(Param("confidence"), " with ", Param("min_agreement"), " 1 can never pass: the "
                                 "lower bound of an agreement measured on finitely many rows is below 1")
+        self._check_labels()
         if not isinstance(self.ctc_strip, (tuple, list)) or not all(
                 isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1 for c in self.ctc_strip):
             raise CollapseError(Param("ctc_strip"), " must be class indices >= 1 (0 is the blank), not "
@@ -150,6 +159,22 @@ class Options:
         if self.calibrate is not None and not isinstance(self.calibrate, (str, os.PathLike, Mapping)):
             raise CollapseError(Param("calibrate"), " must be an .npz path or a dict of arrays, not "
                                 f"{type(self.calibrate).__name__}")
+
+    def _check_labels(self) -> None:
+        """Refuse ``labels`` and ``max_drop`` where they cannot be read (CollapseError naming the keyword)."""
+        if self.max_drop is not None and not (_is_number(self.max_drop) and 0 <= self.max_drop <= 1):
+            raise CollapseError(Param("max_drop"), f" must be a fraction in [0, 1] (0.01: one point), not {self.max_drop!r}")
+        if self.max_drop is not None and self.labels is None:
+            raise CollapseError(Param("max_drop"), " judges accuracy against the true labels: give ", Param("labels"))
+        if self.labels is None:
+            return
+        if not isinstance(self.labels, (str, os.PathLike, Mapping)):
+            raise CollapseError(Param("labels"), " must be an .npz path or a dict of arrays, not "
+                                f"{type(self.labels).__name__}")
+        if self.metric not in ("top1", "sequence", "ctc"):
+            raise CollapseError(Param("labels"), " are read by argmax: give ", Param("metric"), " top1, sequence or ctc")
+        if self.inputs is None:
+            raise CollapseError(Param("labels"), " label the rows of ", Param("inputs"), ": give that file too")
 
     @property
     def truncates(self) -> bool:

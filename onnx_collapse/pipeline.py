@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from . import allocate, calibrate, macs, timing
+from .accuracy import check_labels_file
 from .candidates import applied
 from .candidates import records as candidate_records
 from .errors import CollapseError, Param
@@ -186,7 +187,8 @@ def optimize(
     model = source.model
     if external_data is None and uses_external(model):
         external_data = True
-    named = data_files(options.inputs, options.calibrate, options.reference)  # files the output must not replace
+    named = data_files(options.inputs, options.calibrate, options.reference, options.labels)  # files the output must not replace
+    check_labels_file(model, options.labels)
     options, held_out = calibration_split(model, options)
     if options.prune_share is not None:  # pruning first, then all of the below on the pruned model
         from .joint import prune_then_optimize

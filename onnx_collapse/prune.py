@@ -33,6 +33,7 @@ from onnx import numpy_helper
 
 from . import calibrate as calibration
 from . import macs
+from .accuracy import check_labels_file
 from .calibrate import Moments, empty_moments, fit_chain, sse, total
 from .channels import centred, columns, removal_order
 from .compare import judge
@@ -504,7 +505,8 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         source = open_model(model_or_path)
     if external_data is None and uses_external(source.model):
         external_data = True
-    named = data_files(options.inputs, options.calibrate, options.reference)
+    named = data_files(options.inputs, options.calibrate, options.reference, options.labels)
+    check_labels_file(source.model, options.labels)
     options, held_out = calibration_split(source.model, options)
     with outputs_scratch() as tmp:
         scratch = Path(tmp)

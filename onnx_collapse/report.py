@@ -17,10 +17,11 @@ if TYPE_CHECKING:
 
 # Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
 # the minor number grows when fields are added, the major one when a field changes or goes.
-SCHEMA_VERSION = "1.4"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
+SCHEMA_VERSION = "1.5"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
 # 1.2: measured time (folds' seconds_before/seconds_after, stats' seconds) with --budget-metric time
 # 1.3: agreement_bound (the lower confidence bound of an agreement, with --confidence)
 # 1.4: pruning (optimize --prune-share), truncation.budget
+# 1.5: accuracy against labels (--labels, --max-drop): accuracy, reference_accuracy, accuracy_drop(_bound), max_drop
 
 
 def strict(payload: dict) -> dict:
@@ -64,6 +65,12 @@ class ErrorStats:
     passed: bool
     agreement: float | None = None  # top-1 metric: fraction of rows whose argmax matches
     agreement_bound: float | None = None  # with a confidence: the agreement's lower bound, which passing is judged by
+    # with labels: each model's accuracy against them on the same units, and the drop from the reference's
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    accuracy_drop: float | None = None
+    max_drop: float | None = None  # with --max-drop: the largest drop that passes (the output is judged by it)
+    accuracy_drop_bound: float | None = None  # with a confidence too: the drop's upper bound, which passing is judged by
 
 
 @dataclass
@@ -444,13 +451,22 @@ def render_verification(v: Verification | None, width: int | None = None) -> str
     columns = [Column("output", left=True, cut=cut_middle, least=10), Column("max abs"), Column("max rel", drop=3),
                Column("mean abs", drop=2), Column("required atol", drop=5), Column("atol", drop=4),
                Column("rtol", drop=4), Column("top-1 agree", drop=6 if top1 else 1), Column("result")]
+    labelled = any(o.accuracy is not None for o in v.outputs)
+    if labelled:  # accuracy against the labels, before the result: kept the longest
+        columns[-1:-1] = [Column("accuracy (original)", drop=7), Column("drop", drop=8)]
     rows = []
     for o in v.outputs:
         agree = "-" if o.agreement is None else f"{100 * o.agreement:.2f}%"
         if o.agreement_bound is not None:
             agree += f" (>= {100 * o.agreement_bound:.2f}%)"
-        rows.append([o.name, f"{o.max_abs:.3e}", f"{o.max_rel:.3e}", f"{o.mean_abs:.3e}",
-                     f"{o.required_atol:.3e}", f"{o.atol:.0e}", f"{o.rtol:.0e}", agree, "ok" if o.passed else "FAIL"])
+        cells = [o.name, f"{o.max_abs:.3e}", f"{o.max_rel:.3e}", f"{o.mean_abs:.3e}",
+                 f"{o.required_atol:.3e}", f"{o.atol:.0e}", f"{o.rtol:.0e}", agree]
+        if labelled:
+            cells += ["-", "-"] if o.accuracy is None else [
+                f"{100 * o.accuracy:.2f}% ({100 * o.reference_accuracy:.2f}%)",
+                f"{100 * o.accuracy_drop:.2f} pt" + ("" if o.accuracy_drop_bound is None else
+                                                     f" (<= {100 * o.accuracy_drop_bound:.2f})")]
+        rows.append([*cells, "ok" if o.passed else "FAIL"])
     why = [_wrap(f"why: {p}", width) for p in v.problems]
     return "\n".join([_wrap(head, width), _table(columns, rows, width), *why])
 

@@ -91,14 +91,15 @@ def verify(
     seed: int = DEFAULTS.seed, check_n: int = DEFAULTS.check_n, atol: float | None = None,
     rtol: float | None = None, metric: str = DEFAULTS.metric, min_agreement: float = DEFAULTS.min_agreement,
     max_memory: int | None = DEFAULTS.max_verify_memory, ctc_strip: tuple[int, ...] = (),
-    confidence: float | None = None,
+    confidence: float | None = None, labels: str | os.PathLike | Mapping | None = None,
+    max_drop: float | None = None,
 ) -> Verification:
     """Run both models (paths or ModelProtos) in onnxruntime on the same inputs and compare every output
-    of ``reference`` (``max_memory``: see ``make_feeds``). Bad values raise CollapseError naming the
-    keyword (checked as in ``Options``)."""
-    criterion = Options(seed=seed, check_n=check_n, atol=atol, rtol=rtol, metric=metric,
+    of ``reference`` (``max_memory``: see ``make_feeds``; ``labels``, ``max_drop``: see ``Options``). Bad
+    values raise CollapseError naming the keyword (checked as in ``Options``)."""
+    criterion = Options(seed=seed, check_n=check_n, inputs=inputs, atol=atol, rtol=rtol, metric=metric,
                         min_agreement=min_agreement, max_verify_memory=max_memory, ctc_strip=ctc_strip,
-                        confidence=confidence)
+                        confidence=confidence, labels=labels, max_drop=max_drop)
     with stage("loading the models"):
         ref, cand = open_model(reference), open_model(candidate)
     names = tuple(repr(Path(m).name) if isinstance(m, (str, os.PathLike)) else what

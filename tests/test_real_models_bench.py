@@ -123,3 +123,15 @@ def test_the_tool_run_is_the_given_checkouts_even_from_another_one(tmp_path, mon
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # a checkout with its own onnx_collapse/
     code, _, _, _ = real_models.run_tool(fake.parent, [], tmp_path / "err.txt", 60)
     assert code == 7
+
+
+def test_ctc_targets_read_back_as_the_text_through_the_tools_accuracy():
+    from onnx_collapse.accuracy import unit_correct
+
+    targets = rd.ctc_targets(["ab c", "", "cc"], LABELS)
+    assert targets.tolist() == [[1, 2, 4, 3], [-1, -1, -1, -1], [3, 3, -1, -1]]
+    # the paths a recogniser would give for those lines, one of them misread ("cc" read as "c")
+    paths = np.concatenate([one_hot([1, 0, 2, 4, 3, 3]), one_hot([0, 0, 0, 0, 0, 0]), one_hot([3, 3, 0, 0, 0, 0])])
+    right, counted = unit_correct(paths, targets, "ctc")
+    assert right.tolist() == [True, True, False] and counted.all()
+    assert rd.rec_scores(rd.ctc_greedy(paths, LABELS), ["ab c", "", "cc"])["exact"] == pytest.approx(2 / 3)

@@ -41,6 +41,7 @@ def reports(tmp_path_factory) -> dict[str, dict]:
     """One real report per kind of output, covering every optional part (null and filled)."""
     tmp = tmp_path_factory.mktemp("reports")
     np.savez(tmp / "val.npz", x=np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32))
+    np.savez(tmp / "labels.npz", y=np.arange(16) % 4)
     # a MatMul whose weight is an input is not a linear layer: analyze remarks on it
     onnx.save(onnx.parser.parse_model(f"""
         <ir_version: {onnx.IR_VERSION}, opset_import: ["" : 17]>
@@ -73,6 +74,9 @@ def reports(tmp_path_factory) -> dict[str, dict]:
         "verify, confidence": command("verify", MODELS / "mlp_prelu_channel.onnx", tmp / "e.onnx", "--inputs",
                                       tmp / "val.npz", "--metric", "top1", "--confidence", "0.9",
                                       "--min-agreement", "0.9", "--json"),  # 16 of 16 rows: bound 90.7 %
+        "verify, labels": command("verify", MODELS / "mlp_prelu_channel.onnx", tmp / "e.onnx", "--inputs",
+                                  tmp / "val.npz", "--metric", "top1", "--labels", tmp / "labels.npz", "--max-drop",
+                                  "0.01", "--confidence", "0.9", "--json", codes=(0, 1)),
         "verify, failed": command("verify", MODELS / "leaky_1.onnx", MODELS / "leaky_099.onnx", "--json",
                                   codes=(1,)),
     }
@@ -83,7 +87,7 @@ def reports(tmp_path_factory) -> dict[str, dict]:
 KINDS = ["optimize", "optimize --report FILE", "optimize, not verified", "optimize, nothing to fold",
          "optimize, truncated",
          "optimize, reverted", "optimize, budget not met", "optimize, top1", "optimize, pruned", "analyze", "analyze, remarks", "analyze, spectrum", "verify",
-         "verify, confidence", "verify, failed"]
+         "verify, confidence", "verify, labels", "verify, failed"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -103,6 +107,8 @@ def test_the_reports_cover_the_optional_parts(reports):
     outputs = [o for r in reports.values() for o in (r.get("verification") or r).get("outputs", [])]
     assert {o["agreement"] is None for o in outputs} == {True, False}
     assert {o["agreement_bound"] is None for o in outputs} == {True, False}
+    for field in ("accuracy", "reference_accuracy", "accuracy_drop", "max_drop", "accuracy_drop_bound"):
+        assert {o[field] is None for o in outputs} == {True, False}, field
     assert reports["optimize, not verified"]["verification"] is None
     assert reports["optimize, nothing to fold"]["verification"]["n_input_sets"] == 0
     assert reports["analyze, remarks"]["remarks"] and reports["analyze, spectrum"]["spectra"]
