@@ -205,3 +205,45 @@ def test_cli_verify_reads_labels_and_judges_the_drop(tmp_path):
                           "--labels", "--inputs")
     assert labels.read_bytes() == before
 
+
+
+@pytest.fixture
+def classifier_files(tmp_path):
+    import onnx
+
+    _, held, truth = _classifier_data(n_held=40)
+    model, data, labels = tmp_path / "m.onnx", tmp_path / "x.npz", tmp_path / "y.npz"
+    onnx.save(decaying_classifier(), model)
+    np.savez(data, x=held)
+    np.savez(labels, y=truth)
+    return model, data, labels
+
+
+def test_the_labels_file_is_never_the_output(classifier_files):
+    model, data, labels = classifier_files
+    before = labels.read_bytes()
+    result = cli("optimize", model, labels, "--inputs", data, "--metric", "top1", "--labels", labels, "--overwrite")
+    assert_one_line_error(result, 2, "--labels")
+    assert labels.read_bytes() == before
+
+
+def test_a_fifo_or_npy_as_labels_is_refused_without_blocking(classifier_files, tmp_path):
+    import os
+
+    model, data, labels = classifier_files
+    fifo, npy = tmp_path / "pipe.npz", tmp_path / "y.npy"
+    os.mkfifo(fifo)
+    np.save(npy, np.zeros(40, np.int64))
+    for bad, words in ((fifo, ("not a regular file",)), (npy, (".npy", "np.savez"))):
+        result = cli("optimize", model, tmp_path / "o.onnx", "--inputs", data, "--metric", "top1", "--labels", bad)
+        assert_one_line_error(result, 2, "--labels", *words)
+        assert not (tmp_path / "o.onnx").exists()
+
+
+def test_labels_naming_no_output_are_refused_before_any_work(classifier_files, tmp_path):
+    model, data, _ = classifier_files
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, logits=np.zeros(40, np.int64))
+    result = cli("optimize", model, tmp_path / "o.onnx", "--inputs", data, "--metric", "top1", "--labels", wrong,
+                 "--max-drop", "0.01")
+    assert_one_line_error(result, 2, "--labels", "'logits', which is not a model output")
