@@ -643,9 +643,11 @@ def joint_lines(res: dict) -> list[str]:
         pruning = (r.get("tool") or {}).get("pruning") or {}
         if not pruning.get("search") and not pruning.get("tried"):
             continue
-        search = ", ".join(f"{s['share']:.3g} {'passed' if s['passed'] else 'failed'}"
-                           + (f" ({min(s['agreement_bound']):.1%})" if s["agreement_bound"] and
-                              None not in s["agreement_bound"] else "") for s in pruning["search"])
+        search = ", ".join(f"{s['share']:.3g} " + (s["verdict"] if "verdict" in s else  # since schema 1.5
+                                                      f"{'passed' if s['passed'] else 'failed'}"
+                                                      + (f" ({min(s['agreement_bound']):.1%})" if s["agreement_bound"]
+                                                         and None not in s["agreement_bound"] else ""))
+                           for s in pruning["search"])
         tried = "; ".join(f"{t['share']:.3g}: " + (f"budget {t['budget']:.3g}, " if t["budget"] is not None else "")
                           + (f"{t['params']:,} weights, {t['linear_macs']:,} MACs, " if t["params"] is not None
                              else "") + t["verdict"] for t in pruning["tried"])

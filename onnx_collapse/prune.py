@@ -36,7 +36,7 @@ from . import macs
 from .accuracy import check_labels_file
 from .calibrate import Moments, empty_moments, fit_chain, sse, total
 from .channels import centred, columns, removal_order
-from .compare import judge
+from .compare import judge, verdict_text
 from .errors import CollapseError, Param, one_line
 from .graph import fixed_batch, proto_subgraphs
 from .inputs import make_feeds
@@ -551,7 +551,8 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
                 search.append({"share": value, "passed": passed,
                                "agreement": [s.agreement for s in tried[2].outputs],
                                "agreement_bound": [s.agreement_bound for s in tried[2].outputs],
-                               "max_abs": [s.max_abs for s in tried[2].outputs]})
+                               "max_abs": [s.max_abs for s in tried[2].outputs],
+                               "verdict": verdict_text(tried[2])})
                 if passed:
                     best, chosen, lo = tried, value, value
                     if step == 0:
@@ -591,12 +592,7 @@ def render_prune(report: PruneReport, width: int | None = None) -> str:
             lines.append(f"  {p.producer} -> {p.reader}: {p.channels} -> {p.kept} channels{err}")
     if report.search:
         lines += ["", "share auto, tried:"]
-        for s in report.search:
-            agree = [a for a in s["agreement"] if a is not None]
-            bounds = [b for b in s["agreement_bound"] if b is not None]
-            shown = f", agreement {min(agree):.1%}" if agree else f", largest error {max(s['max_abs']):.3g}"
-            shown += f" (bound {min(bounds):.1%})" if bounds else ""
-            lines.append(f"  {s['share']:.4g}: {'passed' if s['passed'] else 'failed'}{shown}")
+        lines += [f"  {s['share']:.4g}: {s['verdict']}" for s in report.search]
     if report.notes:
         lines += ["", *(f"note: {n}" for n in report.notes)]
     return "\n".join([*lines, "", render_verification(report.verification, width)])

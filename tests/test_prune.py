@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_collapse.errors import CollapseError
-from onnx_collapse.prune import constant_tensors, find_pairs, prune
+from onnx_collapse.prune import constant_tensors, find_pairs, prune, render_prune
 from tests.common import assert_one_line_error, cli
 
 
@@ -199,6 +199,10 @@ def test_share_auto_with_confidence_keeps_a_share_whose_agreement_bound_passes()
     assert lucky and plain.share >= lucky[0]["share"]  # plain keeps a share that barely measured 91 %
     assert bounded.share < plain.share and bounded.verification.outputs[0].agreement_bound >= 0.91
     assert all(s["passed"] == (s["agreement_bound"][0] >= 0.91) for s in bounded.search)
+    shown = render_prune(bounded)  # each share tried, with the agreement and bound it was judged by
+    for s in bounded.search:
+        assert f"  {s['share']:.4g}: agreement {100 * s['agreement'][0]:.1f}% (bound " \
+               f"{100 * s['agreement_bound'][0]:.1f}%) {'passed' if s['passed'] else 'failed'}" in shown
 
 
 @pytest.mark.slow
