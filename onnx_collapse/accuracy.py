@@ -68,7 +68,7 @@ def check_labels(labels: Mapping[str, np.ndarray], outputs: Sequence[str], what:
 def unit_correct(output: np.ndarray, labels: np.ndarray, unit: str, strip: Sequence[int] = (),
                  name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Per unit of ``output`` (one input set's array, rows along axis 0): whether its argmax reads the true
-    ``labels``, and whether the unit counts at all (it has a label). ``unit`` as in
+    ``labels`` (never where the unit does not count), and whether the unit counts at all (it has a label). ``unit`` as in
     ``compare.agreement_counts``: "row" (every position: argmax equals the label), "sample" (every labelled
     position of the sample right), "ctc" (the CTC decoding, ``strip`` classes dropped from both ends, equals
     the sample's labels, negative padding and ``strip`` classes at the ends dropped). A unit whose values are

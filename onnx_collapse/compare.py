@@ -295,7 +295,7 @@ class _Output:
         self.tensors = True  # every value so far an array (a sequence or an optional output is not judged by agreement)
         self.same = self.units = 0
         self.rows = 0  # rows of the labels read so far
-        self.right = [0, 0]  # units the reference, the candidate read right (with labels)
+        self.reference_right = self.candidate_right = 0  # units each model read right (with labels)
         self.worse = self.better = self.labelled = 0  # units right for the reference only, the candidate only; all
 
 
@@ -310,6 +310,8 @@ class Comparison:
                  labels: str | os.PathLike | Mapping[str, np.ndarray] | None = None, max_drop: float | None = None):
         self.atol, self.rtol, self.metric, self.min_agreement = atol, rtol, metric, min_agreement
         self.ctc_strip, self.confidence, self.names = tuple(ctc_strip), confidence, names
+        if labels is not None and metric not in AGREEMENT_METRICS:
+            raise CollapseError(Param("labels"), " are read by argmax: give ", Param("metric"), " top1, sequence or ctc")
         self.labels = {} if labels is None else load_labels(labels)
         self.max_drop = max_drop
         self.sets = 0
@@ -367,9 +369,8 @@ class Comparison:
         unit = AGREEMENT_METRICS[self.metric]
         ref, counted = unit_correct(e, part, unit, self.ctc_strip, name)
         cand = unit_correct(a, part, unit, self.ctc_strip, name)[0] if a.shape == e.shape else np.zeros_like(ref)
-        ref, cand = ref & counted, cand & counted
-        out.right[0] += int(ref.sum())
-        out.right[1] += int(cand.sum())
+        out.reference_right += int(ref.sum())
+        out.candidate_right += int(cand.sum())
         out.worse += int((ref & ~cand).sum())
         out.better += int((cand & ~ref).sum())
         out.labelled += int(counted.sum())
@@ -440,8 +441,8 @@ class Comparison:
                                 f"{out.rows} (one label row per row of the inputs, in their order)")
         if not out.labelled:
             raise CollapseError(LABELS, f": array {name!r} labels no unit (every label is negative)")
-        stat.reference_accuracy = out.right[0] / out.labelled
-        stat.accuracy = out.right[1] / out.labelled
+        stat.reference_accuracy = out.reference_right / out.labelled
+        stat.accuracy = out.candidate_right / out.labelled
         stat.accuracy_drop = stat.reference_accuracy - stat.accuracy
         if self.max_drop is None:
             return
