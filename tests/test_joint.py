@@ -137,3 +137,20 @@ def test_a_failing_share_leaves_an_existing_output_as_it_was(tmp_path):
     assert_one_line_error(r, 2, "--prune-share 0.5 fails verification on its own")
     assert out.read_bytes() == b"an older output" and sorted(p.name for p in tmp_path.iterdir()) == [
         "calib.npz", "held.npz", "in.onnx", "out.onnx"]
+
+
+def test_auto_shares_and_budgets_within_an_accuracy_drop_keep_a_model_that_reads_the_labels_that_well():
+    model = pair_model(dup=4, second=True)
+    held = _rows(64, 2)
+    truth = _run(model, held)[0].argmax(axis=-1)  # [rows, classes, 6]: the original right on 90 % of the units
+    flip = np.random.default_rng(7).random(truth.shape) < 0.1
+    truth[flip] = (truth[flip] + 1) % 6
+    out, report = oc.optimize(model, prune_share="auto", rank_budget="auto", low_rank="all", calibrate=CALIB,
+                              inputs=held, metric="top1", labels={"y": truth}, max_drop=0.02)
+    accuracy = [float((_run(m, held)[0].argmax(axis=-1) == truth).mean()) for m in (model, out)]
+    stat = report.verification.outputs[0]
+    assert report.verification.passed and report.after.params < report.before.params
+    assert (stat.reference_accuracy, stat.accuracy) == pytest.approx(accuracy)
+    assert accuracy[0] - accuracy[1] <= 0.02
+    assert all(t.verdict.endswith("passed") == t.passed for t in report.pruning.tried)
+    assert any("accuracy" in s["verdict"] for s in report.pruning.search)
