@@ -8,9 +8,10 @@ import contextlib
 import ctypes
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .acceptance import accept, without_local_failures
@@ -47,7 +48,8 @@ def local_error(
 
     ``fold`` is (input, output, new nodes, new initializers, elem type); ``cache`` holds the original model's
     values of its input and output for each of the ``sets`` input sets (``capture_batches``). The new nodes
-    run alone on the captured input, one set at a time, and their output is compared with the captured one.
+    run alone on the captured input, one set at a time, and their output is compared with the captured one
+    as it comes (one set's values in memory: a fold near a model's input writes large activations).
     Initializers that refer to files refer to data in ``workdir`` (large new tensors are parked there, see
     ``park``).
     """
@@ -57,16 +59,17 @@ def local_error(
     with write_errors(path):
         onnx.save_model(model, str(path))
     sess = session(ModelSource(model, workdir, path), "folded chain")
-    expected, actual = [], []
-    for b in range(sets):
-        value = cache.get(x, b)
-        try:
-            actual.append(sess.run([y], {x: value})[0])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            raise CollapseError(f"onnxruntime cannot run the folded chain: {one_line(exc)}") from None
-        del value
-        expected.append(cache.get(y, b))
-    return compare(y, expected, actual, atol, rtol)
+
+    def folded() -> Iterator[np.ndarray]:
+        for b in range(sets):
+            try:
+                value = sess.run([y], {x: cache.get(x, b)})[0]
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+                raise CollapseError(f"onnxruntime cannot run the folded chain: {one_line(exc)}") from None
+            yield value
+            del value
+
+    return compare(y, (cache.get(y, b) for b in range(sets)), folded(), atol, rtol)
 
 
 def _elem(plan: FoldPlan) -> int:

@@ -166,3 +166,37 @@ def test_each_folds_own_error_is_measured_at_its_chains_output(tmp_path):
     # the wrong fold's error is that of both input sets: the larger one of the two
     worst = max(float(np.abs(f["x"] @ product * 0.1).max()) for f in feeds)
     assert errors[1].max_abs == pytest.approx(worst, rel=1e-5)
+
+
+def test_a_folds_own_error_holds_one_input_sets_values_at_a_time(tmp_path):
+    """A fold near the input writes large activations on every verification row: compared as they come."""
+    import gc
+    import weakref
+
+    from onnx_collapse.runner import BatchCache, capture_batches
+
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 2] x) => (float[N, 2] y) <float[2, 2] a = {1.0, 2.0, 3.0, 4.0}> { y = MatMul(x, a) }
+    """)
+    feeds = [{"x": np.full((3, 2), float(k), np.float32)} for k in range(6)]
+
+    class Watched(BatchCache):
+        alive: list[weakref.ref] = []
+
+        def get(self, name, batch):
+            gc.collect()
+            # the set before may still be the comparison's loop variable while the next one is read; no older one
+            assert sum(r() is not None for r in self.alive) <= 2, "earlier sets' values are still held"
+            value = super().get(name, batch)
+            if name == "y":
+                self.alive.append(weakref.ref(value))
+            return value
+
+    cache = Watched(tmp_path / "c")
+    capture_batches(ModelSource(model), ["x", "y"], {"x": TensorProto.FLOAT, "y": TensorProto.FLOAT}, feeds, cache)
+    node = helper.make_node("MatMul", ["x", "a"], ["y"])
+    error = revert.local_error(model.opset_import, model.ir_version,
+                               ("x", "y", [node], [numpy_helper.from_array(np.array([[1, 2], [3, 4]], np.float32), "a")],
+                                TensorProto.FLOAT), cache, len(feeds), None, None, tmp_path)
+    assert error.passed and error.max_abs == 0.0 and len(Watched.alive) == 6
