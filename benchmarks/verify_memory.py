@@ -1,8 +1,8 @@
 """Peak memory and time of verifying on many rows: set by set (since de006b8) against the commit before, which
 kept every model's outputs for all the verification rows in memory.
 
-    python benchmarks/verify_memory.py [--lines 480,1920] [--before ffb5622] [--after HEAD] [--only verify|optimize]
-        [--out FILE.md]
+    python benchmarks/verify_memory.py [--lines 480,1920] [--before ffb5622] [--after HEAD]
+        [--only verify|rank-budget|prune-share] [--out FILE.md]
 
 A real network: PP-OCRv4 rec from ``rapidocr-onnxruntime==1.4.4`` (``pip install rapidocr-onnxruntime==1.4.4
 pillow``), on text lines rendered offline with Pillow (realdata.py; 96 calibration lines, seed 1, and N
@@ -12,7 +12,10 @@ the two commits (``PYTHONPATH``; the installed package is not used):
 
 - ``verify``: the original against itself, ``--metric ctc``;
 - ``optimize --low-rank all --calibrate --rank-budget auto --metric ctc --min-agreement 0.96
-  --confidence 0.9``: the budget search (six budgets, each model run on the N lines and compared).
+  --confidence 0.9``: the budget search (six budgets, each model run on the N lines and compared);
+- ``optimize --prune-share 0.2 --low-rank all --calibrate --allocator output --rank-budget 0.8 --metric ctc
+  --min-agreement 0.9``: one pruned and truncated model verified, each fold's own error measured on the N
+  lines first (``revert.local_error``, set by set since the commit after 30f38ab).
 
 Prints the table (and writes it to ``--out``): peak resident memory and wall time of each, the ratio of the
 two commits side by side, and whether both wrote the same model (the search must choose the same budget).
@@ -65,7 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--before", default="ffb5622", help="the commit that kept every set's outputs")
     p.add_argument("--after", default="HEAD")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
-    p.add_argument("--only", choices=["verify", "optimize"], default=None, help="run one of the two commands")
+    p.add_argument("--only", choices=["verify", "rank-budget", "prune-share"], default=None,
+                   help="run one of the three commands")
     args = p.parse_args(argv)
     model_file = realdata.model_path(REC)
     model = onnx.load(model_file)
@@ -93,9 +97,13 @@ def main(argv=None) -> int:
                         "optimize", model_file, "{out}", "--low-rank", "all", "--calibrate", str(calib),
                         "--rank-budget", "auto", "--inputs", str(verify), "--metric", "ctc", "--min-agreement",
                         "0.96", "--confidence", "0.9", "--quiet"],
+                    "optimize --prune-share 0.2 --rank-budget 0.8": [
+                        "optimize", model_file, "{out}", "--prune-share", "0.2", "--low-rank", "all", "--calibrate",
+                        str(calib), "--allocator", "output", "--rank-budget", "0.8", "--inputs", str(verify),
+                        "--metric", "ctc", "--min-agreement", "0.9", "--quiet"],
                 }
                 for what, command in commands.items():
-                    if args.only and not what.startswith(args.only):
+                    if args.only and args.only not in what:
                         continue
                     got = {}
                     for label, tree in trees.items():
