@@ -371,3 +371,18 @@ def test_a_head_after_a_global_pool_is_a_reader_fitted_on_the_pooled_rows():
     assert [(p.producer, p.reader, p.channels, p.kept) for p in report.pairs] == [("A", "head", 12, 9)]
     tool, best, _ = _fit_errors(model, out, "p", calib)
     assert best <= tool <= 1.05 * best  # a cross-validated ridge on 96 rows of 9 inputs: near least squares
+
+
+def test_kept_channels_are_whole_vector_blocks_where_the_pair_has_them():
+    from onnx_collapse.prune import kept_channels
+
+    assert [kept_channels(480, 0.123), kept_channels(240, 0.123), kept_channels(120, 0.123)] == [416, 208, 104]
+    assert kept_channels(60, 0.123) == 53  # 60 channels are no whole number of blocks: single channels
+    assert kept_channels(16, 0.3) == 16 and kept_channels(32, 0.3) == 16  # at least one block
+    assert kept_channels(12, 0.99) == 1
+
+
+def test_a_pair_of_whole_blocks_is_pruned_to_whole_blocks():
+    model = pair_model(dup=4, c=32)
+    _, report = prune(model, share=0.3, calibrate=_rows(96, 1), verify=False)
+    assert [(p.channels, p.kept) for p in report.pairs] == [(32, 16)]
