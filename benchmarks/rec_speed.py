@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import onnx
 import realdata as rd
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
         onnx.checker.check_model(path)
         found = measure_model(task, path, None)
         lat = interleaved_latency(base, session(path), task.input_name, x, args.rounds)
-        print(f"| {path} | {found['weights'] / original['weights'] - 1:+.1%} | "
+        print(f"| {Path(path).name} | {found['weights'] / original['weights'] - 1:+.1%} | "
               f"{found['macs']['total'] / original['macs']['total'] - 1:+.1%} | {found['scores']['exact']:.1%} | "
               f"{lat['speedup_median']:.2f}x, {lat['speedup_min']:.2f}x, {lat['speedup_paired']:.2f}x |")
     return 0
