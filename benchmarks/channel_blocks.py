@@ -41,14 +41,16 @@ def main(argv=None) -> int:
         for share in (float(s) for s in args.shares.split(",")):
             for name, setting in (("blocks", blocks), ("no-blocks", ())):
                 pruning.CHANNEL_BLOCKS = setting
-                path = Path(tmp) / f"share{share:g}-{name}.onnx"
-                _, report = prune(rd.model_path(rd.REC_FILE), share=share, calibrate=calib, verify=False,
-                                  output=path)
+                try:
+                    path = Path(tmp) / f"share{share:g}-{name}.onnx"
+                    _, report = prune(rd.model_path(rd.REC_FILE), share=share, calibrate=calib, verify=False,
+                                      output=path)
+                finally:
+                    pruning.CHANNEL_BLOCKS = blocks
                 kept = sorted({(p.channels, p.kept) for p in report.pairs}, reverse=True)
                 print(f"share {share:g}, {name}: channels kept " + ", ".join(f"{c} -> {k}" for c, k in kept),
                       file=sys.stderr)
                 paths.append(str(path))
-        pruning.CHANNEL_BLOCKS = blocks
         return rec_speed.main([*paths, "--rounds", str(args.rounds), "--lines", str(args.lines)])
 
 

@@ -310,9 +310,7 @@ class RecTask(Task):
         self.labels = rd.ctc_labels(onnx.load(self.file, load_external_data=False))
         self.calib, _ = rd.rec_dataset(self.labels, n_calib, seed=101)
         self.verify, verify_text = rd.rec_dataset(self.labels, n_verify, seed=202)
-        import onnxruntime as ort
-
-        output = ort.InferenceSession(self.file, providers=["CPUExecutionProvider"]).get_outputs()[0].name
+        output = onnx.load(self.file, load_external_data=False).graph.output[0].name
         self.verify_labels = {output: rd.ctc_targets(verify_text, self.labels)}
         self.x, self.truth = rd.rec_dataset(self.labels, n_eval, seed=303)
         self.counts = {"calibration lines": n_calib, "verification lines": n_verify, "evaluation lines": n_eval}

@@ -15,7 +15,8 @@ the two commits (``PYTHONPATH``; the installed package is not used):
   --confidence 0.9``: the budget search (six budgets, each model run on the N lines and compared);
 - ``optimize --prune-share 0.2 --low-rank all --calibrate --allocator output --rank-budget 0.8 --metric ctc
   --min-agreement 0.9``: one pruned and truncated model verified, each fold's own error measured on the N
-  lines first (``revert.local_error``, set by set since the commit after 30f38ab).
+  lines first (``revert.local_error``, set by set since e4ffe9b). ``--prune-share`` came after ffb5622, so give
+  this one a later ``--before`` (3a94d32, the commit before e4ffe9b).
 
 Prints the table (and writes it to ``--out``): peak resident memory and wall time of each, the ratio of the
 two commits side by side, and whether both wrote the same model (the search must choose the same budget).
@@ -90,20 +91,20 @@ def main(argv=None) -> int:
             for n in lines:
                 verify = tmp / f"verify{n}.npz"
                 np.savez(verify, **{name: realdata.rec_dataset(labels, n, seed=2)[0]})
-                commands = {
-                    "verify": ["verify", model_file, model_file, "--inputs", str(verify), "--metric", "ctc",
-                               "--quiet"],
-                    "optimize --rank-budget auto": [
+                commands = {  # by the key --only names
+                    "verify": ("verify", ["verify", model_file, model_file, "--inputs", str(verify), "--metric", "ctc",
+                               "--quiet"]),
+                    "rank-budget": ("optimize --rank-budget auto", [
                         "optimize", model_file, "{out}", "--low-rank", "all", "--calibrate", str(calib),
                         "--rank-budget", "auto", "--inputs", str(verify), "--metric", "ctc", "--min-agreement",
-                        "0.96", "--confidence", "0.9", "--quiet"],
-                    "optimize --prune-share 0.2 --rank-budget 0.8": [
+                        "0.96", "--confidence", "0.9", "--quiet"]),
+                    "prune-share": ("optimize --prune-share 0.2 --rank-budget 0.8", [
                         "optimize", model_file, "{out}", "--prune-share", "0.2", "--low-rank", "all", "--calibrate",
                         str(calib), "--allocator", "output", "--rank-budget", "0.8", "--inputs", str(verify),
-                        "--metric", "ctc", "--min-agreement", "0.9", "--quiet"],
+                        "--metric", "ctc", "--min-agreement", "0.9", "--quiet"]),
                 }
-                for what, command in commands.items():
-                    if args.only and args.only not in what:
+                for key, (what, command) in commands.items():
+                    if args.only and args.only != key:
                         continue
                     got = {}
                     for label, tree in trees.items():

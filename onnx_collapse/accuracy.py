@@ -22,12 +22,23 @@ from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 
 import numpy as np
+from onnx import TensorProto
 
 from .errors import CollapseError, Param, Text
 from .inputs import dims_text, memory_limit
-from .io import read_npz
+from .io import npz_shapes, read_npz
 
 LABELS = Param("labels")
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+# the metrics that read an output by its argmax over the last axis -> the unit each counts (agreement with the
+# reference, or with labels): a row, a sample (every position), a sample's CTC decoding
+ARGMAX_METRICS = {"top1": "row", "sequence": "sample", "ctc": "ctc"}
+
+
+def require_argmax_metric(metric: str) -> None:
+    """CollapseError unless ``metric`` reads outputs by argmax (only then do labels say what is right)."""
+    if metric not in ARGMAX_METRICS:
+        raise CollapseError(LABELS, " are read by argmax: give ", Param("metric"), " top1, sequence or ctc")
 
 
 def load_labels(data: str | os.PathLike | Mapping[str, np.ndarray], max_memory: int | None = None
@@ -50,11 +61,37 @@ def load_labels(data: str | os.PathLike | Mapping[str, np.ndarray], max_memory: 
     return arrays
 
 
-def check_labels_file(model, data: str | os.PathLike | Mapping[str, np.ndarray] | None) -> None:
-    """Before any work: CollapseError when the labels ``data`` (if any) cannot be read or name an array that is
-    not an output of ``model``."""
-    if data is not None:
-        check_labels(load_labels(data), [o.name for o in model.graph.output])
+def check_labels_file(model, data: str | os.PathLike | Mapping[str, np.ndarray] | None,
+                      inputs: str | os.PathLike | Mapping[str, np.ndarray] | None) -> None:
+    """Before any work: CollapseError when the labels ``data`` (if any) cannot be read, name an array that is
+    not a float output of ``model`` with a class axis, or have another number of rows than ``inputs``."""
+    if data is None:
+        return
+    labels = load_labels(data)
+    check_labels(labels, [o.name for o in model.graph.output])
+    for output in model.graph.output:
+        tensor = output.type.tensor_type if output.type.HasField("tensor_type") else None
+        if output.name in labels and (tensor is None or tensor.elem_type not in FLOAT_TYPES or
+                                      (tensor.HasField("shape") and len(tensor.shape.dim) < 2)):
+            raise CollapseError(LABELS, f" labels output {output.name!r}, which is not a float tensor of scores "
+                                "with rows along axis 0 and classes on the last axis")
+    rows = _rows_of(inputs)
+    for name, array in labels.items():
+        if rows is not None and array.shape[0] != rows:
+            raise CollapseError(LABELS, f": array {name!r} has {array.shape[0]} rows, but ", Param("inputs"),
+                                f" has {rows} (one label row per row of the inputs, in their order)")
+
+
+def _rows_of(inputs) -> int | None:
+    """The rows (axis 0) of the first array of ``inputs`` (an .npz path, read from its headers only, or a
+    dict); None where there is none to read."""
+    if isinstance(inputs, Mapping):
+        shapes = [np.shape(v) for v in inputs.values()]
+    elif inputs is not None:
+        shapes = list(npz_shapes(inputs, Param("inputs")).values())
+    else:
+        return None
+    return shapes[0][0] if shapes and shapes[0] else None
 
 
 def check_labels(labels: Mapping[str, np.ndarray], outputs: Sequence[str], what: Text = LABELS) -> None:
@@ -79,6 +116,10 @@ def unit_correct(output: np.ndarray, labels: np.ndarray, unit: str, strip: Seque
         shape = f"[{output.shape[0]}, length]" if unit == "ctc" else dims_text(want)
         raise CollapseError(LABELS, f": output {name!r} has shape {dims_text(output.shape)}, so its labels for these "
                             f"rows need shape {shape}, but they have {dims_text(labels.shape)}")
+    classes = output.shape[-1]
+    if labels.size and labels.max() >= classes:
+        raise CollapseError(LABELS, f": output {name!r} has {classes} classes (0 to {classes - 1}), but its labels "
+                            f"hold class {int(labels.max())}: labels of another class list?")
     finite = np.isfinite(output).all(axis=-1)
     got = np.argmax(output, axis=-1)
     if unit == "row":
@@ -134,4 +175,4 @@ def drop_upper_bound(worse: int, better: int, total: int, confidence: float) -> 
     p_worse, p_better = (worse + 0.5) / n, (better + 0.5) / n
     diff = p_worse - p_better
     spread = z * math.sqrt(max(p_worse + p_better - diff * diff, 0.0) / n)
-    return max(diff + spread, (worse - better) / total)
+    return min(1.0, max(diff + spread, (worse - better) / total))

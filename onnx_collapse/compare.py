@@ -9,7 +9,16 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .accuracy import LABELS, check_labels, ctc_decode, drop_upper_bound, load_labels, unit_correct
+from .accuracy import (
+    ARGMAX_METRICS,
+    LABELS,
+    check_labels,
+    ctc_decode,
+    drop_upper_bound,
+    load_labels,
+    require_argmax_metric,
+    unit_correct,
+)
 from .errors import CollapseError, Param
 from .inputs import dims_text
 from .report import ErrorStats, Verification
@@ -211,7 +220,7 @@ def _nothing_finite(name: str, unit: str) -> CollapseError:
 
 
 # the metrics judged by argmax agreement (and min_agreement): metric -> what one unit of agreement is
-AGREEMENT_METRICS = {"top1": "row", "sequence": "sample", "ctc": "ctc"}
+AGREEMENT_METRICS = ARGMAX_METRICS
 _METRIC_OF = {unit: metric for metric, unit in AGREEMENT_METRICS.items()}
 
 Tolerance = float | Mapping[str, float] | None  # one for all outputs, or by output name
@@ -310,8 +319,8 @@ class Comparison:
                  labels: str | os.PathLike | Mapping[str, np.ndarray] | None = None, max_drop: float | None = None):
         self.atol, self.rtol, self.metric, self.min_agreement = atol, rtol, metric, min_agreement
         self.ctc_strip, self.confidence, self.names = tuple(ctc_strip), confidence, names
-        if labels is not None and metric not in AGREEMENT_METRICS:
-            raise CollapseError(Param("labels"), " are read by argmax: give ", Param("metric"), " top1, sequence or ctc")
+        if labels is not None:
+            require_argmax_metric(metric)
         self.labels = {} if labels is None else load_labels(labels)
         self.max_drop = max_drop
         self.sets = 0
@@ -405,7 +414,8 @@ class Comparison:
                                         f"show {100 * target:g}% agreement (all of them agreeing give a bound of "
                                         f"{100 * agreement_lower_bound(out.units, out.units, confidence):.1f}%); "
                                         f"it needs at least {needed}")
-                stat.passed = (stat.agreement if confidence is None else stat.agreement_bound) >= target
+                measured = stat.agreement if confidence is None else stat.agreement_bound
+                stat.passed = measured >= target and not out.tally.differs  # units of other shapes not counted
             if name in self.labels:
                 self._judge_accuracy(name, out, stat)
             stats.append(stat)
@@ -450,7 +460,7 @@ class Comparison:
         if self.confidence is not None:
             stat.accuracy_drop_bound = drop_upper_bound(out.worse, out.better, out.labelled, self.confidence)
         judged = stat.accuracy_drop if stat.accuracy_drop_bound is None else stat.accuracy_drop_bound
-        stat.passed = judged <= self.max_drop + 1e-12
+        stat.passed = judged <= self.max_drop + 1e-12 and not out.tally.differs
 
 
 def _mismatch(name: str, atol: float | None, rtol: float | None) -> ErrorStats:

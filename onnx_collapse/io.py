@@ -353,6 +353,18 @@ def read_npz(path: str | os.PathLike, what: Text, limit: int | None, why: Text) 
     every member's declared size (the zip's and the .npy header's) checked against ``limit`` bytes (``why``
     names that limit) and against what the member holds, before anything is inflated. CollapseError
     (naming ``what`` and the file) for anything else."""
+    return _open_npz(path, what, lambda archive, label: _read_members(archive, label, limit, why))
+
+
+def npz_shapes(path: str | os.PathLike, what: Text) -> dict[str, tuple[int, ...]]:
+    """The shapes of an .npz file's arrays, from their headers (nothing inflated), checked as ``read_npz``
+    checks them; CollapseError naming ``what`` and the file otherwise."""
+    return _open_npz(path, what, lambda archive, label: {
+        name: shape for name, _, shape in _headers(archive, label, None, "")})
+
+
+def _open_npz(path: str | os.PathLike, what: Text, read):
+    """``read(archive, label)`` of the .npz at ``path``, opened as ``read_npz`` says; its errors one line."""
     label = (what, f" {str(path)!r}")
     try:
         info = os.stat(path)
@@ -371,7 +383,7 @@ def read_npz(path: str | os.PathLike, what: Text, limit: int | None, why: Text) 
                                     "with numpy, e.g. np.savez(path, x=array)")
             f.seek(0)
             with zipfile.ZipFile(f) as archive:
-                return _read_members(archive, label, limit, why)
+                return read(archive, label)
     except CollapseError:
         raise
     except MemoryError:
@@ -380,9 +392,9 @@ def read_npz(path: str | os.PathLike, what: Text, limit: int | None, why: Text) 
         raise CollapseError(label, f": cannot read as .npz ({one_line(exc, 200)})") from None
 
 
-
-def _read_members(archive: zipfile.ZipFile, label: Text, limit: int | None, why: Text) -> dict[str, np.ndarray]:
-    members = archive.infolist()
+def _headers(archive: zipfile.ZipFile, label: Text, limit: int | None, why: Text):
+    """(name, member, shape) of each array, its header checked against what the member holds and the running
+    total of declared sizes against ``limit``."""
 
     def refuse_size(total: int, whose: str) -> None:
         if limit is not None and total > limit:
@@ -390,6 +402,7 @@ def _read_members(archive: zipfile.ZipFile, label: Text, limit: int | None, why:
                                 f"{limit / 2**20:.1f} MiB (", why, "); raise ", Param("max_verify_memory"),
                                 " or give less data")
 
+    members = archive.infolist()
     refuse_size(sum(m.file_size for m in members), "its arrays declare")
     headers, declared = [], 0
     for member in members:
@@ -406,9 +419,13 @@ def _read_members(archive: zipfile.ZipFile, label: Text, limit: int | None, why:
                                 f"{member.file_size - start} bytes it holds")
         declared += nbytes
         refuse_size(declared, "its arrays' headers declare")
-        headers.append((name, member))
+        headers.append((name, member, tuple(shape)))
+    return headers
+
+
+def _read_members(archive: zipfile.ZipFile, label: Text, limit: int | None, why: Text) -> dict[str, np.ndarray]:
     arrays = {}
-    for name, member in headers:
+    for name, member, _ in _headers(archive, label, limit, why):
         with archive.open(member) as stream:
             arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
     return arrays

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .accuracy import require_argmax_metric
 from .errors import CollapseError, Param
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ class Options:
         models' accuracies against them are reported beside the agreement.
     max_drop: with ``labels``, judge each labelled output by accuracy instead of agreement: it passes when the
         candidate's accuracy is at most this fraction below the reference's on the same rows (0.01: one point;
-        with ``confidence``, the drop's upper bound at that confidence must be).
+        with ``confidence``, the drop's upper bound at that confidence must be, counting units as independent
+        as the agreement's bound does).
     ctc_strip: with metric "ctc", classes dropped from both ends of each decoding before comparing (a
         recogniser's space classes: margins read as spaces now and then do not count).
     reference: a model (path or ModelProto) whose outputs verification compares with instead of the
@@ -171,8 +173,7 @@ class Options:
         if not isinstance(self.labels, (str, os.PathLike, Mapping)):
             raise CollapseError(Param("labels"), " must be an .npz path or a dict of arrays, not "
                                 f"{type(self.labels).__name__}")
-        if self.metric not in ("top1", "sequence", "ctc"):
-            raise CollapseError(Param("labels"), " are read by argmax: give ", Param("metric"), " top1, sequence or ctc")
+        require_argmax_metric(self.metric)
         if self.inputs is None:
             raise CollapseError(Param("labels"), " label the rows of ", Param("inputs"), ": give that file too")
 

@@ -188,7 +188,7 @@ def optimize(
     if external_data is None and uses_external(model):
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference, options.labels)  # files the output must not replace
-    check_labels_file(model, options.labels)
+    check_labels_file(model, options.labels, options.inputs)
     options, held_out = calibration_split(model, options)
     if options.prune_share is not None:  # pruning first, then all of the below on the pruned model
         from .joint import prune_then_optimize

@@ -514,7 +514,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     if external_data is None and uses_external(source.model):
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference, options.labels)
-    check_labels_file(source.model, options.labels)
+    check_labels_file(source.model, options.labels, options.inputs)
     options, held_out = calibration_split(source.model, options)
     with outputs_scratch() as tmp:
         scratch = Path(tmp)

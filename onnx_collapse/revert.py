@@ -49,7 +49,8 @@ def local_error(
     ``fold`` is (input, output, new nodes, new initializers, elem type); ``cache`` holds the original model's
     values of its input and output for each of the ``sets`` input sets (``capture_batches``). The new nodes
     run alone on the captured input, one set at a time, and their output is compared with the captured one
-    as it comes (one set's values in memory: a fold near a model's input writes large activations).
+    as it comes (a set or two of values in memory, never all: a fold near a model's input writes large
+    activations).
     Initializers that refer to files refer to data in ``workdir`` (large new tensors are parked there, see
     ``park``).
     """

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from .accuracy import check_labels_file
 from .compare import judge, verdict_text
 from .errors import CollapseError, Param
 from .inputs import graph_inputs, make_feeds
@@ -102,6 +103,7 @@ def verify(
                         confidence=confidence, labels=labels, max_drop=max_drop)
     with stage("loading the models"):
         ref, cand = open_model(reference), open_model(candidate)
+    check_labels_file(ref.model, labels, inputs)
     names = tuple(repr(Path(m).name) if isinstance(m, (str, os.PathLike)) else what
                   for m, what in ((reference, "the reference model"), (candidate, "the candidate model")))
     feeds, source = make_feeds(ref.model, inputs, input_shapes or {}, seed, check_n, max_memory)

@@ -58,6 +58,8 @@ def test_labels_of_the_wrong_shape_or_with_the_blank_are_refused():
         unit_correct(_scores([[1, 2, 3, 0]] * 3), np.array([1, 2, 3]), "sample", name="y")
     with pytest.raises(CollapseError, match="class 0.*blank"):
         unit_correct(_scores([[1, 1]]), np.array([[1, 0]]), "ctc")
+    with pytest.raises(CollapseError, match=r"'y' has 4 classes \(0 to 3\), but its labels hold class 7"):
+        unit_correct(_scores([[1], [2]])[:, 0], np.array([1, 7]), "row", name="y")
 
 
 def test_drop_bound_is_at_least_the_drop_and_tightens_with_rows():
@@ -65,6 +67,7 @@ def test_drop_bound_is_at_least_the_drop_and_tightens_with_rows():
     assert drop_upper_bound(100, 20, 1000, 0.9) < drop_upper_bound(10, 2, 100, 0.9)
     assert drop_upper_bound(0, 0, 1000, 0.9) > 0  # nothing changed on these rows, but unseen rows may
     assert drop_upper_bound(5, 5, 1000, 0.5) == pytest.approx(0.0, abs=1e-12)
+    assert drop_upper_bound(1, 0, 1, 0.999) == drop_upper_bound(2, 0, 2, 0.99) == 1.0  # never above one
 
 
 @pytest.mark.parametrize(("p_worse", "p_better", "n"), [(0.03, 0.01, 500), (0.01, 0.01, 300), (0.05, 0.0, 200)])
@@ -112,9 +115,31 @@ def test_labels_split_over_input_sets_count_as_one_set():
     kw = dict(atol=None, rtol=None, source="rows", metric="top1", labels={"y": truth}, max_drop=0.05)
     whole = compare_outputs([e], [a], **kw).outputs[0]
     sets = [(0, 7), (7, 40), (40, 60)]
-    parts = compare_outputs([{"y": e["y"][i:j]} for i, j in sets], [{"y": a["y"][i:j]} for i, j in sets], **kw)
+    parts = compare_outputs([{"y": e["y"][i:j]} for i, j in sets], [{"y": a["y"][i:j]} for i, j in sets],
+                            confidence=0.9, **kw)
+    bounded = compare_outputs([e], [a], confidence=0.9, **kw).outputs[0]
     assert (parts.outputs[0].accuracy, parts.outputs[0].reference_accuracy) == (whole.accuracy, whole.reference_accuracy)
+    assert parts.outputs[0].accuracy_drop_bound == bounded.accuracy_drop_bound  # the same rows changed, counted once
     assert parts.n_input_sets == 3
+
+
+def test_ctc_samples_are_counted_against_their_labels_through_the_comparison():
+    ref = _scores([[1, 1, 0, 2], [3, 0, 3, 1], [1, 2, 2, 0]])  # reads [1, 2], [3, 3, 1], [1, 2]
+    cand = _scores([[1, 0, 0, 2], [3, 3, 0, 1], [1, 1, 2, 2]])  # reads [1, 2], [3, 1], [1, 2]
+    truth = np.array([[1, 2, -1], [3, 1, -1], [1, 2, 2]])
+    stat = compare_outputs([{"y": ref}], [{"y": cand}], None, None, "lines", metric="ctc", labels={"y": truth},
+                           max_drop=0.0).outputs[0]
+    assert (stat.reference_accuracy, stat.accuracy) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
+    assert stat.agreement == pytest.approx(2 / 3) and stat.passed  # the candidate reads one line more right
+
+
+def test_a_candidate_whose_output_changes_shape_fails_whatever_its_accuracy():
+    truth = np.array([1, 2, 3, 0])
+    e = {"y": _scores([[1], [2], [3], [0]])[:, 0]}
+    wrong = {"y": np.zeros((4, 5), np.float32)}
+    verdict = compare_outputs([e, e], [e, wrong], None, None, "rows", metric="top1",
+                              labels={"y": np.concatenate([truth, truth])}, max_drop=1.0)
+    assert not verdict.passed and verdict.outputs[0].accuracy == 0.5
 
 
 def test_label_rows_must_be_the_verification_rows():
@@ -240,10 +265,24 @@ def test_a_fifo_or_npy_as_labels_is_refused_without_blocking(classifier_files, t
         assert not (tmp_path / "o.onnx").exists()
 
 
-def test_labels_naming_no_output_are_refused_before_any_work(classifier_files, tmp_path):
+@pytest.mark.parametrize(("labels", "words"), [
+    (dict(logits=np.zeros(40, np.int64)), ("'logits', which is not a model output",)),
+    (dict(y=np.zeros(30, np.int64)), ("'y' has 30 rows, but --inputs has 40",)),
+    (dict(k=np.zeros(40, np.int64)), ("'k', which is not a float tensor of scores",)),
+])
+def test_labels_that_cannot_fit_are_refused_before_any_work(classifier_files, tmp_path, labels, words):
+    import onnx
+    from onnx import TensorProto, helper
+
     model, data, _ = classifier_files
-    wrong = tmp_path / "wrong.npz"
-    np.savez(wrong, logits=np.zeros(40, np.int64))
-    result = cli("optimize", model, tmp_path / "o.onnx", "--inputs", data, "--metric", "top1", "--labels", wrong,
-                 "--max-drop", "0.01")
-    assert_one_line_error(result, 2, "--labels", "'logits', which is not a model output")
+    with_index = onnx.load(model)  # a second output: the class index, an integer
+    with_index.graph.node.append(helper.make_node("ArgMax", ["y"], ["k"], axis=1, keepdims=0))
+    with_index.graph.output.append(helper.make_tensor_value_info("k", TensorProto.INT64, ["N"]))
+    onnx.save(with_index, model)
+    wrong, calib = tmp_path / "wrong.npz", tmp_path / "calib.npz"
+    np.savez(wrong, **labels)
+    np.savez(calib, not_an_input=np.zeros((40, 32), np.float32))  # calibrating would fail: it is never read
+    for command in (["optimize", model, tmp_path / "o.onnx", "--calibrate", calib, "--low-rank", "all",
+                     "--rank-budget", "0.5"], ["verify", model, model]):
+        result = cli(*command, "--inputs", data, "--metric", "top1", "--labels", wrong, "--max-drop", "0.01")
+        assert_one_line_error(result, 2, "--labels", *words)

@@ -386,3 +386,24 @@ def test_a_pair_of_whole_blocks_is_pruned_to_whole_blocks():
     model = pair_model(dup=4, c=32)
     _, report = prune(model, share=0.3, calibrate=_rows(96, 1), verify=False)
     assert [(p.channels, p.kept) for p in report.pairs] == [(32, 16)]
+
+
+def test_the_command_with_labels_keeps_a_share_within_the_accuracy_drop(tmp_path):
+    model = pair_model(dup=16, c=48)  # a third of its channels copy others: pruning them loses nothing
+    held = _rows(48, 2)
+    truth = _run(model, held)[0].argmax(axis=-1)  # the original right on about 90 % of the units
+    flip = np.random.default_rng(3).random(truth.shape) < 0.1
+    truth[flip] = (truth[flip] + 1) % truth.max(initial=1)
+    paths = {name: tmp_path / f"{name}.npz" for name in ("calib", "held", "labels")}
+    np.savez(paths["calib"], **_rows(96, 1))
+    np.savez(paths["held"], **held)
+    np.savez(paths["labels"], **{model.graph.output[0].name: truth})
+    src, out = tmp_path / "m.onnx", tmp_path / "pruned.onnx"
+    onnx.save(model, src)
+    result = cli("prune", src, out, "--calibrate", paths["calib"], "--inputs", paths["held"], "--metric", "top1", "--labels",
+                 paths["labels"], "--max-drop", "0.02", "--share", "auto")
+    assert result.returncode == 0, result.stderr
+    accuracy = [float((_run(m, held)[0].argmax(axis=-1) == truth).mean()) for m in (model, onnx.load(out))]
+    assert accuracy[0] - accuracy[1] <= 0.02
+    assert constant_tensors(onnx.load(out).graph)["wb"].dims[1] == 32  # a block of channels went
+    assert "share auto, tried:" in result.stdout and "accuracy" in result.stdout
