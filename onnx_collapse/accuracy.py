@@ -22,14 +22,13 @@ from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 
 import numpy as np
-from onnx import TensorProto
 
 from .errors import CollapseError, Param, Text
+from .graph import FLOAT_TENSOR_TYPES
 from .inputs import dims_text, memory_limit
 from .io import npz_shapes, read_npz
 
 LABELS = Param("labels")
-FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 # the metrics that read an output by its argmax over the last axis -> the unit each counts (agreement with the
 # reference, or with labels): a row, a sample (every position), a sample's CTC decoding
 ARGMAX_METRICS = {"top1": "row", "sequence": "sample", "ctc": "ctc"}
@@ -71,7 +70,7 @@ def check_labels_file(model, data: str | os.PathLike | Mapping[str, np.ndarray] 
     check_labels(labels, [o.name for o in model.graph.output])
     for output in model.graph.output:
         tensor = output.type.tensor_type if output.type.HasField("tensor_type") else None
-        if output.name in labels and (tensor is None or tensor.elem_type not in FLOAT_TYPES or
+        if output.name in labels and (tensor is None or tensor.elem_type not in FLOAT_TENSOR_TYPES or
                                       (tensor.HasField("shape") and len(tensor.shape.dim) < 2)):
             raise CollapseError(LABELS, f" labels output {output.name!r}, which is not a float tensor of scores "
                                 "with rows along axis 0 and classes on the last axis")

@@ -431,14 +431,15 @@ class Comparison:
         strip = self.ctc_strip
         ends = (f" (class{'es' if len(strip) > 1 else ''} {', '.join(map(str, strip))} stripped from both ends)"
                 if self.metric == "ctc" and strip else "")
-        what = {"top1": "top-1 agreement", "sequence": "whole-sample top-1 agreement", "ctc": "same CTC decoding"}
+        agreed = {"top1": "top-1 agreement", "sequence": "whole-sample top-1 agreement", "ctc": "same CTC decoding"}
+        read = {"top1": "top-1", "sequence": "whole-sample top-1", "ctc": "CTC decoding"}  # what is right or wrong
         level = "" if self.confidence is None else f"{100 * self.confidence:g}% "
-        agreement = (f"{what[self.metric]}{f' (its {level}lower bound)' if level else ''} >= "
+        agreement = (f"{agreed[self.metric]}{f' (its {level}lower bound)' if level else ''} >= "
                      f"{100 * self.min_agreement:g}%")
         if self.max_drop is None:
             return f", metric {agreement}{ends}"
         unlabelled = [n for n, o in self.outputs.items() if n not in self.labels and o.tensors and o.tally.dtype_kind == "f"]
-        accuracy = (f", metric {what[self.metric].removesuffix(' agreement').removeprefix('same ')} accuracy against "
+        accuracy = (f", metric {read[self.metric]} accuracy against "
                     f"the labels at most {100 * self.max_drop:g} point(s) below the reference's"
                     + (f" (the drop's {level}upper bound)" if level else ""))
         return accuracy + (f"; outputs without labels: {agreement}" if unlabelled else "") + ends

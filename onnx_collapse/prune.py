@@ -440,7 +440,7 @@ def prunable_pairs(model: onnx.ModelProto, keep_layers: tuple[str, ...] = ()) ->
 # onnxruntime's CPU convolutions run channels in blocks of 16 (AVX-512) or 8 (AVX2) (its NCHWc layout); a
 # convolution whose channels are not a whole number of blocks leaves that layout, and runs slower than with
 # more channels: PP-OCRv4 rec pruned at share 0.123 (480 -> 421 channels, 240 -> 210) ran 0.95x the original,
-# with 416 and 208 kept (the same MACs) 1.13-1.15x (benchmarks/channel_blocks.py).
+# with 416 and 208 kept (the same MACs) 1.15-1.24x (python benchmarks/channel_blocks.py --shares 0.123).
 CHANNEL_BLOCKS = (16, 8)
 
 
