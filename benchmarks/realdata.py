@@ -256,12 +256,24 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
+def exact_lines(pred: list[str], truth: list[str]) -> np.ndarray:
+    """Per line, whether the decoded text (stripped, as ``rec_scores`` reads it) is the true text."""
+    return np.array([p.strip() == t for p, t in zip(pred, truth)], dtype=bool)
+
+
+def paired_drop(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """Accuracy drop from ``before`` to ``after`` (per-item correctness on the same items) and its standard
+    error: only the items one reads right and the other wrong move it."""
+    diff = before.astype(np.float64) - after.astype(np.float64)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+
+
 def rec_scores(pred: list[str], truth: list[str], reference: list[str] | None = None) -> dict:
     """Exact-line accuracy, character error rate (edit distance / true characters) and same-decode rate.
     Decoded text is stripped first: the model reads the margins of a crop as spaces now and then."""
     pred = [p.strip() for p in pred]
     reference = None if reference is None else [r.strip() for r in reference]
-    out = {"exact": float(np.mean([p == t for p, t in zip(pred, truth)])),
+    out = {"exact": float(np.mean(exact_lines(pred, truth))),
            "cer": sum(edit_distance(p, t) for p, t in zip(pred, truth)) / max(1, sum(len(t) for t in truth))}
     if reference is not None:
         out["same_decode"] = float(np.mean([p == r for p, r in zip(pred, reference)]))

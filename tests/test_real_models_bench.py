@@ -33,6 +33,19 @@ def test_rec_scores_strip_and_count_characters():
     assert s == {"exact": 0.5, "cer": 1 / 6, "same_decode": 0.5}
 
 
+def test_the_paired_drop_counts_only_lines_that_changed_with_a_paired_standard_error():
+    before = np.array([True] * 8 + [False] * 2)
+    after = before.copy()
+    after[[0, 1]] = False  # two lines lost
+    after[8] = True  # one gained
+    drop, se = rd.paired_drop(before, after)
+    assert drop == pytest.approx(0.1)
+    diff = np.array([1, 1, 0, 0, 0, 0, 0, 0, -1, 0], float)  # per line: lost 1, gained -1
+    assert se == pytest.approx(diff.std(ddof=1) / np.sqrt(10))
+    assert rd.paired_drop(before, before) == (0.0, 0.0)
+    assert list(rd.exact_lines([" abc", "ab"], ["abc", "abc"])) == [True, False]
+
+
 def test_box_matching_is_one_to_one_at_iou_half():
     truth = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
     pred = np.array([[0, 0, 10, 9], [1, 0, 10, 10], [20, 0, 24, 10]], float)
