@@ -9,7 +9,7 @@ which goes first swapped each round), with more rounds: the speed-up as the rati
 fastest runs, and the median of each round's own ratio (the two runs of a round are back to back, so a slow
 spell of this shared machine slows both). Accuracy is read on the evaluation lines of ``real_models.py``
 (seed 303) against their true text, with the drop from the original's and its paired standard error (a
-point on 960 lines is within about one standard error: ask for more lines to resolve less). Prints one
+point on 960 lines is within about one standard error: more lines resolve a smaller drop). Prints one
 markdown row per model.
 """
 
