@@ -303,7 +303,7 @@ class Task:
 
 
 class RecTask(Task):
-    def __init__(self, n_calib: int, n_verify: int, n_eval: int):
+    def __init__(self, n_calib: int, n_verify: int, n_eval: int, eval_seed: int = 303):
         super().__init__("rec", "PP-OCRv4 text recogniser (ch_PP-OCRv4_rec_infer.onnx), input 1x3x48x320",
                          rd.model_path(rd.REC_FILE), eval_batch=8, time_batch=8)
         import onnx
@@ -312,7 +312,7 @@ class RecTask(Task):
         self.verify, verify_text = rd.rec_dataset(self.labels, n_verify, seed=202)
         output = onnx.load(self.file, load_external_data=False).graph.output[0].name
         self.verify_labels = {output: rd.ctc_targets(verify_text, self.labels)}
-        self.x, self.truth = rd.rec_dataset(self.labels, n_eval, seed=303)
+        self.x, self.truth = rd.rec_dataset(self.labels, n_eval, seed=eval_seed)
         self.counts = {"calibration lines": n_calib, "verification lines": n_verify, "evaluation lines": n_eval}
         self.strip = [i for i, c in enumerate(self.labels) if i and not c.strip()]  # what str.strip() drops
         self._ref_text = None

@@ -8,9 +8,9 @@ Each model is run beside PP-OCRv4's text recogniser as rapidocr-onnxruntime ship
 which goes first swapped each round), with more rounds: the speed-up as the ratio of the medians, of the
 fastest runs, and the median of each round's own ratio (the two runs of a round are back to back, so a slow
 spell of this shared machine slows both). Accuracy is read on the evaluation lines of ``real_models.py``
-(seed 303) against their true text, with the drop from the original's and its paired standard error (a
-point on 960 lines is within about one standard error: more lines resolve a smaller drop). Prints one
-markdown row per model.
+(seed 303, or ``--seed``) against their true text, with the drop from the original's and its paired
+standard error (a point on 960 lines is within about one standard error: more lines resolve a smaller
+drop). Prints one markdown row per model.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ def main(argv=None) -> int:
     p.add_argument("models", nargs="+", help="compressed recogniser models (same input and output)")
     p.add_argument("--rounds", type=int, default=41, help="interleaved timing rounds per model")
     p.add_argument("--lines", type=int, default=960, help="evaluation lines read against their true text")
+    p.add_argument("--seed", type=int, default=303, help="seed of the rendered lines (303: real_models.py's "
+                   "evaluation lines, the first 960 of any count)")
     args = p.parse_args(argv)
-    task = RecTask(1, 1, args.lines)
+    task = RecTask(1, 1, args.lines, args.seed)
     original = measure_model(task, task.file, None)
     print(f"original: {original['weights']:,} weights, {original['macs']['total']:,} MACs, "
-          f"exact {original['scores']['exact']:.1%} of {args.lines} lines "
+          f"exact {original['scores']['exact']:.1%} of {args.lines} lines (seed {args.seed}) "
           f"({rd.PACKAGE} {rd.package_version()})", file=sys.stderr)
     print("| model | weights | MACs | lines exact | drop (pt, ± standard error) | "
           "speed-up: medians, fastest, per-round median |")
