@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
@@ -101,26 +102,47 @@ def check_labels(labels: Mapping[str, np.ndarray], outputs: Sequence[str], what:
                                 f"{', '.join(map(repr, outputs))})")
 
 
-def unit_correct(output: np.ndarray, labels: np.ndarray, unit: str, strip: Sequence[int] = (),
+@dataclass(frozen=True)
+class Readout:
+    """What one input set's array of scores reads, computed once for both the agreement and the accuracy:
+    its shape, the argmax over the last axis, whether each row's scores are all finite, and for ``unit``
+    "ctc" each sample's CTC decoding (``strip`` classes dropped from both ends)."""
+
+    shape: tuple[int, ...]
+    argmax: np.ndarray
+    finite: np.ndarray
+    decoded: list[list[int]] | None = None
+
+
+def read_out(output: np.ndarray, unit: str, strip: Sequence[int] = ()) -> Readout:
+    """The ``Readout`` of ``output`` (rows along axis 0, classes on the last axis) counted in ``unit``."""
+    argmax = np.argmax(output, axis=-1) if output.size else np.zeros(output.shape[:-1], dtype=np.int64)
+    decoded = [ctc_decode(path, strip=strip) for path in argmax] if unit == "ctc" and argmax.ndim == 2 else None
+    return Readout(output.shape, argmax, np.isfinite(output).all(axis=-1), decoded)
+
+
+def unit_correct(output: np.ndarray | Readout, labels: np.ndarray, unit: str, strip: Sequence[int] = (),
                  name: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """Per unit of ``output`` (one input set's array, rows along axis 0): whether its argmax reads the true
-    ``labels`` (never where the unit does not count), and whether the unit counts at all (it has a label). ``unit`` as in
-    ``compare.agreement_counts``: "row" (every position: argmax equals the label), "sample" (every labelled
-    position of the sample right), "ctc" (the CTC decoding, ``strip`` classes dropped from both ends, equals
-    the sample's labels, negative padding and ``strip`` classes at the ends dropped). A unit whose values are
-    not all finite is wrong. CollapseError when the labels' shape does not fit the output's."""
-    want = output.shape[:-1] if unit != "ctc" else output.shape[:1]
+    """Per unit of ``output`` (one input set's array, rows along axis 0, or its ``Readout``): whether its
+    argmax reads the true ``labels`` (never where the unit does not count), and whether the unit counts at
+    all (it has a label). ``unit`` as in ``compare.agreement_counts``: "row" (every position: argmax equals
+    the label), "sample" (every labelled position of the sample right), "ctc" (the CTC decoding, ``strip``
+    classes dropped from both ends, equals the sample's labels, negative padding and ``strip`` classes at the
+    ends dropped). A unit whose values are not all finite is wrong. CollapseError when the labels' shape does
+    not fit the output's."""
+    read = output if isinstance(output, Readout) else read_out(output, unit, strip)
+    shape = read.shape
+    want = shape[:-1] if unit != "ctc" else shape[:1]
     if labels.shape[:len(want)] != want or (unit != "ctc" and labels.shape != want) or \
             (unit == "ctc" and labels.ndim != 2):
-        shape = f"[{output.shape[0]}, length]" if unit == "ctc" else dims_text(want)
-        raise CollapseError(LABELS, f": output {name!r} has shape {dims_text(output.shape)}, so its labels for these "
-                            f"rows need shape {shape}, but they have {dims_text(labels.shape)}")
-    classes = output.shape[-1]
+        needed = f"[{shape[0]}, length]" if unit == "ctc" else dims_text(want)
+        raise CollapseError(LABELS, f": output {name!r} has shape {dims_text(shape)}, so its labels for these "
+                            f"rows need shape {needed}, but they have {dims_text(labels.shape)}")
+    classes = shape[-1]
     if labels.size and labels.max() >= classes:
         raise CollapseError(LABELS, f": output {name!r} has {classes} classes (0 to {classes - 1}), but its labels "
                             f"hold class {int(labels.max())}: labels of another class list?")
-    finite = np.isfinite(output).all(axis=-1)
-    got = np.argmax(output, axis=-1)
+    finite, got = read.finite, read.argmax
     if unit == "row":
         counted = labels >= 0
         return (got == labels) & finite & counted, counted
@@ -134,8 +156,8 @@ def unit_correct(output: np.ndarray, labels: np.ndarray, unit: str, strip: Seque
     if any(0 in t for t in truth):
         raise CollapseError(LABELS, f": output {name!r}'s labels hold class 0, which a CTC decoding never gives "
                             "(it is the blank); pad with negative values")
-    read = [ctc_decode(g, strip=strip) for g in got]
-    right = np.array([r == t for r, t in zip(read, truth)], dtype=bool) & finite.all(axis=1)
+    decoded = read.decoded if read.decoded is not None else [ctc_decode(g, strip=strip) for g in got]
+    right = np.array([r == t for r, t in zip(decoded, truth)], dtype=bool) & finite.all(axis=1)
     return right, np.ones(len(truth), dtype=bool)
 
 

@@ -12,10 +12,11 @@ import numpy as np
 from .accuracy import (
     ARGMAX_METRICS,
     LABELS,
+    Readout,
     check_labels,
-    ctc_decode,
     drop_upper_bound,
     load_labels,
+    read_out,
     require_argmax_metric,
     unit_correct,
 )
@@ -187,6 +188,13 @@ def agreement_counts(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray
 
 def _agreement_of(e: np.ndarray, a: np.ndarray, name: str, unit: str, strip: Sequence[int]) -> tuple[int, int]:
     """``agreement_counts`` of one input set's arrays (no unit when the shapes differ)."""
+    return _agreement(*_readouts(e, a, name, unit, strip), unit)
+
+
+def _readouts(e: np.ndarray, a: np.ndarray, name: str, unit: str, strip: Sequence[int]
+              ) -> tuple[Readout, Readout | None]:
+    """What the reference's and the candidate's arrays read (the candidate's None when its shape differs),
+    once the reference's shape is checked to suit ``unit`` (see ``agreement_counts``)."""
     metric = _METRIC_OF[unit]
     wrong_rank = (unit == "sample" and e.ndim < 2) or (unit == "ctc" and e.ndim != 3)
     if e.ndim == 0 or e.shape[-1] < 2 or wrong_rank:
@@ -199,17 +207,20 @@ def _agreement_of(e: np.ndarray, a: np.ndarray, name: str, unit: str, strip: Seq
     if unit == "ctc" and beyond:
         raise CollapseError(Param("ctc_strip"), f" names class {beyond[0]}, but output {name!r} has "
                             f"{e.shape[-1]} classes (0 to {e.shape[-1] - 1})")
-    if e.shape != a.shape or e.size == 0:
+    return read_out(e, unit, strip), read_out(a, unit, strip) if a.shape == e.shape else None
+
+
+def _agreement(want: Readout, got: Readout | None, unit: str) -> tuple[int, int]:
+    """Units of ``got`` that read as ``want`` does, and units compared (those whose reference is finite)."""
+    if got is None or not want.argmax.size:
         return 0, 0
-    finite = np.isfinite(e).all(axis=-1)
-    want, got = np.argmax(e, axis=-1), np.argmax(a, axis=-1)
-    hits = (want == got) & finite
+    finite = want.finite
+    hits = (want.argmax == got.argmax) & finite
     if unit != "row":  # one unit per sample: every position must agree (an empty axes tuple keeps rows)
         axes = tuple(range(1, finite.ndim))
         finite = finite.all(axis=axes)
         if unit == "ctc":
-            hits = np.array([ctc_decode(w, strip=strip) == ctc_decode(g, strip=strip)
-                             for w, g in zip(want, got)], dtype=bool) & finite
+            hits = np.array([w == g for w, g in zip(want.decoded, got.decoded)], dtype=bool) & finite
         else:
             hits = hits.all(axis=axes)
     return int(hits.sum()), int(finite.sum())
@@ -356,19 +367,21 @@ class Comparison:
             for x, y in pairs:
                 x, y = np.asarray(x), np.asarray(y)
                 out.tally.add(x, y)
+                read = None
                 if self.metric in AGREEMENT_METRICS and out.tensors and x.dtype.kind == "f":
-                    same, units = _agreement_of(x, y, name, AGREEMENT_METRICS[self.metric], self.ctc_strip)
+                    read = _readouts(x, y, name, AGREEMENT_METRICS[self.metric], self.ctc_strip)
+                    same, units = _agreement(*read, AGREEMENT_METRICS[self.metric])
                     out.same, out.units = out.same + same, out.units + units
             if name in self.labels:
-                self._count_right(name, out, pairs)
+                self._count_right(name, out, read if out.tensors else None)
 
-    def _count_right(self, name: str, out: _Output, pairs: list) -> None:
-        """Both models' accuracies on one input set's rows of labelled output ``name`` (see ``accuracy``)."""
-        (e, a), = pairs if out.tensors else [(None, None)]
-        if e is None or np.asarray(e).dtype.kind != "f" or np.ndim(e) < 2:
+    def _count_right(self, name: str, out: _Output, read: tuple[Readout, Readout | None] | None) -> None:
+        """Both models' accuracies on one input set's rows of labelled output ``name`` (see ``accuracy``), from
+        what the two arrays read (None: the output is not an array of scores)."""
+        if read is None or len(read[0].shape) < 2:
             raise CollapseError(LABELS, f" labels output {name!r}, which is not an array of scores with rows along "
                                 "axis 0 and classes on the last axis: only such outputs can be read against labels")
-        e, a = np.asarray(e), np.asarray(a)
+        e, a = read
         labels, rows = self.labels[name], e.shape[0]
         if out.rows + rows > labels.shape[0]:
             raise CollapseError(LABELS, f": array {name!r} has {labels.shape[0]} rows, fewer than the verification "
@@ -377,7 +390,7 @@ class Comparison:
         out.rows += rows
         unit = AGREEMENT_METRICS[self.metric]
         ref, counted = unit_correct(e, part, unit, self.ctc_strip, name)
-        cand = unit_correct(a, part, unit, self.ctc_strip, name)[0] if a.shape == e.shape else np.zeros_like(ref)
+        cand = unit_correct(a, part, unit, self.ctc_strip, name)[0] if a is not None else np.zeros_like(ref)
         out.reference_right += int(ref.sum())
         out.candidate_right += int(cand.sum())
         out.worse += int((ref & ~cand).sum())

@@ -286,3 +286,10 @@ def test_labels_that_cannot_fit_are_refused_before_any_work(classifier_files, tm
                      "--rank-budget", "0.5"], ["verify", model, model]):
         result = cli(*command, "--inputs", data, "--metric", "top1", "--labels", wrong, "--max-drop", "0.01")
         assert_one_line_error(result, 2, "--labels", *words)
+
+
+def test_labels_of_an_output_that_is_not_scores_are_refused_by_name():
+    ids = [{"ids": np.array([[1, 2], [3, 0]], np.int64)}]
+    with pytest.raises(CollapseError, match="labels output 'ids', which is not an array of scores"):
+        compare_outputs(ids, ids, None, None, "rows", metric="top1", labels={"ids": np.array([[1, 2], [3, 0]])},
+                        max_drop=0.01)

@@ -4,13 +4,13 @@ per-output tolerances, top-1 agreement, and outputs that differ in kind."""
 import numpy as np
 import pytest
 
+from onnx_collapse.accuracy import ctc_decode
 from onnx_collapse.cli import with_flags
 from onnx_collapse.compare import (
     agreement_lower_bound,
     compare,
     compare_outputs,
     compared_elements,
-    ctc_decode,
     default_tolerance,
     judge,
     output_mismatches,
