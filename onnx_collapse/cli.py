@@ -174,6 +174,25 @@ class BudgetType(click.ParamType):
         return number
 
 
+class FileName(click.Path):
+    """A file's path (never a folder): refused in one line when it ends in a separator (it names a folder)
+    or is not valid UTF-8 (onnx and onnxruntime take paths as UTF-8 text)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        text = os.fsdecode(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{text.encode('utf-8', 'backslashreplace').decode()!r} is not a valid UTF-8 file name; "
+                      "rename the file", param, ctx)
+        if text.endswith((os.sep, "/")):
+            self.fail(f"{text!r} ends in {text[-1]!r}, so it names a folder, not a file", param, ctx)
+        return super().convert(text, param, ctx)
+
+
 ctc_strip_option = click.option(
     "--ctc-strip", "ctc_strip", type=click.IntRange(1), multiple=True, metavar="CLASS",
     help="With --metric ctc: a class dropped from both ends of each decoding before comparing (a recogniser's "
@@ -193,14 +212,14 @@ def label_options(f):
                      help="With --labels: judge each labelled output by accuracy instead of agreement: it passes "
                           "when its accuracy is at most D below the original's on the same rows (0.01: one "
                           "point; with --confidence, the drop's upper bound must be).")(f)
-    return click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="LABELS.npz",
+    return click.option("--labels", type=FileName(), default=None, metavar="LABELS.npz",
                         help="With --inputs and --metric top1, sequence or ctc: the true labels of the --inputs "
                              "rows, one integer array per output by name (ctc: [samples, length], padded with -1); "
                              "both models' accuracies are reported.")(f)
 
 
 reference_option = click.option(
-    "--reference", metavar="REF.onnx", type=click.Path(dir_okay=False), default=None,
+    "--reference", metavar="REF.onnx", type=FileName(), default=None,
     help="Verify against this model's outputs instead of IN.onnx's: the network before an earlier lossy step, "
          "so that --metric/--min-agreement hold for both steps together. Same inputs and outputs.")
 
@@ -213,7 +232,7 @@ def check_options(f):
         click.option("--seed", type=click.IntRange(0), default=DEFAULTS.seed, show_default=True, help="Seed of the random inputs."),
         click.option("--check-n", type=click.IntRange(1), default=DEFAULTS.check_n, show_default=True,
                      help="Number of random input sets."),
-        click.option("--inputs", type=click.Path(dir_okay=False), default=None,
+        click.option("--inputs", type=FileName(), default=None,
                      help=".npz file with one array per model input, used instead of random inputs."),
         click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:DxD...",
                      help="Shape for an input with dynamic dims, e.g. x:1x128x768 (repeatable)."),
@@ -240,7 +259,7 @@ def output_options(f):
                      help="Store weights in OUT.onnx.data (default: when the input did, or the model exceeds 1.8 GB)."),
         click.option("--overwrite", is_flag=True, help="Allow OUT to be the same file as IN (replaced atomically)."),
         click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
-        click.option("--report", "report_file", type=click.Path(dir_okay=False),
+        click.option("--report", "report_file", type=FileName(),
                      help="Also write the JSON report here."),
         quiet_option,
     ]
@@ -371,8 +390,8 @@ def cli(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
-@click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="IN.onnx", type=FileName())
+@click.argument("output_path", metavar="OUT.onnx", type=FileName())
 @click.option("--slope-tol", type=click.FloatRange(0), default=DEFAULTS.slope_tol, show_default=True,
               help="Fold activations whose slopes are all within this distance of 1.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check (equivalence is then NOT checked).")
@@ -403,7 +422,7 @@ def cli(ctx: click.Context) -> None:
 @click.option("--max-verify-memory", metavar="SIZE", default=None,
               help="Refuse to verify when inputs and computed tensors would need more (e.g. 8G; default: half "
                    "the available memory).")
-@click.option("--calibrate", "calibrate", type=click.Path(dir_okay=False), default=None,
+@click.option("--calibrate", "calibrate", type=FileName(), default=None,
               help=".npz with one array per model input (rows along axis 0): fit chains with slopes near 1 to "
                    "their real outputs and make low-rank truncation activation-aware. Verification uses "
                    "--inputs, or a held-out fifth of these rows.")
@@ -458,9 +477,9 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 
 
 @cli.command()
-@click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
-@click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=False))
-@click.option("--calibrate", "calibrate", type=click.Path(dir_okay=False), required=True,
+@click.argument("input_path", metavar="IN.onnx", type=FileName())
+@click.argument("output_path", metavar="OUT.onnx", type=FileName())
+@click.option("--calibrate", "calibrate", type=FileName(), required=True,
               help=".npz of typical inputs (rows on axis 0); the pruned layers are refitted on them, a fifth "
                    "is held out for verification unless --inputs is given.")
 @click.option("--share", type=BudgetType(), default=0.25, show_default=True, metavar="FRACTION|auto",
@@ -473,7 +492,7 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
 @click.option("--rtol", type=click.FloatRange(0), default=None, help="Relative tolerance of the check.")
 @click.option("--seed", type=click.IntRange(0), default=DEFAULTS.seed, show_default=True,
               help="Seed of the held-out rows.")
-@click.option("--inputs", type=click.Path(dir_okay=False), default=None,
+@click.option("--inputs", type=FileName(), default=None,
               help=".npz to verify on instead of held-out calibration rows.")
 @click.option("--metric", type=click.Choice(METRICS), default=DEFAULTS.metric, show_default=True,
               help="What must hold (see optimize --help); pruning needs top1, sequence or ctc, or --atol/--rtol.")
@@ -520,13 +539,13 @@ def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, ato
 
 
 @cli.command()
-@click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="IN.onnx", type=FileName())
 @click.option("--slope-tol", type=click.FloatRange(0), default=DEFAULTS.slope_tol, show_default=True,
               help="Count activations whose slopes are all within this distance of 1 as foldable.")
 @click.option("--spectrum", is_flag=True, help="Also show low-rank targets' spectra and the error/budget trade-off.")
 @click.option("--low-rank", type=click.Choice(LOW_RANK_TARGETS), default=DEFAULT_LOW_RANK, show_default=True,
               help="With --spectrum or --plot: collapsed products only, or every linear layer.")
-@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), metavar="FILE.png",
+@click.option("--plot", "plot_file", type=FileName(), metavar="FILE.png",
               help="Draw the ALDS trade-off (largest layer error against weights kept) and the per-layer ranks "
                    "at --rank-budget (default 50%) into this picture (needs matplotlib: the plot extra).")
 @click.option("--rank-budget", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
@@ -585,8 +604,8 @@ def _check_plot_path(src: Path, picture: Path) -> None:
 
 
 @cli.command()
-@click.argument("reference", metavar="A.onnx", type=click.Path(dir_okay=False))
-@click.argument("candidate", metavar="B.onnx", type=click.Path(dir_okay=False))
+@click.argument("reference", metavar="A.onnx", type=FileName())
+@click.argument("candidate", metavar="B.onnx", type=FileName())
 @check_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @quiet_option
@@ -612,7 +631,7 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
 
 
 @cli.command()
-@click.argument("output_path", metavar="[OUT.onnx]", type=click.Path(dir_okay=False), required=False)
+@click.argument("output_path", metavar="[OUT.onnx]", type=FileName(), required=False)
 @quiet_option
 def demo(output_path, quiet) -> None:
     """Try onnx-collapse on an example model shipped with the package: analyze it, then optimize it
@@ -653,7 +672,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt):
         click.echo("onnx-collapse: aborted", err=True)
         sys.exit(130)
     except Terminated:

@@ -337,11 +337,15 @@ class Comparison:
         self.sets = 0
         self.outputs: dict[str, _Output] = {}
         self.problems: list[str] = []
+        self.retyped: set[str] = set()  # outputs whose dtype differs in the candidate: they fail
 
     def add(self, expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> None:
         """Take in one input set's outputs (the reference's, then the candidate's), by output name."""
         if not self.sets and self.names is not None:
             self.problems += output_mismatches(expected, actual, self.names)
+        if not self.sets:  # an output of another dtype is another model, however close its values
+            self.retyped = {name for name, e in expected.items() if isinstance(e, np.ndarray)
+                            and isinstance(actual.get(name), np.ndarray) and actual[name].dtype != e.dtype}
         if not self.sets:
             check_labels(self.labels, list(expected))
         self.sets += 1
@@ -431,6 +435,10 @@ class Comparison:
                 stat.passed = measured >= target and not out.tally.differs  # units of other shapes not counted
             if name in self.labels:
                 self._judge_accuracy(name, out, stat)
+            if name in self.retyped:
+                stat.passed = False
+                if self.names is None:
+                    problems.append(f"output {name!r} has another dtype in the candidate")
             stats.append(stat)
         if stats and all(s.passed for s in stats) and not compared:
             raise CollapseError("verification compared no element: every output of the original model is empty, "

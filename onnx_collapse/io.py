@@ -295,7 +295,10 @@ def _labelled(path: Path, model: onnx.ModelProto | None, folder: Path | None, ro
 
 
 def model_files(path: Path, role: str) -> dict[Path, str]:
-    """A model file and the data files it names, each with a description (just the file if it is not a model)."""
+    """A model file and the data files it names, each with a description (just the file if it is not a model,
+    or not a regular file: a FIFO would block the read, a device never end it)."""
+    if not path.is_file():
+        return {path: f"the {role} model"}
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - not a model (or no file): no data files to name
@@ -321,9 +324,30 @@ def same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+SYSTEM_FOLDERS = (Path("/dev"), Path("/proc"))  # their links (/dev/stdout -> /proc/self/fd/1) are not outputs
+
+
+def system_location(path: Path) -> Path | None:
+    """The first of ``path`` and the links it leads through that lies in a ``SYSTEM_FOLDERS`` folder, if any
+    (an output written there by renaming would replace the link: /dev/stdout itself, for root)."""
+    current = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's own limit on links followed
+        if any(current == folder or folder in current.parents for folder in SYSTEM_FOLDERS):
+            return current
+        if not current.is_symlink():
+            return None
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+    return current
+
+
 def check_destination(path: Path, keep: dict[Path, Text], what: Text) -> None:
-    """Refuse to write ``path`` if it is (or leads to) a file of ``keep`` (described by its value), exists
-    and is not a regular file, or lies in a folder that is missing or not writable."""
+    """Refuse to write ``path`` if it is (or leads to) a file of ``keep`` (described by its value), lies in
+    /dev or /proc or links there, exists and is not a regular file, or lies in a folder that is missing or
+    not writable."""
+    system = system_location(path)
+    if system is not None:
+        raise CollapseError(what, f" {str(path)!r} ", "is" if system == path else f"leads to {str(system)!r}",
+                            ", a device or process file; refusing to replace it (name a file to write)")
     folder = path.parent
     if not folder.is_dir():
         raise CollapseError(what, f" folder {str(folder)!r} does not exist")
@@ -427,7 +451,10 @@ def _read_members(archive: zipfile.ZipFile, label: Text, limit: int | None, why:
     arrays = {}
     for name, member, _ in _headers(archive, label, limit, why):
         with archive.open(member) as stream:
-            arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
+            array = np.lib.format.read_array(stream, allow_pickle=False)
+        if not array.dtype.isnative:  # stored big-endian (say): onnxruntime would read the bytes as native ones
+            array = array.astype(array.dtype.newbyteorder("="))
+        arrays[name] = array
     return arrays
 
 

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .accuracy import require_argmax_metric
 from .errors import CollapseError, Param
 
 if TYPE_CHECKING:
@@ -173,6 +172,8 @@ class Options:
         if not isinstance(self.labels, (str, os.PathLike, Mapping)):
             raise CollapseError(Param("labels"), " must be an .npz path or a dict of arrays, not "
                                 f"{type(self.labels).__name__}")
+        from .accuracy import require_argmax_metric  # on use: it loads onnx, which the command line defers
+
         require_argmax_metric(self.metric)
         if self.inputs is None:
             raise CollapseError(Param("labels"), " label the rows of ", Param("inputs"), ": give that file too")
