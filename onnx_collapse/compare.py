@@ -341,12 +341,12 @@ class Comparison:
 
     def add(self, expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> None:
         """Take in one input set's outputs (the reference's, then the candidate's), by output name."""
-        if not self.sets and self.names is not None:
-            self.problems += output_mismatches(expected, actual, self.names)
-        if not self.sets:  # an output of another dtype is another model, however close its values
+        if not self.sets:
+            if self.names is not None:
+                self.problems += output_mismatches(expected, actual, self.names)
+            # an output of another dtype is another model, however close its values
             self.retyped = {name for name, e in expected.items() if isinstance(e, np.ndarray)
                             and isinstance(actual.get(name), np.ndarray) and actual[name].dtype != e.dtype}
-        if not self.sets:
             check_labels(self.labels, list(expected))
         self.sets += 1
         for name, e in expected.items():
@@ -368,10 +368,10 @@ class Comparison:
                     out.failed = True
                     continue
                 pairs = list(zip(items[0][0], items[1][0]))
+            read = None
             for x, y in pairs:
                 x, y = np.asarray(x), np.asarray(y)
                 out.tally.add(x, y)
-                read = None
                 if self.metric in AGREEMENT_METRICS and out.tensors and x.dtype.kind == "f":
                     read = _readouts(x, y, name, AGREEMENT_METRICS[self.metric], self.ctc_strip)
                     same, units = _agreement(*read, AGREEMENT_METRICS[self.metric])
