@@ -82,7 +82,7 @@ def test_wheel_ships_license_typing_marker_and_report_schema(tmp_path):
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "License-Expression: MIT" in metadata
-    assert "onnx-collapse = onnx_collapse.cli:main" in entry_points
+    assert "onnx-collapse = onnx_collapse.__main__:main" in entry_points
     license_text = (ROOT / "LICENSE").read_text()
     assert license_text.startswith("MIT License") and "onnx-collapse authors" in license_text
 
