@@ -53,7 +53,7 @@ from .options import Options
 from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
 from .runner import StoredOutputs, iter_outputs, outputs_scratch, probe_model, session, stored
-from .verify import check_reference, reference_text
+from .verify import check_reference, reference_text, shared_reference_outputs
 
 ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
                "Sigmoid", "Tanh", "Identity", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Erf", "Mish",
@@ -497,6 +497,7 @@ def calibration_rows(model: onnx.ModelProto, options: Options, held_out: bool = 
     return rows
 
 
+@shared_reference_outputs()
 def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
           share: float | str = 0.25, keep_layers: tuple[str, ...] = (), output: str | os.PathLike | None = None,
           external_data: bool | None = None, **overrides) -> tuple[onnx.ModelProto, PruneReport]:

@@ -123,7 +123,10 @@ class StoredOutputs(Sequence):
 
 
 def stored(outputs: Iterable[Mapping[str, object]], folder: Path) -> StoredOutputs:
-    """``outputs`` (``iter_outputs``, say) written one set at a time to a new ``StoredOutputs`` in ``folder``."""
+    """``outputs`` (``iter_outputs``, say) written one set at a time to a new ``StoredOutputs`` in ``folder``;
+    outputs stored already are returned as they are."""
+    if isinstance(outputs, StoredOutputs):
+        return outputs
     return StoredOutputs(folder).extend(outputs)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .accuracy import check_labels_file
@@ -50,8 +53,8 @@ def check_reference(source: ModelSource, options: Options, into: StoredOutputs |
                     ) -> StoredOutputs | None:
     """With ``options.reference`` (and verification on): the input model itself judged against it on the
     verification rows, before any work, set by set; CollapseError naming the option when it fails, as no
-    output could then pass. The reference's outputs on those rows go to ``into`` as they come, and it is
-    returned (None without a check)."""
+    output could then pass. The reference's outputs on those rows go to ``into`` as they come (or are
+    shared, within ``shared_reference_outputs``), and with ``into`` they are returned (None without a check)."""
     if options.reference is None or not options.verify:
         return None
     model = source.model
@@ -59,21 +62,72 @@ def check_reference(source: ModelSource, options: Options, into: StoredOutputs |
         feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                   options.max_verify_memory)
         with contextlib.ExitStack() as stack:  # the reference's outputs on disk, then one session at a time
-            kept = into if into is not None else StoredOutputs(Path(stack.enter_context(outputs_scratch())))
-            expected = kept.extend(reference_outputs(options, model, feeds))
+            outputs = reference_outputs(options, model, feeds)
+            if isinstance(outputs, StoredOutputs):  # stored already (``shared_reference_outputs``)
+                expected = outputs
+            else:
+                kept = into if into is not None else StoredOutputs(Path(stack.enter_context(outputs_scratch())))
+                expected = kept.extend(outputs)
             verdict = judge(expected, iter_outputs(source, feeds, "input model"), where, options)
     if verdict.passed:
-        return into
+        return expected if into is not None else None
     raise ReferenceFailed(verdict, "the input model itself fails verification against ", Param("reference"), " (",
                             verdict_text(verdict), f" on {where}), so no output could pass; a looser criterion "
                             "or the right reference model is needed")
 
 
-def reference_outputs(options: Options, model: onnx.ModelProto, feeds: list[dict]) -> Iterator[dict] | None:
+_SHARED: ContextVar[dict | None] = ContextVar("shared_reference_outputs", default=None)
+
+
+@contextlib.contextmanager
+def shared_reference_outputs() -> Iterator[None]:
+    """Within: the reference's outputs on the same feeds are run once, stored in one temporary folder, and
+    shared by every verification that asks for them (a search judges many models against them: each
+    budget, share and pruned model's own budget search). Nested uses share the outermost."""
+    if _SHARED.get() is not None:
+        yield
+        return
+    with outputs_scratch() as tmp:
+        token = _SHARED.set({"folder": Path(tmp), "runs": {}})
+        try:
+            yield
+        finally:
+            _SHARED.reset(token)
+
+
+def _fingerprint(reference, feeds: list[dict]) -> tuple:
+    """What identifies the reference's outputs on ``feeds``: the reference (a file's path, size and time, or
+    the model object) and a digest of every input array."""
+    if isinstance(reference, (str, os.PathLike)):
+        info = os.stat(reference)
+        model_key: tuple = (os.path.realpath(reference), info.st_size, info.st_mtime_ns)
+    else:
+        model_key = ("object", id(reference))
+    digest = hashlib.blake2b(digest_size=16)
+    for feed in feeds:
+        for name in sorted(feed):
+            array = np.ascontiguousarray(feed[name])
+            digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+            digest.update(memoryview(array).cast("B"))
+    return model_key, len(feeds), digest.hexdigest()
+
+
+def reference_outputs(options: Options, model: onnx.ModelProto, feeds: list[dict]
+                      ) -> Iterator[dict] | StoredOutputs | None:
     """The outputs of ``options.reference`` on ``feeds``, one input set at a time (``iter_outputs``; None
-    without a reference); see ``open_reference``."""
+    without a reference; see ``open_reference``). Within ``shared_reference_outputs``: stored on disk, run
+    only the first time these feeds are asked for."""
     ref = open_reference(options, model)
-    return None if ref is None else iter_outputs(ref, feeds, "reference model")
+    if ref is None:
+        return None
+    shared = _SHARED.get()
+    if shared is None:
+        return iter_outputs(ref, feeds, "reference model")
+    key = _fingerprint(options.reference, feeds)
+    if key not in shared["runs"]:
+        folder = shared["folder"] / f"reference-{len(shared['runs'])}"
+        shared["runs"][key] = stored(iter_outputs(ref, feeds, "reference model"), folder)
+    return shared["runs"][key]
 
 
 def reference_text(options: Options) -> str:

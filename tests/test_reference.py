@@ -1,6 +1,7 @@
 """optimize --reference: verification (and the budget search) judged against an earlier model's outputs,
 so that a criterion holds for a two-step recipe (prune, then truncate) as a whole."""
 
+import importlib
 import shutil
 
 import numpy as np
@@ -51,6 +52,27 @@ def test_the_budget_search_meets_the_target_against_the_reference():
     assert report.after.params < report.before.params  # still truncated, just less
     assert "compared with the reference model" in report.verification.inputs
     assert any(n.startswith("budget search") and "compared with the reference" in n for n in report.notes)
+
+
+def test_the_reference_runs_once_per_run_and_every_check_judges_by_its_outputs(tmp_path, monkeypatch):
+    verification = importlib.import_module("onnx_collapse.verify")  # the module (onnx_collapse.verify is the function)
+    original, runs = decaying_classifier(), []
+    onnx.save(original, str(tmp_path / "ref.onnx"))
+    real = verification.iter_outputs
+
+    def counted(source, feeds, what, *args, **kw):
+        runs.append(what)
+        return real(source, feeds, what, *args, **kw)
+
+    monkeypatch.setattr(verification, "iter_outputs", counted)
+    out, report = _auto(_perturbed(original, 0.1), reference=tmp_path / "ref.onnx")
+    # the input's check, the budget search and the final verification: one run of the reference between them
+    assert runs.count("reference model") == 1 and runs.count("input model") == 1
+    assert report.verification.passed
+    _, held = _rows()
+    assert verify(original, out, inputs=held, metric="top1").outputs[0].agreement >= 0.9
+    _auto(_perturbed(original, 0.1), reference=tmp_path / "ref.onnx")
+    assert runs.count("reference model") == 2  # a new run, a new run of the reference (its folder was removed)
 
 
 def test_an_input_that_already_fails_against_the_reference_is_refused_and_not_written(tmp_path):
