@@ -49,7 +49,8 @@ from .progress import reported, stage
 from .report import Analysis, ModelStats, Report, Verification, truncation_outcome
 from .revert import return_free_memory, verify_and_revert
 from .rewrite import apply_plans
-from .verify import check_reference, reference_text, shared_reference_outputs
+from .runner import run_scratch
+from .verify import check_reference, reference_text
 
 
 def views_for(source: ModelSource, probe: macs.ShapeProbe | None = None) -> list[tuple[tuple, GraphView]]:
@@ -163,7 +164,7 @@ def _warnings_as_notes(func):
 
 @reported
 @_warnings_as_notes
-@shared_reference_outputs()
+@run_scratch()
 def optimize(
     model_or_path: onnx.ModelProto | str | os.PathLike,
     options: Options | None = None,

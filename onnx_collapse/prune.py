@@ -52,8 +52,20 @@ from .io import (
 from .options import Options
 from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
-from .runner import StoredOutputs, iter_outputs, outputs_scratch, probe_model, session, stored
-from .verify import check_reference, reference_text, shared_reference_outputs
+from .runner import (
+    BatchCache,
+    StoredOutputs,
+    fingerprint,
+    iter_outputs,
+    model_key,
+    outputs_scratch,
+    probe_model,
+    run_scratch,
+    session,
+    shared,
+    stored,
+)
+from .verify import check_reference, reference_text
 
 ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
                "Sigmoid", "Tanh", "Identity", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Erf", "Mish",
@@ -315,6 +327,14 @@ def _rows(value: np.ndarray, strides=None) -> np.ndarray:
     return np.moveaxis(value, 1, -1).reshape(-1, value.shape[1])
 
 
+def original_outputs(original: ModelSource, rows: Mapping[str, np.ndarray]) -> BatchCache | None:
+    """Within ``runner.run_scratch``: the original model's tensors on the calibration batches, kept on disk
+    the first time a pair asks for them, so that every share tried (a share search, a joint search's shares)
+    fits to them without running the original again; None outside it."""
+    key = ("pruning targets", model_key(original.path or original.model), fingerprint([rows]))
+    return shared(key, BatchCache)
+
+
 def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: Mapping[str, np.ndarray],
                  means: tuple[str, ...] = ()) -> tuple[list[Moments], dict[str, np.ndarray]]:
     """Per fold, the sums of the reader's input in ``current`` against its output in ``original``; and the
@@ -324,11 +344,14 @@ def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: 
     strides = _attrs(reader).get("strides")
     xs = session(ModelSource(probe_model(current.model, [x_name, *means], {}), current.base_dir),
                  "model being pruned", optimized=True)
-    ys = session(ModelSource(probe_model(original.model, [y_name], {}), original.base_dir),
-                 "original model", optimized=True)
     n = calibration.row_count(rows)
     fixed = fixed_batch(original.model.graph)  # a model that fixes axis 0 is fed that many rows at a time
     batch = fixed or max(1, min(BATCH, n // FOLDS))  # else at least FOLDS batches, for the cross-validation
+    targets = original_outputs(original, rows)
+    target = f"{y_name}|{batch}"
+    cached = targets is not None and target in targets
+    ys = None if cached else session(ModelSource(probe_model(original.model, [y_name], {}), original.base_dir),
+                                     "original model", optimized=True)
     parts: list[Moments] = []
     sums: dict[str, np.ndarray] = {}
     counts: Counter = Counter()
@@ -336,7 +359,12 @@ def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: 
         feed = {k: v[start:start + batch] for k, v in rows.items()}
         try:
             x, *extra = xs.run([x_name, *means], feed)
-            y, = ys.run([y_name], feed)
+            if cached:
+                y = targets.get(target, b)
+            else:
+                y, = ys.run([y_name], feed)
+                if targets is not None:
+                    targets.put(target, b, y)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise CollapseError(f"onnxruntime cannot run the calibration rows: {one_line(exc)}") from None
         if not all(np.all(np.isfinite(v)) for v in (x, y, *extra)):
@@ -497,7 +525,7 @@ def calibration_rows(model: onnx.ModelProto, options: Options, held_out: bool = 
     return rows
 
 
-@shared_reference_outputs()
+@run_scratch()
 def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
           share: float | str = 0.25, keep_layers: tuple[str, ...] = (), output: str | os.PathLike | None = None,
           external_data: bool | None = None, **overrides) -> tuple[onnx.ModelProto, PruneReport]:

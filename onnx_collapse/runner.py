@@ -3,10 +3,14 @@ intermediate tensors."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import onnx
@@ -128,6 +132,59 @@ def stored(outputs: Iterable[Mapping[str, object]], folder: Path) -> StoredOutpu
     if isinstance(outputs, StoredOutputs):
         return outputs
     return StoredOutputs(folder).extend(outputs)
+
+
+_RUN: ContextVar[dict | None] = ContextVar("run_scratch", default=None)
+
+
+@contextlib.contextmanager
+def run_scratch() -> Iterator[None]:
+    """Within: what several steps of one run compute alike (``shared``: the reference's outputs on the
+    verification rows, the original layers' outputs that pruning fits to) is made once and kept on disk, in
+    a temporary folder removed with the outermost use. Nested uses share the outermost."""
+    if _RUN.get() is not None:
+        yield
+        return
+    with outputs_scratch() as tmp:
+        token = _RUN.set({"folder": Path(tmp), "made": {}})
+        try:
+            yield
+        finally:
+            _RUN.reset(token)
+
+
+T = TypeVar("T")
+
+
+def shared(key: Hashable, make: Callable[[Path], T]) -> T | None:
+    """Within ``run_scratch``: the value made for ``key`` by ``make(folder)`` (a fresh folder of its own),
+    made the first time only; None outside it."""
+    run = _RUN.get()
+    if run is None:
+        return None
+    if key not in run["made"]:
+        run["made"][key] = make(run["folder"] / f"shared-{len(run['made'])}")
+    return run["made"][key]
+
+
+def fingerprint(arrays: Iterable[Mapping[str, np.ndarray]]) -> str:
+    """A digest of every array of ``arrays`` (sets of named arrays: feeds, calibration rows), by name,
+    dtype, shape and bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    for named in arrays:
+        for name in sorted(named):
+            array = np.ascontiguousarray(named[name])
+            digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+            digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def model_key(model) -> tuple:
+    """What identifies a model for ``shared``: a file's resolved path, size and time, else the object."""
+    if isinstance(model, (str, os.PathLike)):
+        info = os.stat(model)
+        return os.path.realpath(model), info.st_size, info.st_mtime_ns
+    return "object", id(model)
 
 
 def outputs_scratch() -> tempfile.TemporaryDirectory:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from .accuracy import check_labels_file
@@ -20,7 +17,7 @@ from .io import ModelSource, open_model
 from .options import DEFAULTS, Options
 from .progress import reported, stage
 from .report import Verification
-from .runner import StoredOutputs, iter_outputs, outputs_scratch, stored
+from .runner import StoredOutputs, fingerprint, iter_outputs, model_key, outputs_scratch, shared, stored
 
 
 def open_reference(options: Options, model: onnx.ModelProto) -> ModelSource | None:
@@ -54,7 +51,7 @@ def check_reference(source: ModelSource, options: Options, into: StoredOutputs |
     """With ``options.reference`` (and verification on): the input model itself judged against it on the
     verification rows, before any work, set by set; CollapseError naming the option when it fails, as no
     output could then pass. The reference's outputs on those rows go to ``into`` as they come (or are
-    shared, within ``shared_reference_outputs``), and with ``into`` they are returned (None without a check)."""
+    shared, within ``runner.run_scratch``), and with ``into`` they are returned (None without a check)."""
     if options.reference is None or not options.verify:
         return None
     model = source.model
@@ -63,7 +60,7 @@ def check_reference(source: ModelSource, options: Options, into: StoredOutputs |
                                   options.max_verify_memory)
         with contextlib.ExitStack() as stack:  # the reference's outputs on disk, then one session at a time
             outputs = reference_outputs(options, model, feeds)
-            if isinstance(outputs, StoredOutputs):  # stored already (``shared_reference_outputs``)
+            if isinstance(outputs, StoredOutputs):  # stored already (``runner.run_scratch``)
                 expected = outputs
             else:
                 kept = into if into is not None else StoredOutputs(Path(stack.enter_context(outputs_scratch())))
@@ -76,58 +73,17 @@ def check_reference(source: ModelSource, options: Options, into: StoredOutputs |
                             "or the right reference model is needed")
 
 
-_SHARED: ContextVar[dict | None] = ContextVar("shared_reference_outputs", default=None)
-
-
-@contextlib.contextmanager
-def shared_reference_outputs() -> Iterator[None]:
-    """Within: the reference's outputs on the same feeds are run once, stored in one temporary folder, and
-    shared by every verification that asks for them (a search judges many models against them: each
-    budget, share and pruned model's own budget search). Nested uses share the outermost."""
-    if _SHARED.get() is not None:
-        yield
-        return
-    with outputs_scratch() as tmp:
-        token = _SHARED.set({"folder": Path(tmp), "runs": {}})
-        try:
-            yield
-        finally:
-            _SHARED.reset(token)
-
-
-def _fingerprint(reference, feeds: list[dict]) -> tuple:
-    """What identifies the reference's outputs on ``feeds``: the reference (a file's path, size and time, or
-    the model object) and a digest of every input array."""
-    if isinstance(reference, (str, os.PathLike)):
-        info = os.stat(reference)
-        model_key: tuple = (os.path.realpath(reference), info.st_size, info.st_mtime_ns)
-    else:
-        model_key = ("object", id(reference))
-    digest = hashlib.blake2b(digest_size=16)
-    for feed in feeds:
-        for name in sorted(feed):
-            array = np.ascontiguousarray(feed[name])
-            digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-            digest.update(memoryview(array).cast("B"))
-    return model_key, len(feeds), digest.hexdigest()
-
-
 def reference_outputs(options: Options, model: onnx.ModelProto, feeds: list[dict]
                       ) -> Iterator[dict] | StoredOutputs | None:
     """The outputs of ``options.reference`` on ``feeds``, one input set at a time (``iter_outputs``; None
-    without a reference; see ``open_reference``). Within ``shared_reference_outputs``: stored on disk, run
-    only the first time these feeds are asked for."""
+    without a reference; see ``open_reference``). Within ``runner.run_scratch``: stored on disk, run
+    only the first time these feeds are asked for (``runner.shared``)."""
     ref = open_reference(options, model)
     if ref is None:
         return None
-    shared = _SHARED.get()
-    if shared is None:
-        return iter_outputs(ref, feeds, "reference model")
-    key = _fingerprint(options.reference, feeds)
-    if key not in shared["runs"]:
-        folder = shared["folder"] / f"reference-{len(shared['runs'])}"
-        shared["runs"][key] = stored(iter_outputs(ref, feeds, "reference model"), folder)
-    return shared["runs"][key]
+    key = ("reference outputs", model_key(options.reference), fingerprint(feeds))
+    kept = shared(key, lambda folder: stored(iter_outputs(ref, feeds, "reference model"), folder))
+    return iter_outputs(ref, feeds, "reference model") if kept is None else kept
 
 
 def reference_text(options: Options) -> str:

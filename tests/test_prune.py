@@ -3,6 +3,7 @@ that each reader's refit is the least-squares optimum on the pruned model's own 
 criterion, search and refusals."""
 
 import hashlib
+import importlib
 
 import numpy as np
 import onnx
@@ -407,3 +408,22 @@ def test_the_command_with_labels_keeps_a_share_within_the_accuracy_drop(tmp_path
     assert accuracy[0] - accuracy[1] <= 0.02
     assert constant_tensors(onnx.load(out).graph)["wb"].dims[1] == 32  # a block of channels went
     assert "share auto, tried:" in result.stdout and "accuracy" in result.stdout
+
+
+def test_a_share_search_runs_the_original_once_per_pair_and_fits_as_a_lone_share_does(monkeypatch):
+    pruning = importlib.import_module("onnx_collapse.prune")  # the module (onnx_collapse.prune is the function)
+    model, runs = pair_model(second=True), []
+    real = pruning.session
+
+    def counted(source, what, *args, **kw):
+        runs.append(what)
+        return real(source, what, *args, **kw)
+
+    monkeypatch.setattr(pruning, "session", counted)
+    rows, held = _rows(96, 1), _rows(16, 2)
+    out, report = prune(model, share="auto", calibrate=rows, inputs=held, metric="top1", min_agreement=0.5)
+    tried = len(report.search)
+    assert tried > 1 and runs.count("original model") == len(find_pairs(model))  # not once per share tried
+    alone, _ = prune(model, share=report.share, calibrate=rows, inputs=held, metric="top1", min_agreement=0.5)
+    assert [numpy_helper.to_array(t).tolist() for t in out.graph.initializer] == \
+        [numpy_helper.to_array(t).tolist() for t in alone.graph.initializer]
