@@ -173,18 +173,31 @@ def fingerprint(arrays: Iterable[Mapping[str, np.ndarray]]) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for named in arrays:
         for name in sorted(named):
-            array = np.ascontiguousarray(named[name])
+            array = np.asarray(named[name])
             digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-            digest.update(memoryview(array).cast("B"))
+            digest.update(repr(array.tolist()).encode() if array.dtype.kind == "O" else array.tobytes())
     return digest.hexdigest()
 
 
-def model_key(model) -> tuple:
+class _Same:
+    """A key part that is one object (compared by identity, and kept alive so that its id is not reused)."""
+
+    def __init__(self, thing: object) -> None:
+        self.thing = thing
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.thing is self.thing
+
+    def __hash__(self) -> int:
+        return id(self.thing)
+
+
+def model_key(model) -> Hashable:
     """What identifies a model for ``shared``: a file's resolved path, size and time, else the object."""
     if isinstance(model, (str, os.PathLike)):
         info = os.stat(model)
         return os.path.realpath(model), info.st_size, info.st_mtime_ns
-    return "object", id(model)
+    return _Same(model)
 
 
 def outputs_scratch() -> tempfile.TemporaryDirectory:

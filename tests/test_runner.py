@@ -11,7 +11,18 @@ from onnx import TensorProto
 from onnx_collapse import runner
 from onnx_collapse.errors import CollapseError, one_line
 from onnx_collapse.io import ModelSource
-from onnx_collapse.runner import capture_batches, chain_model, needed_nodes, node_reads, probe_model, run
+from onnx_collapse.runner import (
+    capture_batches,
+    chain_model,
+    fingerprint,
+    model_key,
+    needed_nodes,
+    node_reads,
+    probe_model,
+    run,
+    run_scratch,
+    shared,
+)
 
 MODEL = onnx.parser.parse_model("""
 <ir_version: 8, opset_import: ["" : 17]>
@@ -184,3 +195,25 @@ def test_verification_leaves_no_scratch_folder_and_an_unwritable_one_is_one_line
     monkeypatch.setattr(tempfile, "TemporaryDirectory", refused)
     with pytest.raises(CollapseError, match="cannot make a scratch folder in .*Permission denied"):
         oc.verify(path, path)
+
+
+def test_shared_values_live_for_one_run_and_are_made_once_per_key(tmp_path):
+    made = []
+
+    def make(folder):
+        made.append(folder)
+        folder.mkdir()
+        return folder
+
+    assert shared("k", make) is None and not made  # outside a run: nothing kept
+    rows = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    a, b = onnx.ModelProto(), onnx.ModelProto()  # equal content, different models
+    with run_scratch():
+        first = shared(("out", model_key(a), fingerprint([rows])), make)
+        with run_scratch():  # a nested run shares the outer one
+            assert shared(("out", model_key(a), fingerprint([dict(rows)])), make) == first
+        assert shared(("out", model_key(b), fingerprint([rows])), make) != first
+        changed = {"x": rows["x"] + 1}
+        assert shared(("out", model_key(a), fingerprint([changed])), make) != first
+        assert len(made) == 3 and first.is_dir()
+    assert not first.exists()  # removed with the outermost run
