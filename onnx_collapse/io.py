@@ -330,6 +330,9 @@ SYSTEM_FOLDERS = (Path("/dev"), Path("/proc"))  # their links (/dev/stdout -> /p
 def system_location(path: Path) -> Path | None:
     """The first of ``path`` and the links it leads through that lies in a ``SYSTEM_FOLDERS`` folder, if any
     (an output written there by renaming would replace the link: /dev/stdout itself, for root)."""
+    folder = Path(os.path.realpath(Path(os.path.abspath(path)).parent))  # a linked folder leading there
+    if any(folder == f or f in folder.parents for f in SYSTEM_FOLDERS):
+        return folder / path.name
     current = Path(os.path.abspath(path))
     for _ in range(40):  # the kernel's own limit on links followed
         if any(current == folder or folder in current.parents for folder in SYSTEM_FOLDERS):

@@ -42,6 +42,12 @@ def test_output_linked_to_the_process_stdout_is_refused_and_the_link_kept(tmp_pa
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_output_in_a_folder_linked_into_proc_is_refused(tmp_path):
+    src = model_file(tmp_path)
+    (tmp_path / "fds").symlink_to("/proc/self/fd")
+    assert_one_line_error(cli("optimize", src, tmp_path / "fds" / "1"), 2, "device or process file")
+
+
 def test_output_in_dev_is_refused_before_any_work(tmp_path):
     src = model_file(tmp_path)
     assert_one_line_error(cli("optimize", src, "/dev/stdout"), 2, "'/dev/stdout' is", "device or process file")
