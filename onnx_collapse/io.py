@@ -325,17 +325,28 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 SYSTEM_FOLDERS = (Path("/dev"), Path("/proc"))  # their links (/dev/stdout -> /proc/self/fd/1) are not outputs
+ORDINARY_FOLDERS = (Path("/dev/shm"),)  # a memory file system, for files like any other
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _in_system_folder(path: Path) -> bool:
+    return (any(_under(path, f) for f in SYSTEM_FOLDERS) and not any(_under(path, f) for f in ORDINARY_FOLDERS))
 
 
 def system_location(path: Path) -> Path | None:
-    """The first of ``path`` and the links it leads through that lies in a ``SYSTEM_FOLDERS`` folder, if any
-    (an output written there by renaming would replace the link: /dev/stdout itself, for root)."""
-    folder = Path(os.path.realpath(Path(os.path.abspath(path)).parent))  # a linked folder leading there
-    if any(folder == f or f in folder.parents for f in SYSTEM_FOLDERS):
-        return folder / path.name
-    current = Path(os.path.abspath(path))
+    """Where ``path``, its folder's real location, or a link it leads through lies in a ``SYSTEM_FOLDERS``
+    folder (not /dev/shm), if anywhere: an output written there by renaming would replace a link of the
+    system's (/dev/stdout itself, for root) or of a process."""
+    absolute = Path(os.path.abspath(path))
+    located = Path(os.path.realpath(absolute.parent)) / absolute.name  # a linked folder leading there
+    if _in_system_folder(located):
+        return located
+    current = absolute
     for _ in range(40):  # the kernel's own limit on links followed
-        if any(current == folder or folder in current.parents for folder in SYSTEM_FOLDERS):
+        if _in_system_folder(current):
             return current
         if not current.is_symlink():
             return None

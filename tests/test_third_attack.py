@@ -3,8 +3,10 @@
 output changes dtype, big-endian data files, and an interrupt while the command line loads."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,17 @@ def test_output_in_a_folder_linked_into_proc_is_refused(tmp_path):
     src = model_file(tmp_path)
     (tmp_path / "fds").symlink_to("/proc/self/fd")
     assert_one_line_error(cli("optimize", src, tmp_path / "fds" / "1"), 2, "device or process file")
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm here")
+def test_an_output_in_dev_shm_is_written_like_any_other(tmp_path):
+    src = model_file(tmp_path)
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        assert cli("optimize", src, folder / "o.onnx").returncode == 0
+        onnx.checker.check_model(str(folder / "o.onnx"))
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_output_in_dev_is_refused_before_any_work(tmp_path):
