@@ -54,7 +54,6 @@ from .progress import stage
 from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
 from .runner import (
     BatchCache,
-    StoredOutputs,
     fingerprint,
     iter_outputs,
     model_key,
@@ -65,7 +64,7 @@ from .runner import (
     shared,
     stored,
 )
-from .verify import check_reference, reference_text
+from .verify import check_reference, reference_outputs, reference_text
 
 ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
                "Sigmoid", "Tanh", "Identity", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Erf", "Mish",
@@ -328,17 +327,19 @@ def _rows(value: np.ndarray, strides=None) -> np.ndarray:
 
 
 def original_outputs(original: ModelSource, rows: Mapping[str, np.ndarray]) -> BatchCache | None:
-    """Within ``runner.run_scratch``: the original model's tensors on the calibration batches, kept on disk
-    the first time a pair asks for them, so that every share tried (a share search, a joint search's shares)
-    fits to them without running the original again; None outside it."""
+    """Within ``runner.run_scratch``: where the original model's tensors on the calibration batches are kept
+    on disk the first time a pair asks for them (``pair_moments``), so that every share tried (a share search,
+    a joint search's shares) fits to them without running the original again; None outside it."""
     key = ("pruning targets", model_key(original.path or original.model), fingerprint([rows]))
     return shared(key, BatchCache)
 
 
 def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: Mapping[str, np.ndarray],
-                 means: tuple[str, ...] = ()) -> tuple[list[Moments], dict[str, np.ndarray]]:
-    """Per fold, the sums of the reader's input in ``current`` against its output in ``original``; and the
-    per-channel means over the rows (and positions) of the ``means`` tensors of ``current``."""
+                 means: tuple[str, ...] = (), targets: BatchCache | None = None
+                 ) -> tuple[list[Moments], dict[str, np.ndarray]]:
+    """Per fold, the sums of the reader's input in ``current`` against its output in ``original`` (read from
+    ``targets`` when an earlier call kept it there, ``original_outputs``); and the per-channel means over the
+    rows (and positions) of the ``means`` tensors of ``current``."""
     reader = current.model.graph.node[pair.reader]
     x_name, y_name = reader.input[0], reader.output[0]
     strides = _attrs(reader).get("strides")
@@ -347,7 +348,6 @@ def pair_moments(original: ModelSource, current: ModelSource, pair: Pair, rows: 
     n = calibration.row_count(rows)
     fixed = fixed_batch(original.model.graph)  # a model that fixes axis 0 is fed that many rows at a time
     batch = fixed or max(1, min(BATCH, n // FOLDS))  # else at least FOLDS batches, for the cross-validation
-    targets = original_outputs(original, rows)
     target = f"{y_name}|{batch}"
     cached = targets is not None and target in targets
     ys = None if cached else session(ModelSource(probe_model(original.model, [y_name], {}), original.base_dir),
@@ -404,7 +404,7 @@ def _set_bias(graph: onnx.GraphProto, consts, conv: onnx.NodeProto, bias: np.nda
 
 
 def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: int,
-               rows: Mapping[str, np.ndarray]) -> float:
+               rows: Mapping[str, np.ndarray], targets: BatchCache | None = None) -> float:
     """Prune ``pair`` of ``current`` (edited in place) to ``keep`` channels; the reader's relative error.
 
     A squeeze conv loses the columns of the removed channels, their calibration mean moved into its bias.
@@ -419,7 +419,7 @@ def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: in
     def read(name):
         return store.read(consts[name]).astype(np.float64)
 
-    parts, means = pair_moments(original, current, pair, rows, tuple(node.input[0] for node in squeezes))
+    parts, means = pair_moments(original, current, pair, rows, tuple(node.input[0] for node in squeezes), targets)
     cov, cross, var = centred(total(parts))
     kept, _ = removal_order(cov, cross, keep)
     removed = np.setdiff1d(np.arange(pair.channels), kept)
@@ -446,7 +446,8 @@ def prune_pair(original: ModelSource, current: ModelSource, pair: Pair, keep: in
     stale = [v for v in graph.value_info if v.name in shrunk]  # stored shapes of what now has fewer channels
     for v in stale:
         graph.value_info.remove(v)
-    fit_parts = pair_moments(original, current, pair, rows)[0] if squeezes else [columns(p, kept) for p in parts]
+    fit_parts = (pair_moments(original, current, pair, rows, targets=targets)[0] if squeezes
+                 else [columns(p, kept) for p in parts])
     fit = fit_chain(fit_parts, prior, prior_bias)
     weight = prior if fit.weight is None else fit.weight
     bias = prior_bias if fit.bias is None else fit.bias
@@ -484,6 +485,7 @@ def prune_model(source: ModelSource, pairs: list[Pair], share: float, rows: Mapp
     """A copy of ``source`` with every pair pruned by ``share`` of its channels, in graph order."""
     copy = open_model(source)
     current = ModelSource(copy.model, copy.base_dir)  # no path: sessions must run the edited model
+    targets = original_outputs(source, rows)
     records = []
     for pair in pairs:
         node = source.model.graph.node
@@ -491,7 +493,7 @@ def prune_model(source: ModelSource, pairs: list[Pair], share: float, rows: Mapp
         keep = kept_channels(pair.channels, share)
         if keep < pair.channels:
             with stage(f"pruning {record.producer} -> {record.reader}"):
-                record.error = prune_pair(source, current, pair, keep, rows)
+                record.error = prune_pair(source, current, pair, keep, rows, targets)
             record.kept = keep
         records.append(record)
     return current, records
@@ -549,7 +551,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
         scratch = Path(tmp)
         # the original's (or the reference's) outputs on the verification rows, on disk; each pruned model's are
         # compared with them set by set, never all in memory
-        checked = check_reference(source, options, StoredOutputs(scratch / "reference"))
+        check_reference(source, options)
         rows = calibration_rows(source.model, options, held_out is not None)
         probe = macs.probe_for(source.model, options.calibrate, options.inputs, options.input_shapes, options.seed,
                                options.max_verify_memory)
@@ -564,7 +566,9 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
             feeds, where = make_feeds(source.model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                       options.max_verify_memory)
             with stage("running the original model"):
-                expected = checked or stored(iter_outputs(source, feeds, "original model"), scratch / "expected")
+                reference = reference_outputs(options, source.model, feeds)  # shared with the check above
+                expected = stored(iter_outputs(source, feeds, "original model") if reference is None else reference,
+                                  scratch / "expected")
             where = (held_out or where) + reference_text(options)
 
         def attempt(value: float) -> tuple[ModelSource, list[PrunedPair], Verification | None]:

@@ -46,31 +46,26 @@ class ReferenceFailed(CollapseError):
         self.verdict = verdict
 
 
-def check_reference(source: ModelSource, options: Options, into: StoredOutputs | None = None
-                    ) -> StoredOutputs | None:
+def check_reference(source: ModelSource, options: Options) -> None:
     """With ``options.reference`` (and verification on): the input model itself judged against it on the
     verification rows, before any work, set by set; CollapseError naming the option when it fails, as no
-    output could then pass. The reference's outputs on those rows go to ``into`` as they come (or are
-    shared, within ``runner.run_scratch``), and with ``into`` they are returned (None without a check)."""
+    output could then pass. The reference's outputs on those rows are stored on disk (shared with the run's
+    later checks within ``runner.run_scratch``)."""
     if options.reference is None or not options.verify:
-        return None
+        return
     model = source.model
     with stage("checking the input against the reference"):
         feeds, where = make_feeds(model, options.inputs, options.input_shapes, options.seed, options.check_n,
                                   options.max_verify_memory)
         with contextlib.ExitStack() as stack:  # the reference's outputs on disk, then one session at a time
-            outputs = reference_outputs(options, model, feeds)
-            if isinstance(outputs, StoredOutputs):  # stored already (``runner.run_scratch``)
-                expected = outputs
-            else:
-                kept = into if into is not None else StoredOutputs(Path(stack.enter_context(outputs_scratch())))
-                expected = kept.extend(outputs)
+            expected = reference_outputs(options, model, feeds)
+            if not isinstance(expected, StoredOutputs):  # outside a run's scratch: kept for this check only
+                expected = stored(expected, Path(stack.enter_context(outputs_scratch())))
             verdict = judge(expected, iter_outputs(source, feeds, "input model"), where, options)
-    if verdict.passed:
-        return expected if into is not None else None
-    raise ReferenceFailed(verdict, "the input model itself fails verification against ", Param("reference"), " (",
-                            verdict_text(verdict), f" on {where}), so no output could pass; a looser criterion "
-                            "or the right reference model is needed")
+    if not verdict.passed:
+        raise ReferenceFailed(verdict, "the input model itself fails verification against ", Param("reference"),
+                              " (", verdict_text(verdict), f" on {where}), so no output could pass; a looser "
+                              "criterion or the right reference model is needed")
 
 
 def reference_outputs(options: Options, model: onnx.ModelProto, feeds: list[dict]

@@ -450,8 +450,9 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
     with stage("searching the smallest budget that passes verification", total=SEARCH_STEPS), \
             outputs_scratch() as tmp:
         # the original's outputs on disk, every budget's compared set by set: none of them all in memory
-        expected = stored(reference_outputs(opts, model, feeds) or
-                          iter_outputs(ModelSource(model, base_dir), feeds, "original model"), Path(tmp))
+        reference = reference_outputs(opts, model, feeds)
+        expected = stored(iter_outputs(ModelSource(model, base_dir), feeds, "original model") if reference is None
+                          else reference, Path(tmp))
         for _ in range(SEARCH_STEPS):
             budget = (lo + hi) / 2
             chosen = allocate_at(budget)
