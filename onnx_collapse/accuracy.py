@@ -61,13 +61,24 @@ def load_labels(data: str | os.PathLike | Mapping[str, np.ndarray], max_memory: 
     return arrays
 
 
+def run_labels(data: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``load_labels(data)``, read once per run (``runner.run_scratch``) for a file: every verification of a
+    search judges by the same labels, however many it makes, and the file is read once."""
+    if isinstance(data, Mapping):
+        return load_labels(data)
+    from .runner import shared  # onnxruntime: not while the command line starts
+
+    labels = shared(("labels", os.path.realpath(data)), lambda _: load_labels(data))
+    return load_labels(data) if labels is None else labels
+
+
 def check_labels_file(model, data: str | os.PathLike | Mapping[str, np.ndarray] | None,
                       inputs: str | os.PathLike | Mapping[str, np.ndarray] | None) -> None:
     """Before any work: CollapseError when the labels ``data`` (if any) cannot be read, name an array that is
     not a float output of ``model`` with a class axis, or have another number of rows than ``inputs``."""
     if data is None:
         return
-    labels = load_labels(data)
+    labels = run_labels(data)
     check_labels(labels, [o.name for o in model.graph.output])
     for output in model.graph.output:
         tensor = output.type.tensor_type if output.type.HasField("tensor_type") else None

@@ -15,9 +15,9 @@ from .accuracy import (
     Readout,
     check_labels,
     drop_upper_bound,
-    load_labels,
     read_out,
     require_argmax_metric,
+    run_labels,
     unit_correct,
 )
 from .errors import CollapseError, Param
@@ -334,7 +334,7 @@ class Comparison:
         self.ctc_strip, self.confidence, self.names = tuple(ctc_strip), confidence, names
         if labels is not None:
             require_argmax_metric(metric)
-        self.labels = {} if labels is None else load_labels(labels)
+        self.labels = {} if labels is None else run_labels(labels)
         self.max_drop = max_drop
         self.sets = 0
         self.outputs: dict[str, _Output] = {}

@@ -10,6 +10,7 @@ from onnx_collapse.accuracy import drop_upper_bound, unit_correct
 from onnx_collapse.compare import compare_outputs, verdict_text
 from onnx_collapse.errors import CollapseError
 from onnx_collapse.options import Options
+from onnx_collapse.runner import run_scratch
 from tests.builders import decaying_classifier, run_model
 from tests.common import assert_one_line_error, cli
 
@@ -121,6 +122,19 @@ def test_labels_split_over_input_sets_count_as_one_set():
     assert (parts.outputs[0].accuracy, parts.outputs[0].reference_accuracy) == (whole.accuracy, whole.reference_accuracy)
     assert parts.outputs[0].accuracy_drop_bound == bounded.accuracy_drop_bound  # the same rows changed, counted once
     assert parts.n_input_sets == 3
+
+
+def test_a_run_judges_every_verification_by_the_labels_it_read_first(tmp_path):
+    truth = np.array([0, 1, 2, 3] * 5)
+    path = tmp_path / "labels.npz"
+    np.savez(path, y=truth)
+    expected, actual = _pair(truth[:, None], truth[:, None])
+    kw = dict(atol=None, rtol=None, source="rows", metric="top1", labels=path, max_drop=0.0)
+    with run_scratch():
+        assert compare_outputs(expected, actual, **kw).outputs[0].accuracy == 1.0
+        np.savez(path, y=(truth + 1) % 4)  # the file changes while the run goes on
+        assert compare_outputs(expected, actual, **kw).outputs[0].accuracy == 1.0
+    assert compare_outputs(expected, actual, **kw).outputs[0].accuracy == 0.0  # a new run reads it again
 
 
 def test_ctc_samples_are_counted_against_their_labels_through_the_comparison():
