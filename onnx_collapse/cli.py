@@ -342,9 +342,7 @@ def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool, dat
     if io.same_file(dst, src) and not overwrite:
         raise CollapseError(f"{str(dst)!r} is the input file; pass --overwrite to replace it")
     io.check_destination(dst, {p: d for p, d in inputs.items() if not (overwrite and p == src)}, "output")
-    if report is not None:
-        used = io.model_files(dst, "output") if dst.is_file() else {dst: "the output model"}
-        io.check_destination(report, inputs | used, "--report")
+    io.check_report_file(report, None, inputs, dst, "--report")
 
 
 def dumps(payload: dict) -> str:
@@ -354,11 +352,8 @@ def dumps(payload: dict) -> str:
     return strict_dumps(payload)
 
 
-def _emit(report_dict: dict, text: str, as_json: bool, report_file: str | None) -> None:
-    from . import io
-
-    if report_file:
-        io.write_text_atomic(Path(report_file), dumps(report_dict) + "\n")
+def _emit(report_dict: dict, text: str, as_json: bool) -> None:
+    """Print the report (its --report file was written with the output, in one commit)."""
     click.echo(dumps(report_dict) if as_json else text)
 
 
@@ -466,11 +461,11 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           max_groups=max_groups, allocator=allocator, sequential=sequential, calibrate=calibrate,
                           prune_share=prune_share, reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
-        _, report = optimize_model(src, options, output=dst, external_data=external_data)
+        _, report = optimize_model(src, options, output=dst, external_data=external_data, report_file=report_file)
     with one_line_errors():
         from .report import render
 
-        _emit(report.to_dict(), render(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json, report_file)
+        _emit(report.to_dict(), render(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json)
     if report.verification is not None and not report.verification.passed:
         click.echo("onnx-collapse: verification failed; no output written", err=True)
         sys.exit(1)
@@ -527,12 +522,11 @@ def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, ato
                           labels=labels, max_drop=max_drop, calibrate=calibrate, reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = prune_model(src, options, share=share, keep_layers=tuple(keep_layers), output=dst,
-                                external_data=external_data)
+                                external_data=external_data, report_file=report_file)
     with one_line_errors():
         from .prune import render_prune
 
-        _emit(report.to_dict(), render_prune(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json,
-              report_file)
+        _emit(report.to_dict(), render_prune(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json)
     if report.verification is not None and not report.verification.passed:
         click.echo("onnx-collapse: verification failed; no output written", err=True)
         sys.exit(1)

@@ -10,7 +10,9 @@ the old one or the complete new one whatever instant the process dies: the model
 into a hidden staging folder beside the output; the data file, under a fresh name ``OUT.<12 hex>.data``
 that no other file has, is moved into the output's folder; one ``os.replace`` of the model then commits;
 last, the previous output's own data files (``OUT.data``, ``OUT.<hex>.data``) that the new model does not
-use and the input does not read are removed. Staging folders carry the host and process id, so one that
+use and the input does not read are removed, and so is an ``OUT.<hex>.data`` no model uses that was moved in
+a minute ago or more (a run killed between its two renames). The renames run with SIGINT, SIGTERM and SIGHUP
+deferred, and a run's report (``StagedText``, written in full first) is put in place with them. Staging folders carry the host and process id, so one that
 a killed run left behind is removed by the next run in that folder once it is a minute old.
 """
 
@@ -22,13 +24,15 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import tempfile
+import threading
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator, MutableSequence, Sequence
+from collections.abc import Iterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -374,6 +378,17 @@ def check_destination(path: Path, keep: dict[Path, Text], what: Text) -> None:
             raise CollapseError(what, f" {str(path)!r} is ", description, f" {str(kept)!r}; refusing to replace it")
 
 
+def check_report_file(path: str | os.PathLike | None, source: ModelSource | None, named: dict[Path, Text],
+                      output: str | os.PathLike | None, what: Text = "the report") -> None:
+    """Before any work: refuse a report ``path`` (if any) that is (or leads to) the input model or its data,
+    a file of ``named``, or the ``output`` model or a file it uses (``check_destination``)."""
+    if path is None:
+        return
+    out = {} if output is None else ({Path(output): "the output model"} | (
+        model_files(Path(output), "output") if Path(output).is_file() else {}))
+    check_destination(Path(path), input_files(source) | named | out, what)
+
+
 def data_files(inputs, calibrate, reference=None, labels=None) -> dict[Path, Text]:
     """The ``inputs``, ``calibrate`` and ``labels`` files of a run and the ``reference`` model with its data
     files (those given as paths), each with a description."""
@@ -528,11 +543,52 @@ def scratch_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one rename, keeping an existing file's mode."""
-    with write_errors(path), scratch_dir(path.parent, STAGING_PREFIX) as tmp:
-        staged = Path(tmp) / path.name
-        staged.write_text(text)
-        _chmod(staged, _mode(path))
-        os.replace(staged, path)
+    with StagedText(path, text) as staged:
+        staged.commit()
+
+
+class StagedText:
+    """A text file written in full into a hidden folder beside ``path`` (a full disk fails here, before
+    anything is replaced), then put in place by ``commit`` in one rename. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, text: str) -> None:
+        self.path = Path(path)
+        with write_errors(self.path):
+            self._tmp = scratch_dir(self.path.parent, STAGING_PREFIX)
+            try:
+                self.staged = Path(self._tmp.name) / self.path.name
+                self.staged.write_text(text)
+                _chmod(self.staged, _mode(self.path))
+            except BaseException:
+                self._tmp.cleanup()
+                raise
+
+    def commit(self) -> None:
+        with write_errors(self.path):
+            os.replace(self.staged, self.path)
+
+    def __enter__(self) -> StagedText:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within: Ctrl-C, SIGTERM and SIGHUP wait (delivered on leaving), so that the renames that commit a run's
+    outputs happen all or none (in the main thread; elsewhere signals do not reach the code anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
@@ -695,6 +751,17 @@ def name_max(folder: Path) -> int:
         return 255
 
 
+def _orphan(path: Path) -> bool:
+    """Whether ``path``, an ``OUT.<hex>.data`` file the current output does not use, is a killed run's
+    (moved in, its model never committed): moved in a minute ago or more (its inode change time; a live run
+    commits its model within microseconds of moving its data in)."""
+    try:
+        return (re.search(r"\.[0-9a-f]{12}\.data$", path.name) is not None and path.is_file()
+                and not path.is_symlink() and time.time() - path.stat().st_ctime > STALE_AFTER)
+    except OSError:
+        return False
+
+
 def data_file_name(folder: Path, name: str, token: str) -> str:
     """``<name>.<token>.data``, the name of an output's fresh data file; when that is longer than the file
     system allows, ``name`` is cut (at a character boundary) so that it fits."""
@@ -745,35 +812,42 @@ class StagedOutput:
                         consume=consume)
         return self.staged
 
-    def commit(self) -> None:
-        """Data file in under its fresh name, then one rename of the model; then the old data files go."""
-        with write_errors(self.path):
-            mode = _mode(self.path)
-            data = self.folder / self.data_name
-            if self.staged_data.exists():
-                _chmod(self.staged_data, mode)
-                os.replace(self.staged_data, data)
-            _chmod(self.staged, mode)
-            stale = self._stale_data()
-            try:
-                os.replace(self.staged, self.path)
-            except OSError:  # not BaseException: a signal just after the rename must not take the new data
-                data.unlink(missing_ok=True)
-                raise
-            for old in stale:
-                old.unlink(missing_ok=True)
+    def commit(self, companions: Mapping[str | os.PathLike, str] | None = None) -> None:
+        """Data file in under its fresh name, then one rename of the model, then the ``companions`` (text
+        files by path, e.g. the run's report: written in full before anything is replaced), all with
+        signals deferred; then the old data files go."""
+        with contextlib.ExitStack() as texts:
+            staged_texts = [texts.enter_context(StagedText(path, text)) for path, text in (companions or {}).items()]
+            with write_errors(self.path):
+                mode = _mode(self.path)
+                data = self.folder / self.data_name
+                _chmod(self.staged, mode)
+                with signals_deferred():
+                    if self.staged_data.exists():
+                        _chmod(self.staged_data, mode)
+                        os.replace(self.staged_data, data)
+                    try:
+                        stale = self._stale_data()  # after the move: what the output in place now uses
+                        os.replace(self.staged, self.path)
+                    except Exception:  # the data moved in is no model's
+                        data.unlink(missing_ok=True)
+                        raise
+                    for text in staged_texts:
+                        text.commit()
+                for old in stale:
+                    old.unlink(missing_ok=True)
 
     def _stale_data(self) -> list[Path]:
         """The current output's own data files (``OUT.data``, ``OUT.<hex>.data``) that the new model does
-        not use and the input does not read."""
-        if self.path.is_symlink() or not self.path.is_file():
+        not use and the input does not read, and killed runs' orphans (``_orphan``), with or without an OUT."""
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
             return []
         short = data_file_name(self.folder, self.path.name, "0" * 12)[:-len(".000000000000.data")]
         pattern = re.compile(re.escape(self.path.name) + r"(\.[0-9a-f]+)?\.data|" + re.escape(short)
                              + r"\.[0-9a-f]{12}\.data")
         candidates = [p for p in self.folder.iterdir() if pattern.fullmatch(p.name) and p.name != self.data_name]
-        used = model_files(self.path, "output") if candidates else {}
-        return [p for p in candidates if any(same_file(p, u) for u in used)
+        used = model_files(self.path, "output") if candidates and self.path.exists() else {}
+        return [p for p in candidates if (any(same_file(p, u) for u in used) or _orphan(p))
                 and not any(same_file(p, k) for k in self.keep)]
 
     def __enter__(self) -> StagedOutput:

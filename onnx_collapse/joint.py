@@ -37,7 +37,7 @@ from .io import (
 from .options import Options
 from .progress import stage
 from .prune import calibration_rows, check_criterion, prunable_pairs, prune, prune_model
-from .report import PruneTrial, Pruning, Report, Verification
+from .report import PruneTrial, Pruning, Report, Verification, write_with_report
 from .verify import ReferenceFailed, reference_text, verify
 
 FRACTIONS = (0.5, 0.75)  # with --rank-budget auto: shares tried beside the largest that passes alone
@@ -63,11 +63,12 @@ def cost(report: Report, metric: str) -> float:
 
 
 def prune_then_optimize(source: ModelSource, options: Options, output: str | os.PathLike | None,
-                        external_data: bool | None, named, held_out: str | None
-                        ) -> tuple[onnx.ModelProto, Report]:
+                        external_data: bool | None, named, held_out: str | None,
+                        report_file: str | os.PathLike | None = None) -> tuple[onnx.ModelProto, Report]:
     """``optimize`` with ``options.prune_share`` (see the module docstring); ``options`` have the verification
     rows split off already (``held_out`` says how, or None), ``named`` are the data files the output must
-    not replace. The input is never modified; the output is written only if the kept model passed."""
+    not replace. The input is never modified; the output is written only if the kept model passed, in one
+    commit with the JSON report at ``report_file`` (alone when no output is written)."""
     share = options.prune_share
     check_criterion(options, share, "prune_share")
     refuse_too_large(source.model)
@@ -83,12 +84,13 @@ def prune_then_optimize(source: ModelSource, options: Options, output: str | os.
                 where = where.replace(reference_text(options.with_overrides(reference=source.path or source.model)),
                                       ", compared with the original model")
             report.verification.inputs = where
-        if staged is not None and passed:
+        written = staged is not None and passed
+        if written:
             with stage("writing the output"):
                 staged.write(out)
-                staged.commit()
-            out = onnx.load(str(output), load_external_data=False)
-            report.after.file_bytes = file_size(output)
+            out = onnx.load(str(staged.staged), load_external_data=False)
+            report.after.file_bytes = file_size(staged.staged)
+        write_with_report(staged if written else None, report_file, report)
     return out, report
 
 

@@ -33,6 +33,7 @@ from .io import (
     ModelSource,
     StagedOutput,
     TensorStore,
+    check_report_file,
     data_files,
     dense_bytes,
     embed_external_data,
@@ -46,7 +47,7 @@ from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
 from .passes.context import Context, GlobalPass, Pass, all_names, pass_stage, reads_exact
 from .passes.explain import verdict
 from .progress import reported, stage
-from .report import Analysis, ModelStats, Report, Verification, truncation_outcome
+from .report import Analysis, ModelStats, Report, Verification, truncation_outcome, write_with_report
 from .revert import return_free_memory, verify_and_revert
 from .rewrite import apply_plans
 from .runner import run_scratch
@@ -171,6 +172,7 @@ def optimize(
     *,
     output: str | os.PathLike | None = None,
     external_data: bool | None = None,
+    report_file: str | os.PathLike | None = None,
     **overrides,
 ) -> tuple[onnx.ModelProto, Report]:
     """Fold near-linear chains of ``model_or_path`` and verify the result in onnxruntime.
@@ -180,8 +182,9 @@ def optimize(
     the input had external data, when ``external_data`` is True, or when it exceeds 1.8 GB), and only if
     it passed verification; a path input's external data is then never loaded whole into memory.
     Returns the optimized model and a report. With verification on, folds that break the tolerance are
-    reverted, so the returned model passes; ``report.verification`` says by how much. The input is
-    never modified. Raises CollapseError for bad input.
+    reverted, so the returned model passes; ``report.verification`` says by how much. With ``report_file``,
+    the report is written there as JSON, in one commit with the output (both or neither; alone when no
+    output is written). The input is never modified. Raises CollapseError for bad input.
     """
     options = (options or Options()).with_overrides(**overrides)
     with stage("loading the model"):
@@ -190,12 +193,13 @@ def optimize(
     if external_data is None and uses_external(model):
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference, options.labels)  # files the output must not replace
+    check_report_file(report_file, source, named, output)
     check_labels_file(model, options.labels, options.inputs)
     options, held_out = calibration_split(model, options)
     if options.prune_share is not None:  # pruning first, then all of the below on the pruned model
         from .joint import prune_then_optimize
 
-        return prune_then_optimize(source, options, output, external_data, named, held_out)
+        return prune_then_optimize(source, options, output, external_data, named, held_out, report_file)
     # a reference that cannot be met fails before any work; its outputs are not held through the passes
     check_reference(source, options)
     probe = shape_probe(model, options)
@@ -241,16 +245,16 @@ def optimize(
         written = None
         if staged is not None and (verification is None or verification.passed):
             with stage("writing the output"):
-                _write_output(staged, source, out, unchanged=not plans)
-            out = onnx.load(str(output), load_external_data=False)
-            written = ModelSource(out, Path(output).parent, Path(output))
+                _stage_output(staged, source, out, unchanged=not plans)
+            out = onnx.load(str(staged.staged), load_external_data=False)
+            written = ModelSource(out, staged.staged.parent, staged.staged)  # the output, before its commit
         elif staged is None and uses_external(out):
             embed_external_data(out, source.base_dir)
         if out is not model:
             with stage("counting parameters and MACs"):
                 report.after = model_stats(written or ModelSource(out, source.base_dir), probe)
         if written is not None:
-            report.after.file_bytes = file_size(output)
+            report.after.file_bytes = file_size(staged.staged)
         if options.budget_metric == "time" and probe is not None and not probe.problem:
             with stage("timing the model before and after"):
                 batch = fixed_batch(model.graph)
@@ -258,6 +262,7 @@ def optimize(
                 report.after.seconds = report.before.seconds if out is model else \
                     timing.model_seconds(written or ModelSource(out, source.base_dir), probe, batch)
         _note_uncounted(report, probe)
+        write_with_report(staged if written is not None else None, report_file, report)
         return out, report
 
 
@@ -298,13 +303,13 @@ def calibration_split(model: onnx.ModelProto, options: Options) -> tuple[Options
     return options.with_overrides(calibrate=kept, inputs=held), phrase
 
 
-def _write_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProto, unchanged: bool) -> None:
-    """Commit the staged output; an unchanged single-file model is copied byte for byte."""
+def _stage_output(staged: StagedOutput, source: ModelSource, out: onnx.ModelProto, unchanged: bool) -> None:
+    """Write the output into its staging folder (not yet committed); an unchanged single-file model is
+    copied byte for byte."""
     if unchanged and source.path is not None and not uses_external(source.model) and not staged.external_data:
         shutil.copyfile(source.path, staged.staged)
     elif not staged.staged.exists():
         staged.write(out, consume=out is not source.model)  # the caller loads the written model back
-    staged.commit()
 
 
 RELEASE_COLLECT_BYTES = 64 * 2**20  # new tensors worth a garbage collection to free once the output holds them

@@ -44,6 +44,7 @@ from .io import (
     ModelSource,
     StagedOutput,
     TensorStore,
+    check_report_file,
     data_files,
     embed_external_data,
     open_model,
@@ -51,7 +52,15 @@ from .io import (
 )
 from .options import Options
 from .progress import stage
-from .report import SCHEMA_VERSION, ModelStats, Verification, dumps, render_stats, render_verification
+from .report import (
+    SCHEMA_VERSION,
+    ModelStats,
+    Verification,
+    dumps,
+    render_stats,
+    render_verification,
+    write_with_report,
+)
 from .runner import (
     BatchCache,
     fingerprint,
@@ -530,12 +539,14 @@ def calibration_rows(model: onnx.ModelProto, options: Options, held_out: bool = 
 @run_scratch()
 def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
           share: float | str = 0.25, keep_layers: tuple[str, ...] = (), output: str | os.PathLike | None = None,
-          external_data: bool | None = None, **overrides) -> tuple[onnx.ModelProto, PruneReport]:
+          external_data: bool | None = None, report_file: str | os.PathLike | None = None,
+          **overrides) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune channels of every convolution pair of ``model_or_path`` (see the module docstring) by ``share``
     (or, with "auto", the largest share in steps of a bisection whose model passes verification), fitted on
     ``options.calibrate`` and verified on held-out rows (or ``options.inputs``) by ``options.metric``. With
-    ``output``, the result is written there atomically, only if it passed. The input is never modified.
-    Raises CollapseError for bad input."""
+    ``output``, the result is written there atomically, only if it passed, in one commit with the JSON
+    report at ``report_file`` (alone when no output is written). The input is never modified. Raises
+    CollapseError for bad input."""
     from .pipeline import calibration_split, model_stats
 
     options = (options or Options()).with_overrides(**overrides)
@@ -545,6 +556,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     if external_data is None and uses_external(source.model):
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference, options.labels)
+    check_report_file(report_file, source, named, output)
     check_labels_file(source.model, options.labels, options.inputs)
     options, held_out = calibration_split(source.model, options)
     with outputs_scratch() as tmp:
@@ -613,13 +625,15 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     report = PruneReport(chosen, records, before, after, verification, search, notes)
     result = pruned.model
     if output is not None and (verification is None or verification.passed):
-        with stage("writing the output"), StagedOutput(output, external_data, source.base_dir, source,
-                                                      named) as staged:
-            staged.write(pruned.model)
-            staged.commit()
+        with StagedOutput(output, external_data, source.base_dir, source, named) as staged:
+            with stage("writing the output"):
+                staged.write(pruned.model)
+            write_with_report(staged, report_file, report)
         result = onnx.load(str(output), load_external_data=False)  # its data, if any, beside the output
-    elif uses_external(result):
-        embed_external_data(result, source.base_dir)  # self-contained, as optimize returns it
+    else:
+        write_with_report(None, report_file, report)
+        if uses_external(result):
+            embed_external_data(result, source.base_dir)  # self-contained, as optimize returns it
     return result, report
 
 

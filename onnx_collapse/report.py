@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import linalg
 
 if TYPE_CHECKING:
     from .allocate import LayerSpectrum
+    from .io import StagedOutput
+    from .prune import PruneReport
 
 # Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
 # the minor number grows when fields are added, the major one when a field changes or goes.
@@ -49,6 +53,20 @@ def strict(payload: dict) -> dict:
 def dumps(payload: dict) -> str:
     """The report as strict JSON text (no NaN or Infinity tokens; see ``strict``)."""
     return json.dumps(strict(payload), indent=2, allow_nan=False)
+
+
+def write_with_report(staged: StagedOutput | None, report_file: str | os.PathLike | None,
+                      report: Report | PruneReport) -> None:
+    """Commit the staged output (``io.StagedOutput``, or None when nothing is written) with ``report`` (its
+    ``to_dict``) as JSON at ``report_file``, both in one commit (see ``StagedOutput.commit``); without an
+    output, the report alone."""
+    from .io import write_text_atomic
+
+    text = None if report_file is None else dumps(report.to_dict()) + "\n"
+    if staged is not None:
+        staged.commit({} if text is None else {report_file: text})
+    elif text is not None:
+        write_text_atomic(Path(report_file), text)
 
 
 @dataclass
