@@ -34,6 +34,7 @@ from .options import (
     refuse_both_goals,
 )
 from .progress import Progress, TerminalProgress, reporting, stage
+from .signals import signals_deferred
 
 # onnx, onnxruntime and the pipeline are imported inside the commands, once the progress display shows
 # "starting": they take a few seconds to load on a busy machine, and a blank terminal looks hung.
@@ -136,7 +137,15 @@ def parse_size(text: str) -> int:
 
 
 def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    return dict(parse_input_shape(v) for v in values)
+    """The --input-shape values by input name; an input named twice is refused (which shape was meant?)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, dims = parse_input_shape(value)
+        if name in shapes and shapes[name] != dims:
+            raise CollapseError(f"--input-shape gives input {name!r} twice ({'x'.join(map(str, shapes[name]))} and "
+                                f"{'x'.join(map(str, dims))}); give one shape per input")
+        shapes[name] = dims
+    return shapes
 
 
 @contextlib.contextmanager
@@ -146,8 +155,8 @@ def running(quiet: bool, as_json: bool = False) -> Iterator[dict]:
     done: dict = {}
     start = time.monotonic()
     with one_line_errors(), reporting(_progress(quiet)):
-        with stage(STARTING):
-            importlib.import_module(".pipeline", __package__)  # the slow imports, while the display says so
+        with stage(STARTING), signals_deferred():  # an interrupt inside a compiled module's import would be
+            importlib.import_module(".pipeline", __package__)  # an ImportError: taken once the imports are done
         yield done
     done["seconds"] = time.monotonic() - start
 

@@ -24,11 +24,9 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import stat
 import tempfile
-import threading
 import time
 import zipfile
 from collections import OrderedDict
@@ -43,6 +41,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import CollapseError, Param, Text, one_line
+from .signals import signals_deferred
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Above this size a model is written with external data even when not asked to.
@@ -574,21 +573,6 @@ class StagedText:
         self._tmp.cleanup()
 
 
-DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Within: Ctrl-C, SIGTERM and SIGHUP wait (delivered on leaving), so that the renames that commit a run's
-    outputs happen all or none (in the main thread; elsewhere signals do not reach the code anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager

@@ -36,9 +36,17 @@ from .io import (
 )
 from .options import Options
 from .progress import stage
-from .prune import calibration_rows, check_criterion, prunable_pairs, prune, prune_model
+from .prune import (
+    calibration_rows,
+    check_criterion,
+    kept_at,
+    prunable_pairs,
+    prune,
+    prune_model,
+    removed_share,
+)
 from .report import PruneTrial, Pruning, Report, Verification, write_with_report
-from .verify import ReferenceFailed, reference_text, verify
+from .verify import ReferenceFailed, check_reference, reference_text, verify
 
 FRACTIONS = (0.5, 0.75)  # with --rank-budget auto: shares tried beside the largest that passes alone
 UNITS = {"params": "weights", "macs": "MACs", "time": "seconds per sample"}
@@ -72,18 +80,25 @@ def prune_then_optimize(source: ModelSource, options: Options, output: str | os.
     share = options.prune_share
     check_criterion(options, share, "prune_share")
     refuse_too_large(source.model)
+    check_reference(source, options)  # an input that fails against --reference: said before any pruning
     staging = StagedOutput(output, external_data, source.base_dir, source, named) if output is not None \
         else nullcontext()  # the destination is checked before any work
     with staging as staged:
         out, report, passed = _search(source, options)
+        inner = reference_text(options.with_overrides(reference=source.path or source.model))
+
+        def plain(text: str) -> str:
+            """The inner runs compared with the input model itself: said as the original model."""
+            return text if options.reference is not None else text.replace(inner, ", compared with the original model")
+
         if report.verification is not None:
             where = report.verification.inputs
             if held_out is not None and where.startswith("the given inputs"):
                 where = held_out + where.removeprefix("the given inputs")
-            if options.reference is None:  # the inner runs compared with the input model itself
-                where = where.replace(reference_text(options.with_overrides(reference=source.path or source.model)),
-                                      ", compared with the original model")
-            report.verification.inputs = where
+            report.verification.inputs = plain(where)
+        report.notes = [plain(n) for n in report.notes]
+        if report.truncation is not None:
+            report.truncation.summary = plain(report.truncation.summary)
         written = staged is not None and passed
         if written:
             with stage("writing the output"):
@@ -119,9 +134,17 @@ def _search(source: ModelSource, options: Options) -> tuple[onnx.ModelProto, Rep
         largest = float(share)
     rows = None  # read when a share is first pruned here
     inner = plain.with_overrides(reference=options.reference if options.reference is not None else original)
+    probe = shape_probe(model, options)
     tried: list[PruneTrial] = []
     best = None  # (cost, share, model, report, passed)
+    failed = None  # the first share whose pruned model failed alone: (share, model, verdict)
+    made: dict[tuple[int, ...], float] = {}  # the channels each share tried keeps -> that share
     for value in shares_to_try(largest, share == "auto" and options.rank_budget == "auto"):
+        same = made.setdefault(kept_at(pairs, value), value)
+        if same != value:
+            notes.append(f"--prune-share: share {value:.3g} keeps the channels share {same:.3g} keeps (whole blocks); "
+                         "not tried again")
+            continue
         with stage(f"pruning share {value:.3g}, then optimizing"):
             if value > 0:
                 if value == largest and first is not None:
@@ -134,9 +157,11 @@ def _search(source: ModelSource, options: Options) -> tuple[onnx.ModelProto, Rep
                 except ReferenceFailed as exc:  # the pruned model alone already fails against the original
                     tried.append(PruneTrial(value, False, None, None, None,
                                             "pruned alone: " + verdict_text(exc.verdict)))
+                    failed = failed or (value, pruned, exc.verdict)
                     continue
                 if report.verification is not None and not report.verification.n_input_sets:
-                    report.verification = _judged(original, out, options)  # nothing to fold: the pruning's verdict
+                    report.verification = _judged(inner.reference, out, options)  # nothing folded: the pruning's
+                    report.verification.inputs += reference_text(inner)
             else:
                 out, report = optimize(original, plain)
         passed = report.verification is None or report.verification.passed
@@ -147,15 +172,21 @@ def _search(source: ModelSource, options: Options) -> tuple[onnx.ModelProto, Rep
         if best is None or (passed and (not best[4] or spent < best[0])):
             best = (spent, value, out, report, passed)
         del out, report
-    if best is None:  # every share tried failed on its own (a share given, say): nothing to optimize
-        raise CollapseError("the model pruned at ", Param("prune_share", tried[0].share), " fails verification on "
-                            f"its own ({tried[0].verdict.removeprefix('pruned alone: ')}), so no output could pass; "
-                            "a smaller share or a looser criterion is needed")
+    if best is None:  # every share tried failed on its own (a share given, say): the first one's verdict
+        value, out, verdict = failed
+        with stage("counting parameters and MACs"):
+            after = model_stats(ModelSource(out), probe)
+        verdict.inputs += reference_text(inner)
+        best = (None, value, out, Report(after, after, verification=verdict), False)
+        notes.append(f"the model pruned at share {value:.3g} fails verification on its own, so no output could "
+                     "pass; a smaller share or a looser criterion is needed")
     _, kept, out, report, passed = best
-    report.pruning = Pruning(kept, len(pairs) if kept > 0 else 0, search, tried if len(tried) > 1 else [])
-    if kept > 0:
-        notes.append(f"pruned {kept:.3g} of the channels of each of {len(pairs)} convolution pair(s), then optimized; "
-                     "verified against the original model")
+    report.pruning = Pruning(kept, len(pairs) if kept > 0 else 0, search, tried if len(tried) > 1 else [],
+                             removed_share(pairs, kept) if kept > 0 else 0.0)
+    if kept > 0 and passed:
+        notes.append(f"pruned share {kept:.3g} of each of {len(pairs)} convolution pair(s) (whole blocks: "
+                     f"{report.pruning.removed:.1%} of their channels), then optimized; verified against the " + ("reference model" if options.reference is not None else
+                                               "original model"))
     if len(tried) > 1:
         shown = "; ".join(f"{t.share:.3g}: " + (f"budget {t.budget:.3g}, " if t.budget is not None else "")
                           + (f"{t.params:,} weights, {t.linear_macs:,} MACs, " if t.params is not None else "")
@@ -165,7 +196,6 @@ def _search(source: ModelSource, options: Options) -> tuple[onnx.ModelProto, Rep
         notes.append(f"--prune-share auto: largest share passing alone {largest:.3g}; each share tried with its "
                      f"own budget search: {shown}; {outcome}")
     report.notes = notes + report.notes
-    probe = shape_probe(model, options)
     with stage("counting parameters and MACs"):
         report.before = model_stats(source, probe)
     report.before.file_bytes = file_size(source.path) if source.path is not None else None

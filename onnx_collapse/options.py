@@ -167,6 +167,9 @@ class Options:
             raise CollapseError(Param("max_drop"), f" must be a fraction in [0, 1] (0.01: one point), not {self.max_drop!r}")
         if self.max_drop is not None and self.labels is None:
             raise CollapseError(Param("max_drop"), " judges accuracy against the true labels: give ", Param("labels"))
+        if self.max_drop == 0 and self.confidence is not None and self.confidence > 0.5:
+            raise CollapseError(Param("confidence"), " with ", Param("max_drop"), " 0 can never pass: the upper "
+                                "bound of a drop measured on finitely many rows is above 0, even for the same model")
         if self.labels is None:
             return
         if not isinstance(self.labels, (str, os.PathLike, Mapping)):

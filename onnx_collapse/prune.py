@@ -21,6 +21,7 @@ for the largest share that meets it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -119,13 +120,14 @@ class PrunedPair:
 
 @dataclass
 class PruneReport:
-    share: float
+    share: float  # the share applied to each pair (given, or found by share="auto")
     pairs: list[PrunedPair]
     before: ModelStats
     after: ModelStats
     verification: Verification | None
     search: list[dict] = field(default_factory=list)  # share="auto": every share tried and whether it passed
     notes: list[str] = field(default_factory=list)
+    removed: float = 0.0  # of all the pairs' channels together, the share removed (whole blocks, see kept_channels)
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION} | asdict(self)
@@ -484,9 +486,21 @@ CHANNEL_BLOCKS = (16, 8)
 
 def kept_channels(channels: int, share: float) -> int:
     """Channels a pair of ``channels`` keeps at ``share``: the nearest whole number of the largest of
-    ``CHANNEL_BLOCKS`` that divides ``channels`` (at least one block), else of single channels."""
+    ``CHANNEL_BLOCKS`` that divides ``channels`` (half-way: the smaller), at least one block; else of
+    single channels."""
     block = next((b for b in CHANNEL_BLOCKS if channels % b == 0), 1)
-    return max(block, min(channels, int(round(channels * (1 - share) / block)) * block))
+    return max(block, min(channels, math.ceil(channels * (1 - share) / block - 0.5) * block))
+
+
+def kept_at(pairs: list[Pair], share: float) -> tuple[int, ...]:
+    """What pruning ``pairs`` at ``share`` keeps of each: two shares with the same make the same model."""
+    return tuple(kept_channels(p.channels, share) for p in pairs)
+
+
+def removed_share(pairs: list[Pair], share: float) -> float:
+    """The share of the ``pairs``' channels (all together) that pruning at ``share`` removes (whole blocks)."""
+    total = sum(p.channels for p in pairs)
+    return 1 - sum(kept_at(pairs, share)) / total if total else 0.0
 
 
 def prune_model(source: ModelSource, pairs: list[Pair], share: float, rows: Mapping[str, np.ndarray]
@@ -573,6 +587,11 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
                 raise CollapseError(Param("keep_layers"), f" {name!r} names no node of the model")
         pairs = prunable_pairs(source.model, keep_layers)
         notes = [] if pairs else ["no convolution pair to prune: nothing changed"]
+        every = prunable_pairs(source.model)
+        idle = [name for name in keep_layers if not any(name in _names(source.model, p) for p in every)]
+        if idle:
+            notes.append(f"--keep-layer: {', '.join(map(repr, idle))} in no convolution pair that pruning prunes; "
+                         "kept as every such layer is")
         expected, where = None, ""
         if options.verify and pairs:
             feeds, where = make_feeds(source.model, options.inputs, options.input_shapes, options.seed, options.check_n,
@@ -583,13 +602,21 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
                                   scratch / "expected")
             where = (held_out or where) + reference_text(options)
 
+        made: dict[tuple[int, ...], tuple] = {}  # the channels kept -> (the first share, its attempt): one model
+
         def attempt(value: float) -> tuple[ModelSource, list[PrunedPair], Verification | None]:
+            kept = kept_at(pairs, value)
+            if kept in made:
+                return made[kept][1]
             pruned, records = prune_model(source, pairs, value, rows)
-            if expected is None:
-                return pruned, records, None
-            with stage("verifying in onnxruntime"):
-                return pruned, records, judge(expected, iter_outputs(pruned, feeds, "pruned model"), where, options,
-                                              ("the original model", "the pruned model"))
+            verdict = None
+            if expected is not None:
+                with stage("verifying in onnxruntime"):
+                    verdict = judge(expected, iter_outputs(pruned, feeds, "pruned model"), where, options,
+                                    ("the original model", "the pruned model"))
+            failed = verdict is not None and not verdict.passed  # its model is not kept (a passing one is the best)
+            made[kept] = (value, (None if failed else pruned, records, verdict))
+            return pruned, records, verdict
 
         search: list[dict] = []
         if not pairs:
@@ -601,11 +628,13 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
                 value = hi if step == 0 else (lo + hi) / 2
                 tried = attempt(value)
                 passed = tried[2].passed
+                same = made[kept_at(pairs, value)][0]
                 search.append({"share": value, "passed": passed,
                                "agreement": [s.agreement for s in tried[2].outputs],
                                "agreement_bound": [s.agreement_bound for s in tried[2].outputs],
                                "max_abs": [s.max_abs for s in tried[2].outputs],
-                               "verdict": verdict_text(tried[2])})
+                               "verdict": verdict_text(tried[2]) + (
+                                   f" (the channels of share {same:.4g}: the same model)" if same != value else "")})
                 if passed:
                     best, chosen, lo = tried, value, value
                     if step == 0:
@@ -622,7 +651,8 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     with stage("counting parameters and MACs"):
         before = model_stats(source, probe)
         after = model_stats(pruned, probe) if pruned is not source else before
-    report = PruneReport(chosen, records, before, after, verification, search, notes)
+    report = PruneReport(chosen, records, before, after, verification, search, notes,
+                         1 - sum(r.kept for r in records) / max(1, sum(r.channels for r in records)))
     result = pruned.model
     if output is not None and (verification is None or verification.passed):
         with StagedOutput(output, external_data, source.base_dir, source, named) as staged:
@@ -641,7 +671,8 @@ def render_prune(report: PruneReport, width: int | None = None) -> str:
     """The before/after table, one line per pair, the search (share auto), notes, verification last."""
     lines = [render_stats(report.before, report.after, width), ""]
     if report.pairs:
-        lines.append(f"channel pairs (share {report.share:g} of each pair's channels removed):")
+        lines.append(f"channel pairs (share {report.share:g} applied to each pair, in whole blocks: "
+                     f"{report.removed:.1%} of their channels removed):")
         for p in report.pairs:
             err = "" if p.error is None else f"  reader's LS error {p.error:.3g} of its variance"
             lines.append(f"  {p.producer} -> {p.reader}: {p.channels} -> {p.kept} channels{err}")

@@ -19,13 +19,15 @@ if TYPE_CHECKING:
     from .io import StagedOutput
     from .prune import PruneReport
 
-# Version of the JSON reports (optimize/analyze/verify --json), described by schemas/report.schema.json:
+# Version of the JSON reports (optimize/prune/analyze/verify --json), described by schemas/report.schema.json:
 # the minor number grows when fields are added, the major one when a field changes or goes.
-SCHEMA_VERSION = "1.5"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
+SCHEMA_VERSION = "1.6"  # 1.1: undefined_numbers, exact_bound; measured MACs (macs_basis, macs_uncounted, layer_macs)
 # 1.2: measured time (folds' seconds_before/seconds_after, stats' seconds) with --budget-metric time
 # 1.3: agreement_bound (the lower confidence bound of an agreement, with --confidence)
 # 1.4: pruning (optimize --prune-share), truncation.budget
 # 1.5: accuracy against labels (--labels, --max-drop): accuracy, reference_accuracy, accuracy_drop(_bound), max_drop
+# 1.6: prune's reports described (prune_report), with removed (the share of the pairs' channels really removed), as
+# in pruning.removed
 
 
 def strict(payload: dict) -> dict:
@@ -220,10 +222,11 @@ class PruneTrial:
 class Pruning:
     """``optimize --prune-share``: the share of each convolution pair's channels removed, and the search."""
 
-    share: float  # in the output (0: nothing pruned)
+    share: float  # applied to each pair in the output (0: nothing pruned)
     pairs: int  # the pairs that share applies to
     search: list[dict] = field(default_factory=list)  # share auto: prune's share search (see PruneReport.search)
     tried: list[PruneTrial] = field(default_factory=list)  # share auto: each share optimized, cheapest passing kept
+    removed: float = 0.0  # of all the pairs' channels together, the share removed (whole blocks)
 
 
 @dataclass

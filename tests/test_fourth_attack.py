@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,26 @@ import onnx
 import pytest
 
 from onnx_collapse import io, optimize
+from onnx_collapse import verify as oc_verify
+from onnx_collapse.compare import compare_outputs
 from onnx_collapse.errors import CollapseError
+from onnx_collapse.options import Options
+from onnx_collapse.prune import prune
+from onnx_collapse.signals import signals_deferred
 from tests.builders import mlp, run_model, save_external
+from tests.common import assert_one_line_error, cli
+from tests.test_prune import _rows, pair_model
+
+CALIB, HELD = _rows(96, 1), _rows(32, 2)
+
+
+def nudged(model: onnx.ModelProto, scale: float) -> onnx.ModelProto:
+    """``model`` with its reader's weights moved by ``scale`` of their size: a reference it is near."""
+    for t in model.graph.initializer:
+        if t.name == "wb":
+            w = onnx.numpy_helper.to_array(t)
+            t.CopyFrom(onnx.numpy_helper.from_array((w * (1 + scale)).astype(w.dtype), t.name))
+    return model
 
 
 def digest(path: Path) -> str:
@@ -110,3 +130,107 @@ def test_a_killed_runs_data_file_is_removed_by_the_next_run_once_a_minute_old(tm
     other.write_bytes(b"\0")
     optimize(str(src), output=out)
     assert other.exists()
+
+
+# 4. a signal in a step that must be whole (a commit, a compiled module's import) is taken when the step ends
+
+
+@pytest.mark.parametrize("from_thread", [False, True])
+def test_a_signal_inside_a_deferred_step_is_taken_when_the_step_ends(from_thread):
+    steps = []
+
+    def send():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            if from_thread:  # Python runs handlers in the main thread whichever thread the signal reaches
+                worker = threading.Thread(target=send)
+                worker.start()
+                worker.join()
+            else:
+                send()
+            time.sleep(0.05)
+            steps.append("whole")
+    assert steps == ["whole"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+
+
+# 5. optimize --prune-share with --reference: judged against the reference, said so, and checked first
+
+
+def test_a_pruned_model_with_nothing_to_fold_is_judged_against_the_reference(tmp_path):
+    src, ref = tmp_path / "in.onnx", tmp_path / "ref.onnx"
+    onnx.save(pair_model(dup=4), src)
+    onnx.save(nudged(pair_model(dup=4), 0.05), ref)  # a reference the input is near, not equal to
+    out, report = optimize(str(src), prune_share=0.25, calibrate=CALIB, inputs=HELD, reference=str(ref),
+                           atol=10.0, rtol=0.0)
+    assert report.verification.n_input_sets >= 1 and "compared with the reference 'ref.onnx'" in report.verification.inputs
+    direct = oc_verify(str(ref), out, inputs=HELD, atol=10.0, rtol=0.0)
+    assert direct.outputs[0].max_abs > oc_verify(str(src), out, inputs=HELD, atol=10.0, rtol=0.0).outputs[0].max_abs
+    assert report.verification.outputs[0].max_abs == pytest.approx(direct.outputs[0].max_abs, rel=1e-6)
+    assert any("verified against the reference model" in n for n in report.notes)
+
+
+def test_an_input_that_fails_against_the_reference_is_said_before_any_pruning(tmp_path, monkeypatch):
+    src, ref = tmp_path / "in.onnx", tmp_path / "ref.onnx"
+    onnx.save(pair_model(dup=4), src)
+    onnx.save(nudged(pair_model(dup=4), 3.0), ref)  # far from the input
+    pruned = []
+    monkeypatch.setattr("onnx_collapse.joint.prune_model", lambda *a, **k: pruned.append(1))
+    with pytest.raises(CollapseError, match="the input model itself fails verification against reference"):
+        optimize(str(src), prune_share=0.25, calibrate=CALIB, inputs=HELD, reference=str(ref), atol=1e-3, rtol=0.0)
+    assert not pruned
+
+
+# 6. options that could never pass, or say two things, are refused; a --keep-layer in no pair is noted
+
+
+def test_max_drop_zero_with_a_confidence_bound_is_refused():
+    with pytest.raises(CollapseError, match="confidence with max_drop 0 can never pass"):
+        Options(inputs={"x": np.zeros((2, 2), np.float32)}, labels={"y": np.zeros(2, np.int64)}, metric="top1",
+                max_drop=0.0, confidence=0.9)
+    Options(inputs={"x": np.zeros((2, 2), np.float32)}, labels={"y": np.zeros(2, np.int64)}, metric="top1",
+            max_drop=0.0, confidence=0.5)  # a bound at 0.5 is the measured drop: it can pass
+
+
+def test_an_input_shape_given_twice_for_one_input_is_refused(tmp_path):
+    src = tmp_path / "in.onnx"
+    onnx.save(mlp(8, 16, 4), src)
+    r = cli("optimize", src, tmp_path / "o.onnx", "--input-shape", "x:2x8", "--input-shape", "x:5x8")
+    assert_one_line_error(r, 2, "--input-shape gives input 'x' twice (2x8 and 5x8)")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_keep_layer_in_no_pair_is_noted(tmp_path):
+    model = pair_model(dup=4, second=True)
+    last = model.graph.output[0]
+    model.graph.node.append(onnx.helper.make_node("Relu", [last.name], ["tail_out"], name="tail"))
+    last.name = "tail_out"
+    _, report = prune(model, share=0.25, calibrate=CALIB, verify=False, keep_layers=("tail",))
+    assert any("'tail' in no convolution pair" in n for n in report.notes)
+    _, kept = prune(pair_model(dup=4, second=True), share=0.25, calibrate=CALIB, verify=False, keep_layers=("B",))
+    assert not any("in no convolution pair" in n for n in kept.notes)
+
+
+def test_ctc_on_an_output_without_positions_says_what_ctc_reads():
+    scores = np.random.default_rng(0).normal(size=(4, 10)).astype(np.float32)
+    with pytest.raises(CollapseError, match=r"has shape 4x10; it reads outputs of shape \[samples, positions"):
+        compare_outputs([{"y": scores}], [{"y": scores}], None, None, "rows", metric="ctc")
+
+
+# 7. searches do not make or judge one model twice, and say so
+
+
+def test_the_budget_search_judges_each_distinct_allocation_once(monkeypatch):
+    import onnx_collapse.passes.lowrank as lowrank
+
+    judged = []
+    real = lowrank.judge
+    monkeypatch.setattr(lowrank, "judge", lambda *a, **k: judged.append(1) or real(*a, **k))
+    model = mlp(16, 24, 10, slope=1.0)
+    rows = {"x": np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32)}
+    _, report = optimize(model, rank_budget="auto", low_rank="all", inputs=rows, metric="top1", min_agreement=0.5)
+    search = next(n for n in report.notes if n.startswith("budget search"))
+    repeats = search.count("the same model")
+    assert len(judged) == lowrank.SEARCH_STEPS - repeats and repeats > 0

@@ -3,6 +3,7 @@ the original; with auto shares and budgets, the split between the two searched a
 kept."""
 
 import hashlib
+import json
 
 import numpy as np
 import onnx
@@ -11,7 +12,7 @@ import pytest
 import onnx_collapse as oc
 from onnx_collapse.errors import CollapseError
 from onnx_collapse.joint import FRACTIONS, shares_to_try
-from onnx_collapse.prune import prune
+from onnx_collapse.prune import kept_at, prunable_pairs, prune
 from tests.common import assert_one_line_error, cli
 from tests.test_prune import _rows, _run, pair_model
 
@@ -48,7 +49,11 @@ def test_auto_shares_and_budgets_keep_the_smallest_model_that_passes_against_the
                               inputs=HELD, **LOOSE)
     largest = max(s["share"] for s in report.pruning.search if s["passed"])
     tried = report.pruning.tried
-    assert [t.share for t in tried] == shares_to_try(largest, True)
+    pairs = prunable_pairs(model)
+    distinct = {kept_at(pairs, v): v for v in reversed(shares_to_try(largest, True))}  # whole blocks: fewer models
+    assert [t.share for t in tried] == sorted(distinct.values(), reverse=True) and len(tried) >= 2
+    skipped = [v for v in shares_to_try(largest, True) if v not in distinct.values()]
+    assert all(any(f"share {v:.3g} keeps the channels share" in n for n in report.notes) for v in skipped)
     passing = [t for t in tried if t.passed]
     assert passing and report.after.params == min(t.params for t in passing) == _weights(out)
     assert report.pruning.share == min(passing, key=lambda t: t.params).share
@@ -63,9 +68,11 @@ def test_with_held_out_calibration_rows_the_verification_says_so():
     assert report.verification.passed and "held out" in report.verification.inputs
 
 
-def test_a_share_that_fails_alone_is_one_error_naming_the_option():
-    with pytest.raises(CollapseError, match="prune_share=0.5 fails verification on its own"):
-        oc.optimize(pair_model(dup=0), prune_share=0.5, calibrate=CALIB, inputs=HELD, atol=1e-6, rtol=0.0)
+def test_a_share_that_fails_alone_is_a_failed_verification_with_its_verdict():
+    _, report = oc.optimize(pair_model(dup=0), prune_share=0.5, calibrate=CALIB, inputs=HELD, atol=1e-6, rtol=0.0)
+    assert not report.verification.passed and report.verification.n_input_sets >= 1
+    assert report.pruning.share == 0.5 and report.after.params < report.before.params  # the pruned model's
+    assert any("pruned at share 0.5 fails verification on its own" in n for n in report.notes)
 
 
 @pytest.mark.parametrize("kwargs, flag", [(dict(inputs=HELD, **LOOSE), "calibrate"),
@@ -133,10 +140,12 @@ def test_a_failing_share_leaves_an_existing_output_as_it_was(tmp_path):
     np.savez(tmp_path / "calib.npz", **CALIB)
     np.savez(tmp_path / "held.npz", **HELD)
     r = cli("optimize", src, out, "--prune-share", "0.5", "--calibrate", tmp_path / "calib.npz", "--inputs",
-            tmp_path / "held.npz", "--atol", "1e-6", "--rtol", "0", "--overwrite")
-    assert_one_line_error(r, 2, "--prune-share 0.5 fails verification on its own")
+            tmp_path / "held.npz", "--atol", "1e-6", "--rtol", "0", "--overwrite", "--report", tmp_path / "r.json")
+    assert r.returncode == 1 and "verification failed; no output written" in r.stderr  # as prune says it
+    assert "fails verification on its own" in r.stdout and "Traceback" not in r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["verification"]["passed"] is False
     assert out.read_bytes() == b"an older output" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "calib.npz", "held.npz", "in.onnx", "out.onnx"]
+        "calib.npz", "held.npz", "in.onnx", "out.onnx", "r.json"]
 
 
 def test_auto_shares_and_budgets_within_an_accuracy_drop_keep_a_model_that_reads_the_labels_that_well():

@@ -165,7 +165,7 @@ def test_each_reader_is_refitted_by_least_squares_on_the_pruned_models_own_input
     model = pair_model(dup=0, seed=5, second=True)
     calib = _rows(128, 3)
     out, report = prune(model, share=0.25, calibrate=calib, inputs=_rows(16, 4), atol=10.0)
-    assert [(p.channels, p.kept) for p in report.pairs] == [(12, 9), (10, 8)]  # sequential: B is pair 2's producer
+    assert [(p.channels, p.kept) for p in report.pairs] == [(12, 9), (10, 7)]  # sequential: B is pair 2's producer
     tool, best, spread = _fit_errors(model, out, "d2", calib)
     assert best <= tool <= 1.01 * best + 1e-9
     assert tool < 0.5 * spread  # it explains most of the output
@@ -381,6 +381,8 @@ def test_kept_channels_are_whole_vector_blocks_where_the_pair_has_them():
     assert kept_channels(60, 0.123) == 53  # 60 channels are no whole number of blocks: single channels
     assert kept_channels(16, 0.3) == 16 and kept_channels(32, 0.3) == 16  # at least one block
     assert kept_channels(12, 0.99) == 1
+    assert kept_channels(32, 0.25) == 16 and kept_channels(32, 0.24) == 32  # half-way: a block goes (usage.md)
+    assert kept_channels(10, 0.25) == 7
 
 
 def test_a_pair_of_whole_blocks_is_pruned_to_whole_blocks():

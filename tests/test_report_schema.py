@@ -66,6 +66,17 @@ def reports(tmp_path_factory) -> dict[str, dict]:
         "optimize, pruned": command("optimize", tmp / "pairs.onnx", tmp / "p.onnx", "--calibrate", tmp / "calib.npz",
                                     "--inputs", tmp / "held.npz", "--atol", "0.05", "--rtol", "0", "--prune-share",
                                     "auto", "--rank-budget", "auto", "--low-rank", "all", "--json"),
+        "prune": command("prune", tmp / "pairs.onnx", tmp / "q.onnx", "--calibrate", tmp / "calib.npz", "--inputs",
+                         tmp / "held.npz", "--atol", "0.05", "--rtol", "0", "--share", "0.04", "--json",
+                         "--report", tmp / "q.json"),
+        "prune, auto": command("prune", tmp / "pairs.onnx", tmp / "r.onnx", "--calibrate", tmp / "calib.npz",
+                               "--inputs", tmp / "held.npz", "--atol", "0.05", "--rtol", "0", "--share", "auto",
+                               "--json"),
+        "prune, failed": command("prune", tmp / "pairs.onnx", tmp / "s.onnx", "--calibrate", tmp / "calib.npz",
+                                 "--inputs", tmp / "held.npz", "--atol", "1e-9", "--rtol", "0", "--share", "0.5",
+                                 "--json", codes=(1,)),
+        "prune, not verified": command("prune", tmp / "pairs.onnx", tmp / "t.onnx", "--calibrate", tmp / "calib.npz",
+                                       "--no-verify", "--json"),
         "analyze": command("analyze", MODELS / "no_fold_shared.onnx", "--json"),
         "analyze, remarks": command("analyze", tmp / "remark.onnx", "--json"),
         "analyze, spectrum": command("analyze", MODELS / "bottleneck.onnx", "--spectrum", "--low-rank", "all",
@@ -81,12 +92,15 @@ def reports(tmp_path_factory) -> dict[str, dict]:
                                   codes=(1,)),
     }
     out["optimize --report FILE"] = json.loads((tmp / "a.json").read_text())
+    out["prune --report FILE"] = json.loads((tmp / "q.json").read_text())
     return out
 
 
 KINDS = ["optimize", "optimize --report FILE", "optimize, not verified", "optimize, nothing to fold",
          "optimize, truncated",
-         "optimize, reverted", "optimize, budget not met", "optimize, top1", "optimize, pruned", "analyze", "analyze, remarks", "analyze, spectrum", "verify",
+         "optimize, reverted", "optimize, budget not met", "optimize, top1", "optimize, pruned", "prune",
+         "prune --report FILE", "prune, auto", "prune, failed", "prune, not verified", "analyze", "analyze, remarks",
+         "analyze, spectrum", "verify",
          "verify, confidence", "verify, labels", "verify, failed"]
 
 
@@ -117,8 +131,14 @@ def test_the_reports_cover_the_optional_parts(reports):
     assert {r["truncation"]["met"] for r in reports.values() if r.get("truncation")} == {True, False}
     assert all(r["truncation"] is None for k, r in reports.items() if "optimize" in k and "budget" not in k
                and "truncated" not in k and "pruned" not in k) and reports["analyze"]["verdict"]
+    pruned = [r for k, r in reports.items() if k.startswith("prune")]
+    assert {r["verification"] is None for r in pruned} == {True, False} and any(r["search"] for r in pruned)
+    assert {r["verification"]["passed"] for r in pruned if r["verification"]} == {True, False}
+    for r in pruned:  # what the pairs really lost, counted from their channels
+        assert r["removed"] == pytest.approx(1 - sum(p["kept"] for p in r["pairs"]) / sum(p["channels"] for p in r["pairs"]))
+    assert {r["removed"] > 0 for r in pruned} == {True, False}  # share 0.04 of 12 channels rounds to none
     pruning = [r["pruning"] for r in reports.values() if "pruning" in r]
-    assert None in pruning and any(p and p["search"] and len(p["tried"]) == 3 for p in pruning)
+    assert None in pruning and any(p and p["search"] and len(p["tried"]) >= 2 and p["removed"] > 0 for p in pruning)
     assert {r["truncation"]["budget"] is None for r in reports.values() if r.get("truncation")} == {False}
     assert {u["ended_by"] is None for r in reports.values() for u in r.get("unfolded", [])} == {True, False}
 

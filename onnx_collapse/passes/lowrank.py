@@ -25,6 +25,7 @@ from ..io import ModelSource, scratch_dir
 from ..kinds import Layer
 from ..plans import FoldPlan, Segment
 from ..progress import advance, stage
+from ..report import Verification
 from ..rewrite import PlanApplier, apply_plans
 from ..runner import (
     BatchCache,
@@ -364,7 +365,9 @@ class LowRank:
                               f"allowed {unit} ({_amount(dense, m)} dense) in {len(targets)} layer(s); max predicted "
                               f"{opts.error_metric} error {max((o.error for o in chosen), default=0):.3g}")
             if used > limit:
-                main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option")
+                main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option"
+                                  + ("; the search went below what truncation can reach, and the model is as "
+                                     "small as truncation makes it" if opts.rank_budget == "auto" else ""))
         if picked is None:
             picked = truncations(contexts, owners, targets, chosen, main.notes)
         index = {id(t): k for k, t in enumerate(targets)}
@@ -453,17 +456,23 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
         reference = reference_outputs(opts, model, feeds)
         expected = stored(iter_outputs(ModelSource(model, base_dir), feeds, "original model") if reference is None
                           else reference, Path(tmp))
+        judged: dict[tuple[allocate.Option, ...], tuple[float, Verification]] = {}  # an allocation's verdict
         for _ in range(SEARCH_STEPS):
             budget = (lo + hi) / 2
             chosen = allocate_at(budget)
             notes: list[str] = []
             truncated = truncations(contexts, owners, targets, chosen, notes, cache)
-            replaced = {id(t) for _, t, _ in truncated}
-            plans = [c.applied for c in candidates if c.applied is not None and id(c) not in replaced]
-            plans += [plan for _, _, plan in truncated]
-            actual = iter_outputs(ModelSource(apply_plans(model, plans), base_dir), feeds, f"model at budget {budget:g}")
-            verdict = judge(expected, actual, where, opts)
-            frontier.append(f"{budget:.3g}: " + verdict_text(verdict))
+            same, verdict = judged.get(tuple(chosen), (budget, None))
+            if verdict is None:  # a budget whose allocation was judged already is the same model: not run again
+                replaced = {id(t) for _, t, _ in truncated}
+                plans = [c.applied for c in candidates if c.applied is not None and id(c) not in replaced]
+                plans += [plan for _, _, plan in truncated]
+                actual = iter_outputs(ModelSource(apply_plans(model, plans), base_dir), feeds,
+                                      f"model at budget {budget:g}")
+                verdict = judge(expected, actual, where, opts)
+                judged[tuple(chosen)] = (budget, verdict)
+            frontier.append(f"{budget:.3g}: " + verdict_text(verdict)
+                            + (f" (the layers of budget {same:.3g}: the same model)" if same != budget else ""))
             why = verdict.problems
             if verdict.passed:
                 hi, best = budget, (budget, chosen, truncated, notes)
