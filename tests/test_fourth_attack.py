@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -234,3 +236,22 @@ def test_the_budget_search_judges_each_distinct_allocation_once(monkeypatch):
     search = next(n for n in report.notes if n.startswith("budget search"))
     repeats = search.count("the same model")
     assert len(judged) == lowrank.SEARCH_STEPS - repeats and repeats > 0
+
+
+# 8. the temporary folder: a run leaves nothing of its own there (onnxruntime itself writes a `.ses` file)
+
+
+def test_verify_and_optimize_leave_nothing_of_theirs_in_the_temporary_folder(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    src = tmp_path / "in.onnx"
+    onnx.save(mlp(8, 16, 4, slope=1.0), src)
+    np.savez(tmp_path / "rows.npz", x=np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32))
+    env = dict(os.environ, TMPDIR=str(tmp))
+    for args in (["verify", src, src, "--inputs", tmp_path / "rows.npz"],
+                 ["optimize", src, tmp_path / "o.onnx", "--inputs", tmp_path / "rows.npz", "--low-rank", "all",
+                  "--rank-budget", "auto", "--metric", "top1", "--min-agreement", "0.5"]):
+        result = subprocess.run([sys.executable, "-m", "onnx_collapse", *map(str, args)], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert {p.name for p in tmp.iterdir()} <= {".ses"}  # onnxruntime's own session file, not ours
