@@ -12,8 +12,9 @@ that no other file has, is moved into the output's folder; one ``os.replace`` of
 last, the previous output's own data files (``OUT.data``, ``OUT.<hex>.data``) that the new model does not
 use and the input does not read are removed, and so is an ``OUT.<hex>.data`` no model uses that was moved in
 a minute ago or more (a run killed between its two renames). The renames run with SIGINT, SIGTERM and SIGHUP
-deferred, and a run's report (``StagedText``, written in full first) is put in place with them. Staging folders carry the host and process id, so one that
-a killed run left behind is removed by the next run in that folder once it is a minute old.
+deferred (``signals.signals_deferred``), and a run's report (``StagedText``, written in full first) is put in
+place with them. Staging folders carry the host and process id, so one that a killed run left behind is
+removed by the next run in that folder once it is a minute old.
 """
 
 from __future__ import annotations
@@ -563,6 +564,7 @@ class StagedText:
                 raise
 
     def commit(self) -> None:
+        """Put the text in place (one rename)."""
         with write_errors(self.path):
             os.replace(self.staged, self.path)
 
@@ -571,8 +573,6 @@ class StagedText:
 
     def __exit__(self, *exc) -> None:
         self._tmp.cleanup()
-
-
 
 
 @contextlib.contextmanager

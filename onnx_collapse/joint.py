@@ -184,9 +184,10 @@ def _search(source: ModelSource, options: Options) -> tuple[onnx.ModelProto, Rep
     report.pruning = Pruning(kept, len(pairs) if kept > 0 else 0, search, tried if len(tried) > 1 else [],
                              removed_share(pairs, kept) if kept > 0 else 0.0)
     if kept > 0 and passed:
+        against = "reference" if options.reference is not None else "original"
         notes.append(f"pruned share {kept:.3g} of each of {len(pairs)} convolution pair(s) (whole blocks: "
-                     f"{report.pruning.removed:.1%} of their channels), then optimized; verified against the " + ("reference model" if options.reference is not None else
-                                               "original model"))
+                     f"{report.pruning.removed:.1%} of their channels), then optimized; verified against the "
+                     f"{against} model")
     if len(tried) > 1:
         shown = "; ".join(f"{t.share:.3g}: " + (f"budget {t.budget:.3g}, " if t.budget is not None else "")
                           + (f"{t.params:,} weights, {t.linear_macs:,} MACs, " if t.params is not None else "")

@@ -25,7 +25,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ from .io import (
     check_report_file,
     data_files,
     embed_external_data,
+    file_size,
     open_model,
     uses_external,
 )
@@ -650,14 +651,16 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     pruned, records, verification = best
     with stage("counting parameters and MACs"):
         before = model_stats(source, probe)
-        after = model_stats(pruned, probe) if pruned is not source else before
+        after = model_stats(pruned, probe) if pruned is not source else replace(before)
     report = PruneReport(chosen, records, before, after, verification, search, notes,
                          1 - sum(r.kept for r in records) / max(1, sum(r.channels for r in records)))
+    report.before.file_bytes = file_size(source.path) if source.path is not None else None
     result = pruned.model
     if output is not None and (verification is None or verification.passed):
         with StagedOutput(output, external_data, source.base_dir, source, named) as staged:
             with stage("writing the output"):
                 staged.write(pruned.model)
+            report.after.file_bytes = file_size(staged.staged)
             write_with_report(staged, report_file, report)
         result = onnx.load(str(output), load_external_data=False)  # its data, if any, beside the output
     else:

@@ -255,3 +255,12 @@ def test_verify_and_optimize_leave_nothing_of_theirs_in_the_temporary_folder(tmp
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         assert {p.name for p in tmp.iterdir()} <= {".ses"}  # onnxruntime's own session file, not ours
+
+
+def test_prunes_report_file_describes_the_pruned_output_it_was_committed_with(tmp_path):
+    src, out, rep = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    onnx.save(pair_model(dup=4, second=True), src)
+    prune(str(src), share=0.25, calibrate=CALIB, verify=False, output=out, report_file=rep)
+    written = json.loads(rep.read_text())
+    assert written["after"]["params"] == params(out) < written["before"]["params"] == params(src)
+    assert (written["before"]["file_bytes"], written["after"]["file_bytes"]) == (src.stat().st_size, out.stat().st_size)
