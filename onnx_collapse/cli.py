@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .errors import CollapseError, Param, one_line
+from .errors import CollapseError, Param, one_line, printable
 from .options import (
     ALLOCATORS,
     BUDGET_METRICS,
@@ -47,14 +47,14 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"onnx-collapse: error: {self.message}", err=True)
+        click.echo(printable(f"onnx-collapse: error: {self.message}"), err=True)
 
 
 class InternalError(click.ClickException):
     exit_code = 3
 
     def show(self, file=None) -> None:
-        click.echo(f"onnx-collapse: internal error (please report): {self.message}", err=True)
+        click.echo(printable(f"onnx-collapse: internal error (please report): {self.message}"), err=True)
 
 
 @contextlib.contextmanager
@@ -87,7 +87,7 @@ FLAGS = {
     "max_verify_memory": "--max-verify-memory",
     "calibrate": "--calibrate", "external_data": "--external-data", "sequential": "--sequential",
     "share": "--share", "keep_layers": "--keep-layer", "prune_share": "--prune-share",
-    "reference": "--reference",
+    "reference": "--reference", "overwrite": "--overwrite",
 }
 VALUE_FLAGS = {("verify", False): "--no-verify", ("external_data", False): "--no-external-data"}
 
@@ -348,8 +348,7 @@ def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool, dat
     from . import io
 
     inputs = io.model_files(src, "input") | data
-    if io.same_file(dst, src) and not overwrite:
-        raise CollapseError(f"{str(dst)!r} is the input file; pass --overwrite to replace it")
+    io.check_overwrite(dst, io.ModelSource(None, src.parent, src), overwrite)
     io.check_destination(dst, {p: d for p, d in inputs.items() if not (overwrite and p == src)}, "output")
     io.check_report_file(report, None, inputs, dst, "--report")
 
@@ -363,7 +362,7 @@ def dumps(payload: dict) -> str:
 
 def _emit(report_dict: dict, text: str, as_json: bool) -> None:
     """Print the report (its --report file was written with the output, in one commit)."""
-    click.echo(dumps(report_dict) if as_json else text)
+    click.echo(dumps(report_dict) if as_json else printable(text))
 
 
 class Commands(click.Group):
@@ -470,13 +469,15 @@ def optimize(input_path, output_path, slope_tol, no_verify, atol, rtol, seed, ch
                           max_groups=max_groups, allocator=allocator, sequential=sequential, calibrate=calibrate,
                           prune_share=prune_share, reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
-        _, report = optimize_model(src, options, output=dst, external_data=external_data, report_file=report_file)
+        _, report = optimize_model(src, options, output=dst, external_data=external_data, report_file=report_file,
+                                   overwrite=overwrite)
     with one_line_errors():
         from .report import render
 
         _emit(report.to_dict(), render(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json)
     if report.verification is not None and not report.verification.passed:
-        click.echo("onnx-collapse: verification failed; no output written", err=True)
+        click.echo("onnx-collapse: verification failed; no output written" + (
+            " (nor --report: an older output and report stay as they were)" if report_file else ""), err=True)
         sys.exit(1)
 
 
@@ -531,13 +532,14 @@ def prune(input_path, output_path, calibrate, share, keep_layers, no_verify, ato
                           labels=labels, max_drop=max_drop, calibrate=calibrate, reference=reference,
                           max_verify_memory=None if max_verify_memory is None else parse_size(max_verify_memory))
         _, report = prune_model(src, options, share=share, keep_layers=tuple(keep_layers), output=dst,
-                                external_data=external_data, report_file=report_file)
+                                external_data=external_data, report_file=report_file, overwrite=overwrite)
     with one_line_errors():
         from .prune import render_prune
 
         _emit(report.to_dict(), render_prune(report, _width()) + "\n\n" + elapsed(done["seconds"]), as_json)
     if report.verification is not None and not report.verification.passed:
-        click.echo("onnx-collapse: verification failed; no output written", err=True)
+        click.echo("onnx-collapse: verification failed; no output written" + (
+            " (nor --report: an older output and report stay as they were)" if report_file else ""), err=True)
         sys.exit(1)
 
 
@@ -580,7 +582,7 @@ def analyze(input_path, slope_tol, spectrum, low_rank, plot_file, rank_budget, i
         if not as_json:
             wrote = "" if plot_file is None else f"wrote the trade-off plot to {plot_file}\n"
             text += f"\n\n{wrote}{elapsed(done['seconds'])}"
-        click.echo(text)
+        click.echo(text if as_json else printable(text))
 
 
 def analysis_text(found, spectrum: bool, as_json: bool) -> str:
@@ -628,7 +630,7 @@ def verify(reference, candidate, atol, rtol, seed, check_n, inputs, input_shape,
         from .report import render_verification
 
         click.echo(result.to_json() if as_json else
-                   render_verification(result, _width()) + "\n\n" + elapsed(done["seconds"]))
+                   printable(render_verification(result, _width()) + "\n\n" + elapsed(done["seconds"])))
     if not result.passed:
         sys.exit(1)
 

@@ -401,12 +401,19 @@ def _untyped_odd_values(graph: gs.Graph) -> Iterator[None]:
             t.dtype = dtype
 
 
-def _restore_graph(imported: Imported, graph: gs.Graph, exported: onnx.GraphProto) -> onnx.GraphProto:
-    """``exported`` with the original's declarations, typed values, initializer order and node protos."""
+def _restore_graph(imported: Imported, graph: gs.Graph, exported: onnx.GraphProto,
+                   outer: frozenset[str] = frozenset()) -> onnx.GraphProto:
+    """``exported`` with the original's declarations, typed values, initializer order and node protos.
+
+    ``outer``: the names the enclosing graphs define. onnx-graphsurgeon writes an outer constant that a
+    subgraph reads into the subgraph as its own initializer; such copies are dropped (they would store the
+    weight twice, and hide an outer initializer that is also a graph input, which callers may override)."""
     original = imported.proto_of(graph)
     if original is None:
         return exported
-    nodes = [_restore_node(imported, node, proto) for node, proto in zip(graph.nodes, exported.node)]
+    scope = outer | {t.name for g in (original, exported) for t in g.initializer} | {
+        i.name for g in (original, exported) for i in g.input} | {o for n in exported.node for o in n.output}
+    nodes = [_restore_node(imported, node, proto, scope) for node, proto in zip(graph.nodes, exported.node)]
     present = {n for node in nodes for n in [*node.input, *node.output]}
     present |= {i.name for i in original.input} | {o.name for o in original.output}
     present |= _outer_reads(nodes)
@@ -415,13 +422,14 @@ def _restore_graph(imported: Imported, graph: gs.Graph, exported: onnx.GraphProt
     restored.node.extend(nodes)
     known = {t.name for t in original.initializer}
     restored.initializer.extend([t for t in original.initializer if t.name in present]
-                                + [t for t in exported.initializer if t.name not in known])
+                                + [t for t in exported.initializer if t.name not in known and t.name not in outer])
     restored.sparse_initializer.extend(t for t in original.sparse_initializer if t.values.name in present)
     restored.value_info.extend(v for v in original.value_info if v.name in present)
     return restored
 
 
-def _restore_node(imported: Imported, node: gs.Node, exported: onnx.NodeProto) -> onnx.NodeProto:
+def _restore_node(imported: Imported, node: gs.Node, exported: onnx.NodeProto,
+                  outer: frozenset[str] = frozenset()) -> onnx.NodeProto:
     original = imported.proto_of(node)
     if original is None:
         return exported
@@ -430,7 +438,7 @@ def _restore_node(imported: Imported, node: gs.Node, exported: onnx.NodeProto) -
     for attr in restored.attribute:
         if attr.type == onnx.AttributeProto.GRAPH and isinstance(node.attrs.get(attr.name), gs.Graph):
             sub = next(a.g for a in exported.attribute if a.name == attr.name)
-            attr.g.CopyFrom(_restore_graph(imported, node.attrs[attr.name], sub))
+            attr.g.CopyFrom(_restore_graph(imported, node.attrs[attr.name], sub, outer))
     return restored
 
 

@@ -9,8 +9,9 @@ Writing an output (``StagedOutput``) never replaces or removes the input model's
 the old one or the complete new one whatever instant the process dies: the model and its data are written
 into a hidden staging folder beside the output; the data file, under a fresh name ``OUT.<12 hex>.data``
 that no other file has, is moved into the output's folder; one ``os.replace`` of the model then commits;
-last, the previous output's own data files (``OUT.data``, ``OUT.<hex>.data``) that the new model does not
-use and the input does not read are removed, and so is an ``OUT.<hex>.data`` no model uses that was moved in
+last, the previous output's own data files (``OUT.<hex>.data``, the names this tool writes; an ``OUT.data``
+another tool wrote may be other models' too, and stays) that the new model does not use and the input does
+not read are removed, and so is an ``OUT.<hex>.data`` no model uses that was moved in
 a minute ago or more (a run killed between its two renames). The renames run with SIGINT, SIGTERM and SIGHUP
 deferred (``signals.signals_deferred``), and a run's report (``StagedText``, written in full first) is put in
 place with them. Staging folders carry the host and process id, so one that a killed run left behind is
@@ -376,6 +377,16 @@ def check_destination(path: Path, keep: dict[Path, Text], what: Text) -> None:
     for kept, description in keep.items():
         if same_file(path, kept):
             raise CollapseError(what, f" {str(path)!r} is ", description, f" {str(kept)!r}; refusing to replace it")
+
+
+def check_overwrite(output: str | os.PathLike | None, source: ModelSource | None, overwrite: bool) -> None:
+    """Refuse an ``output`` that is the input model's file (by path or link) unless ``overwrite``."""
+    if output is None or source is None or source.path is None or overwrite:
+        return
+    if not isinstance(output, (str, os.PathLike)):
+        raise CollapseError(f"the output must be a path, not {type(output).__name__}")
+    if same_file(Path(output), source.path):
+        raise CollapseError(f"{str(output)!r} is the input file; pass ", Param("overwrite", True), " to replace it")
 
 
 def check_report_file(path: str | os.PathLike | None, source: ModelSource | None, named: dict[Path, Text],
@@ -822,13 +833,14 @@ class StagedOutput:
                     old.unlink(missing_ok=True)
 
     def _stale_data(self) -> list[Path]:
-        """The current output's own data files (``OUT.data``, ``OUT.<hex>.data``) that the new model does
-        not use and the input does not read, and killed runs' orphans (``_orphan``), with or without an OUT."""
+        """The current output's own data files (``OUT.<hex>.data``, the names this tool writes) that the new
+        model does not use and the input does not read, and killed runs' orphans (``_orphan``), with or
+        without an OUT. An ``OUT.data`` (an exporter's name) stays: another model may read it too."""
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
             return []
         short = data_file_name(self.folder, self.path.name, "0" * 12)[:-len(".000000000000.data")]
-        pattern = re.compile(re.escape(self.path.name) + r"(\.[0-9a-f]+)?\.data|" + re.escape(short)
-                             + r"\.[0-9a-f]{12}\.data")
+        pattern = re.compile(re.escape(self.path.name) + r"\.[0-9a-f]{12}\.data|" + re.escape(short)
+                             + r"\.[0-9a-f]{12}\.data")  # our names only: OUT.data may be another model's too
         candidates = [p for p in self.folder.iterdir() if pattern.fullmatch(p.name) and p.name != self.data_name]
         used = model_files(self.path, "output") if candidates and self.path.exists() else {}
         return [p for p in candidates if (any(same_file(p, u) for u in used) or _orphan(p))

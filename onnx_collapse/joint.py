@@ -76,7 +76,7 @@ def prune_then_optimize(source: ModelSource, options: Options, output: str | os.
     """``optimize`` with ``options.prune_share`` (see the module docstring); ``options`` have the verification
     rows split off already (``held_out`` says how, or None), ``named`` are the data files the output must
     not replace. The input is never modified; the output is written only if the kept model passed, in one
-    commit with the JSON report at ``report_file`` (alone when no output is written)."""
+    commit with the JSON report at ``report_file`` (alone when no output is asked for)."""
     share = options.prune_share
     check_criterion(options, share, "prune_share")
     refuse_too_large(source.model)
@@ -105,7 +105,7 @@ def prune_then_optimize(source: ModelSource, options: Options, output: str | os.
                 staged.write(out)
             out = onnx.load(str(staged.staged), load_external_data=False)
             report.after.file_bytes = file_size(staged.staged)
-        write_with_report(staged if written else None, report_file, report)
+        write_with_report(staged, report_file, report, written)
     return out, report
 
 

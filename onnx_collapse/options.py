@@ -157,9 +157,10 @@ class Options:
                                 Param("calibrate"))
         if self.sequential and self.calibrate is None:
             raise CollapseError(Param("sequential"), " refits truncations to calibration rows: give ", Param("calibrate"))
-        if self.calibrate is not None and not isinstance(self.calibrate, (str, os.PathLike, Mapping)):
-            raise CollapseError(Param("calibrate"), " must be an .npz path or a dict of arrays, not "
-                                f"{type(self.calibrate).__name__}")
+        for name in ("calibrate", "inputs"):  # not a number: a file descriptor would be read and closed
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike, Mapping)):
+                raise CollapseError(Param(name), f" must be an .npz path or a dict of arrays, not {type(value).__name__}")
 
     def _check_labels(self) -> None:
         """Refuse ``labels`` and ``max_drop`` where they cannot be read (CollapseError naming the keyword)."""

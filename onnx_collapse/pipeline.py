@@ -33,6 +33,7 @@ from .io import (
     ModelSource,
     StagedOutput,
     TensorStore,
+    check_overwrite,
     check_report_file,
     data_files,
     dense_bytes,
@@ -173,6 +174,7 @@ def optimize(
     output: str | os.PathLike | None = None,
     external_data: bool | None = None,
     report_file: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **overrides,
 ) -> tuple[onnx.ModelProto, Report]:
     """Fold near-linear chains of ``model_or_path`` and verify the result in onnxruntime.
@@ -184,7 +186,8 @@ def optimize(
     Returns the optimized model and a report. With verification on, folds that break the tolerance are
     reverted, so the returned model passes; ``report.verification`` says by how much. With ``report_file``,
     the report is written there as JSON, in one commit with the output (both or neither; alone when no
-    output is written). The input is never modified. Raises CollapseError for bad input.
+    output is asked for). The input is never modified (an ``output`` that is the input file is refused unless
+    ``overwrite``). Raises CollapseError for bad input.
     """
     options = (options or Options()).with_overrides(**overrides)
     with stage("loading the model"):
@@ -193,6 +196,7 @@ def optimize(
     if external_data is None and uses_external(model):
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference, options.labels)  # files the output must not replace
+    check_overwrite(output, source, overwrite)
     check_report_file(report_file, source, named, output)
     check_labels_file(model, options.labels, options.inputs)
     options, held_out = calibration_split(model, options)
@@ -240,7 +244,8 @@ def optimize(
             goal = (f"--max-error {options.max_error:g}" if budget is None else
                     f"--rank-budget {budget if isinstance(budget, str) else format(budget, 'g')}")
             report.truncation = truncation_outcome(goal, records, verification, options.inputs is not None,
-                                                   contexts[0].budget if contexts else None)
+                                                   contexts[0].budget if contexts else None,
+                                                   contexts[0].over_budget if contexts else None)
         report.before.file_bytes = file_size(source.path) if source.path is not None else None
         written = None
         if staged is not None and (verification is None or verification.passed):
@@ -262,7 +267,7 @@ def optimize(
                 report.after.seconds = report.before.seconds if out is model else \
                     timing.model_seconds(written or ModelSource(out, source.base_dir), probe, batch)
         _note_uncounted(report, probe)
-        write_with_report(staged if written is not None else None, report_file, report)
+        write_with_report(staged, report_file, report, written is not None)
         return out, report
 
 

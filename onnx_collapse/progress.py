@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TextIO, TypeVar
 
+from .errors import printable
+
 
 class Progress:
     """The interface the pipeline reports to; this base class ignores everything (silent)."""
@@ -66,8 +68,10 @@ class TerminalProgress(Progress):
             self._lines.stop()
 
     def begin(self, label: str, total: int | None, unit: str | None = None) -> None:
-        task = [None, 0, total, unit]
-        task[0] = self._lines.add_task(label, total=total, done=_count(task))
+        from rich.markup import escape
+
+        task = [None, 0, total, unit]  # a label names layers: their names are shown as written, not as markup
+        task[0] = self._lines.add_task(escape(printable(label)), total=total, done=_count(task))
         self._open.append(task)
 
     def end(self) -> None:

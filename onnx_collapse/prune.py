@@ -45,6 +45,7 @@ from .io import (
     ModelSource,
     StagedOutput,
     TensorStore,
+    check_overwrite,
     check_report_file,
     data_files,
     embed_external_data,
@@ -555,13 +556,13 @@ def calibration_rows(model: onnx.ModelProto, options: Options, held_out: bool = 
 def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options | None = None, *,
           share: float | str = 0.25, keep_layers: tuple[str, ...] = (), output: str | os.PathLike | None = None,
           external_data: bool | None = None, report_file: str | os.PathLike | None = None,
-          **overrides) -> tuple[onnx.ModelProto, PruneReport]:
+          overwrite: bool = False, **overrides) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune channels of every convolution pair of ``model_or_path`` (see the module docstring) by ``share``
     (or, with "auto", the largest share in steps of a bisection whose model passes verification), fitted on
     ``options.calibrate`` and verified on held-out rows (or ``options.inputs``) by ``options.metric``. With
     ``output``, the result is written there atomically, only if it passed, in one commit with the JSON
-    report at ``report_file`` (alone when no output is written). The input is never modified. Raises
-    CollapseError for bad input."""
+    report at ``report_file`` (alone when no output is asked for). The input is never modified (an ``output``
+    that is the input file is refused unless ``overwrite``). Raises CollapseError for bad input."""
     from .pipeline import calibration_split, model_stats
 
     options = (options or Options()).with_overrides(**overrides)
@@ -571,6 +572,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     if external_data is None and uses_external(source.model):
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference, options.labels)
+    check_overwrite(output, source, overwrite)
     check_report_file(report_file, source, named, output)
     check_labels_file(source.model, options.labels, options.inputs)
     options, held_out = calibration_split(source.model, options)
@@ -661,10 +663,11 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
             with stage("writing the output"):
                 staged.write(pruned.model)
             report.after.file_bytes = file_size(staged.staged)
-            write_with_report(staged, report_file, report)
+            write_with_report(staged, report_file, report, True)
         result = onnx.load(str(output), load_external_data=False)  # its data, if any, beside the output
     else:
-        write_with_report(None, report_file, report)
+        if output is None:  # an output that failed leaves the older output and report as they were
+            write_with_report(None, report_file, report, False)
         if uses_external(result):
             embed_external_data(result, source.base_dir)  # self-contained, as optimize returns it
     return result, report

@@ -27,7 +27,7 @@ SCHEMA_VERSION = "1.6"  # 1.1: undefined_numbers, exact_bound; measured MACs (ma
 # 1.4: pruning (optimize --prune-share), truncation.budget
 # 1.5: accuracy against labels (--labels, --max-drop): accuracy, reference_accuracy, accuracy_drop(_bound), max_drop
 # 1.6: prune's reports described (prune_report), with removed (the share of the pairs' channels really removed), as
-# in pruning.removed
+# in pruning.removed; truncation.met is false too when even the cheapest options exceed a given rank budget
 
 
 def strict(payload: dict) -> dict:
@@ -58,16 +58,17 @@ def dumps(payload: dict) -> str:
 
 
 def write_with_report(staged: StagedOutput | None, report_file: str | os.PathLike | None,
-                      report: Report | PruneReport) -> None:
-    """Commit the staged output (``io.StagedOutput``, or None when nothing is written) with ``report`` (its
-    ``to_dict``) as JSON at ``report_file``, both in one commit (see ``StagedOutput.commit``); without an
-    output, the report alone."""
+                      report: Report | PruneReport, written: bool) -> None:
+    """Commit the staged output (``io.StagedOutput``; None when no output was asked for) with ``report`` (its
+    ``to_dict``) as JSON at ``report_file``, both in one commit (see ``StagedOutput.commit``), when the output
+    is ``written``. An output asked for but not written (its verification failed) leaves the older output
+    and report as they were, a pair; with no output asked for, the report is written alone."""
     from .io import write_text_atomic
 
     text = None if report_file is None else dumps(report.to_dict()) + "\n"
-    if staged is not None:
+    if staged is not None and written:
         staged.commit({} if text is None else {report_file: text})
-    elif text is not None:
+    elif staged is None and text is not None:
         write_text_atomic(Path(report_file), text)
 
 
@@ -548,21 +549,25 @@ TRUNCATED_FORMS = ("truncated", "grouped")
 
 
 def truncation_outcome(goal: str, folds: list[FoldRecord], verification: Verification | None,
-                       real_inputs: bool, budget: float | None = None) -> Truncation:
+                       real_inputs: bool, budget: float | None = None, over_budget: str | None = None) -> Truncation:
     """What became of the truncations ``goal`` (``--rank-budget 0.5``) planned, once verification decided:
-    how many are in the output, how many were undone, and what it would take to keep them."""
+    how many are in the output, how many were undone, and what it would take to keep them; ``over_budget``
+    (the cheapest options' cost against the budget, in words) when even they exceed it."""
     kept = [f for f in folds if f.form in TRUNCATED_FORMS and f.status == "folded"]
     undone = [(f, f) for f in folds if f.form in TRUNCATED_FORMS and f.status == "reverted"]
     undone += [(f, a) for f in folds for a in f.attempts if a.form in TRUNCATED_FORMS]
     needs = [Need(list(f.layers), a.rank, a.error.required_atol, a.error.rtol)
              for f, a in undone if a.error is not None]
     planned = len(kept) + len(undone)
-    met = planned > 0 and not undone
+    met = planned > 0 and not undone and over_budget is None
     if planned == 0:
         summary = f"{goal}: no layer was truncated (see the notes)"
     elif verification is None:
         summary = (f"{goal}: {planned} layer(s) truncated and NOT verified (--no-verify); truncation changes "
                    "the function, so check the output on your data (onnx-collapse verify IN OUT --inputs data.npz)")
+    elif not undone and over_budget is not None:
+        summary = (f"{goal} NOT met: every layer is at its cheapest option and the model still takes {over_budget}; "
+                   f"all {planned} planned truncation(s) are in the output, verified on {verification.inputs}")
     elif not undone:
         summary = f"{goal} met: all {planned} planned truncation(s) are in the output, verified on {verification.inputs}"
     else:

@@ -3,7 +3,6 @@ the original; with auto shares and budgets, the split between the two searched a
 kept."""
 
 import hashlib
-import json
 
 import numpy as np
 import onnx
@@ -143,9 +142,8 @@ def test_a_failing_share_leaves_an_existing_output_as_it_was(tmp_path):
             tmp_path / "held.npz", "--atol", "1e-6", "--rtol", "0", "--overwrite", "--report", tmp_path / "r.json")
     assert r.returncode == 1 and "verification failed; no output written" in r.stderr  # as prune says it
     assert "fails verification on its own" in r.stdout and "Traceback" not in r.stderr
-    assert json.loads((tmp_path / "r.json").read_text())["verification"]["passed"] is False
     assert out.read_bytes() == b"an older output" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "calib.npz", "held.npz", "in.onnx", "out.onnx", "r.json"]
+        "calib.npz", "held.npz", "in.onnx", "out.onnx"]  # no report either: it would describe no output
 
 
 def test_auto_shares_and_budgets_within_an_accuracy_drop_keep_a_model_that_reads_the_labels_that_well():

@@ -43,6 +43,7 @@ class Context:
     keep_exact: bool = True  # forms keep their float64 exact maps (False when no pass will read them)
     whitenings: dict = field(default_factory=dict)  # low-rank targets' calibrated metrics, by what they read
     budget: float | None = None  # the rank budget the low-rank pass used (the one a budget search found)
+    over_budget: str | None = None  # when even the cheapest options exceed that budget: by how much, in words
 
     def unchained_layers(self) -> list[Layer]:
         """The layers in no segment (single-layer truncation targets with ``low_rank="all"``)."""

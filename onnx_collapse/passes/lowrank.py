@@ -368,6 +368,8 @@ class LowRank:
                 main.notes.append("the rank budget cannot be met: every layer is already at its cheapest option"
                                   + ("; the search went below what truncation can reach, and the model is as "
                                      "small as truncation makes it" if opts.rank_budget == "auto" else ""))
+                if opts.rank_budget != "auto":
+                    main.over_budget = f"{_amount(used, m)} of {_amount(limit, m)} allowed {unit}"
         if picked is None:
             picked = truncations(contexts, owners, targets, chosen, main.notes)
         index = {id(t): k for k, t in enumerate(targets)}

@@ -1,0 +1,173 @@
+"""A fifth hostile pass (session 2026-12-07): the API replacing its input, outer weights copied into
+subgraphs, another model's data file removed, a failed run's report, a budget called met, a number taken
+for a file descriptor, and names that steer the terminal."""
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import onnx_collapse as oc
+from onnx_collapse.errors import CollapseError, printable
+from tests.builders import mlp
+from tests.common import MODELS, cli
+from tests.test_prune import _rows, pair_model
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+# 1. the API refuses to replace its input unless told to, as the command line does
+
+
+@pytest.mark.parametrize("command", ["optimize", "prune"])
+def test_the_api_refuses_an_output_that_is_the_input_unless_overwrite(tmp_path, command):
+    src = tmp_path / "in.onnx"
+    onnx.save(pair_model(dup=4) if command == "prune" else mlp(8, 16, 4), src)
+    before = digest(src)
+    run = (lambda **kw: oc.prune(str(src), share=0.25, calibrate=_rows(96, 1), verify=False, **kw)) \
+        if command == "prune" else (lambda **kw: oc.optimize(str(src), **kw))
+    with pytest.raises(CollapseError, match="is the input file; pass overwrite=True"):
+        run(output=str(src))
+    assert digest(src) == before
+    run(output=str(src), overwrite=True)
+    assert digest(src) != before and onnx.load(str(src)) is not None
+
+
+# 2. outer weights a subgraph reads stay outer: not stored twice, and an overridable one stays overridable
+
+
+def if_model(slope: float, overridable: bool) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    then_g = h.make_graph([h.make_node("MatMul", ["x", "W1"], ["a"]), h.make_node("LeakyRelu", ["a"], ["b"], alpha=slope),
+                           h.make_node("MatMul", ["b", "W2"], ["yt"])], "then", [],
+                          [h.make_tensor_value_info("yt", T.FLOAT, None)])
+    else_g = h.make_graph([h.make_node("MatMul", ["x", "W3"], ["ye"])], "else", [],
+                          [h.make_tensor_value_info("ye", T.FLOAT, None)])
+    inits = [nh.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W1", (8, 16)), ("W2", (16, 4)), ("W3", (8, 4)))]
+    inputs = [h.make_tensor_value_info("x", T.FLOAT, ["n", 8]), h.make_tensor_value_info("c", T.BOOL, [])]
+    if overridable:
+        inputs.append(h.make_tensor_value_info("W3", T.FLOAT, [8, 4]))
+    g = h.make_graph([h.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)], "g", inputs,
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 4])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def weights(model: onnx.ModelProto) -> int:
+    count = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                count += sum(int(np.prod(t.dims)) for t in a.g.initializer)
+    return count
+
+
+def test_a_reverted_fold_in_a_branch_leaves_the_outer_weights_stored_once():
+    model = if_model(0.97, overridable=False)
+    out, report = oc.optimize(model)
+    assert not report.folded and weights(out) == weights(model) == report.after.params
+
+
+def test_an_overridable_outer_weight_read_by_a_branch_stays_overridable(tmp_path):
+    model = if_model(1.0, overridable=True)
+    out, report = oc.optimize(model)
+    assert report.folded and report.verification.passed
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32), "c": np.array(False),
+             "W3": np.ones((8, 4), np.float32)}
+    run = [ort.InferenceSession(m.SerializeToString()).run(None, feeds)[0] for m in (model, out)]
+    np.testing.assert_allclose(run[1], run[0], atol=1e-5)  # the fed W3 is read, not a copy of its default
+
+
+# 3. OUT.data written by another tool may be another model's too: it stays
+
+
+def test_writing_out_keeps_an_exporters_data_file_that_another_model_reads(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for path in (tmp_path / "a" / "m.onnx", tmp_path / "b" / "other.onnx", tmp_path / "b" / "out.onnx"):
+        location = "m.onnx.data" if path.parent.name == "a" else "out.onnx.data"
+        onnx.save(onnx.load(str(MODELS / "three_layer.onnx")), str(path), save_as_external_data=True,
+                  location=location, size_threshold=0)
+    assert cli("optimize", tmp_path / "a" / "m.onnx", tmp_path / "b" / "out.onnx").returncode == 0
+    ort.InferenceSession(str(tmp_path / "b" / "other.onnx"))  # its data file is still there
+    assert (tmp_path / "b" / "out.onnx.data").exists()
+
+
+# 4. a failed run leaves the older output and its report as they were, a pair
+
+
+def test_a_failed_run_leaves_the_older_output_and_report_as_a_pair(tmp_path):
+    src, out, rep = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    onnx.save(pair_model(dup=4), src)
+    np.savez(tmp_path / "c.npz", **_rows(96, 1))
+    np.savez(tmp_path / "h.npz", **_rows(32, 2))
+    common = ["--calibrate", tmp_path / "c.npz", "--inputs", tmp_path / "h.npz", "--rtol", "0", "--report", rep]
+    assert cli("prune", src, out, "--share", "0.25", "--atol", "1", *common).returncode == 0
+    before = digest(out), digest(rep)
+    failed = cli("prune", src, out, "--share", "0.75", "--atol", "1e-9", *common)
+    assert failed.returncode == 1 and "nor --report" in failed.stderr
+    assert (digest(out), digest(rep)) == before
+
+
+# 5. a rank budget that even every layer's cheapest option exceeds is not "met"
+
+
+def test_a_budget_below_the_cheapest_options_is_not_met():
+    _, report = oc.optimize(str(MODELS / "bottleneck.onnx"), low_rank="all", rank_budget=0.0001, atol=10.0)
+    t = report.truncation
+    assert not t.met and "NOT met" in t.summary and "cheapest option" in t.summary
+    _, fine = oc.optimize(str(MODELS / "bottleneck.onnx"), low_rank="all", rank_budget=0.01, atol=10.0)
+    assert fine.truncation.met and "met:" in fine.truncation.summary
+
+
+# 6. a number is not a file: inputs=3 is refused, the caller's descriptor left open
+
+
+def test_inputs_given_as_a_number_is_refused_and_no_descriptor_closed(tmp_path):
+    fd = os.open(MODELS / "three_layer.onnx", os.O_RDONLY)
+    try:
+        with pytest.raises(CollapseError, match="inputs must be an .npz path or a dict of arrays, not int"):
+            oc.optimize(str(MODELS / "three_layer.onnx"), inputs=fd)
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
+
+
+# 7. a node name cannot steer the terminal
+
+
+def test_control_characters_in_names_are_shown_as_escapes(tmp_path):
+    rng = np.random.default_rng(0)
+    nodes = [h.make_node("MatMul", ["x", "W1"], ["a"], name="\x1b]0;title\x07one"),
+             h.make_node("MatMul", ["a", "W2"], ["y"], name="two\rverification: PASSED")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 4])],
+                     [nh.from_array(rng.standard_normal((8, 16)).astype(np.float32), "W1"),
+                      nh.from_array(rng.standard_normal((16, 4)).astype(np.float32), "W2")])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    for args in (["optimize", tmp_path / "m.onnx", tmp_path / "o.onnx"], ["analyze", tmp_path / "m.onnx"]):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\r" not in result.stdout and "\x07" not in result.stdout
+        assert "\\x1b]0;title\\x07one" in result.stdout and "two\\rverification: PASSED" in result.stdout
+    assert json.loads(cli("analyze", tmp_path / "m.onnx", "--json").stdout)  # JSON escapes them itself
+    assert printable("a\tb\nc é") == "a\\tb\nc é"
+
+
+def test_the_api_copy_of_a_shipped_model_is_left_as_it_was(tmp_path):
+    """The probe that found item 1 replaced a shipped model; the API never touches a file it only reads."""
+    src = tmp_path / "three_layer.onnx"
+    shutil.copy(MODELS / "three_layer.onnx", src)
+    before = digest(src)
+    oc.optimize(str(src), output=str(tmp_path / "o.onnx"))
+    assert digest(src) == before
