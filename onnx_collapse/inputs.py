@@ -154,6 +154,9 @@ def _checked_feed(model: onnx.ModelProto, arrays: dict[str, np.ndarray],
 
 def _cast_input(name: str, array: np.ndarray, dtype: np.dtype, what: Text) -> np.ndarray:
     """``array`` as ``dtype``: floats when no finite value overflows, others when every value round-trips."""
+    if array.dtype.kind not in "biuf":  # strings, objects, dates: no numbers to cast
+        raise CollapseError(what, f": array {name!r} is {array.dtype}, but the model's input is {dtype}; save "
+                            f"numbers, e.g. np.savez(path, {name}=a.astype('{dtype}'))")
     with np.errstate(all="ignore"):
         cast = array.astype(dtype)
         if array.dtype.kind == dtype.kind == "f":

@@ -395,6 +395,8 @@ def check_report_file(path: str | os.PathLike | None, source: ModelSource | None
     a file of ``named``, or the ``output`` model or a file it uses (``check_destination``)."""
     if path is None:
         return
+    if not isinstance(path, (str, os.PathLike)):
+        raise CollapseError(what, f" must be a path, not {type(path).__name__}")
     out = {} if output is None else ({Path(output): "the output model"} | (
         model_files(Path(output), "output") if Path(output).is_file() else {}))
     check_destination(Path(path), input_files(source) | named | out, what)
@@ -876,6 +878,10 @@ class ModelSource:
 
 def open_model(model_or_path: onnx.ModelProto | ModelSource | str | os.PathLike) -> ModelSource:
     """A ModelSource we may edit: loaded lazily from a path, or a copy of the caller's ModelProto."""
+    if not isinstance(model_or_path, (onnx.ModelProto, ModelSource, str, os.PathLike)):
+        raise CollapseError("a model is a path or an onnx.ModelProto, not "
+                            f"{type(model_or_path).__name__}" + (" (load the bytes with onnx.load_from_string)"
+                                                                 if isinstance(model_or_path, bytes) else ""))
     if isinstance(model_or_path, ModelSource):
         copy = onnx.ModelProto()
         copy.CopyFrom(model_or_path.model)

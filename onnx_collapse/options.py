@@ -147,6 +147,14 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise CollapseError(Param(name), f" must be a whole number >= {low}, not {value!r}")
+            object.__setattr__(self, name, int(value))  # a numpy integer would overflow in later arithmetic
+        memory = self.max_verify_memory
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, np.integer)) or memory <= 0):
+            raise CollapseError(Param("max_verify_memory"), f" must be a number of bytes > 0, not {memory!r}")
+        for name in ("verify", "sequential"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise CollapseError(Param(name), f" must be True or False, not {getattr(self, name)!r}")
+        self._check_input_shapes()
         for name, allowed in (("allocator", ALLOCATORS), ("metric", METRICS), ("low_rank", LOW_RANK_TARGETS),
                               ("budget_metric", BUDGET_METRICS), ("error_metric", ERROR_METRICS)):
             if getattr(self, name) not in allowed:
@@ -161,6 +169,19 @@ class Options:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike, Mapping)):
                 raise CollapseError(Param(name), f" must be an .npz path or a dict of arrays, not {type(value).__name__}")
+
+    def _check_input_shapes(self) -> None:
+        """Refuse ``input_shapes`` that are not input names with whole positive dims."""
+        shapes = self.input_shapes
+        if not isinstance(shapes, Mapping):
+            raise CollapseError(Param("input_shapes"), " must be a dict of input name to shape, e.g. "
+                                f"{{'x': (1, 3, 224, 224)}}, not {type(shapes).__name__}")
+        for name, dims in shapes.items():
+            if isinstance(dims, (str, bytes)) or not isinstance(dims, (tuple, list)) or not all(
+                    isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims):
+                raise CollapseError(Param("input_shapes"), f" {name!r}: a shape is a tuple of whole numbers > 0, "
+                                    f"not {dims!r}")
+        object.__setattr__(self, "input_shapes", {str(k): tuple(int(d) for d in v) for k, v in shapes.items()})
 
     def _check_labels(self) -> None:
         """Refuse ``labels`` and ``max_drop`` where they cannot be read (CollapseError naming the keyword)."""
@@ -193,6 +214,17 @@ class Options:
         if unknown:
             raise CollapseError(f"unknown option {unknown[0]!r} (options: {', '.join(f.name for f in fields(self))})")
         return replace(self, **overrides)
+
+
+def given_options(options: Options | None) -> Options:
+    """``options``, or the defaults for None; CollapseError for anything else (a dict, a path given where
+    the options go)."""
+    if options is None:
+        return Options()
+    if not isinstance(options, Options):
+        raise CollapseError(f"options must be an onnx_collapse.Options (or give its fields as keywords), not "
+                            f"{type(options).__name__} {options!r:.60}")
+    return options
 
 
 def refuse_both_goals(rank_budget: float | str | None, max_error: float | None) -> None:

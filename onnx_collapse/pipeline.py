@@ -43,7 +43,7 @@ from .io import (
     same_file,
     uses_external,
 )
-from .options import Options
+from .options import Options, given_options
 from .passes import DEFAULT_PASSES, GLOBAL_PASSES, SPECTRUM_PASSES
 from .passes.context import Context, GlobalPass, Pass, all_names, pass_stage, reads_exact
 from .passes.explain import verdict
@@ -189,7 +189,7 @@ def optimize(
     output is asked for). The input is never modified (an ``output`` that is the input file is refused unless
     ``overwrite``). Raises CollapseError for bad input.
     """
-    options = (options or Options()).with_overrides(**overrides)
+    options = given_options(options).with_overrides(**overrides)
     with stage("loading the model"):
         source = open_model(model_or_path)
     model = source.model
@@ -329,7 +329,12 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
 
     ``spectrum``: also compute the low-rank targets' singular values (``options.low_rank`` picks them).
     """
-    options = (options or Options()).with_overrides(rank_budget=None, max_error=None, **overrides)
+    goals = [k for k in ("rank_budget", "max_error") if overrides.get(k) is not None]
+    if goals:
+        raise CollapseError(Param(goals[0]), " is for optimize: analyze plans folds only (its spectrum option shows "
+                            "what truncation would cost)")
+    overrides = {k: v for k, v in overrides.items() if k not in ("rank_budget", "max_error")}
+    options = given_options(options).with_overrides(rank_budget=None, max_error=None, **overrides)
     with stage("loading the model"):
         source = open_model(model_or_path)
     probe = shape_probe(source.model, options)

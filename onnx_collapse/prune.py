@@ -53,7 +53,7 @@ from .io import (
     open_model,
     uses_external,
 )
-from .options import Options
+from .options import Options, given_options
 from .progress import stage
 from .report import (
     SCHEMA_VERSION,
@@ -565,7 +565,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     that is the input file is refused unless ``overwrite``). Raises CollapseError for bad input."""
     from .pipeline import calibration_split, model_stats
 
-    options = (options or Options()).with_overrides(**overrides)
+    options = given_options(options).with_overrides(**overrides)
     check_criterion(options, share)
     with stage("loading the model"):
         source = open_model(model_or_path)

@@ -171,3 +171,40 @@ def test_the_api_copy_of_a_shipped_model_is_left_as_it_was(tmp_path):
     before = digest(src)
     oc.optimize(str(src), output=str(tmp_path / "o.onnx"))
     assert digest(src) == before
+
+
+# 8. the API's bad values are one CollapseError naming what is wrong, never another exception
+
+
+M = str(MODELS / "three_layer.onnx")
+API_MISUSE = [
+    ("input_shapes", lambda: oc.optimize(M, input_shapes={"x": (-1, 64)})),
+    ("input_shapes", lambda: oc.optimize(M, input_shapes={"x": (1.5, 64)})),
+    ("input_shapes", lambda: oc.optimize(M, input_shapes="x:1x64")),
+    ("input_shapes", lambda: oc.optimize(M, input_shapes={"x": "2x64"})),
+    ("input_shapes", lambda: oc.verify(M, M, input_shapes={"x": (-2, 64)})),
+    ("max_verify_memory", lambda: oc.optimize(M, max_verify_memory="8G")),
+    ("max_verify_memory", lambda: oc.optimize(M, max_verify_memory=float("nan"))),
+    ("max_verify_memory", lambda: oc.verify(M, M, max_memory="1G")),
+    ("verify", lambda: oc.optimize(M, verify="no")),
+    ("inputs", lambda: oc.optimize(M, inputs={"x": np.array(["str"] * 2)})),
+    ("options", lambda: oc.optimize(M, {"rank_budget": 0.5})),
+    ("options", lambda: oc.prune(M, "out.onnx", calibrate=_rows(8, 1))),
+    ("a model is a path", lambda: oc.optimize(None)),
+    ("a model is a path", lambda: oc.optimize(open(M, "rb").read())),
+    ("a model is a path", lambda: oc.verify(M, None)),
+    ("the output must be a path", lambda: oc.optimize(M, output=1)),
+    ("the report must be a path", lambda: oc.optimize(M, report_file=2)),
+    ("rank_budget is for optimize", lambda: oc.analyze(M, rank_budget=0.5)),
+]
+
+
+@pytest.mark.parametrize("words, call", API_MISUSE, ids=[f"{w}-{i}" for i, (w, _) in enumerate(API_MISUSE)])
+def test_api_misuse_is_one_collapse_error_naming_it(words, call):
+    with pytest.raises(CollapseError, match=words):
+        call()
+
+
+def test_numpy_integers_are_taken_as_plain_numbers():
+    _, report = oc.optimize(M, check_n=np.int8(1), seed=np.int64(3))
+    assert report.verification.passed and report.verification.n_input_sets == 1
