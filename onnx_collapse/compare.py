@@ -78,13 +78,13 @@ class ErrorTally:
             self.compared += 1  # a mismatch of shapes is a real difference
             return
         self.compared += _compared(e, a)
-        tiny = np.finfo(np.float64).tiny
         e, a = e.reshape(-1), a.reshape(-1)
         for start in range(0, e.size, CHUNK):  # float64 copies of a slice at a time, not of the whole output
             diff, mag = _differences(e[start:start + CHUNK], a[start:start + CHUNK])
             self.max_abs = max(self.max_abs, float(diff.max()))
-            with np.errstate(over="ignore"):  # a difference where the reference is ~0: inf, as documented
-                self.max_rel = max(self.max_rel, float((diff / np.maximum(mag, tiny)).max()))
+            with np.errstate(divide="ignore", invalid="ignore"):  # a difference where the reference is 0: inf
+                rel = np.where(mag > 0, diff / mag, np.where(diff > 0, np.inf, 0.0))
+            self.max_rel = max(self.max_rel, float(rel.max()))
             self.required = max(self.required, float((diff - self.rtol * mag).max()))
             self.total += float(diff.sum())
             self.count += diff.size

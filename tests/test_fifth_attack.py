@@ -16,6 +16,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import onnx_collapse as oc
+from onnx_collapse.compare import compare_outputs
 from onnx_collapse.errors import CollapseError, printable
 from tests.builders import mlp
 from tests.common import MODELS, cli
@@ -208,3 +209,15 @@ def test_api_misuse_is_one_collapse_error_naming_it(words, call):
 def test_numpy_integers_are_taken_as_plain_numbers():
     _, report = oc.optimize(M, check_n=np.int8(1), seed=np.int64(3))
     assert report.verification.passed and report.verification.n_input_sets == 1
+
+
+# 9. the relative error where the reference is 0 is infinite (it was 1e-2 / the smallest float: 4.5e305)
+
+
+def test_relative_error_where_the_reference_is_zero_is_infinite_and_zero_where_both_are():
+    e = np.array([[0.0, 1.0, 0.0]], np.float32)
+    a = np.array([[1e-2, 1.0, 0.0]], np.float32)
+    out = compare_outputs([{"y": e}], [{"y": a}], None, None, "rows").outputs[0]
+    assert out.max_rel == np.inf and out.max_abs == pytest.approx(1e-2)
+    same = compare_outputs([{"y": e}], [{"y": e.copy()}], None, None, "rows").outputs[0]
+    assert same.max_rel == 0.0
