@@ -89,6 +89,19 @@ def shape_probe(model: onnx.ModelProto, options: Options) -> macs.ShapeProbe | N
                           options.max_verify_memory, declared=options.budget_metric == "time")
 
 
+def refuse_unmeasured_costs(source: ModelSource, options: Options, probe: macs.ShapeProbe | None) -> None:
+    """A MAC or time budget needs each layer's real size: CollapseError when some depend on the input and
+    nothing to measure them on was given (they would count one position each)."""
+    if not options.truncates or options.budget_metric not in ("macs", "time") or probe is not None:
+        return
+    uncounted = model_stats(source).macs_uncounted
+    if uncounted:
+        raise CollapseError(Param("budget_metric", options.budget_metric), f" needs each layer's size, but "
+                            f"{len(uncounted)} layer(s) have sizes that depend on the input ({', '.join(uncounted[:3])}"
+                            f"{', ...' if len(uncounted) > 3 else ''}); give ", Param("input_shapes"), ", ",
+                            Param("inputs"), " or ", Param("calibrate"), " to measure them")
+
+
 def contexts_for(source: ModelSource, options: Options, probe: macs.ShapeProbe | None = None) -> list[Context]:
     """One analysis context per graph: the main graph and every subgraph (layer sizes measured on ``probe``)."""
     model = source.model
@@ -207,6 +220,7 @@ def optimize(
     # a reference that cannot be met fails before any work; its outputs are not held through the passes
     check_reference(source, options)
     probe = shape_probe(model, options)
+    refuse_unmeasured_costs(source, options, probe)
     contexts = run_passes(source, options, probe=probe)
     return_free_memory()  # the passes' float64 work, before the output is built
     candidates = [c for ctx in contexts for c in ctx.candidates]

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -412,8 +412,8 @@ def render_stats(before: ModelStats, after: ModelStats, width: int | None = None
         rows.append([op, str(b), str(a), "" if a == b else f"{a - b:+d}"])
     rows.append(["parameters", f"{before.params:,}", f"{after.params:,}", _change(before.params, after.params)])
     rows.append(
-        ["MACs/sample", f"{before.linear_macs:,}", f"{after.linear_macs:,}",
-         _change(before.linear_macs, after.linear_macs)]
+        ["MACs/sample", _macs_text(before), _macs_text(after),
+         "" if before.macs_uncounted or after.macs_uncounted else _change(before.linear_macs, after.linear_macs)]
     )
     if before.seconds is not None and after.seconds is not None:
         rows.append(["ms/sample (measured)", f"{1e3 * before.seconds:.3g}", f"{1e3 * after.seconds:.3g}",
@@ -431,8 +431,14 @@ FOLD_COLUMNS = [
 ]
 
 
-def render_folds(folds: list[FoldRecord], width: int | None = None) -> str:
-    """One row per candidate chain: layers, dims, slopes, decision, form, savings, error, reason."""
+def _macs_text(stats: ModelStats) -> str:
+    """The MACs counted, with '+ ?' where some layers' sizes depend on the input and were not counted."""
+    return f"{stats.linear_macs:,}" + (" + ?" if stats.macs_uncounted else "")
+
+
+def render_folds(folds: list[FoldRecord], width: int | None = None, uncounted: Sequence[str] = ()) -> str:
+    """One row per candidate chain: layers, dims, slopes, decision, form, savings, error, reason. A chain
+    with a layer in ``uncounted`` (MACs not counted: sizes that depend on the input) shows '?' for MACs."""
     if not folds:
         return _wrap("no chains of layers found (see why for each layer below)", width)
     calibrated = any(f.calibrated for f in folds)
@@ -445,6 +451,7 @@ def render_folds(folds: list[FoldRecord], width: int | None = None) -> str:
         rows.append([
             str(k), " > ".join(f.layers), "x".join(map(str, f.dims)), slopes, f.status, form,
             f"{f.params_before:,}>{f.params_after:,}" if f.form else f"{f.params_before:,}",
+            "?" if set(f.layers) & set(uncounted) else
             f"{f.macs_before:,}>{f.macs_after:,}" if f.form else f"{f.macs_before:,}",
             err, f.reason,
         ])
@@ -500,7 +507,8 @@ def _notes(notes: list[str], width: int | None) -> list[str]:
 def render(report: Report, width: int | None = None) -> str:
     """The human-readable report: before/after table, folds, notes, verification last; lines fit ``width``
     where it is given (the JSON report keeps every word)."""
-    parts = [render_stats(report.before, report.after, width), "", render_folds(report.folds, width)]
+    parts = [render_stats(report.before, report.after, width), "",
+             render_folds(report.folds, width, report.before.macs_uncounted)]
     if report.unfolded:
         parts += ["", render_unfolded(report.unfolded, width)]
     if report.notes:
@@ -535,7 +543,7 @@ def render_spectra(spectra, tradeoff, width: int | None = None) -> str:
 def render_analysis(report: Report, width: int | None = None, verdict: list[str] | None = None) -> str:
     """What ``analyze`` prints before any spectra: chains, unfolded layers, then the verdict (what
     onnx-collapse can do for the model, one paragraph each)."""
-    lines = [render_folds(report.folds, width)]
+    lines = [render_folds(report.folds, width, report.before.macs_uncounted)]
     if report.unfolded:
         lines += ["", render_unfolded(report.unfolded, width)]
     if report.notes:

@@ -221,3 +221,36 @@ def test_relative_error_where_the_reference_is_zero_is_infinite_and_zero_where_b
     assert out.max_rel == np.inf and out.max_abs == pytest.approx(1e-2)
     same = compare_outputs([{"y": e}], [{"y": e.copy()}], None, None, "rows").outputs[0]
     assert same.max_rel == 0.0
+
+
+# 10. layers whose size depends on the input: a MAC or time budget needs them measured, and no table
+# shows one position's MACs as a sample's
+
+
+def dynamic_conv_chain() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    g = h.make_graph([h.make_node("Conv", ["x", "W1"], ["a"], kernel_shape=[1, 1]),
+                      h.make_node("Conv", ["a", "W2"], ["y"], kernel_shape=[1, 1])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["n", 4, "h", "w"])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 4, "h", "w"])],
+                     [nh.from_array(rng.standard_normal((8, 4, 1, 1)).astype(np.float32), "W1"),
+                      nh.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "W2")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("metric", ["macs", "time"])
+def test_a_mac_or_time_budget_on_unmeasured_layers_is_refused(metric):
+    with pytest.raises(CollapseError, match=f"budget_metric='{metric}' needs each layer's size.*input_shapes"):
+        oc.optimize(dynamic_conv_chain(), low_rank="all", rank_budget=0.3, budget_metric=metric, atol=100.0)
+    _, report = oc.optimize(dynamic_conv_chain(), low_rank="all", rank_budget=0.3, budget_metric="macs", atol=100.0,
+                            input_shapes={"x": (1, 4, 5, 5)})
+    assert report.before.linear_macs == 2 * 4 * 8 * 25  # counted at 5x5: 1,600
+
+
+def test_unmeasured_layers_show_no_per_position_count_as_a_samples(tmp_path):
+    onnx.save(dynamic_conv_chain(), tmp_path / "m.onnx")
+    text = cli("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx").stdout
+    assert "0 + ?" in text  # the summary: what was counted, and more not counted
+    row = next(line for line in text.splitlines() if line.startswith("1 "))
+    assert row.count("64>16") == 1 and " ? " in row  # the weights 64>16; the MACs unknown, not 64>16
+    assert "not counted" in cli("analyze", tmp_path / "m.onnx").stdout

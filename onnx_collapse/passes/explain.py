@@ -89,7 +89,9 @@ def verdict(report: Report, slope_tol: float) -> list[str]:
                      "(--inputs val.npz --metric top1), or fit the fold to it (--calibrate calib.npz).")
     if report.before.params != report.after.params:
         lines.append(f"predicted: parameters {report.before.params:,} -> {report.after.params:,}, "
-                     f"MACs per sample {report.before.linear_macs:,} -> {report.after.linear_macs:,}.")
+                     f"MACs per sample {report.before.linear_macs:,} -> {report.after.linear_macs:,}"
+                     + (f" (and {len(report.before.macs_uncounted)} layer(s) whose size depends on the input, not "
+                        "counted)." if report.before.macs_uncounted else "."))
     if far or at_act:
         what = []
         if at_act:
