@@ -365,8 +365,8 @@ def check_destination(path: Path, keep: dict[Path, Text], what: Text) -> None:
     not writable."""
     system = system_location(path)
     if system is not None:
-        raise CollapseError(what, f" {str(path)!r} ", "is" if system == path else f"leads to {str(system)!r}",
-                            ", a device or process file; refusing to replace it (name a file to write)")
+        raise CollapseError(what, f" {str(path)!r} ", "is" if system == path else f"leads to {str(system)!r},",
+                            " a device or process file; refusing to replace it (name a file to write)")
     folder = path.parent
     if not folder.is_dir():
         raise CollapseError(what, f" folder {str(folder)!r} does not exist")
