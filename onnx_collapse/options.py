@@ -171,15 +171,15 @@ class Options:
                 raise CollapseError(Param(name), f" must be an .npz path or a dict of arrays, not {type(value).__name__}")
 
     def _check_input_shapes(self) -> None:
-        """Refuse ``input_shapes`` that are not input names with whole positive dims."""
+        """Refuse ``input_shapes`` that are not input names with whole dims >= 0 (0: checked where it is read)."""
         shapes = self.input_shapes
         if not isinstance(shapes, Mapping):
             raise CollapseError(Param("input_shapes"), " must be a dict of input name to shape, e.g. "
                                 f"{{'x': (1, 3, 224, 224)}}, not {type(shapes).__name__}")
         for name, dims in shapes.items():
             if isinstance(dims, (str, bytes)) or not isinstance(dims, (tuple, list)) or not all(
-                    isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims):
-                raise CollapseError(Param("input_shapes"), f" {name!r}: a shape is a tuple of whole numbers > 0, "
+                    isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims):
+                raise CollapseError(Param("input_shapes"), f" {name!r}: a shape is a tuple of whole numbers >= 0, "
                                     f"not {dims!r}")
         object.__setattr__(self, "input_shapes", {str(k): tuple(int(d) for d in v) for k, v in shapes.items()})
 
