@@ -267,10 +267,13 @@ def _judged_agreement(stat) -> float:
 
 
 def verdict_text(verdict: Verification) -> str:
-    """A verdict in a few words: the worst output's agreement (or max abs error), passed or failed."""
+    """A verdict in a few words: the worst output's agreement (or max abs error), passed or failed; a
+    problem of shape, dtype or a missing output first, as it says why."""
     worst = min(verdict.outputs, key=lambda s: (s.passed, _judged_agreement(s)), default=None)
     if worst is None:
         return "passed" if verdict.passed else "failed"
+    if not verdict.passed and verdict.problems and not math.isfinite(worst.max_abs):
+        return f"{verdict.problems[0]}: failed"
     shown = f"agreement {100 * worst.agreement:.1f}%" if worst.agreement is not None else f"max abs {worst.max_abs:.2g}"
     if worst.agreement_bound is not None:
         shown += f" (bound {100 * worst.agreement_bound:.1f}%)"
@@ -348,8 +351,7 @@ class Comparison:
     def add(self, expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> None:
         """Take in one input set's outputs (the reference's, then the candidate's), by output name."""
         if not self.sets:
-            if self.names is not None:
-                self.problems += output_mismatches(expected, actual, self.names)
+            self.problems += output_mismatches(expected, actual, self.names or ("the reference", "the model judged"))
             # an output of another dtype is another model, however close its values
             self.retyped = {name for name, e in expected.items() if isinstance(e, np.ndarray)
                             and isinstance(actual.get(name), np.ndarray) and actual[name].dtype != e.dtype}

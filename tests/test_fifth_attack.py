@@ -254,3 +254,17 @@ def test_unmeasured_layers_show_no_per_position_count_as_a_samples(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("1 "))
     assert row.count("64>16") == 1 and " ? " in row  # the weights 64>16; the MACs unknown, not 64>16
     assert "not counted" in cli("analyze", tmp_path / "m.onnx").stdout
+
+
+# 11. messages that said too little
+
+
+def test_a_reference_with_another_output_shape_is_said_as_such():
+    with pytest.raises(CollapseError, match=r"output 'y' has shape 2x10 in the reference but 2x32"):
+        oc.optimize(M, reference=str(MODELS / "mlp_prelu_channel.onnx"))
+
+
+def test_max_error_that_no_truncation_meets_says_so_in_the_notes():
+    _, report = oc.optimize(M, max_error=0.0, low_rank="all")
+    assert "see the notes" in report.truncation.summary
+    assert any(n.startswith("max error 0: no truncation") for n in report.notes)

@@ -347,6 +347,9 @@ class LowRank:
         picked = None
         if opts.rank_budget is None:
             chosen = allocate.allocate_max_error(spectra, opts.max_error, opts.budget_metric)
+            if all(o.rank is None for o in chosen):
+                main.notes.append(f"max error {opts.max_error:g}: no truncation of the {len(targets)} target "
+                                  f"layer(s) is within it, or cheaper than the dense form; each stays dense")
         else:
             allocate_at, describe = self.allocator(contexts, owners, targets, spectra)
             if opts.rank_budget == "auto":
