@@ -55,7 +55,10 @@ def cast_checked(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # checked just below
         out = np.asarray(value, dtype=dtype, order="C")  # one cast, even from a transposed view
     if not np.all(np.isfinite(out)):
-        raise RangeError(f"folded values exceed the range of {np.dtype(dtype).name}")
+        source = np.asarray(value)
+        raise RangeError("folded values are not finite (a NaN or infinite weight, or data too degenerate to fit "
+                         "to)" if source.dtype.kind == "f" and not np.all(np.isfinite(source)) else
+                         f"folded values exceed the range of {np.dtype(dtype).name}")
     if out.dtype.kind == "f" and out.size:
         tiny = np.finfo(out.dtype).tiny
         subnormal = (out != 0) & (np.abs(out) < tiny)

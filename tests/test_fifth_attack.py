@@ -268,3 +268,13 @@ def test_max_error_that_no_truncation_meets_says_so_in_the_notes():
     _, report = oc.optimize(M, max_error=0.0, low_rank="all")
     assert "see the notes" in report.truncation.summary
     assert any(n.startswith("max error 0: no truncation") for n in report.notes)
+
+
+def test_a_nan_weight_is_said_as_not_finite_not_as_out_of_range(tmp_path):
+    model = mlp(8, 16, 4, slope=1.0)
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 2)
+    values = nh.to_array(weight).copy()
+    values[0, 0] = np.nan
+    weight.CopyFrom(nh.from_array(values, weight.name))
+    _, report = oc.optimize(model, verify=False)
+    assert any("not finite (a NaN or infinite weight" in f.reason for f in report.folds)
