@@ -348,7 +348,7 @@ def _check_paths(src: Path, dst: Path, report: Path | None, overwrite: bool, dat
     from . import io
 
     inputs = io.model_files(src, "input") | data
-    io.check_overwrite(dst, io.ModelSource(None, src.parent, src), overwrite)
+    io.check_overwrite(dst, src, overwrite)
     io.check_destination(dst, {p: d for p, d in inputs.items() if not (overwrite and p == src)}, "output")
     io.check_report_file(report, None, inputs, dst, "--report")
 

@@ -201,14 +201,14 @@ def _readouts(e: np.ndarray, a: np.ndarray, name: str, unit: str, strip: Sequenc
     wrong_rank = (unit == "sample" and e.ndim < 2) or (unit == "ctc" and e.ndim != 3)
     if e.ndim == 0 or e.shape[-1] < 2 or wrong_rank:
         if wrong_rank and e.ndim and e.shape[-1] >= 2:
-            why = {"sample": "it needs an axis after the samples' axis",
-                   "ctc": "it reads outputs of shape [samples, positions, classes]"}[unit]
+            why = {"sample": "; it needs an axis after the samples' axis",
+                   "ctc": "; it reads outputs of shape [samples, positions, classes]"}[unit]
         else:
-            why = (f"so its argmax compares nothing; {metric} needs a last axis of at least 2 classes" +
+            why = (f", so its argmax compares nothing; {metric} needs a last axis of at least 2 classes" +
                    {"row": "", "sample": " after the samples' axis",
                     "ctc": " in an output of shape [samples, positions, classes]"}[unit])
-        raise CollapseError(Param("metric", metric), f": output {name!r} has shape {dims_text(e.shape)}"
-                            f"{'; ' if why.startswith('it') else ', '}{why} (use ", Param("metric", "allclose"), ")")
+        raise CollapseError(Param("metric", metric), f": output {name!r} has shape {dims_text(e.shape)}{why} (use ",
+                            Param("metric", "allclose"), ")")
     beyond = [c for c in strip if c >= e.shape[-1]]
     if unit == "ctc" and beyond:
         raise CollapseError(Param("ctc_strip"), f" names class {beyond[0]}, but output {name!r} has "

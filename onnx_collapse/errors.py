@@ -83,5 +83,5 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 def printable(text: str) -> str:
     """``text`` safe to show on a terminal: control characters other than newlines (escape sequences, carriage
     returns, that a node name in a model can carry) written as escapes (``\\x1b``), not acted on."""
-    return "".join(c if c == "\n" or (c.isprintable() and c not in "\x85") else
+    return "".join(c if c == "\n" or c.isprintable() else
                    c.encode("unicode_escape").decode("ascii") for c in text)

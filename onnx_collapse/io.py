@@ -379,13 +379,13 @@ def check_destination(path: Path, keep: dict[Path, Text], what: Text) -> None:
             raise CollapseError(what, f" {str(path)!r} is ", description, f" {str(kept)!r}; refusing to replace it")
 
 
-def check_overwrite(output: str | os.PathLike | None, source: ModelSource | None, overwrite: bool) -> None:
-    """Refuse an ``output`` that is the input model's file (by path or link) unless ``overwrite``."""
-    if output is None or source is None or source.path is None or overwrite:
+def check_overwrite(output: str | os.PathLike | None, input_path: Path | None, overwrite: bool) -> None:
+    """Refuse an ``output`` that is the input model's file ``input_path`` (by path or link) unless ``overwrite``."""
+    if output is None or input_path is None or overwrite:
         return
     if not isinstance(output, (str, os.PathLike)):
         raise CollapseError(f"the output must be a path, not {type(output).__name__}")
-    if same_file(Path(output), source.path):
+    if same_file(Path(output), input_path):
         raise CollapseError(f"{str(output)!r} is the input file; pass ", Param("overwrite", True), " to replace it")
 
 
@@ -753,8 +753,7 @@ def _orphan(path: Path) -> bool:
     (moved in, its model never committed): moved in a minute ago or more (its inode change time; a live run
     commits its model within microseconds of moving its data in)."""
     try:
-        return (re.search(r"\.[0-9a-f]{12}\.data$", path.name) is not None and path.is_file()
-                and not path.is_symlink() and time.time() - path.stat().st_ctime > STALE_AFTER)
+        return path.is_file() and not path.is_symlink() and time.time() - path.stat().st_ctime > STALE_AFTER
     except OSError:
         return False
 
@@ -841,8 +840,8 @@ class StagedOutput:
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
             return []
         short = data_file_name(self.folder, self.path.name, "0" * 12)[:-len(".000000000000.data")]
-        pattern = re.compile(re.escape(self.path.name) + r"\.[0-9a-f]{12}\.data|" + re.escape(short)
-                             + r"\.[0-9a-f]{12}\.data")  # our names only: OUT.data may be another model's too
+        names = "|".join(dict.fromkeys(map(re.escape, (self.path.name, short))))
+        pattern = re.compile(rf"(?:{names})\.[0-9a-f]{{12}}\.data")  # our names only: OUT.data may be another's too
         candidates = [p for p in self.folder.iterdir() if pattern.fullmatch(p.name) and p.name != self.data_name]
         used = model_files(self.path, "output") if candidates and self.path.exists() else {}
         return [p for p in candidates if (any(same_file(p, u) for u in used) or _orphan(p))

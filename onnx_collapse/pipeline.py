@@ -209,7 +209,7 @@ def optimize(
     if external_data is None and uses_external(model):
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference, options.labels)  # files the output must not replace
-    check_overwrite(output, source, overwrite)
+    check_overwrite(output, source.path, overwrite)
     check_report_file(report_file, source, named, output)
     check_labels_file(model, options.labels, options.inputs)
     options, held_out = calibration_split(model, options)
@@ -347,8 +347,7 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options
     if goals:
         raise CollapseError(Param(goals[0]), " is for optimize: analyze plans folds only (its spectrum option shows "
                             "what truncation would cost)")
-    overrides = {k: v for k, v in overrides.items() if k not in ("rank_budget", "max_error")}
-    options = given_options(options).with_overrides(rank_budget=None, max_error=None, **overrides)
+    options = given_options(options).with_overrides(**{**overrides, "rank_budget": None, "max_error": None})
     with stage("loading the model"):
         source = open_model(model_or_path)
     probe = shape_probe(source.model, options)

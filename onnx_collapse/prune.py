@@ -572,7 +572,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     if external_data is None and uses_external(source.model):
         external_data = True
     named = data_files(options.inputs, options.calibrate, options.reference, options.labels)
-    check_overwrite(output, source, overwrite)
+    check_overwrite(output, source.path, overwrite)
     check_report_file(report_file, source, named, output)
     check_labels_file(source.model, options.labels, options.inputs)
     options, held_out = calibration_split(source.model, options)
@@ -654,8 +654,7 @@ def prune(model_or_path: onnx.ModelProto | str | os.PathLike, options: Options |
     with stage("counting parameters and MACs"):
         before = model_stats(source, probe)
         after = model_stats(pruned, probe) if pruned is not source else replace(before)
-    report = PruneReport(chosen, records, before, after, verification, search, notes,
-                         1 - sum(r.kept for r in records) / max(1, sum(r.channels for r in records)))
+    report = PruneReport(chosen, records, before, after, verification, search, notes, removed_share(pairs, chosen))
     report.before.file_bytes = file_size(source.path) if source.path is not None else None
     result = pruned.model
     if output is not None and (verification is None or verification.passed):

@@ -105,8 +105,8 @@ def verify(
     values raise CollapseError naming the keyword (checked as in ``Options``)."""
     criterion = Options(seed=seed, check_n=check_n, inputs=inputs, atol=atol, rtol=rtol, metric=metric,
                         min_agreement=min_agreement, max_verify_memory=max_memory, ctc_strip=ctc_strip,
-                        confidence=confidence, labels=labels, max_drop=max_drop, input_shapes=dict(input_shapes or {})
-                        if isinstance(input_shapes, Mapping) or input_shapes is None else input_shapes)
+                        confidence=confidence, labels=labels, max_drop=max_drop,
+                        input_shapes={} if input_shapes is None else input_shapes)
     input_shapes = criterion.input_shapes
     with stage("loading the models"):
         ref, cand = open_model(reference), open_model(candidate)

@@ -467,7 +467,8 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
             chosen = allocate_at(budget)
             notes: list[str] = []
             truncated = truncations(contexts, owners, targets, chosen, notes, cache)
-            same, verdict = judged.get(tuple(chosen), (budget, None))
+            allocation = tuple(chosen)
+            same, verdict = judged.get(allocation, (budget, None))
             if verdict is None:  # a budget whose allocation was judged already is the same model: not run again
                 replaced = {id(t) for _, t, _ in truncated}
                 plans = [c.applied for c in candidates if c.applied is not None and id(c) not in replaced]
@@ -475,7 +476,7 @@ def search_budget(contexts: list[Context], owners: list[Context], targets: list[
                 actual = iter_outputs(ModelSource(apply_plans(model, plans), base_dir), feeds,
                                       f"model at budget {budget:g}")
                 verdict = judge(expected, actual, where, opts)
-                judged[tuple(chosen)] = (budget, verdict)
+                judged[allocation] = (budget, verdict)
             frontier.append(f"{budget:.3g}: " + verdict_text(verdict)
                             + (f" (the layers of budget {same:.3g}: the same model)" if same != budget else ""))
             why = verdict.problems
